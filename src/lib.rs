@@ -5,5 +5,6 @@
 
 pub mod auth;
 pub mod bus;
+pub mod device;
 pub mod proto;
 pub mod ws;

@@ -360,45 +360,84 @@ impl ShardBus {
         }
     }
 
-    /// The next event for this shard. Control messages go first. Returns `None` only when the
-    /// bus is gone.
+    /// A handle that waits for this shard's next raw bus input without borrowing the
+    /// [`ShardBus`] (so a shard can await it while other code on the shard publishes). Hand
+    /// what it returns to [`ShardBus::accept`].
+    pub fn inbox(&self) -> BusInbox {
+        BusInbox {
+            ctrl_rx: self.ctrl_rx.clone(),
+            data_rx: self.data_rx.clone(),
+        }
+    }
+
+    /// Events produced locally (e.g. a barrier on a one-shard node), to handle after an
+    /// operation.
+    pub fn poll_local(&mut self) -> Option<BusEvent> {
+        self.local.pop_front()
+    }
+
+    /// Interprets one raw input from [`BusInbox::next`]; `None` when it was internal.
+    pub fn accept(&mut self, incoming: Incoming) -> Option<BusEvent> {
+        match incoming.0 {
+            Raw::Data(msg) => {
+                self.stats.received_total.fetch_add(1, Ordering::Relaxed);
+                Some(BusEvent::Message(msg))
+            }
+            Raw::Ctrl(Ctrl::Ready(token)) => Some(BusEvent::Ready(token)),
+            Raw::Ctrl(Ctrl::Failed(token)) => Some(BusEvent::Failed(token)),
+            Raw::Ctrl(other) => match &mut self.link {
+                Link::Embedded(l) => l.on_ctrl(other, &self.stats),
+                Link::Nats(_) => None,
+            },
+        }
+    }
+
+    /// The next event for this shard (local events, then control, then data). Returns `None`
+    /// only when the bus is gone.
     pub async fn recv(&mut self) -> Option<BusEvent> {
+        let inbox = self.inbox();
         loop {
             if let Some(ev) = self.local.pop_front() {
                 return Some(ev);
             }
             self.maintain();
-            let ctrl = match self.ctrl_rx.try_recv() {
-                Ok(ctrl) => Some(ctrl),
-                Err(flume::TryRecvError::Empty) => None,
-                Err(flume::TryRecvError::Disconnected) => return None,
-            };
-            let ctrl = match ctrl {
-                Some(ctrl) => ctrl,
-                None => {
-                    let c = std::pin::pin!(self.ctrl_rx.recv_async());
-                    let d = std::pin::pin!(self.data_rx.recv_async());
-                    match futures::future::select(c, d).await {
-                        futures::future::Either::Left((Ok(ctrl), _)) => ctrl,
-                        futures::future::Either::Right((Ok(msg), _)) => {
-                            self.stats.received_total.fetch_add(1, Ordering::Relaxed);
-                            return Some(BusEvent::Message(msg));
-                        }
-                        _ => return None,
-                    }
-                }
-            };
-            match ctrl {
-                Ctrl::Ready(token) => return Some(BusEvent::Ready(token)),
-                Ctrl::Failed(token) => return Some(BusEvent::Failed(token)),
-                other => {
-                    if let Link::Embedded(l) = &mut self.link {
-                        if let Some(ev) = l.on_ctrl(other, &self.stats) {
-                            return Some(ev);
-                        }
-                    }
-                }
+            let incoming = inbox.next().await?;
+            if let Some(ev) = self.accept(incoming) {
+                return Some(ev);
             }
+        }
+    }
+}
+
+enum Raw {
+    Ctrl(Ctrl),
+    Data(BusMessage),
+}
+
+/// One raw input from the bus, to be interpreted by [`ShardBus::accept`].
+pub struct Incoming(Raw);
+
+/// The receiving side of a shard's bus link (see [`ShardBus::inbox`]).
+#[derive(Clone)]
+pub struct BusInbox {
+    ctrl_rx: flume::Receiver<Ctrl>,
+    data_rx: flume::Receiver<BusMessage>,
+}
+
+impl BusInbox {
+    /// Waits for the next input, control before data. `None` when the bus is gone.
+    pub async fn next(&self) -> Option<Incoming> {
+        match self.ctrl_rx.try_recv() {
+            Ok(ctrl) => return Some(Incoming(Raw::Ctrl(ctrl))),
+            Err(flume::TryRecvError::Disconnected) => return None,
+            Err(flume::TryRecvError::Empty) => {}
+        }
+        let c = std::pin::pin!(self.ctrl_rx.recv_async());
+        let d = std::pin::pin!(self.data_rx.recv_async());
+        match futures::future::select(c, d).await {
+            futures::future::Either::Left((Ok(ctrl), _)) => Some(Incoming(Raw::Ctrl(ctrl))),
+            futures::future::Either::Right((Ok(msg), _)) => Some(Incoming(Raw::Data(msg))),
+            _ => None,
         }
     }
 }
