@@ -1,5 +1,10 @@
 //! tether: a thread-per-core WebSocket gateway for fleets of persistently connected devices.
 //!
-//! The library holds everything that is not the runtime: the sans-IO RFC 6455 core ([`ws`]).
+//! The library holds everything that is not the runtime: the sans-IO RFC 6455 core ([`ws`]),
+//! the device wire protocol ([`proto`]), device authentication ([`auth`]), routing by subject interest ([`bus`]).
 
+pub mod auth;
+pub mod bus;
+pub mod device;
+pub mod proto;
 pub mod ws;
