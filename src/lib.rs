@@ -1,5 +1,6 @@
 //! tether: a thread-per-core WebSocket gateway for fleets of persistently connected devices.
 //!
-//! The library holds everything that is not the runtime: the sans-IO RFC 6455 core ([`ws`]).
+//! The library holds the sans-IO RFC 6455 core ([`ws`]) and the server ([`server`]).
 
+pub mod server;
 pub mod ws;
