@@ -554,3 +554,414 @@ pub fn encode_close(out: &mut Vec<u8>, role: Role, code: u16, reason: &str) {
     payload[2..2 + cut].copy_from_slice(&reason.as_bytes()[..cut]);
     encode_frame(out, role, OpCode::Close, true, &payload[..2 + cut]);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server() -> Decoder {
+        Decoder::new(Role::Server, DecoderLimits::default())
+    }
+
+    fn client() -> Decoder {
+        Decoder::new(Role::Client, DecoderLimits::default())
+    }
+
+    /// Decodes one frame from `bytes`, which must hold exactly one complete frame.
+    fn one(d: &mut Decoder, bytes: &[u8]) -> Result<Option<String>, ProtocolError> {
+        let mut buf = bytes.to_vec();
+        let len = buf.len();
+        match d.decode(&mut buf)? {
+            Some((ev, n)) => {
+                assert_eq!(n, len);
+                Ok(ev.map(|e| format!("{e:?}")))
+            }
+            None => panic!("incomplete"),
+        }
+    }
+
+    fn err(d: &mut Decoder, bytes: &[u8]) -> ProtocolError {
+        let mut buf = bytes.to_vec();
+        d.decode(&mut buf).expect_err("must fail")
+    }
+
+    #[test]
+    fn rfc_5_7_examples() {
+        // A single-frame unmasked text message.
+        let mut c = client();
+        let mut buf = vec![0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f];
+        let (ev, n) = c.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(n, 7);
+        assert_eq!(
+            ev,
+            Some(Event::Message {
+                kind: MessageKind::Text,
+                data: b"Hello"
+            })
+        );
+        // A single-frame masked text message.
+        let mut s = server();
+        let mut buf = vec![
+            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+        ];
+        let (ev, _) = s.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(
+            ev,
+            Some(Event::Message {
+                kind: MessageKind::Text,
+                data: b"Hello"
+            })
+        );
+        // A fragmented unmasked text message.
+        let mut c = client();
+        let mut buf = vec![0x01, 0x03, 0x48, 0x65, 0x6c, 0x80, 0x02, 0x6c, 0x6f];
+        let (ev, n) = c.decode(&mut buf).unwrap().unwrap();
+        assert_eq!((ev, n), (None, 5));
+        assert!(!c.is_idle());
+        let (ev, n) = c.decode(&mut buf[5..]).unwrap().unwrap();
+        assert_eq!(n, 4);
+        assert_eq!(
+            ev,
+            Some(Event::Message {
+                kind: MessageKind::Text,
+                data: b"Hello"
+            })
+        );
+        assert!(c.is_idle());
+        // Unmasked ping, masked pong.
+        let mut buf = vec![0x89, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f];
+        assert_eq!(
+            c.decode(&mut buf).unwrap().unwrap().0,
+            Some(Event::Ping(b"Hello"))
+        );
+        let mut buf = vec![
+            0x8a, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+        ];
+        assert_eq!(
+            s.decode(&mut buf).unwrap().unwrap().0,
+            Some(Event::Pong(b"Hello"))
+        );
+        // 256 bytes binary in a single unmasked frame; 64 KiB in one frame.
+        let mut buf = vec![0x82, 0x7e, 0x01, 0x00];
+        buf.extend(std::iter::repeat_n(7u8, 256));
+        let (ev, n) = c.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(n, 260);
+        assert!(
+            matches!(ev, Some(Event::Message { kind: MessageKind::Binary, data }) if data.len() == 256)
+        );
+        let mut buf = vec![0x82, 0x7f, 0, 0, 0, 0, 0, 1, 0, 0];
+        buf.extend(std::iter::repeat_n(7u8, 65536));
+        let (ev, n) = c.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(n, 65546);
+        assert!(
+            matches!(ev, Some(Event::Message { kind: MessageKind::Binary, data }) if data.len() == 65536)
+        );
+    }
+
+    #[test]
+    fn encoder_matches_rfc_bytes() {
+        let mut out = Vec::new();
+        encode_frame(&mut out, Role::Server, OpCode::Text, true, b"Hello");
+        assert_eq!(out, [0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f]);
+        let mut h = [0u8; MAX_HEADER_BYTES];
+        let n = write_frame_header(
+            &mut h,
+            true,
+            OpCode::Text,
+            5,
+            Some([0x37, 0xfa, 0x21, 0x3d]),
+        );
+        assert_eq!(&h[..n], [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d]);
+        assert_eq!(
+            write_frame_header(&mut h, true, OpCode::Binary, 256, None),
+            4
+        );
+        assert_eq!(&h[..4], [0x82, 0x7e, 0x01, 0x00]);
+        assert_eq!(
+            write_frame_header(&mut h, false, OpCode::Binary, 65536, Some([1, 2, 3, 4])),
+            14
+        );
+        assert_eq!(&h[..14], [0x02, 0xff, 0, 0, 0, 0, 0, 1, 0, 0, 1, 2, 3, 4]);
+        // A client frame decodes on a server and the mask is random but applied.
+        let mut out = Vec::new();
+        encode_frame(&mut out, Role::Client, OpCode::Binary, true, b"abc");
+        assert_eq!(out[1], 0x83);
+        let mut s = server();
+        assert_eq!(
+            s.decode(&mut out).unwrap().unwrap().0,
+            Some(Event::Message {
+                kind: MessageKind::Binary,
+                data: b"abc"
+            })
+        );
+    }
+
+    #[test]
+    fn close_frames() {
+        let mut out = Vec::new();
+        encode_close(&mut out, Role::Server, 1000, "bye");
+        assert_eq!(out, [0x88, 0x05, 0x03, 0xe8, b'b', b'y', b'e']);
+        let mut c = client();
+        assert_eq!(
+            one(&mut c, &out).unwrap().unwrap(),
+            "Close(Some((1000, \"bye\")))"
+        );
+        assert_eq!(one(&mut c, &[0x88, 0x00]).unwrap().unwrap(), "Close(None)");
+        // Long reasons are cut at a character boundary to fit 125 bytes.
+        let mut out = Vec::new();
+        encode_close(&mut out, Role::Client, 4000, &"é".repeat(100));
+        assert_eq!(out[1] & 0x7f, 124);
+        let mut s = server();
+        assert!(
+            matches!(s.decode(&mut out).unwrap().unwrap().0, Some(Event::Close(Some((4000, r)))) if r.len() == 122)
+        );
+    }
+
+    #[test]
+    fn every_protocol_error_has_its_close_code() {
+        let cases: Vec<(Role, Vec<u8>, ProtocolError, u16)> = vec![
+            (
+                Role::Server,
+                vec![0x81, 0x00],
+                ProtocolError::UnmaskedClientFrame,
+                1002,
+            ),
+            (
+                Role::Client,
+                vec![0x81, 0x80, 0, 0, 0, 0],
+                ProtocolError::MaskedServerFrame,
+                1002,
+            ),
+            (
+                Role::Client,
+                vec![0xc1, 0x00],
+                ProtocolError::ReservedBits,
+                1002,
+            ),
+            (
+                Role::Client,
+                vec![0x91, 0x00],
+                ProtocolError::ReservedBits,
+                1002,
+            ),
+            (
+                Role::Client,
+                vec![0xa1, 0x00],
+                ProtocolError::ReservedBits,
+                1002,
+            ),
+            (
+                Role::Client,
+                vec![0x83, 0x00],
+                ProtocolError::ReservedOpcode(3),
+                1002,
+            ),
+            (
+                Role::Client,
+                vec![0x8b, 0x00],
+                ProtocolError::ReservedOpcode(0xb),
+                1002,
+            ),
+            (
+                Role::Client,
+                vec![0x89, 0x7e, 0x00, 0x7e],
+                ProtocolError::ControlTooLong { size: 126 },
+                1002,
+            ),
+            (
+                Role::Client,
+                vec![0x09, 0x00],
+                ProtocolError::FragmentedControl,
+                1002,
+            ),
+            (
+                Role::Client,
+                vec![0x80, 0x00],
+                ProtocolError::UnexpectedContinuation,
+                1002,
+            ),
+            (
+                Role::Client,
+                vec![0x82, 0x7e, 0x00, 0x7d],
+                ProtocolError::LengthNotMinimal,
+                1002,
+            ),
+            (
+                Role::Client,
+                vec![0x82, 0x7f, 0, 0, 0, 0, 0, 0, 0xff, 0xff],
+                ProtocolError::LengthNotMinimal,
+                1002,
+            ),
+            (
+                Role::Client,
+                vec![0x82, 0x7f, 0x80, 0, 0, 0, 0, 0, 0, 0],
+                ProtocolError::LengthHighBit,
+                1002,
+            ),
+            (
+                Role::Client,
+                vec![0x82, 0x7f, 0, 0, 0, 0, 0, 0x10, 0, 1],
+                ProtocolError::FrameTooLarge {
+                    size: (1 << 20) + 1,
+                    max: 1 << 20,
+                },
+                1009,
+            ),
+            (
+                Role::Client,
+                vec![0x81, 0x02, 0xc3, 0x28],
+                ProtocolError::InvalidUtf8,
+                1007,
+            ),
+            (
+                Role::Client,
+                vec![0x88, 0x01, 0x03],
+                ProtocolError::InvalidClosePayload,
+                1002,
+            ),
+            (
+                Role::Client,
+                vec![0x88, 0x02, 0x03, 0xed],
+                ProtocolError::InvalidCloseCode(1005),
+                1002,
+            ),
+            (
+                Role::Client,
+                vec![0x88, 0x02, 0x03, 0xe7],
+                ProtocolError::InvalidCloseCode(999),
+                1002,
+            ),
+            (
+                Role::Client,
+                vec![0x88, 0x03, 0x03, 0xe8, 0xff],
+                ProtocolError::InvalidUtf8,
+                1007,
+            ),
+        ];
+        for (role, bytes, want, code) in cases {
+            let mut d = Decoder::new(role, DecoderLimits::default());
+            let got = err(&mut d, &bytes);
+            assert_eq!(got, want, "{bytes:x?}");
+            assert_eq!(got.close_code(), code, "{got}");
+            // The header errors are reported as soon as their bytes are present.
+            if !matches!(
+                want,
+                ProtocolError::InvalidUtf8
+                    | ProtocolError::InvalidClosePayload
+                    | ProtocolError::InvalidCloseCode(_)
+            ) {
+                let mut d = Decoder::new(role, DecoderLimits::default());
+                let mut header_only = bytes[..bytes.len().min(10)].to_vec();
+                assert_eq!(d.decode(&mut header_only).unwrap_err(), want);
+            }
+        }
+    }
+
+    #[test]
+    fn continuation_rules_and_interleaved_control() {
+        let mut c = client();
+        assert_eq!(one(&mut c, &[0x01, 0x02, b'H', b'e']).unwrap(), None);
+        // New data frame while fragmented.
+        assert_eq!(
+            err(&mut c, &[0x81, 0x00]),
+            ProtocolError::ExpectedContinuation
+        );
+        let mut c = client();
+        assert_eq!(one(&mut c, &[0x02, 0x01, 1]).unwrap(), None);
+        // Control frames may come between fragments.
+        assert_eq!(
+            one(&mut c, &[0x89, 0x01, b'p']).unwrap().unwrap(),
+            "Ping([112])"
+        );
+        assert_eq!(one(&mut c, &[0x00, 0x01, 2]).unwrap(), None);
+        assert_eq!(
+            one(&mut c, &[0x80, 0x01, 3]).unwrap().unwrap(),
+            "Message { kind: Binary, data: [1, 2, 3] }"
+        );
+        assert!(c.is_idle());
+        assert_eq!(
+            err(&mut c, &[0x80, 0x00]),
+            ProtocolError::UnexpectedContinuation
+        );
+    }
+
+    #[test]
+    fn message_limit_checked_before_buffering() {
+        let limits = DecoderLimits {
+            frame_bytes_max: 100,
+            message_bytes_max: 150,
+        };
+        let mut c = Decoder::new(Role::Client, limits);
+        let mut first = vec![0x02, 100];
+        first.extend([0u8; 100]);
+        assert_eq!(one(&mut c, &first).unwrap(), None);
+        // Only the header of the next fragment: rejected before its payload arrives.
+        assert_eq!(
+            err(&mut c, &[0x00, 51]),
+            ProtocolError::MessageTooLarge {
+                size: 151,
+                max: 150
+            }
+        );
+        let mut c = Decoder::new(Role::Client, limits);
+        assert_eq!(
+            err(&mut c, &[0x82, 101]),
+            ProtocolError::FrameTooLarge {
+                size: 101,
+                max: 100
+            }
+        );
+        let limits = DecoderLimits {
+            frame_bytes_max: 100,
+            message_bytes_max: 50,
+        };
+        let mut c = Decoder::new(Role::Client, limits);
+        assert_eq!(
+            err(&mut c, &[0x82, 51]),
+            ProtocolError::MessageTooLarge { size: 51, max: 50 }
+        );
+        assert_eq!(
+            ProtocolError::MessageTooLarge { size: 51, max: 50 }.close_code(),
+            1009
+        );
+    }
+
+    #[test]
+    fn fragmented_text_fails_fast_and_reassembly_is_freed() {
+        let mut c = client();
+        // "κό" then an invalid continuation byte in the second fragment (not the last).
+        assert_eq!(one(&mut c, &[0x01, 0x03, 0xce, 0xba, 0xe1]).unwrap(), None);
+        assert_eq!(err(&mut c, &[0x00, 0x01, 0x28]), ProtocolError::InvalidUtf8);
+        // A code point split across fragments is fine.
+        let mut c = client();
+        assert_eq!(one(&mut c, &[0x01, 0x01, 0xce]).unwrap(), None);
+        assert_eq!(
+            one(&mut c, &[0x80, 0x01, 0xba]).unwrap().unwrap(),
+            "Message { kind: Text, data: [206, 186] }"
+        );
+        // An incomplete code point at the end of the message is not.
+        let mut c = client();
+        assert_eq!(one(&mut c, &[0x01, 0x01, b'a']).unwrap(), None);
+        assert_eq!(err(&mut c, &[0x80, 0x01, 0xce]), ProtocolError::InvalidUtf8);
+        // After delivery the next call frees the buffer.
+        let mut c = client();
+        assert_eq!(one(&mut c, &[0x02, 0x01, 1]).unwrap(), None);
+        assert!(c.reassembly.capacity() > 0);
+        assert!(one(&mut c, &[0x80, 0x01, 2]).unwrap().is_some());
+        assert_eq!(c.decode(&mut []).unwrap(), None);
+        assert_eq!(c.reassembly.capacity(), 0);
+    }
+
+    #[test]
+    fn incomplete_consumes_nothing() {
+        let mut out = Vec::new();
+        encode_frame(&mut out, Role::Client, OpCode::Binary, true, &[9u8; 300]);
+        let mut s = server();
+        for cut in 0..out.len() {
+            let mut part = out[..cut].to_vec();
+            assert_eq!(s.decode(&mut part).unwrap(), None, "cut {cut}");
+        }
+        assert_eq!(s.frame_bytes_needed(&out[..8]), Some(out.len()));
+        assert_eq!(s.frame_bytes_needed(&out[..3]), None);
+    }
+}

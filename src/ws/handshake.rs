@@ -437,7 +437,19 @@ impl ClientHandshake {
         protocols: &[&str],
         headers: &[(&str, &str)],
     ) -> (ClientHandshake, Vec<u8>) {
-        let key = BASE64.encode(rand::random::<[u8; 16]>());
+        Self::new_with_key(host, resource, protocols, headers, rand::random())
+    }
+
+    /// [`ClientHandshake::new`] with a given key (its 16 raw bytes): for reproducible tests
+    /// and fuzzing. Real clients use `new`, whose key is random as RFC 6455 §4.1 requires.
+    pub fn new_with_key(
+        host: &str,
+        resource: &str,
+        protocols: &[&str],
+        headers: &[(&str, &str)],
+        key: [u8; 16],
+    ) -> (ClientHandshake, Vec<u8>) {
+        let key = BASE64.encode(key);
         let mut req = Vec::with_capacity(256);
         req.extend_from_slice(b"GET ");
         req.extend_from_slice(if resource.is_empty() { "/" } else { resource }.as_bytes());
@@ -552,5 +564,357 @@ impl ClientHandshake {
             return Err(ClientHandshakeError::BadAccept);
         }
         Ok(Some((ClientResponse { protocol }, head_len)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RFC_REQUEST: &str = "GET /chat?device=stb%2D1&x=a+b HTTP/1.1\r\n\
+        Host: server.example.com\r\n\
+        Upgrade: websocket\r\n\
+        Connection: Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Origin: http://example.com\r\n\
+        Sec-WebSocket-Protocol: chat, superchat\r\n\
+        Sec-WebSocket-Version: 13\r\n\r\n";
+
+    fn parse(s: &str) -> Result<Option<(UpgradeRequest, usize)>, HandshakeError> {
+        parse_request(s.as_bytes(), &HandshakeLimits::default())
+    }
+
+    fn err(s: &str) -> HandshakeError {
+        parse(s).expect_err("must be rejected")
+    }
+
+    fn with_headers(method: &str, headers: &[&str]) -> String {
+        let mut s = format!("{method} /ws HTTP/1.1\r\n");
+        for h in headers {
+            s.push_str(h);
+            s.push_str("\r\n");
+        }
+        s.push_str("\r\n");
+        s
+    }
+
+    const HOST: &str = "Host: a";
+    const UPGRADE: &str = "Upgrade: websocket";
+    const CONNECTION: &str = "Connection: Upgrade";
+    const KEY: &str = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==";
+    const VERSION: &str = "Sec-WebSocket-Version: 13";
+
+    #[test]
+    fn rfc_accept_vector() {
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn parses_rfc_request() {
+        let (req, n) = parse(RFC_REQUEST).unwrap().unwrap();
+        assert_eq!(n, RFC_REQUEST.len());
+        assert_eq!(req.path, "/chat");
+        assert_eq!(req.query.as_deref(), Some("device=stb%2D1&x=a+b"));
+        assert_eq!(req.query_param("device").as_deref(), Some("stb-1"));
+        assert_eq!(req.query_param("x").as_deref(), Some("a b"));
+        assert_eq!(req.query_param("nope"), None);
+        assert_eq!(req.host, "server.example.com");
+        assert_eq!(req.protocols, vec!["chat", "superchat"]);
+        assert_eq!(req.origin.as_deref(), Some("http://example.com"));
+        assert_eq!(req.accept_key(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        let mut out = Vec::new();
+        write_accept_response(&mut out, &req, Some("chat"));
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: chat\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn incomplete_consumes_nothing_and_trailing_bytes_are_not_head() {
+        for cut in 0..RFC_REQUEST.len() {
+            assert_eq!(parse(&RFC_REQUEST[..cut]), Ok(None), "cut {cut}");
+        }
+        let mut with_frame = RFC_REQUEST.as_bytes().to_vec();
+        with_frame.extend_from_slice(&[0x81, 0x80, 1, 2, 3, 4]);
+        let (_, n) = parse_request(&with_frame, &HandshakeLimits::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, RFC_REQUEST.len());
+    }
+
+    #[test]
+    fn tokens_are_case_insensitive_in_lists() {
+        let s = with_headers(
+            "GET",
+            &[
+                HOST,
+                "upgrade: WebSocket",
+                "connection: keep-alive, UPGRADE",
+                KEY,
+                VERSION,
+            ],
+        );
+        assert!(parse(&s).unwrap().is_some());
+        let s = with_headers(
+            "GET",
+            &[
+                HOST,
+                "Upgrade: h2c ,  websocket",
+                "Connection: keep-alive",
+                "Connection: Upgrade",
+                KEY,
+                VERSION,
+            ],
+        );
+        assert!(parse(&s).unwrap().is_some());
+        // "upgraded" is not the token "upgrade".
+        let s = with_headers(
+            "GET",
+            &[HOST, UPGRADE, "Connection: upgraded", KEY, VERSION],
+        );
+        assert_eq!(
+            err(&s),
+            HandshakeError::NotUpgrade("missing Connection: Upgrade")
+        );
+    }
+
+    #[test]
+    fn every_failure_has_its_status() {
+        let cases: Vec<(String, u16)> = vec![
+            ("POST /ws HTTP/1.1\r\nHost: a\r\n\r\n".into(), 405),
+            (
+                with_headers("PUT", &[HOST, UPGRADE, CONNECTION, KEY, VERSION]),
+                405,
+            ),
+            ("GET /ws HTTP/1.0\r\nHost: a\r\n\r\n".into(), 400),
+            ("GARBAGE\0\r\n\r\n".into(), 400),
+            ("GET ws HTTP/1.1\r\nHost: a\r\n\r\n".into(), 400),
+            (
+                with_headers("GET", &[UPGRADE, CONNECTION, KEY, VERSION]),
+                400,
+            ),
+            (
+                with_headers("GET", &[HOST, HOST, UPGRADE, CONNECTION, KEY, VERSION]),
+                400,
+            ),
+            (with_headers("GET", &[HOST, CONNECTION, KEY, VERSION]), 400),
+            (with_headers("GET", &[HOST, UPGRADE, KEY, VERSION]), 400),
+            (
+                with_headers("GET", &[HOST, UPGRADE, CONNECTION, VERSION]),
+                400,
+            ),
+            (
+                with_headers(
+                    "GET",
+                    &[
+                        HOST,
+                        UPGRADE,
+                        CONNECTION,
+                        "Sec-WebSocket-Key: c2hvcnQ=",
+                        VERSION,
+                    ],
+                ),
+                400,
+            ),
+            (
+                with_headers(
+                    "GET",
+                    &[HOST, UPGRADE, CONNECTION, "Sec-WebSocket-Key: !!!", VERSION],
+                ),
+                400,
+            ),
+            (
+                with_headers("GET", &[HOST, UPGRADE, CONNECTION, KEY, KEY, VERSION]),
+                400,
+            ),
+            (
+                with_headers(
+                    "GET",
+                    &[HOST, UPGRADE, CONNECTION, KEY, "Sec-WebSocket-Version: 8"],
+                ),
+                426,
+            ),
+            (with_headers("GET", &[HOST, UPGRADE, CONNECTION, KEY]), 426),
+            (
+                with_headers(
+                    "GET",
+                    &[
+                        HOST,
+                        UPGRADE,
+                        CONNECTION,
+                        KEY,
+                        VERSION,
+                        "Sec-WebSocket-Version: 7",
+                    ],
+                ),
+                426,
+            ),
+        ];
+        for (req, status) in cases {
+            let e = err(&req);
+            assert_eq!(e.status(), status, "{req:?} -> {e:?}");
+        }
+    }
+
+    #[test]
+    fn head_over_limit_is_431() {
+        let limits = HandshakeLimits {
+            head_bytes_max: 64,
+            headers_max: 64,
+        };
+        let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(100));
+        let e = parse_request(long.as_bytes(), &limits).unwrap_err();
+        assert_eq!(
+            e,
+            HandshakeError::HeadTooLarge {
+                size: long.len(),
+                max: 64
+            }
+        );
+        assert_eq!(e.status(), 431);
+        // Exactly at the limit without CRLFCRLF is still "incomplete".
+        assert_eq!(parse_request(&long.as_bytes()[..64], &limits), Ok(None));
+        // A complete head longer than the limit is rejected even when fully buffered.
+        let full = with_headers("GET", &[HOST, UPGRADE, CONNECTION, KEY, VERSION]);
+        let e = parse_request(full.as_bytes(), &limits).unwrap_err();
+        assert_eq!(e.status(), 431);
+        let many: Vec<String> = (0..70).map(|i| format!("X-H{i}: v")).collect();
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        let e = err(&with_headers("GET", &refs));
+        assert_eq!(e, HandshakeError::TooManyHeaders { max: 64 });
+        assert_eq!(e.status(), 431);
+    }
+
+    #[test]
+    fn error_responses() {
+        let mut out = Vec::new();
+        write_handshake_error(&mut out, &HandshakeError::UnsupportedVersion);
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.starts_with("HTTP/1.1 426 Upgrade Required\r\n"), "{s}");
+        assert!(s.contains("\r\nSec-WebSocket-Version: 13\r\n"));
+        assert!(s.contains("\r\nConnection: close\r\n"));
+        let (head, body) = s.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("Content-Length: {}", body.len())));
+        let mut out = Vec::new();
+        write_handshake_error(&mut out, &HandshakeError::MethodNotAllowed);
+        let s = String::from_utf8(out).unwrap();
+        assert!(
+            s.starts_with("HTTP/1.1 405 Method Not Allowed\r\n")
+                && s.contains("\r\nAllow: GET\r\n")
+        );
+        let mut out = Vec::new();
+        write_error_response(&mut out, 431, "too big");
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.starts_with("HTTP/1.1 431 ") && s.ends_with("\r\n\r\ntoo big"));
+    }
+
+    fn server_answer(request: &[u8], protocol: Option<&str>) -> Vec<u8> {
+        let (req, _) = parse_request(request, &HandshakeLimits::default())
+            .unwrap()
+            .unwrap();
+        let mut out = Vec::new();
+        write_accept_response(&mut out, &req, protocol);
+        out
+    }
+
+    #[test]
+    fn client_round_trip() {
+        let (hs, request) = ClientHandshake::new(
+            "h:1",
+            "/ws?token=abc",
+            &["v1", "v2"],
+            &[("Authorization", "Bearer t")],
+        );
+        let (req, n) = parse_request(&request, &HandshakeLimits::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, request.len());
+        assert_eq!(req.key, hs.key());
+        assert_eq!(req.protocols, vec!["v1", "v2"]);
+        assert_eq!(req.authorization.as_deref(), Some("Bearer t"));
+        assert_eq!(req.query_param("token").as_deref(), Some("abc"));
+        let mut resp = server_answer(&request, Some("v2"));
+        let head = resp.len();
+        for cut in 0..head {
+            assert_eq!(hs.parse_response(&resp[..cut]), Ok(None));
+        }
+        resp.extend_from_slice(&[0x81, 0x00]);
+        let (r, consumed) = hs.parse_response(&resp).unwrap().unwrap();
+        assert_eq!(r.protocol.as_deref(), Some("v2"));
+        assert_eq!(consumed, head);
+    }
+
+    #[test]
+    fn client_with_rfc_key() {
+        let (hs, request) = ClientHandshake::new_with_key("h", "/", &[], &[], *b"the sample nonce");
+        assert_eq!(hs.key(), "dGhlIHNhbXBsZSBub25jZQ==");
+        let resp =
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                    Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        assert!(hs.parse_response(resp.as_bytes()).unwrap().is_some());
+        assert!(parse_request(&request, &HandshakeLimits::default())
+            .unwrap()
+            .is_some());
+    }
+
+    #[test]
+    fn client_rejections() {
+        let (hs, request) = ClientHandshake::new("h", "/", &["v1"], &[]);
+        let good = String::from_utf8(server_answer(&request, None)).unwrap();
+        assert_eq!(
+            hs.parse_response(good.as_bytes())
+                .unwrap()
+                .unwrap()
+                .0
+                .protocol,
+            None
+        );
+        let bad_proto = String::from_utf8(server_answer(&request, Some("v9"))).unwrap();
+        assert_eq!(
+            hs.parse_response(bad_proto.as_bytes()),
+            Err(ClientHandshakeError::BadProtocol)
+        );
+        let other = ClientHandshake::new("h", "/", &[], &[]).0;
+        assert_eq!(
+            other.parse_response(good.as_bytes()),
+            Err(ClientHandshakeError::BadAccept)
+        );
+        let no_accept = good.replace("Sec-WebSocket-Accept", "X-Accept");
+        assert_eq!(
+            hs.parse_response(no_accept.as_bytes()),
+            Err(ClientHandshakeError::BadAccept)
+        );
+        let no_upgrade = good.replace("Upgrade: websocket", "Upgrade: h2c");
+        assert!(matches!(
+            hs.parse_response(no_upgrade.as_bytes()),
+            Err(ClientHandshakeError::Malformed(_))
+        ));
+        let ext = good.replace(
+            "\r\n\r\n",
+            "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n",
+        );
+        assert!(matches!(
+            hs.parse_response(ext.as_bytes()),
+            Err(ClientHandshakeError::Malformed(_))
+        ));
+        let refused = "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(
+            hs.parse_response(refused.as_bytes()),
+            Err(ClientHandshakeError::Status(401))
+        );
+        let huge = format!("HTTP/1.1 101 OK\r\nX: {}", "a".repeat(9000));
+        assert!(matches!(
+            hs.parse_response(huge.as_bytes()),
+            Err(ClientHandshakeError::HeadTooLarge { .. })
+        ));
+        assert!(matches!(
+            hs.parse_response(b"\0\0\0\r\n\r\n"),
+            Err(ClientHandshakeError::Malformed(_))
+        ));
     }
 }
