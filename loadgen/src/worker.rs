@@ -178,6 +178,9 @@ struct Worker {
     /// Clients whose first connect attempt has not finished (scheduled or in progress).
     initial_pending: Cell<u64>,
     initial_done: Notify,
+    /// Churned clients whose reconnect attempt has not finished.
+    churn_pending: Cell<u64>,
+    churn_done: Notify,
     draining: Cell<bool>,
     storm: RefCell<Option<StormState>>,
     storm_done: Notify,
@@ -197,11 +200,17 @@ impl Worker {
         }
     }
 
-    fn initial_settled(&self) {
-        let n = self.initial_pending.get().saturating_sub(1);
-        self.initial_pending.set(n);
+    /// A first attempt (`Why::Initial`) or a churn reconnect (`Why::Churn`) has finished.
+    fn attempt_settled(&self, why: Why) {
+        let (pending, done) = match why {
+            Why::Initial => (&self.initial_pending, &self.initial_done),
+            Why::Churn => (&self.churn_pending, &self.churn_done),
+            Why::Storm => return,
+        };
+        let n = pending.get().saturating_sub(1);
+        pending.set(n);
         if n == 0 {
-            self.initial_done.notify_one();
+            done.notify_one();
         }
     }
 
@@ -247,6 +256,8 @@ async fn run(wp: WorkerPlan, start: Instant) -> (Counters, Hists, Vec<(u64, u64)
         idle: Notify::new(),
         initial_pending: Cell::new(local_clients as u64),
         initial_done: Notify::new(),
+        churn_pending: Cell::new(0),
+        churn_done: Notify::new(),
         draining: Cell::new(false),
         storm: RefCell::new(None),
         storm_done: Notify::new(),
@@ -391,6 +402,15 @@ async fn churn(w: &Worker, phases: &Phases) {
 
 /// Reconnect storm: drop the selected clients at once, wait until all are back (or timeout).
 async fn storm(w: &Worker) {
+    // Churn reconnects still in progress finish first (each is bounded by the timeouts).
+    let churn_deadline = Instant::now()
+        + Duration::from_millis(w.plan.connect_timeout_ms + w.plan.handshake_timeout_ms + 1000);
+    while w.churn_pending.get() > 0 {
+        tokio::select! {
+            _ = w.churn_done.notified() => {}
+            _ = sleep_until(churn_deadline) => break,
+        }
+    }
     let at = Instant::now();
     let deadline = at + Duration::from_millis(w.plan.storm_timeout_ms);
     let workers = u64::from(w.plan.workers);
@@ -466,6 +486,7 @@ async fn client(w: Rc<Worker>, local: usize, global: u64, first: Instant) {
         let now = Instant::now();
         match (end, why) {
             (End::Churned, _) => {
+                w.churn_pending.set(w.churn_pending.get() + 1);
                 why = Why::Churn;
                 intended = now;
             }
@@ -497,8 +518,10 @@ async fn client(w: Rc<Worker>, local: usize, global: u64, first: Instant) {
             }
         }
         if ctl.cmd.get() == Cmd::Drain {
-            if why == Why::Storm {
-                w.storm_client_settled(false);
+            match why {
+                Why::Storm => w.storm_client_settled(false),
+                Why::Churn => w.attempt_settled(Why::Churn),
+                Why::Initial => {}
             }
             break;
         }
@@ -535,10 +558,7 @@ async fn session(
     intended: Instant,
     why: Why,
 ) -> End {
-    let mut first = FirstAttempt {
-        w,
-        pending: why == Why::Initial,
-    };
+    let mut first = Attempt { w, why: Some(why) };
     if ctl.cmd.get() == Cmd::Drain {
         return End::Drained;
     }
@@ -630,21 +650,22 @@ async fn session(
     end
 }
 
-/// Marks a client's first connect attempt as finished, once, however the attempt ends.
-struct FirstAttempt<'a> {
+/// Marks a connect attempt as finished, once, however it ends (the phase driver waits for
+/// first attempts before draining, and for churn reconnects before a storm).
+struct Attempt<'a> {
     w: &'a Worker,
-    pending: bool,
+    why: Option<Why>,
 }
 
-impl FirstAttempt<'_> {
+impl Attempt<'_> {
     fn settle(&mut self) {
-        if std::mem::take(&mut self.pending) {
-            self.w.initial_settled();
+        if let Some(why) = self.why.take() {
+            self.w.attempt_settled(why);
         }
     }
 }
 
-impl Drop for FirstAttempt<'_> {
+impl Drop for Attempt<'_> {
     fn drop(&mut self) {
         self.settle();
     }

@@ -63,8 +63,10 @@ fn echo_counts_latencies_and_sequences_over_two_workers() {
     assert_eq!(u(v, "messages.duplicates"), 0);
     assert_latency(v, "message_rtt_us", received);
     assert_eq!(u(v, "closes.clean"), 300, "{v:#}");
+    // Open loop: the achieved rate cannot beat the schedule (300 connects over 299/300 s).
+    let achieved = v["connect_rate_achieved_per_s"].as_f64().unwrap();
     assert!(
-        v["connect_rate_achieved_per_s"].as_f64().unwrap() > 100.0,
+        achieved > 0.0 && achieved <= 300.0 * 300.0 / 299.0 + 0.1,
         "{v:#}"
     );
 
