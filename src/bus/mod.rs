@@ -430,7 +430,10 @@ impl BusInbox {
         if let Ok(ctrl) = self.ctrl_rx.try_recv() {
             return Some(Incoming(Raw::Ctrl(ctrl)));
         }
-        self.data_rx.try_recv().ok().map(|msg| Incoming(Raw::Data(msg)))
+        self.data_rx
+            .try_recv()
+            .ok()
+            .map(|msg| Incoming(Raw::Data(msg)))
     }
 
     /// Waits for the next input, control before data. `None` when the bus is gone.

@@ -13,20 +13,35 @@ use std::time::Duration;
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct MessagingArgs {
     /// HS256 secret that device tokens are signed with (at least 16 bytes).
-    #[arg(long, env = "TETHER_JWT_SECRET", value_name = "SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "TETHER_JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
     pub jwt_secret: Option<String>,
     /// PEM public key for RS256/ES256 device tokens (instead of --jwt-secret).
     #[arg(long, env = "TETHER_JWT_PUBLIC_KEY", value_name = "FILE")]
     pub jwt_public_key: Option<PathBuf>,
     /// Algorithm of --jwt-public-key: RS256 or ES256.
-    #[arg(long, env = "TETHER_JWT_ALG", value_name = "ALG", default_value = "RS256")]
+    #[arg(
+        long,
+        env = "TETHER_JWT_ALG",
+        value_name = "ALG",
+        default_value = "RS256"
+    )]
     pub jwt_alg: String,
     /// Accept devices without a token (device id from the `device` query parameter). Never in
     /// production: logged as a warning at start.
     #[arg(long, env = "TETHER_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
     /// NATS server URLs (comma-separated); without it the node runs the embedded bus.
-    #[arg(long, env = "TETHER_NATS", value_name = "URL[,URL...]", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "TETHER_NATS",
+        value_name = "URL[,URL...]",
+        value_delimiter = ','
+    )]
     pub nats: Vec<String>,
     /// This node's id in presence answers and inbox subjects (default: `n-` + random hex).
     #[arg(long, env = "TETHER_NODE_ID", value_name = "ID")]
@@ -56,7 +71,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| format!("bad duration {text:?}: use e.g. 500ms, 2s, 1m"))?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("bad duration {text:?}: use e.g. 500ms, 2s, 1m"))?;
     let ms = match unit {
         "" | "ms" => n,
         "s" => n.saturating_mul(1000),
@@ -69,7 +86,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// How devices are authenticated.
 #[derive(Clone)]
 pub enum AuthMode {
-    Jwt(Verifier),
+    Jwt(Box<Verifier>),
     Insecure,
 }
 
@@ -88,27 +105,41 @@ pub struct MessagingConfig {
 impl MessagingConfig {
     /// Validates the flags; errors name the flag to fix.
     pub fn resolve(args: &MessagingArgs) -> Result<MessagingConfig, String> {
-        let auth = match (&args.jwt_secret, &args.jwt_public_key, args.insecure_no_auth) {
+        let auth = match (
+            &args.jwt_secret,
+            &args.jwt_public_key,
+            args.insecure_no_auth,
+        ) {
             (_, _, true) => AuthMode::Insecure,
-            (Some(secret), None, false) => {
-                AuthMode::Jwt(Verifier::new(&KeyConfig::Hs256 { secret: secret.as_bytes().to_vec() }).map_err(|e| e.to_string())?)
-            }
+            (Some(secret), None, false) => AuthMode::Jwt(Box::new(
+                Verifier::new(&KeyConfig::Hs256 {
+                    secret: secret.as_bytes().to_vec(),
+                })
+                .map_err(|e| e.to_string())?,
+            )),
             (None, Some(path), false) => {
-                let pem = std::fs::read(path).map_err(|e| format!("--jwt-public-key {}: {e}", path.display()))?;
+                let pem = std::fs::read(path)
+                    .map_err(|e| format!("--jwt-public-key {}: {e}", path.display()))?;
                 let key = match args.jwt_alg.to_ascii_uppercase().as_str() {
                     "RS256" => KeyConfig::Rs256 { public_pem: pem },
                     "ES256" => KeyConfig::Es256 { public_pem: pem },
-                    other => return Err(format!("--jwt-alg {other}: use RS256 or ES256 with --jwt-public-key")),
+                    other => {
+                        return Err(format!(
+                            "--jwt-alg {other}: use RS256 or ES256 with --jwt-public-key"
+                        ))
+                    }
                 };
-                AuthMode::Jwt(Verifier::new(&key).map_err(|e| e.to_string())?)
+                AuthMode::Jwt(Box::new(Verifier::new(&key).map_err(|e| e.to_string())?))
             }
             (Some(_), Some(_), false) => {
                 return Err("give either --jwt-secret or --jwt-public-key, not both".into());
             }
             (None, None, false) => {
-                return Err("device authentication needs --jwt-secret (or TETHER_JWT_SECRET) or \
+                return Err(
+                    "device authentication needs --jwt-secret (or TETHER_JWT_SECRET) or \
                             --jwt-public-key; for a closed test network only, --insecure-no-auth"
-                    .into());
+                        .into(),
+                );
             }
         };
         if args.auth_subject.is_some() && args.nats.is_empty() {
@@ -135,12 +166,74 @@ impl MessagingConfig {
         }
         Ok(MessagingConfig {
             auth,
-            nats: args.nats.iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
+            nats: args
+                .nats
+                .iter()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
             node_id,
             auth_subject: args.auth_subject.clone(),
             auth_timeout: args.auth_timeout.unwrap_or(Duration::from_secs(2)),
             bus_queue_len,
             limits,
         })
+    }
+}
+
+/// `tether token`: mints a development device token.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TokenArgs {
+    /// The device id (JWT `sub`).
+    #[arg(long, value_name = "DEVICE")]
+    pub sub: String,
+    /// Lifetime, e.g. 90s, 30m, 1h, 2d.
+    #[arg(long, value_name = "DURATION", default_value = "1h")]
+    pub ttl: String,
+    /// Topic pattern the device may subscribe to (repeatable; NATS wildcards `*` and `>`).
+    #[arg(long = "topics-sub", value_name = "PATTERN")]
+    pub topics_sub: Vec<String>,
+    /// Topic pattern the device may publish to (repeatable).
+    #[arg(long = "topics-pub", value_name = "PATTERN")]
+    pub topics_pub: Vec<String>,
+    /// Backend service the device may send upstream to (repeatable; none given = any).
+    #[arg(long = "services", value_name = "NAME")]
+    pub services: Vec<String>,
+    /// HS256 secret (the node's --jwt-secret).
+    #[arg(
+        long,
+        env = "TETHER_JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: String,
+}
+
+impl TokenArgs {
+    /// The signed token.
+    pub fn mint(&self) -> Result<String, String> {
+        if !crate::proto::valid_device_id(&self.sub) {
+            return Err(format!(
+                "--sub {:?}: use 1-128 of A-Z a-z 0-9 _ -",
+                self.sub
+            ));
+        }
+        let ttl = crate::auth::parse_ttl_secs(&self.ttl)?;
+        let now = crate::auth::now_secs();
+        let claims = crate::auth::Claims {
+            sub: self.sub.clone(),
+            exp: now + ttl,
+            iat: Some(now),
+            topics_sub: self.topics_sub.clone(),
+            topics_pub: self.topics_pub.clone(),
+            services: (!self.services.is_empty()).then(|| self.services.clone()),
+            ..crate::auth::Claims::default()
+        };
+        let secret = self.jwt_secret.as_bytes();
+        crate::auth::Verifier::new(&crate::auth::KeyConfig::Hs256 {
+            secret: secret.to_vec(),
+        })
+        .map_err(|e| e.to_string())?;
+        crate::auth::mint_hs256(secret, &claims).map_err(|e| e.to_string())
     }
 }

@@ -58,7 +58,11 @@ impl MessagingNode {
 }
 
 /// Starts the bus for `shards` shards and registers `/ws` and the per-shard bus service.
-pub fn install(server: Server, config: MessagingConfig, shards: usize) -> Result<(Server, MessagingNode), String> {
+pub fn install(
+    server: Server,
+    config: MessagingConfig,
+    shards: usize,
+) -> Result<(Server, MessagingNode), String> {
     let (links, bus_node) = bus::start(&BusConfig {
         node: config.node_id.clone(),
         shards,
@@ -78,16 +82,30 @@ pub fn install(server: Server, config: MessagingConfig, shards: usize) -> Result
         nats = %config.nats.join(","),
         "messaging bus started"
     );
-    let slots: Arc<Mutex<Vec<Option<ShardBus>>>> = Arc::new(Mutex::new(links.into_iter().map(Some).collect()));
+    let slots: Arc<Mutex<Vec<Option<ShardBus>>>> =
+        Arc::new(Mutex::new(links.into_iter().map(Some).collect()));
     let devices = Arc::new(DeviceStats::default());
     let config = Arc::new(config);
     let stats = devices.clone();
     let server = server
         .endpoint("/ws", move |ctx: &Rc<ShardCtx>| {
-            let bus = slots.lock().ok().and_then(|mut s| s.get_mut(ctx.index).and_then(Option::take));
-            let hub = bus.map(|bus| Rc::new(RefCell::new(Hub::new(bus, config.limits.clone(), stats.clone()))));
+            let bus = slots
+                .lock()
+                .ok()
+                .and_then(|mut s| s.get_mut(ctx.index).and_then(Option::take));
+            let hub = bus.map(|bus| {
+                Rc::new(RefCell::new(Hub::new(
+                    bus,
+                    config.limits.clone(),
+                    stats.clone(),
+                )))
+            });
             SHARD_HUB.with(|slot| *slot.borrow_mut() = hub.clone());
-            Rc::new(DeviceEndpoint { hub, config: config.clone(), stats: stats.clone() })
+            Rc::new(DeviceEndpoint {
+                hub,
+                config: config.clone(),
+                stats: stats.clone(),
+            })
         })
         .service(|ctx: &Rc<ShardCtx>| {
             let hub = SHARD_HUB
@@ -95,7 +113,13 @@ pub fn install(server: Server, config: MessagingConfig, shards: usize) -> Result
                 .ok_or_else(|| format!("shard {}: no bus link for the /ws endpoint", ctx.index))?;
             Ok(Box::pin(run_hub(hub, ctx.clone())))
         });
-    Ok((server, MessagingNode { bus: bus_node, devices }))
+    Ok((
+        server,
+        MessagingNode {
+            bus: bus_node,
+            devices,
+        },
+    ))
 }
 
 /// The shard's bus loop: bus inputs to the hub, and a tick every [`TICK`].
@@ -140,30 +164,54 @@ fn refuse(err: AuthError) -> Rejected {
 }
 
 impl Endpoint for DeviceEndpoint {
-    fn accept<'a>(&'a self, req: &'a UpgradeRequest, _info: &'a ConnInfo) -> LocalFuture<'a, Result<Accepted, Rejected>> {
+    fn accept<'a>(
+        &'a self,
+        req: &'a UpgradeRequest,
+        _info: &'a ConnInfo,
+    ) -> LocalFuture<'a, Result<Accepted, Rejected>> {
         Box::pin(async move {
-            let hub = self.hub.clone().ok_or_else(|| Rejected::new(503, "device endpoint unavailable"))?;
-            let protocol = auth::negotiate_protocol(&req.protocols).map_err(|m| Rejected::new(400, m))?;
+            let hub = self
+                .hub
+                .clone()
+                .ok_or_else(|| Rejected::new(503, "device endpoint unavailable"))?;
+            let protocol =
+                auth::negotiate_protocol(&req.protocols).map_err(|m| Rejected::new(400, m))?;
             let claims = match &self.config.auth {
                 AuthMode::Insecure => {
                     let device = req
                         .query_param("device")
                         .filter(|d| crate::proto::valid_device_id(d))
-                        .ok_or_else(|| Rejected::new(400, "insecure mode: give ?device=ID (A-Z a-z 0-9 _ -)"))?;
-                    self.stats.insecure_sessions_total.fetch_add(1, Ordering::Relaxed);
+                        .ok_or_else(|| {
+                            Rejected::new(400, "insecure mode: give ?device=ID (A-Z a-z 0-9 _ -)")
+                        })?;
+                    self.stats
+                        .insecure_sessions_total
+                        .fetch_add(1, Ordering::Relaxed);
                     Claims::insecure(&device)
                 }
                 AuthMode::Jwt(verifier) => {
-                    let (token, _) =
-                        auth::extract_token(req.authorization.as_deref(), req.query_param("token"), &req.protocols)
-                            .ok_or_else(|| refuse(AuthError::Missing))?;
+                    let (token, _) = auth::extract_token(
+                        req.authorization.as_deref(),
+                        req.query_param("token"),
+                        &req.protocols,
+                    )
+                    .ok_or_else(|| refuse(AuthError::Missing))?;
                     verifier.verify(&token).map_err(refuse)?
                 }
             };
             if let Some(subject) = &self.config.auth_subject {
-                let request = AuthRequest { device: &claims.sub, node: &self.config.node_id, claims: &claims };
-                let payload = serde_json::to_vec(&request).map_err(|_| refuse(AuthError::Unavailable))?;
-                let reply = hub.borrow_mut().bus().request(subject, payload.into(), self.config.auth_timeout);
+                let request = AuthRequest {
+                    device: &claims.sub,
+                    node: &self.config.node_id,
+                    claims: &claims,
+                };
+                let payload =
+                    serde_json::to_vec(&request).map_err(|_| refuse(AuthError::Unavailable))?;
+                let reply = hub.borrow_mut().bus().request(
+                    subject,
+                    payload.into(),
+                    self.config.auth_timeout,
+                );
                 match reply.await {
                     Ok(answer) => auth::parse_auth_reply(&answer).map_err(refuse)?,
                     Err(err) => {
@@ -174,7 +222,10 @@ impl Endpoint for DeviceEndpoint {
             }
             Ok(Accepted {
                 protocol: protocol.map(str::to_owned),
-                session: Box::new(DeviceSession { hub, claims: Some(Rc::new(claims)) }),
+                session: Box::new(DeviceSession {
+                    hub,
+                    claims: Some(Rc::new(claims)),
+                }),
             })
         })
     }
@@ -190,7 +241,9 @@ impl Session for DeviceSession {
     fn on_open(&mut self, conn: &ConnHandle) {
         if let Some(claims) = self.claims.take() {
             let now = conn.shard().now_ms();
-            self.hub.borrow_mut().open(conn.id(), conn.clone(), claims, now);
+            self.hub
+                .borrow_mut()
+                .open(conn.id(), conn.clone(), claims, now);
         }
     }
 
