@@ -79,6 +79,13 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(config.log_format);
+            let Some(messaging) = messaging else {
+                tracing::warn!(
+                    "device endpoint /ws is off: no --jwt-secret (TETHER_JWT_SECRET), \
+                     --jwt-public-key or --insecure-no-auth"
+                );
+                return finish(Server::new(config).run());
+            };
             let shards =
                 match tether_shards::Placement::discover(config.shards, config.cpus.as_deref()) {
                     Ok(p) => p.shards(),
@@ -100,14 +107,18 @@ fn main() -> ExitCode {
             });
             let result = server.run();
             node.bus.stop(std::time::Duration::from_secs(1));
-            match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("tether serve: {e}");
-                    eprintln!("tether serve: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            finish(result)
+        }
+    }
+}
+
+fn finish(result: Result<(), tether::server::ServeError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("tether serve: {e}");
+            eprintln!("tether serve: {e}");
+            ExitCode::FAILURE
         }
     }
 }

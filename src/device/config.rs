@@ -103,8 +103,18 @@ pub struct MessagingConfig {
 }
 
 impl MessagingConfig {
-    /// Validates the flags; errors name the flag to fix.
-    pub fn resolve(args: &MessagingArgs) -> Result<MessagingConfig, String> {
+    /// Validates the flags; errors name the flag to fix. `Ok(None)`: no messaging flag at all
+    /// (no secret, key, insecure mode or NATS), so the node runs without `/ws` (authentication
+    /// stays on by default: there is no unauthenticated device endpoint unless asked for).
+    pub fn resolve(args: &MessagingArgs) -> Result<Option<MessagingConfig>, String> {
+        let configured = args.jwt_secret.is_some()
+            || args.jwt_public_key.is_some()
+            || args.insecure_no_auth
+            || !args.nats.is_empty()
+            || args.auth_subject.is_some();
+        if !configured {
+            return Ok(None);
+        }
         let auth = match (
             &args.jwt_secret,
             &args.jwt_public_key,
@@ -164,7 +174,7 @@ impl MessagingConfig {
         if bus_queue_len == 0 {
             return Err("--bus-queue-len must be at least 1".into());
         }
-        Ok(MessagingConfig {
+        Ok(Some(MessagingConfig {
             auth,
             nats: args
                 .nats
@@ -177,7 +187,7 @@ impl MessagingConfig {
             auth_timeout: args.auth_timeout.unwrap_or(Duration::from_secs(2)),
             bus_queue_len,
             limits,
-        })
+        }))
     }
 }
 

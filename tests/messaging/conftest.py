@@ -108,6 +108,7 @@ class Node:
     def __init__(self, *args, secret=SECRET, env_extra=None):
         cmd = [tether_bin(), "serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", *args]
         env = dict(os.environ, TETHER_LOG="info")
+        env.pop("TETHER_JWT_SECRET", None)
         if secret is not None:
             env["TETHER_JWT_SECRET"] = secret
         env.update(env_extra or {})

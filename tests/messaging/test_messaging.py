@@ -329,13 +329,25 @@ def test_insecure_mode_is_explicit_and_loud():
     run(body())
 
 
-def test_node_without_secret_refuses_to_start():
+def test_without_auth_configuration_there_is_no_device_endpoint():
+    """Authentication is on by default: with no secret, key or --insecure-no-auth the node
+    serves no /ws at all (404, logged); asking for NATS without a secret refuses to start."""
+    import os
     import subprocess
 
     from conftest import tether_bin
 
-    env = {k: v for k, v in __import__("os").environ.items() if k != "TETHER_JWT_SECRET"}
-    out = subprocess.run([tether_bin(), "serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"], env=env, capture_output=True, text=True, timeout=20)
+    node = Node("--shards", "1", secret=None)
+    try:
+        assert run(status_of(node.url(), additional_headers={"Authorization": "Bearer " + mint("d")}))[0] == 404
+        assert "/ws is off" in node.log()
+    finally:
+        node.stop()
+    env = {k: v for k, v in os.environ.items() if k != "TETHER_JWT_SECRET"}
+    out = subprocess.run(
+        [tether_bin(), "serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--nats", "nats://127.0.0.1:1"],
+        env=env, capture_output=True, text=True, timeout=20,
+    )
     assert out.returncode != 0
     assert "--jwt-secret" in out.stderr and "--insecure-no-auth" in out.stderr
 
