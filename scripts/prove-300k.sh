@@ -26,7 +26,11 @@
 #   --shards N         shards per node [1]
 #   --pin alt|none     pin single-shard nodes alternately to CPU 0 and 1 [alt]
 #   --rate LIST        comma list of handshake rates per second, or `max` [1000,max]
-#   --max-rate R       the open-loop rate offered by a `max` run [30000]
+#   --max-rate R       rate of the `max` run; without it, short probe runs (--probe-clients
+#                      clients at each of --probe-rates) find the highest rate whose schedule
+#                      is kept: 0 errors, >= 95% achieved, handshake p99 <= 500 ms
+#   --probe-rates LIST [4000,6000,8000,10000,12000,15000,20000,25000,30000]
+#   --probe-clients N  [36000]
 #   --hold DURATION    hold after the last scheduled connect (loadgen --hold) [45s]
 #   --sample N         sample devices for the messaging check (0: none) [1000]
 #   --messages N       NATS pushes and device-to-device sends per sample device [3]
@@ -52,7 +56,9 @@ per_node=18000
 shards=1
 pin=alt
 rates=1000,max
-max_rate=30000
+max_rate=""
+probe_rates=4000,6000,8000,10000,12000,15000,20000,25000,30000
+probe_clients=36000
 hold=45s
 sample=1000
 messages=3
@@ -71,6 +77,8 @@ while [ $# -gt 0 ]; do
         --pin) pin=$2; shift ;;
         --rate) rates=$2; shift ;;
         --max-rate) max_rate=$2; shift ;;
+        --probe-rates) probe_rates=$2; shift ;;
+        --probe-clients) probe_clients=$2; shift ;;
         --hold) hold=$2; shift ;;
         --sample) sample=$2; shift ;;
         --messages) messages=$2; shift ;;
@@ -218,15 +226,15 @@ EOF
 jwt_secret=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
 
 # ------------------------------------------------------------------ one run
+# run_one LABEL RATE CLIENTS SAMPLE NODES HOLD: one complete run into $out/LABEL.
 run_one() {
-    local rate_arg=$1 rate
-    if [ "$rate_arg" = max ]; then rate=$max_rate; else rate=$rate_arg; fi
-    run_dir="$out/run-$rate_arg"
+    local label=$1 rate=$2 clients=$3 sample=$4 nodes=$5 hold=$6
+    run_dir="$out/$label"
     rm -rf "$run_dir"
     mkdir -p "$run_dir"
     local t_run0
     t_run0=$(date +%s)
-    log "run rate=$rate_arg ($rate/s): $clients clients, $nodes nodes x $shards shard(s), endpoint /$endpoint, sample $sample -> $run_dir"
+    log "run $label: $clients clients at $rate/s, $nodes nodes x $shards shard(s), endpoint /$endpoint, sample $sample -> $run_dir"
 
     # NATS on a free port.
     start "$run_dir/nats.log" "$NATS_BIN" -a 127.0.0.1 -p -1 -m -1 --ports_file_dir "$run_dir"
@@ -261,7 +269,7 @@ run_one() {
     cat >"$run_dir/nodes.json" <<EOF
 {"nodes":[$node_json],
  "nats":{"pid":$nats_pid,"url":"$nats_url"},
- "config":{"clients":$clients,"rate":"$rate_arg","rate_per_s":$rate,"shards":$shards,"endpoint":"/$endpoint",
+ "config":{"clients":$clients,"label":"$label","rate":$rate,"shards":$shards,"endpoint":"/$endpoint",
            "sample_devices":$sample,"messages_per_device":$messages,"jwt_secret":"$jwt_secret",
            "hold":"$hold","messaging_skipped":"$messaging_skipped","delivery_wait_s":15}}
 EOF
@@ -299,20 +307,19 @@ EOF
 
     # Loadgen: the rest of the clients, round-robin over the nodes.
     local lg_clients=$(( clients - $(cat "$run_dir/devices.ready" 2>/dev/null || echo 0) ))
-    local urls=() pids=() query=""
-    if [ "$endpoint" = ws ]; then
-        query="?token=$(python3 "$PROVE_PY" token fleet "$jwt_secret")"
-    fi
+    local urls=() pids=() auth=()
+    # On /ws every loadgen client is its own device (lg-<index>) with its own HS256 token.
+    [ "$endpoint" = ws ] && auth=(--device-jwt-secret "$jwt_secret" --device-prefix lg-)
     for a in $(python3 -c 'import json,sys; [print(n["listen"]) for n in json.load(open(sys.argv[1]))["nodes"]]' "$run_dir/nodes.json"); do
-        urls+=(--url "ws://$a/$endpoint$query")
+        urls+=(--url "ws://$a/$endpoint")
     done
     for p in $(python3 -c 'import json,sys; [print(n["pid"]) for n in json.load(open(sys.argv[1]))["nodes"]]' "$run_dir/nodes.json"); do
         pids+=(--server-pid "$p")
     done
     printf '%q ' "$LOADGEN_BIN" "${urls[@]}" --clients "$lg_clients" --rate "$rate" --hold "$hold" \
-        --source "$source_range" --json "$run_dir/loadgen.json" "${pids[@]}" >"$run_dir/loadgen.cmd"
+        --source "$source_range" --json "$run_dir/loadgen.json" "${pids[@]}" "${auth[@]+"${auth[@]}"}" >"$run_dir/loadgen.cmd"
     start "$run_dir/loadgen.log" "$LOADGEN_BIN" "${urls[@]}" --clients "$lg_clients" --rate "$rate" \
-        --hold "$hold" --source "$source_range" --json "$run_dir/loadgen.json" "${pids[@]}"
+        --hold "$hold" --source "$source_range" --json "$run_dir/loadgen.json" "${pids[@]}" "${auth[@]+"${auth[@]}"}"
     local lg_pid=$started_pid
     echo "$lg_pid" >"$run_dir/loadgen.pid"
     local t_lg0
@@ -370,7 +377,7 @@ EOF
     stop_group "$nats_pid" 5
 
     python3 "$PROVE_PY" summary "$run_dir"
-    log "run rate=$rate_arg took $(( $(date +%s) - t_run0 )) s wall-clock"
+    log "run $label took $(( $(date +%s) - t_run0 )) s wall-clock"
     python3 - "$run_dir/summary.json" "$(( $(date +%s) - t_run0 ))" <<'EOF'
 import json, sys
 p = sys.argv[1]; s = json.load(open(p)); s["run_wall_s"] = int(sys.argv[2])
@@ -378,21 +385,66 @@ json.dump(s, open(p, "w"), indent=2)
 EOF
 }
 
+# probe_max: short runs at rising offered rates; sets probe_best to the highest one whose schedule was kept
+# (0 handshake errors, achieved >= 95% of offered, handshake p99 <= 500 ms).
+probe_max() {
+    local r pn=$(( (probe_clients + per_node - 1) / per_node ))
+    IFS=, read -r -a ladder <<<"$probe_rates"
+    for r in "${ladder[@]}"; do
+        run_one "probe-$r" "$r" "$probe_clients" 0 "$pn" 2s
+        if python3 - "$out/probe-$r/summary.json" "$r" <<'EOF'
+import json, sys
+s = json.load(open(sys.argv[1])); r = float(sys.argv[2])
+ok = (s["handshake_errors_total"] == 0 and (s["connect_rate_per_s"] or 0) >= 0.95 * r
+      and (s["handshake_latency_us"]["p99"] or 1e12) <= 500_000)
+print(f"probe {r:.0f}/s: achieved {s['connect_rate_per_s']}/s, errors {s['handshake_errors_total']}, "
+      f"p99 {s['handshake_latency_us']['p99']} us -> {'kept' if ok else 'NOT kept'}", file=sys.stderr)
+sys.exit(0 if ok else 1)
+EOF
+        then probe_best=$r; else break; fi
+    done
+}
+
 t0=$(date +%s)
 log "tether $("$TETHER_BIN" --version 2>/dev/null | head -1); $(nproc) CPUs; $(uname -r); open files hard limit $fd_hard"
 run_dirs=()
 IFS=, read -r -a rate_list <<<"$rates"
 for r in "${rate_list[@]}"; do
-    run_one "$r"
+    if [ "$r" = max ]; then
+        if [ -n "$max_rate" ]; then
+            rate=$max_rate
+        else
+            probe_best=0
+            rm -rf "$out"/probe-*
+            probe_max
+            rate=$probe_best
+            [ "$rate" -gt 0 ] || die "no probe rate kept its schedule (see $out/probe-*)"
+            log "highest rate that kept its schedule in the probes: $rate/s"
+        fi
+        run_one run-max "$rate" "$clients" "$sample" "$nodes" "$hold"
+    else
+        run_one "run-$r" "$r" "$clients" "$sample" "$nodes" "$hold"
+    fi
     run_dirs+=("$run_dir")
     run_dir=""
 done
 
-python3 - "$out/summary.json" "${run_dirs[@]}" <<'EOF'
-import json, sys
+python3 - "$out" "${run_dirs[@]}" <<'EOF'
+import glob, json, os, sys
+out = sys.argv[1]
 runs = [json.load(open(d + "/summary.json")) for d in sys.argv[2:]]
 top = dict(runs[0])
 top["runs"] = runs
-json.dump(top, open(sys.argv[1], "w"), indent=2)
+probes = []
+for d in sorted(glob.glob(out + "/probe-*"), key=lambda d: int(d.rsplit("-", 1)[1])):
+    try:
+        p = json.load(open(d + "/summary.json"))
+    except (OSError, ValueError):
+        continue
+    probes.append({k: p.get(k) for k in ("rate_target_per_s", "connect_rate_per_s", "handshake_errors_total",
+                                          "handshake_latency_us", "clients_target", "nodes", "run_wall_s")})
+if probes:
+    top["rate_probes"] = probes
+json.dump(top, open(out + "/summary.json", "w"), indent=2)
 EOF
 log "done in $(( $(date +%s) - t0 )) s; $out/summary.json"

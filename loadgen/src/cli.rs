@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, ValueEnum};
 
-use crate::plan::{parse_sources, parse_url, Arrivals, Plan, Rate, MSG_HEADER_BYTES};
+use crate::plan::{parse_sources, parse_url, Arrivals, DeviceAuth, Plan, Rate, MSG_HEADER_BYTES};
 
 /// Open-loop WebSocket load generator: connects `--clients` clients on a schedule, holds them,
 /// optionally churns and storms them, drains, and reports coordinated-omission-correct
@@ -79,6 +79,14 @@ pub struct Args {
     /// A scheduled connect or send starting later than this counts as lag.
     #[arg(long, default_value = "5ms", value_parser = parse_duration_us)]
     pub lag_threshold: u64,
+    /// tether device protocol: each client authenticates as its own device
+    /// `<--device-prefix><client index>` with an HS256 token signed with this secret
+    /// (`Authorization: Bearer`), so every client holds its own routing interest on the server.
+    #[arg(long, value_name = "SECRET", hide_env_values = true)]
+    pub device_jwt_secret: Option<String>,
+    /// Device id prefix of `--device-jwt-secret` clients.
+    #[arg(long, default_value = "lg-")]
+    pub device_prefix: String,
     /// Write the summary as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -210,6 +218,10 @@ impl Args {
             msg_bytes: self.msg_size,
             msg_in_flight_max: self.msg_in_flight_max.max(1),
             lag_threshold_us: self.lag_threshold,
+            device_auth: self.device_jwt_secret.as_ref().map(|secret| DeviceAuth {
+                secret: secret.clone(),
+                prefix: self.device_prefix.clone(),
+            }),
             workers: 1,
         })
     }

@@ -205,7 +205,17 @@ pub struct Plan {
     pub msg_in_flight_max: u64,
     /// A scheduled event started later than this counts as lag.
     pub lag_threshold_us: u64,
+    /// tether device protocol: clients authenticate as distinct devices (none: no token).
+    #[serde(default)]
+    pub device_auth: Option<DeviceAuth>,
     pub workers: u32,
+}
+
+/// Device tokens minted per client: client `i` is device `<prefix><i>`, signed HS256.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeviceAuth {
+    pub secret: String,
+    pub prefix: String,
 }
 
 /// Bytes of the message header: sequence number and intended send time.
@@ -401,6 +411,7 @@ pub(crate) mod tests {
             msg_rate_per_client: 0.0,
             msg_bytes: 64,
             msg_in_flight_max: 1000,
+            device_auth: None,
             lag_threshold_us: 5000,
             workers: 1,
         }

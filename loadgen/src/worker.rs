@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 use tokio::time::{sleep_until, timeout_at, Instant};
 
 use crate::plan::MSG_HEADER_BYTES;
-use crate::plan::{storm_drops, worker_clients, ConnectSchedule, Phases, Plan, Target};
+use crate::plan::{storm_drops, worker_clients, ConnectSchedule, DeviceAuth, Phases, Plan, Target};
 use crate::stats::{Counters, Hists, StartSignal, WorkerMsg, WorkerPlan};
 use crate::sys;
 
@@ -482,7 +482,7 @@ async fn client(w: Rc<Worker>, local: usize, global: u64, first: Instant) {
     let mut why = Why::Initial;
     let mut attempt = 0u32;
     loop {
-        let end = session(&w, ctl, target, source, intended, why).await;
+        let end = session(&w, ctl, target, source, global, intended, why).await;
         let now = Instant::now();
         match (end, why) {
             (End::Churned, _) => {
@@ -555,6 +555,7 @@ async fn session(
     ctl: &Ctl,
     target: &Target,
     source: Option<Ipv4Addr>,
+    global: u64,
     intended: Instant,
     why: Why,
 ) -> End {
@@ -612,7 +613,7 @@ async fn session(
 
     let upgrade = timeout_at(
         t_tcp + Duration::from_millis(w.plan.handshake_timeout_ms),
-        upgrade(&stream, target),
+        upgrade(&stream, target, w.plan.device_auth.as_ref(), global),
     );
     tokio::pin!(upgrade);
     let leftover = loop {
@@ -672,8 +673,33 @@ impl Drop for Attempt<'_> {
 }
 
 /// Sends the upgrade request and reads the response; returns the bytes that followed it.
-async fn upgrade(stream: &TcpStream, target: &Target) -> Result<Vec<u8>, String> {
-    let (hs, request) = ClientHandshake::new(&target.host, &target.resource, &[], &[]);
+/// With `device_auth`, the client presents a fresh HS256 token for device `<prefix><global>`.
+async fn upgrade(
+    stream: &TcpStream,
+    target: &Target,
+    device_auth: Option<&DeviceAuth>,
+    global: u64,
+) -> Result<Vec<u8>, String> {
+    let bearer = match device_auth {
+        None => None,
+        Some(a) => {
+            let now = tether::auth::now_secs();
+            let claims = tether::auth::Claims {
+                sub: format!("{}{global}", a.prefix),
+                exp: now + 24 * 3600,
+                iat: Some(now),
+                ..tether::auth::Claims::default()
+            };
+            let token = tether::auth::mint_hs256(a.secret.as_bytes(), &claims)
+                .map_err(|_| "token_mint_failed".to_string())?;
+            Some(format!("Bearer {token}"))
+        }
+    };
+    let headers: Vec<(&str, &str)> = bearer
+        .iter()
+        .map(|b| ("Authorization", b.as_str()))
+        .collect();
+    let (hs, request) = ClientHandshake::new(&target.host, &target.resource, &[], &headers);
     write_all(stream, &request).await?;
     let mut head = Vec::new();
     loop {
