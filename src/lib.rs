@@ -1,5 +1,12 @@
 //! tether: a thread-per-core WebSocket gateway for fleets of persistently connected devices.
 //!
-//! The library holds everything that is not the runtime: the sans-IO RFC 6455 core ([`ws`]).
+//! The library holds the sans-IO RFC 6455 core ([`ws`]), the device wire protocol ([`proto`]),
+//! device authentication ([`auth`]), routing by subject interest ([`bus`]) and the
+//! thread-per-core server ([`server`]).
 
+pub mod auth;
+pub mod bus;
+pub mod device;
+pub mod proto;
+pub mod server;
 pub mod ws;

@@ -437,7 +437,19 @@ impl ClientHandshake {
         protocols: &[&str],
         headers: &[(&str, &str)],
     ) -> (ClientHandshake, Vec<u8>) {
-        let key = BASE64.encode(rand::random::<[u8; 16]>());
+        Self::new_with_key(host, resource, protocols, headers, rand::random())
+    }
+
+    /// [`ClientHandshake::new`] with a given key (its 16 raw bytes): for reproducible tests
+    /// and fuzzing. Real clients use `new`, whose key is random as RFC 6455 §4.1 requires.
+    pub fn new_with_key(
+        host: &str,
+        resource: &str,
+        protocols: &[&str],
+        headers: &[(&str, &str)],
+        key: [u8; 16],
+    ) -> (ClientHandshake, Vec<u8>) {
+        let key = BASE64.encode(key);
         let mut req = Vec::with_capacity(256);
         req.extend_from_slice(b"GET ");
         req.extend_from_slice(if resource.is_empty() { "/" } else { resource }.as_bytes());
@@ -835,6 +847,19 @@ mod tests {
         let (r, consumed) = hs.parse_response(&resp).unwrap().unwrap();
         assert_eq!(r.protocol.as_deref(), Some("v2"));
         assert_eq!(consumed, head);
+    }
+
+    #[test]
+    fn client_with_rfc_key() {
+        let (hs, request) = ClientHandshake::new_with_key("h", "/", &[], &[], *b"the sample nonce");
+        assert_eq!(hs.key(), "dGhlIHNhbXBsZSBub25jZQ==");
+        let resp =
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                    Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        assert!(hs.parse_response(resp.as_bytes()).unwrap().is_some());
+        assert!(parse_request(&request, &HandshakeLimits::default())
+            .unwrap()
+            .is_some());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`Decoder::frame_bytes_needed`] reports the total size of the frame at the front of a
 //!   buffer once its header is complete (for sizing reads).
 //! - [`ClientHandshake::with_head_bytes_max`] bounds the response head (default 8192 bytes).
+//! - [`ClientHandshake::new_with_key`] takes the key bytes (reproducible tests and fuzzing).
 //! - The error enums implement `Display` and `std::error::Error`.
 
 pub mod close;

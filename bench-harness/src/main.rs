@@ -1,0 +1,137 @@
+//! `tether-bench`: runs side-by-side scenarios (tether against peer servers on one loadgen
+//! schedule) and writes their reports.
+//!
+//! ```text
+//! tether-bench run bench-harness/scenarios/handshake-saturation.toml
+//! tether-bench report target/bench/handshake-saturation/results.json
+//! tether-bench check bench-harness/scenarios/*.toml
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tether_bench::report;
+use tether_bench::results::Results;
+use tether_bench::runner::{self, RunConfig};
+use tether_bench::scenario::Scenario;
+
+#[derive(Parser)]
+#[command(
+    name = "tether-bench",
+    version,
+    about = "Side-by-side WebSocket server benchmarks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a scenario against every server it names; writes target/bench/<scenario>/.
+    Run {
+        scenario: PathBuf,
+        /// Folder with the release binaries [default: ${CARGO_TARGET_DIR:-target}/release].
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// Output root [default: ${CARGO_TARGET_DIR:-target}/bench].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Override the scenario's repetitions (at least 3).
+        #[arg(long)]
+        repetitions: Option<u32>,
+        /// Only servers whose label contains this or whose kind is this (repeatable).
+        #[arg(long)]
+        only: Vec<String>,
+    },
+    /// Re-render report.md and the plots from a results.json (into its folder).
+    Report { results: PathBuf },
+    /// Parse and validate scenario files.
+    Check {
+        #[arg(required = true)]
+        scenarios: Vec<PathBuf>,
+    },
+}
+
+/// The repository: the nearest ancestor of the working directory holding `bench-harness/`.
+fn repo_root() -> PathBuf {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    cwd.ancestors()
+        .find(|d| d.join("bench-harness/peers/ws-echo.mjs").is_file())
+        .map(Path::to_path_buf)
+        .unwrap_or(cwd)
+}
+
+fn target_dir(repo: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => repo.join("target"),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Run {
+            scenario,
+            bin_dir,
+            out,
+            repetitions,
+            only,
+        } => (|| {
+            let sc =
+                Scenario::load(&scenario).map_err(|e| format!("{}: {e}", scenario.display()))?;
+            if let Some(r) = repetitions {
+                if r < tether_bench::scenario::REPETITIONS_MIN {
+                    return Err(format!(
+                        "--repetitions {r}: at least {} for a median with spread",
+                        tether_bench::scenario::REPETITIONS_MIN
+                    ));
+                }
+            }
+            let repo = repo_root();
+            let target = target_dir(&repo);
+            let cfg = RunConfig {
+                bin_dir: bin_dir.unwrap_or_else(|| target.join("release")),
+                out_root: out.unwrap_or_else(|| target.join("bench")),
+                repo_root: repo,
+                repetitions,
+                only,
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+            };
+            let dir = runner::run(&sc, &cfg)?;
+            println!("{}", dir.join("report.md").display());
+            Ok(())
+        })(),
+        Cmd::Report { results } => (|| {
+            let r = Results::load(&results)?;
+            let dir = results.parent().unwrap_or(Path::new("."));
+            for f in report::write_report(&r, dir)? {
+                println!("{}", f.display());
+            }
+            Ok(())
+        })(),
+        Cmd::Check { scenarios } => (|| {
+            for path in &scenarios {
+                let sc = Scenario::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                println!(
+                    "{}: ok ({} servers, {} metrics, {} targets, {} repetitions)",
+                    path.display(),
+                    sc.servers.len(),
+                    sc.metrics.len(),
+                    sc.targets.len(),
+                    sc.repetitions
+                );
+            }
+            Ok(())
+        })(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tether-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! SVG plots for a results file, drawn with plotters: latency percentiles per server (median of
+//! the repetitions), and the server's connections, connect rate, CPU and RSS over time as the
+//! runner sampled them (first successful repetition of each server).
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::results::{Results, RunResult, Sample, ServerResult};
+use crate::scenario::ServerKind;
+
+const SIZE_PX: (u32, u32) = (900, 500);
+/// Latency families plotted when present, with their percentile keys.
+const LATENCY_FAMILIES: [(&str, &str); 2] = [
+    ("handshake_latency_us", "handshake latency"),
+    ("message_rtt_us", "message round trip"),
+];
+/// One plotted line: the server's position (for its shade), the server, its points.
+type Line<'a> = (usize, &'a ServerResult, Vec<(f64, f64)>);
+
+const PERCENTILES: [&str; 5] = ["p50", "p90", "p99", "p999", "max"];
+
+/// A written plot: its title and file name (relative to the report's folder).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plot {
+    pub title: String,
+    pub file: String,
+}
+
+fn color_for(index: usize, kind: ServerKind) -> RGBColor {
+    match kind {
+        ServerKind::Tether => RGBColor(0xd6, 0x27, 0x28),
+        ServerKind::Raw101 => RGBColor(0x44, 0x44, 0x44),
+        ServerKind::Tungstenite => RGBColor(0x1f, 0x77, 0xb4),
+        ServerKind::Fastwebsockets => RGBColor(0x2c, 0xa0, 0x2c),
+        ServerKind::NodeWs => RGBColor(0x94, 0x67, 0xbd),
+    }
+    .mix_index(index)
+}
+
+trait MixIndex {
+    fn mix_index(self, index: usize) -> RGBColor;
+}
+
+impl MixIndex for RGBColor {
+    /// Several servers of one kind (tether with 1 and 2 shards) get darker shades.
+    fn mix_index(self, index: usize) -> RGBColor {
+        let f = 1.0 - 0.25 * (index % 3) as f64;
+        RGBColor(
+            (self.0 as f64 * f) as u8,
+            (self.1 as f64 * f) as u8,
+            (self.2 as f64 * f) as u8,
+        )
+    }
+}
+
+/// Index of each server among servers of its kind (for shading).
+fn shade_index(results: &Results, pos: usize) -> usize {
+    let kind = results.servers[pos].kind;
+    results.servers[..pos]
+        .iter()
+        .filter(|s| s.kind == kind)
+        .count()
+}
+
+/// Writes every plot that the results have data for into `dir`; returns what was written.
+pub fn write_all(results: &Results, dir: &Path) -> Result<Vec<Plot>, String> {
+    let mut plots = Vec::new();
+    for (family, title) in LATENCY_FAMILIES {
+        let file = format!("{}.svg", family.replace('_', "-"));
+        if let Some(svg) = latency_svg(results, family, title)? {
+            write(dir, &file, &svg)?;
+            plots.push(Plot {
+                title: format!("{title} percentiles (µs, median of runs)"),
+                file,
+            });
+        }
+    }
+    type Series = fn(&[Sample]) -> Vec<(f64, f64)>;
+    let timelines: [(&str, &str, &str, Series); 4] = [
+        (
+            "connections.svg",
+            "server connections over time (open fds − fds before the load)",
+            "connections",
+            connections_series,
+        ),
+        (
+            "connect-rate.svg",
+            "server connect rate over time (Δ open fds per second)",
+            "connections/s",
+            connect_rate_series,
+        ),
+        (
+            "cpu.svg",
+            "server CPU over time (% of one core)",
+            "CPU %",
+            cpu_series,
+        ),
+        (
+            "rss.svg",
+            "server RSS over time (MiB)",
+            "RSS MiB",
+            rss_series,
+        ),
+    ];
+    for (file, title, y_desc, series) in timelines {
+        if let Some(svg) = timeline_svg(results, title, y_desc, series)? {
+            write(dir, file, &svg)?;
+            plots.push(Plot {
+                title: title.to_string(),
+                file: file.to_string(),
+            });
+        }
+    }
+    Ok(plots)
+}
+
+fn write(dir: &Path, file: &str, svg: &str) -> Result<(), String> {
+    let path = dir.join(file);
+    std::fs::write(&path, svg).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn latency_svg(results: &Results, family: &str, title: &str) -> Result<Option<String>, String> {
+    let mut lines: Vec<Line> = Vec::new();
+    for (pos, server) in results.servers.iter().enumerate() {
+        let points: Vec<(f64, f64)> = PERCENTILES
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                server
+                    .summary(&format!("{family}.{p}"))
+                    .map(|s| (i as f64, s.median.max(1.0)))
+            })
+            .collect();
+        if !points.is_empty() {
+            lines.push((pos, server, points));
+        }
+    }
+    if lines.is_empty() {
+        return Ok(None);
+    }
+    let (y_min, y_max) = lines
+        .iter()
+        .flat_map(|(_, _, p)| p.iter().map(|&(_, y)| y))
+        .fold((f64::MAX, f64::MIN), |(lo, hi), y| (lo.min(y), hi.max(y)));
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE_PX).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("{}: {title} (µs, log scale)", results.scenario.name),
+                ("sans-serif", 20),
+            )
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(80)
+            .build_cartesian_2d(
+                -0.2f64..(PERCENTILES.len() as f64 - 0.8),
+                ((y_min / 2.0).max(0.5)..y_max * 2.0).log_scale(),
+            )
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_labels(PERCENTILES.len())
+            .x_label_formatter(&|x| {
+                let i = x.round();
+                if (x - i).abs() < 0.01 && i >= 0.0 && (i as usize) < PERCENTILES.len() {
+                    PERCENTILES[i as usize].to_string()
+                } else {
+                    String::new()
+                }
+            })
+            .y_desc("µs")
+            .y_label_formatter(&|y| format!("{y:.0}"))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        for (pos, server, points) in lines {
+            let color = color_for(shade_index(results, pos), server.kind);
+            chart
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+                .map_err(|e| e.to_string())?
+                .label(server.label.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))
+                .map_err(|e| e.to_string())?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(Some(svg))
+}
+
+fn first_good_run(server: &ServerResult) -> Option<&RunResult> {
+    server
+        .runs
+        .iter()
+        .find(|r| r.error.is_none() && r.timeline.len() >= 2)
+}
+
+fn connections_series(t: &[Sample]) -> Vec<(f64, f64)> {
+    let base = t.first().map(|s| s.fds).unwrap_or(0) as f64;
+    t.iter()
+        .map(|s| (s.t_s, (s.fds as f64 - base).max(0.0)))
+        .collect()
+}
+
+/// Δ fds per second over windows of at least one second (sampling is faster than that).
+fn connect_rate_series(t: &[Sample]) -> Vec<(f64, f64)> {
+    let mut out = Vec::new();
+    let mut start = match t.first() {
+        Some(s) => *s,
+        None => return out,
+    };
+    for s in t.iter().skip(1) {
+        let dt = s.t_s - start.t_s;
+        if dt >= 1.0 {
+            out.push((s.t_s, (s.fds as f64 - start.fds as f64) / dt));
+            start = *s;
+        }
+    }
+    out
+}
+
+fn cpu_series(t: &[Sample]) -> Vec<(f64, f64)> {
+    t.windows(2)
+        .filter(|w| w[1].t_s > w[0].t_s)
+        .map(|w| {
+            (
+                w[1].t_s,
+                100.0 * (w[1].cpu_s - w[0].cpu_s) / (w[1].t_s - w[0].t_s),
+            )
+        })
+        .collect()
+}
+
+fn rss_series(t: &[Sample]) -> Vec<(f64, f64)> {
+    t.iter()
+        .map(|s| (s.t_s, s.rss_bytes as f64 / (1024.0 * 1024.0)))
+        .collect()
+}
+
+fn timeline_svg(
+    results: &Results,
+    title: &str,
+    y_desc: &str,
+    series: fn(&[Sample]) -> Vec<(f64, f64)>,
+) -> Result<Option<String>, String> {
+    let lines: Vec<Line> = results
+        .servers
+        .iter()
+        .enumerate()
+        .filter_map(|(pos, s)| first_good_run(s).map(|r| (pos, s, series(&r.timeline))))
+        .filter(|(_, _, p)| !p.is_empty())
+        .collect();
+    if lines.is_empty() {
+        return Ok(None);
+    }
+    let x_max = lines
+        .iter()
+        .flat_map(|(_, _, p)| p.iter().map(|&(x, _)| x))
+        .fold(1.0f64, f64::max);
+    let y_max = lines
+        .iter()
+        .flat_map(|(_, _, p)| p.iter().map(|&(_, y)| y))
+        .fold(1.0f64, f64::max);
+    let y_min = lines
+        .iter()
+        .flat_map(|(_, _, p)| p.iter().map(|&(_, y)| y))
+        .fold(0.0f64, f64::min);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE_PX).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("{}: {title}", results.scenario.name),
+                ("sans-serif", 18),
+            )
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(80)
+            .build_cartesian_2d(0f64..x_max * 1.02, y_min..y_max * 1.1)
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds since the load started")
+            .y_desc(y_desc)
+            .y_label_formatter(&|y| format!("{y:.0}"))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        for (pos, server, points) in lines {
+            let color = color_for(shade_index(results, pos), server.kind);
+            chart
+                .draw_series(LineSeries::new(points, color.stroke_width(2)))
+                .map_err(|e| e.to_string())?
+                .label(server.label.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(Some(svg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(t_s: f64, fds: u64, cpu_s: f64) -> Sample {
+        Sample {
+            t_s,
+            fds,
+            cpu_s,
+            ..Sample::default()
+        }
+    }
+
+    #[test]
+    fn derived_series() {
+        let t = [
+            s(0.0, 10, 1.0),
+            s(0.5, 60, 1.25),
+            s(1.0, 110, 1.5),
+            s(2.0, 110, 1.5),
+        ];
+        assert_eq!(
+            connections_series(&t),
+            vec![(0.0, 0.0), (0.5, 50.0), (1.0, 100.0), (2.0, 100.0)]
+        );
+        assert_eq!(connect_rate_series(&t), vec![(1.0, 100.0), (2.0, 0.0)]);
+        assert_eq!(cpu_series(&t), vec![(0.5, 50.0), (1.0, 50.0), (2.0, 0.0)]);
+    }
+}

@@ -1,0 +1,367 @@
+//! The scenario file (`scenarios/NAME.toml`): which servers to compare, the one load schedule
+//! every server gets, how many repetitions, which metrics to tabulate, and the targets to check.
+//!
+//! Metric keys name values of one run: the numeric leaves of `tether-loadgen --json` by their
+//! dotted path (`connect_rate_achieved_per_s`, `handshake_latency_us.p99`), and what the runner
+//! measured on the server (`server.*`, `kernel.*`, `loadgen.*`; see `runner`).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Fewest repetitions a scenario may ask for: a median needs at least three runs.
+pub const REPETITIONS_MIN: u32 = 3;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Defaults to the file's stem.
+    #[serde(default)]
+    pub name: String,
+    pub description: String,
+    #[serde(default = "default_repetitions")]
+    pub repetitions: u32,
+    /// Wait after a server accepts its first connection before the load starts.
+    #[serde(default = "default_settle_ms")]
+    pub settle_ms: u64,
+    /// Wait after stopping a server before the next run (lets TIME_WAIT and slab settle).
+    #[serde(default = "default_cooldown_ms")]
+    pub cooldown_ms: u64,
+    /// How often the runner samples the server's RSS, CPU and open descriptors.
+    #[serde(default = "default_sample_ms")]
+    pub sample_ms: u64,
+    pub loadgen: Schedule,
+    #[serde(rename = "server")]
+    pub servers: Vec<ServerSpec>,
+    #[serde(rename = "metric")]
+    pub metrics: Vec<MetricSpec>,
+    #[serde(default, rename = "target")]
+    pub targets: Vec<TargetSpec>,
+}
+
+fn default_repetitions() -> u32 {
+    REPETITIONS_MIN
+}
+fn default_settle_ms() -> u64 {
+    1000
+}
+fn default_cooldown_ms() -> u64 {
+    2000
+}
+fn default_sample_ms() -> u64 {
+    250
+}
+
+/// The load schedule, identical for every server.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    /// Request path (peers ignore it; tether serves its echo at `/echo`).
+    #[serde(default = "default_path")]
+    pub path: String,
+    pub clients: u64,
+    /// Constant connect rate per second. Exactly one of `rate` and `ramp`.
+    #[serde(default)]
+    pub rate: Option<f64>,
+    #[serde(default)]
+    pub ramp: Option<Ramp>,
+    /// Seconds to hold every client connected after the last connect.
+    pub hold_s: f64,
+    /// Echo messages per second per client (0 or absent: no messages).
+    #[serde(default)]
+    pub msg_rate: Option<f64>,
+    #[serde(default)]
+    pub msg_size: Option<u64>,
+    /// The loadgen run is killed (and the run recorded as failed) after this long.
+    #[serde(default = "default_timeout_s")]
+    pub timeout_s: u64,
+    /// Further `tether-loadgen` arguments, passed verbatim after the schedule's.
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+}
+
+fn default_path() -> String {
+    "/echo".to_string()
+}
+fn default_timeout_s() -> u64 {
+    120
+}
+
+/// A linear ramp of the connect rate.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ramp {
+    pub from: f64,
+    pub to: f64,
+    pub over_s: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerKind {
+    /// `tether serve --echo --shards N`.
+    Tether,
+    /// `peer-tungstenite` (tokio-tungstenite).
+    Tungstenite,
+    /// `peer-fastwebsockets` (fastwebsockets + hyper).
+    Fastwebsockets,
+    /// `peer-raw101`: the raw ceiling (handshake only, no framing).
+    Raw101,
+    /// Node `ws` (`peers/ws-echo.mjs`), when the module is installed.
+    NodeWs,
+}
+
+impl ServerKind {
+    /// The Rust peers: "the best Rust peer" is the best of these per metric.
+    pub fn is_rust_peer(self) -> bool {
+        matches!(self, ServerKind::Tungstenite | ServerKind::Fastwebsockets)
+    }
+
+    pub fn default_label(self) -> &'static str {
+        match self {
+            ServerKind::Tether => "tether",
+            ServerKind::Tungstenite => "tokio-tungstenite",
+            ServerKind::Fastwebsockets => "fastwebsockets",
+            ServerKind::Raw101 => "raw epoll 101",
+            ServerKind::NodeWs => "node ws",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSpec {
+    pub kind: ServerKind,
+    /// Row name in the report; defaults to the kind's name (with the shard count for tether).
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Shards for tether (required for tether, refused for the peers).
+    #[serde(default)]
+    pub shards: Option<u32>,
+    /// Further server arguments, passed verbatim.
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+}
+
+impl ServerSpec {
+    pub fn label(&self) -> String {
+        match (&self.label, self.kind, self.shards) {
+            (Some(l), _, _) => l.clone(),
+            (None, ServerKind::Tether, Some(n)) => format!("tether ({n} shards)"),
+            (None, kind, _) => kind.default_label().to_string(),
+        }
+    }
+}
+
+/// Which way a metric is better.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Better {
+    Higher,
+    Lower,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricSpec {
+    pub key: String,
+    /// Column heading, with its unit.
+    pub label: String,
+    pub better: Better,
+    /// Compared across servers (ratios, "ahead of"); false for context columns such as the
+    /// number of connections reached.
+    #[serde(default = "yes")]
+    pub compare: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A target checked on every tether row's median.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSpec {
+    pub description: String,
+    pub key: String,
+    #[serde(default)]
+    pub at_least: Option<f64>,
+    #[serde(default)]
+    pub at_most: Option<f64>,
+    /// Median as a fraction of the raw ceiling's median in the same run.
+    #[serde(default)]
+    pub ratio_to_raw_at_least: Option<f64>,
+    /// Better than the best Rust peer's median (in the metric's direction).
+    #[serde(default)]
+    pub ahead_of_best_rust: bool,
+}
+
+#[derive(Debug)]
+pub enum ScenarioError {
+    Read(std::io::Error),
+    Parse(toml::de::Error),
+    Invalid(String),
+}
+
+impl std::fmt::Display for ScenarioError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ScenarioError::Read(e) => write!(f, "cannot read scenario: {e}"),
+            ScenarioError::Parse(e) => write!(f, "bad scenario TOML: {e}"),
+            ScenarioError::Invalid(why) => write!(f, "invalid scenario: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for ScenarioError {}
+
+impl Scenario {
+    /// Reads, parses and validates a scenario file; the name defaults to the file stem.
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(ScenarioError::Read)?;
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("scenario");
+        Scenario::parse(&text, stem)
+    }
+
+    pub fn parse(text: &str, default_name: &str) -> Result<Scenario, ScenarioError> {
+        let mut s: Scenario = toml::from_str(text).map_err(ScenarioError::Parse)?;
+        if s.name.is_empty() {
+            s.name = default_name.to_string();
+        }
+        s.validate().map_err(ScenarioError::Invalid)?;
+        Ok(s)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if !self
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!("name {:?}: use [A-Za-z0-9_-]", self.name));
+        }
+        if self.repetitions < REPETITIONS_MIN {
+            return Err(format!(
+                "repetitions = {} (at least {REPETITIONS_MIN} for a median with spread)",
+                self.repetitions
+            ));
+        }
+        if self.sample_ms == 0 {
+            return Err("sample_ms must be > 0".into());
+        }
+        let l = &self.loadgen;
+        if l.clients == 0 {
+            return Err("loadgen.clients must be > 0".into());
+        }
+        match (l.rate, l.ramp) {
+            (Some(r), None) if r > 0.0 => {}
+            (None, Some(r)) if r.from > 0.0 && r.to > 0.0 && r.over_s > 0.0 => {}
+            (Some(_), Some(_)) => return Err("loadgen: give `rate` or `ramp`, not both".into()),
+            _ => return Err("loadgen: give a positive `rate` or a `ramp`".into()),
+        }
+        if l.hold_s.is_nan() || l.hold_s < 0.0 {
+            return Err("loadgen.hold_s must be >= 0".into());
+        }
+        if l.msg_rate.is_some_and(|r| r > 0.0) && l.msg_size.is_none() {
+            return Err("loadgen.msg_rate needs loadgen.msg_size".into());
+        }
+        if self.servers.is_empty() {
+            return Err("no [[server]]".into());
+        }
+        let mut labels = BTreeSet::new();
+        for s in &self.servers {
+            match (s.kind, s.shards) {
+                (ServerKind::Tether, None) | (ServerKind::Tether, Some(0)) => {
+                    return Err("a tether server needs shards >= 1".into())
+                }
+                (ServerKind::Tether, Some(_)) | (_, None) => {}
+                (kind, Some(_)) => {
+                    return Err(format!("shards is for tether, not {kind:?}"));
+                }
+            }
+            if !labels.insert(s.label()) {
+                return Err(format!("two servers labelled {:?}", s.label()));
+            }
+        }
+        if self.metrics.is_empty() {
+            return Err("no [[metric]]".into());
+        }
+        for t in &self.targets {
+            if !self.metrics.iter().any(|m| m.key == t.key) {
+                return Err(format!(
+                    "target {:?}: key {} is no [[metric]]",
+                    t.description, t.key
+                ));
+            }
+            if t.at_least.is_none()
+                && t.at_most.is_none()
+                && t.ratio_to_raw_at_least.is_none()
+                && !t.ahead_of_best_rust
+            {
+                return Err(format!("target {:?} checks nothing", t.description));
+            }
+            if t.ratio_to_raw_at_least.is_some()
+                && !self.servers.iter().any(|s| s.kind == ServerKind::Raw101)
+            {
+                return Err(format!("target {:?} needs a raw101 server", t.description));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn metric(&self, key: &str) -> Option<&MetricSpec> {
+        self.metrics.iter().find(|m| m.key == key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+description = "d"
+[loadgen]
+clients = 10
+rate = 5
+hold_s = 1
+[[server]]
+kind = "tether"
+shards = 2
+[[server]]
+kind = "raw101"
+[[metric]]
+key = "connect_rate_achieved_per_s"
+label = "connects/s"
+better = "higher"
+"#;
+
+    #[test]
+    fn minimal_parses_with_defaults() {
+        let s = Scenario::parse(MINIMAL, "mini").unwrap();
+        assert_eq!(s.name, "mini");
+        assert_eq!(s.repetitions, REPETITIONS_MIN);
+        assert_eq!(s.loadgen.path, "/echo");
+        assert_eq!(s.servers[0].label(), "tether (2 shards)");
+        assert_eq!(s.servers[1].label(), "raw epoll 101");
+    }
+
+    #[test]
+    fn invalid_scenarios_are_refused() {
+        let cases = [
+            MINIMAL.replace("rate = 5", ""),
+            MINIMAL.replace("shards = 2", ""),
+            MINIMAL.replace("description", "repetitions = 2\ndescription"),
+            MINIMAL.replace("kind = \"raw101\"", "kind = \"raw101\"\nshards = 1"),
+            MINIMAL.replace("kind = \"raw101\"", "kind = \"nginx\""),
+            MINIMAL.replace("hold_s = 1", "hold_s = 1\nbogus = 3"),
+            format!("{MINIMAL}\n[[target]]\ndescription = \"x\"\nkey = \"nope\"\nat_least = 1\n"),
+        ];
+        for case in cases {
+            assert!(Scenario::parse(&case, "x").is_err(), "accepted:\n{case}");
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! Fuzz harnesses for the WebSocket core, shared by the cargo-fuzz targets and by the unit
+//! test that replays the committed seed corpus (`tests/ws_corpus.rs` includes this file).
+//! Each harness feeds arbitrary bytes through a parser and checks invariants that must hold
+//! whatever the input; a panic is a bug.
+
+use tether::ws::{
+    parse_request, write_accept_response, write_handshake_error, ClientHandshake, Decoder,
+    DecoderLimits, Event, HandshakeLimits, MessageKind, Role,
+};
+
+/// The RFC 6455 §1.3 sample key, so seeds can carry the matching accept value.
+pub const SAMPLE_KEY: [u8; 16] = *b"the sample nonce";
+
+/// Server-side request parsing, whole and with the input delivered in two reads.
+pub fn handshake_request(data: &[u8]) {
+    let limits = HandshakeLimits {
+        head_bytes_max: 4096,
+        headers_max: 32,
+    };
+    let whole = parse_request(data, &limits);
+    match &whole {
+        Ok(Some((req, n))) => {
+            assert!(*n <= data.len() && *n <= limits.head_bytes_max);
+            let mut out = Vec::new();
+            write_accept_response(&mut out, req, req.protocols.first().map(String::as_str));
+            let _ = req.query_param("token");
+        }
+        Ok(None) => assert!(data.len() <= limits.head_bytes_max),
+        Err(e) => {
+            let mut out = Vec::new();
+            write_handshake_error(&mut out, e);
+            assert!(out.starts_with(format!("HTTP/1.1 {} ", e.status()).as_bytes()));
+        }
+    }
+    // Any prefix that already completes must give the same request and length.
+    if let (Some(&cut), Ok(Some((req, n)))) = (data.first(), &whole) {
+        let cut = (cut as usize).min(data.len());
+        if cut >= *n {
+            assert_eq!(
+                parse_request(&data[..cut], &limits).ok().flatten().as_ref(),
+                Some(&(req.clone(), *n))
+            );
+        }
+    }
+}
+
+/// Client-side response parsing against a handshake made with [`SAMPLE_KEY`].
+pub fn handshake_response(data: &[u8]) {
+    let (hs, _) =
+        ClientHandshake::new_with_key("server.example.com", "/chat", &["chat"], &[], SAMPLE_KEY);
+    let hs = hs.with_head_bytes_max(4096);
+    if let Ok(Some((_, n))) = hs.parse_response(data) {
+        assert!(n <= data.len() && n <= 4096);
+    }
+}
+
+/// Frame decoding with reassembly. Byte 0 picks the role (bit 0), the read size (bits 1..7)
+/// and small or default limits (bit 7); the rest is the stream.
+pub fn frame_decode(data: &[u8]) {
+    let Some((&ctl, stream)) = data.split_first() else {
+        return;
+    };
+    let role = if ctl & 1 == 0 {
+        Role::Server
+    } else {
+        Role::Client
+    };
+    let read_bytes = (((ctl >> 1) & 0x3f) as usize).max(1) * 7;
+    let limits = if ctl & 0x80 != 0 {
+        DecoderLimits {
+            frame_bytes_max: 200,
+            message_bytes_max: 300,
+        }
+    } else {
+        DecoderLimits::default()
+    };
+    let mut d = Decoder::new(role, limits);
+    let mut buf: Vec<u8> = Vec::new();
+    for chunk in stream.chunks(read_bytes) {
+        buf.extend_from_slice(chunk);
+        loop {
+            let held = buf.len();
+            match d.decode(&mut buf) {
+                Ok(Some((ev, n))) => {
+                    assert!(n >= 2 && n <= held);
+                    match ev {
+                        Some(Event::Message {
+                            kind: MessageKind::Text,
+                            data,
+                        }) => {
+                            assert!(std::str::from_utf8(data).is_ok());
+                            assert!(data.len() <= limits.message_bytes_max);
+                        }
+                        Some(Event::Message { data, .. }) => {
+                            assert!(data.len() <= limits.message_bytes_max)
+                        }
+                        Some(Event::Ping(p)) | Some(Event::Pong(p)) => assert!(p.len() <= 125),
+                        Some(Event::Close(_)) | None => {}
+                    }
+                    buf.drain(..n);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    assert!(matches!(e.close_code(), 1002 | 1007 | 1009));
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,906 @@
+//! The per-shard device hub: every device session of one shard, and its bus interest.
+//!
+//! The hub owns the shard's view of messaging: which devices and topics have sessions here
+//! (refcounted, so the shard holds one bus subscription per subject however many sessions share
+//! it), the operations devices ask for (protocol v1, [`crate::proto`]), deliveries arriving from
+//! the bus, `send` acknowledgements waiting for a confirmation on the shard's inbox, and backend
+//! requests waiting for a device's `reply`. It is `!Send`, lives on its shard, never blocks, and
+//! talks to sockets only through [`Outlet`], so it is tested without a server.
+
+use crate::auth::Claims;
+use crate::bus::{BusError, BusEvent, BusMessage, ShardBus};
+use crate::proto::{self, subject, ClientOp, Delivery, ErrorCode};
+use ahash::AHashMap;
+use bytes::Bytes;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Connection id (the server's node-unique id).
+pub type ConnId = u64;
+
+/// Where the hub writes to a connection.
+pub trait Outlet {
+    /// Queues one text message; `false` when the connection refused it (closing, slow consumer).
+    fn send_text(&self, text: &str) -> bool;
+    /// Starts closing the connection.
+    fn close(&self, code: u16, reason: &'static str);
+}
+
+/// Limits and timeouts of the hub (defaults and reasons in `docs/protocol.md`, section 10).
+#[derive(Clone, Debug)]
+pub struct HubLimits {
+    /// Topics one connection may hold (default 64: a remote, a room, a few feeds).
+    pub topics_per_connection_max: usize,
+    /// `send` with `ack` waiting per connection (default 256).
+    pub pending_acks_per_connection_max: usize,
+    /// Backend requests waiting per connection (default 64).
+    pub pending_requests_per_connection_max: usize,
+    /// How long a `send` with `ack` waits for a confirmation (default 2000 ms).
+    pub ack_timeout_ms: u64,
+    /// How long a backend request stays answerable (default 30000 ms).
+    pub request_lifetime_ms: u64,
+    /// How long a new session may wait for its interest to be registered before it is closed
+    /// with 1013 (default 10000 ms).
+    pub ready_timeout_ms: u64,
+}
+
+impl Default for HubLimits {
+    fn default() -> HubLimits {
+        HubLimits {
+            topics_per_connection_max: 64,
+            pending_acks_per_connection_max: 256,
+            pending_requests_per_connection_max: 64,
+            ack_timeout_ms: 2_000,
+            request_lifetime_ms: 30_000,
+            ready_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Counters of the device endpoint, shared by all shards; rendered in `/metrics`.
+#[derive(Debug, Default)]
+pub struct DeviceStats {
+    pub sessions_opened_total: AtomicU64,
+    pub sessions_closed_total: AtomicU64,
+    pub ops_total: AtomicU64,
+    pub errors_total: AtomicU64,
+    pub deliveries_total: AtomicU64,
+    pub bad_bus_payloads_total: AtomicU64,
+    pub acks_timed_out_total: AtomicU64,
+    pub ready_failures_total: AtomicU64,
+    pub insecure_sessions_total: AtomicU64,
+}
+
+impl DeviceStats {
+    /// Appends the device metrics in Prometheus text format.
+    pub fn render_prometheus(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let rows: [(&str, &str, &AtomicU64); 9] = [
+            (
+                "tether_device_sessions_opened_total",
+                "Device sessions opened on /ws.",
+                &self.sessions_opened_total,
+            ),
+            (
+                "tether_device_sessions_closed_total",
+                "Device sessions closed.",
+                &self.sessions_closed_total,
+            ),
+            (
+                "tether_device_ops_total",
+                "Protocol operations received from devices.",
+                &self.ops_total,
+            ),
+            (
+                "tether_device_errors_total",
+                "error envelopes sent to devices.",
+                &self.errors_total,
+            ),
+            (
+                "tether_device_deliveries_total",
+                "msg/request envelopes queued to devices.",
+                &self.deliveries_total,
+            ),
+            (
+                "tether_device_bad_bus_payloads_total",
+                "Bus payloads that were not valid v1 JSON (dropped).",
+                &self.bad_bus_payloads_total,
+            ),
+            (
+                "tether_device_acks_timed_out_total",
+                "send acks that got no confirmation in time.",
+                &self.acks_timed_out_total,
+            ),
+            (
+                "tether_device_ready_failures_total",
+                "Sessions closed because their interest could not be registered.",
+                &self.ready_failures_total,
+            ),
+            (
+                "tether_device_insecure_sessions_total",
+                "Sessions accepted with --insecure-no-auth.",
+                &self.insecure_sessions_total,
+            ),
+        ];
+        for (name, help, v) in rows {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+struct Session<O> {
+    out: O,
+    claims: Rc<Claims>,
+    topics: Vec<String>,
+    pending_acks: usize,
+    /// rid -> (reply subject, deadline ms)
+    requests: AHashMap<u64, (String, u64)>,
+    ready: bool,
+}
+
+enum Waiting {
+    Hello(ConnId),
+    SubAck(ConnId, String),
+}
+
+struct PendingAck {
+    conn: ConnId,
+    id: String,
+    to: String,
+    deadline_ms: u64,
+}
+
+/// The hub of one shard.
+pub struct Hub<O: Outlet> {
+    bus: ShardBus,
+    node: Arc<str>,
+    shard: usize,
+    inbox_prefix: String,
+    limits: HubLimits,
+    stats: Arc<DeviceStats>,
+    sessions: AHashMap<ConnId, Session<O>>,
+    /// device id -> local sessions
+    devices: AHashMap<String, Vec<ConnId>>,
+    /// topic -> local subscribed sessions
+    topics: AHashMap<String, Vec<ConnId>>,
+    waiting: AHashMap<u64, (Waiting, u64)>,
+    acks: AHashMap<u64, PendingAck>,
+    next_seq: u64,
+}
+
+impl<O: Outlet> Hub<O> {
+    /// A hub for the shard that owns `bus`.
+    pub fn new(bus: ShardBus, limits: HubLimits, stats: Arc<DeviceStats>) -> Hub<O> {
+        let node: Arc<str> = Arc::from(bus.node());
+        let shard = bus.shard();
+        Hub {
+            inbox_prefix: subject::inbox_prefix(&node, shard),
+            bus,
+            node,
+            shard,
+            limits,
+            stats,
+            sessions: AHashMap::new(),
+            devices: AHashMap::new(),
+            topics: AHashMap::new(),
+            waiting: AHashMap::new(),
+            acks: AHashMap::new(),
+            next_seq: 1,
+        }
+    }
+
+    /// The shard's bus link (for requests, the inbox, maintenance).
+    pub fn bus(&mut self) -> &mut ShardBus {
+        &mut self.bus
+    }
+
+    /// Number of live sessions on this shard.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    fn seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    fn error(&self, conn: ConnId, id: Option<&str>, code: ErrorCode, message: &str) {
+        if let Some(s) = self.sessions.get(&conn) {
+            bump(&self.stats.errors_total);
+            s.out.send_text(&proto::encode_error(id, code, message));
+        }
+    }
+
+    fn reply_ack(&self, conn: ConnId, id: Option<&str>, delivered: bool) {
+        if let (Some(s), Some(id)) = (self.sessions.get(&conn), id) {
+            s.out.send_text(&proto::encode_ack(id, delivered));
+        }
+    }
+
+    /// A device session opened: registers its interest; `hello` follows once it is in effect.
+    pub fn open(&mut self, conn: ConnId, out: O, claims: Rc<Claims>, now_ms: u64) {
+        bump(&self.stats.sessions_opened_total);
+        let device = claims.sub.clone();
+        let first = {
+            let list = self.devices.entry(device.clone()).or_default();
+            list.push(conn);
+            list.len() == 1
+        };
+        self.sessions.insert(
+            conn,
+            Session {
+                out,
+                claims,
+                topics: Vec::new(),
+                pending_acks: 0,
+                requests: AHashMap::new(),
+                ready: false,
+            },
+        );
+        if first {
+            for subj in [
+                subject::device(&device),
+                subject::request(&device),
+                subject::presence(&device),
+            ] {
+                if self.bus.subscribe(&subj).is_err() {
+                    self.fail_session(conn, "bus unavailable");
+                    return;
+                }
+            }
+        }
+        let token = self.seq();
+        self.waiting.insert(
+            token,
+            (Waiting::Hello(conn), now_ms + self.limits.ready_timeout_ms),
+        );
+        self.bus.barrier(token);
+        self.drain_local(now_ms);
+    }
+
+    fn fail_session(&mut self, conn: ConnId, reason: &'static str) {
+        bump(&self.stats.ready_failures_total);
+        if let Some(s) = self.sessions.get(&conn) {
+            s.out.close(1013, reason);
+        }
+    }
+
+    /// A session ended: its interest goes with it.
+    pub fn close(&mut self, conn: ConnId) {
+        let Some(session) = self.sessions.remove(&conn) else {
+            return;
+        };
+        bump(&self.stats.sessions_closed_total);
+        let device = &session.claims.sub;
+        if let Some(list) = self.devices.get_mut(device) {
+            list.retain(|c| *c != conn);
+            if list.is_empty() {
+                self.devices.remove(device);
+                for subj in [
+                    subject::device(device),
+                    subject::request(device),
+                    subject::presence(device),
+                ] {
+                    self.bus.unsubscribe(&subj);
+                }
+            }
+        }
+        for topic in &session.topics {
+            self.leave_topic(conn, topic);
+        }
+    }
+
+    fn leave_topic(&mut self, conn: ConnId, topic: &str) {
+        if let Some(list) = self.topics.get_mut(topic) {
+            list.retain(|c| *c != conn);
+            if list.is_empty() {
+                self.topics.remove(topic);
+                self.bus.unsubscribe(&subject::topic(topic));
+            }
+        }
+    }
+
+    /// A binary frame: not part of v1 (section 6).
+    pub fn binary(&mut self, conn: ConnId) {
+        self.error(
+            conn,
+            None,
+            ErrorCode::BinaryUnsupported,
+            "binary frames are not used by tether.v1; send base64 in b64",
+        );
+    }
+
+    /// A text frame from a device.
+    pub fn text(&mut self, conn: ConnId, text: &str, now_ms: u64) {
+        bump(&self.stats.ops_total);
+        let Some(session) = self.sessions.get(&conn) else {
+            return;
+        };
+        let claims = session.claims.clone();
+        let frame = match proto::parse_client(text) {
+            Ok(frame) => frame,
+            Err(err) => {
+                bump(&self.stats.errors_total);
+                session.out.send_text(&err.encode());
+                return;
+            }
+        };
+        let id = frame.id.as_deref();
+        let me = claims.sub.as_str();
+        match frame.op {
+            ClientOp::Send { to, payload, ack } => {
+                let body = Bytes::from(proto::encode_bus_from(me, &payload));
+                let subj = subject::device(&to);
+                if ack {
+                    let Some(id) = id else { return };
+                    if session.pending_acks >= self.limits.pending_acks_per_connection_max {
+                        let msg = format!(
+                            "{} sends are waiting for a confirmation",
+                            session.pending_acks
+                        );
+                        self.error(conn, Some(id), ErrorCode::TooManyPending, &msg);
+                        return;
+                    }
+                    let seq = self.seq();
+                    let reply = format!("{}{seq}", self.inbox_prefix);
+                    match self.bus.publish(&subj, Some(&reply), body) {
+                        Ok(()) => {
+                            self.acks.insert(
+                                seq,
+                                PendingAck {
+                                    conn,
+                                    id: id.to_owned(),
+                                    to: to.into_owned(),
+                                    deadline_ms: now_ms + self.limits.ack_timeout_ms,
+                                },
+                            );
+                            if let Some(s) = self.sessions.get_mut(&conn) {
+                                s.pending_acks += 1;
+                            }
+                        }
+                        Err(err) => self.bus_error(conn, Some(id), err),
+                    }
+                } else if let Err(err) = self.bus.publish(&subj, None, body) {
+                    self.bus_error(conn, id, err);
+                }
+            }
+            ClientOp::Sub { topic } => {
+                if !claims.may_subscribe(&topic) {
+                    self.error(
+                        conn,
+                        id,
+                        ErrorCode::Forbidden,
+                        &format!("topics_sub does not allow {topic}"),
+                    );
+                    return;
+                }
+                if session.topics.iter().any(|t| *t == topic) {
+                    self.reply_ack(conn, id, false);
+                    return;
+                }
+                if session.topics.len() >= self.limits.topics_per_connection_max {
+                    let msg = format!(
+                        "at most {} topics per connection",
+                        self.limits.topics_per_connection_max
+                    );
+                    self.error(conn, id, ErrorCode::TooManyTopics, &msg);
+                    return;
+                }
+                let topic = topic.into_owned();
+                let first = {
+                    let list = self.topics.entry(topic.clone()).or_default();
+                    list.push(conn);
+                    list.len() == 1
+                };
+                if let Some(s) = self.sessions.get_mut(&conn) {
+                    s.topics.push(topic.clone());
+                }
+                if first && self.bus.subscribe(&subject::topic(&topic)).is_err() {
+                    self.error(
+                        conn,
+                        id,
+                        ErrorCode::BusUnavailable,
+                        "bus control queue full",
+                    );
+                    return;
+                }
+                if let Some(id) = id {
+                    let token = self.seq();
+                    self.waiting.insert(
+                        token,
+                        (
+                            Waiting::SubAck(conn, id.to_owned()),
+                            now_ms + self.limits.ready_timeout_ms,
+                        ),
+                    );
+                    self.bus.barrier(token);
+                }
+            }
+            ClientOp::Unsub { topic } => {
+                if let Some(s) = self.sessions.get_mut(&conn) {
+                    let before = s.topics.len();
+                    s.topics.retain(|t| *t != topic);
+                    if s.topics.len() != before {
+                        self.leave_topic(conn, &topic);
+                    }
+                }
+                self.reply_ack(conn, id, false);
+            }
+            ClientOp::Pub { topic, payload } => {
+                if !claims.may_publish(&topic) {
+                    self.error(
+                        conn,
+                        id,
+                        ErrorCode::Forbidden,
+                        &format!("topics_pub does not allow {topic}"),
+                    );
+                    return;
+                }
+                let body = Bytes::from(proto::encode_bus_from(me, &payload));
+                match self.bus.publish(&subject::topic(&topic), None, body) {
+                    Ok(()) => self.reply_ack(conn, id, false),
+                    Err(err) => self.bus_error(conn, id, err),
+                }
+            }
+            ClientOp::Up { service, payload } => {
+                if !self.bus.has_backends() {
+                    self.error(
+                        conn,
+                        id,
+                        ErrorCode::NoBackend,
+                        "this node has no NATS bus, so no backend services",
+                    );
+                    return;
+                }
+                if !claims.may_send_upstream(&service) {
+                    self.error(
+                        conn,
+                        id,
+                        ErrorCode::Forbidden,
+                        &format!("services does not allow {service}"),
+                    );
+                    return;
+                }
+                let body = Bytes::from(proto::encode_bus_up(me, &self.node, self.shard, &payload));
+                match self.bus.publish(&subject::upstream(&service), None, body) {
+                    Ok(()) => self.reply_ack(conn, id, false),
+                    Err(err) => self.bus_error(conn, id, err),
+                }
+            }
+            ClientOp::Reply { rid, payload } => {
+                let pending = rid.parse::<u64>().ok().and_then(|rid| {
+                    self.sessions
+                        .get_mut(&conn)
+                        .and_then(|s| s.requests.remove(&rid))
+                });
+                match pending {
+                    Some((reply, deadline)) if deadline >= now_ms => {
+                        let body = Bytes::from(proto::encode_bus_from(me, &payload));
+                        match self.bus.publish(&reply, None, body) {
+                            Ok(()) => self.reply_ack(conn, id, false),
+                            Err(err) => self.bus_error(conn, id, err),
+                        }
+                    }
+                    _ => {
+                        let shown: String = rid.chars().take(proto::RID_BYTES_MAX).collect();
+                        let msg =
+                            format!("no open request {shown:?} (unknown, answered or expired)");
+                        self.error(conn, id, ErrorCode::UnknownRequest, &msg);
+                    }
+                }
+            }
+            ClientOp::Ping => {
+                session.out.send_text(&proto::encode_pong(id));
+            }
+        }
+        self.drain_local(now_ms);
+    }
+
+    fn bus_error(&self, conn: ConnId, id: Option<&str>, err: BusError) {
+        match err {
+            BusError::Full => self.error(
+                conn,
+                id,
+                ErrorCode::BusUnavailable,
+                "bus queue full: message dropped",
+            ),
+            BusError::NoBackend => self.error(
+                conn,
+                id,
+                ErrorCode::NoBackend,
+                "no backend bus on this node",
+            ),
+        }
+    }
+
+    fn drain_local(&mut self, now_ms: u64) {
+        while let Some(ev) = self.bus.poll_local() {
+            self.on_bus(ev, now_ms);
+        }
+    }
+
+    /// An event from the bus.
+    pub fn on_bus(&mut self, event: BusEvent, now_ms: u64) {
+        match event {
+            BusEvent::Ready(token) => match self.waiting.remove(&token) {
+                Some((Waiting::Hello(conn), _)) => {
+                    if let Some(s) = self.sessions.get_mut(&conn) {
+                        s.ready = true;
+                        s.out.send_text(&proto::encode_hello(
+                            &s.claims.sub,
+                            &self.node,
+                            self.shard,
+                        ));
+                    }
+                }
+                Some((Waiting::SubAck(conn, id), _)) => self.reply_ack(conn, Some(&id), false),
+                None => {}
+            },
+            BusEvent::Failed(token) => match self.waiting.remove(&token) {
+                Some((Waiting::Hello(conn), _)) => self.fail_session(conn, "bus unavailable"),
+                Some((Waiting::SubAck(conn, id), _)) => self.error(
+                    conn,
+                    Some(&id),
+                    ErrorCode::BusUnavailable,
+                    "subscription not confirmed by the bus",
+                ),
+                None => {}
+            },
+            BusEvent::Message(msg) => self.on_message(msg, now_ms),
+        }
+    }
+
+    fn on_message(&mut self, msg: BusMessage, now_ms: u64) {
+        match subject::parse(&msg.subject) {
+            subject::Parsed::Device(device) => {
+                let Some(conns) = self.devices.get(device) else {
+                    return;
+                };
+                let text = match proto::encode_delivery(&msg.payload, Delivery::Direct) {
+                    Ok(text) => text,
+                    Err(_) => return bump(&self.stats.bad_bus_payloads_total),
+                };
+                let mut delivered = 0usize;
+                for conn in conns {
+                    if let Some(s) = self.sessions.get(conn) {
+                        if s.out.send_text(&text) {
+                            delivered += 1;
+                            bump(&self.stats.deliveries_total);
+                        }
+                    }
+                }
+                if let (Some(reply), true) = (msg.reply.as_deref(), delivered > 0) {
+                    let _ = self.bus.publish(
+                        reply,
+                        None,
+                        Bytes::from(proto::encode_delivered(delivered)),
+                    );
+                }
+            }
+            subject::Parsed::Request(device) => {
+                let Some(conns) = self.devices.get(device).cloned() else {
+                    return;
+                };
+                let Some(reply) = msg.reply else { return };
+                let mut delivered = 0usize;
+                for conn in conns {
+                    let rid = self.seq();
+                    let max = self.limits.pending_requests_per_connection_max;
+                    let lifetime = self.limits.request_lifetime_ms;
+                    let Some(s) = self.sessions.get_mut(&conn) else {
+                        continue;
+                    };
+                    if s.requests.len() >= max {
+                        continue;
+                    }
+                    let rid_text = rid.to_string();
+                    let text =
+                        match proto::encode_delivery(&msg.payload, Delivery::Request(&rid_text)) {
+                            Ok(text) => text,
+                            Err(_) => return bump(&self.stats.bad_bus_payloads_total),
+                        };
+                    if s.out.send_text(&text) {
+                        s.requests.insert(rid, (reply.clone(), now_ms + lifetime));
+                        delivered += 1;
+                        bump(&self.stats.deliveries_total);
+                    }
+                }
+                if delivered == 0 {
+                    let _ = self.bus.publish(
+                        &reply,
+                        None,
+                        Bytes::from(proto::encode_bus_error(ErrorCode::TooManyPending)),
+                    );
+                }
+            }
+            subject::Parsed::Presence(device) => {
+                let Some(conns) = self.devices.get(device) else {
+                    return;
+                };
+                if let Some(reply) = msg.reply.as_deref() {
+                    let body = proto::encode_presence(device, &self.node, self.shard, conns.len());
+                    let _ = self.bus.publish(reply, None, Bytes::from(body));
+                }
+            }
+            subject::Parsed::Topic(topic) => {
+                let Some(conns) = self.topics.get(topic) else {
+                    return;
+                };
+                let text = match proto::encode_delivery(&msg.payload, Delivery::Topic(topic)) {
+                    Ok(text) => text,
+                    Err(_) => return bump(&self.stats.bad_bus_payloads_total),
+                };
+                for conn in conns {
+                    if let Some(s) = self.sessions.get(conn) {
+                        if s.out.send_text(&text) {
+                            bump(&self.stats.deliveries_total);
+                        }
+                    }
+                }
+            }
+            subject::Parsed::Inbox { seq, .. } => {
+                let delivered = serde_json::from_slice::<serde_json::Value>(&msg.payload)
+                    .ok()
+                    .and_then(|v| v.get("delivered").and_then(|d| d.as_u64()))
+                    .unwrap_or(0);
+                if delivered == 0 {
+                    return;
+                }
+                if let Some(ack) = self.acks.remove(&seq) {
+                    if let Some(s) = self.sessions.get_mut(&ack.conn) {
+                        s.pending_acks = s.pending_acks.saturating_sub(1);
+                    }
+                    self.reply_ack(ack.conn, Some(&ack.id), true);
+                }
+            }
+            subject::Parsed::Other => {}
+        }
+    }
+
+    /// Periodic work (call every ~100 ms): ack and request expiry, readiness timeouts, bus
+    /// backlog retries.
+    pub fn tick(&mut self, now_ms: u64) {
+        self.bus.maintain();
+        let expired: Vec<u64> = self
+            .acks
+            .iter()
+            .filter(|(_, a)| a.deadline_ms < now_ms)
+            .map(|(k, _)| *k)
+            .collect();
+        for seq in expired {
+            if let Some(ack) = self.acks.remove(&seq) {
+                bump(&self.stats.acks_timed_out_total);
+                if let Some(s) = self.sessions.get_mut(&ack.conn) {
+                    s.pending_acks = s.pending_acks.saturating_sub(1);
+                }
+                let msg = format!(
+                    "no live session of {} confirmed within {} ms",
+                    ack.to, self.limits.ack_timeout_ms
+                );
+                self.error(ack.conn, Some(&ack.id), ErrorCode::NotDelivered, &msg);
+            }
+        }
+        for s in self.sessions.values_mut() {
+            if !s.requests.is_empty() {
+                s.requests.retain(|_, (_, deadline)| *deadline >= now_ms);
+            }
+        }
+        let late: Vec<u64> = self
+            .waiting
+            .iter()
+            .filter(|(_, (_, d))| *d < now_ms)
+            .map(|(k, _)| *k)
+            .collect();
+        for token in late {
+            self.on_bus(BusEvent::Failed(token), now_ms);
+        }
+    }
+
+    /// Did this session get its `hello` yet?
+    pub fn is_ready(&self, conn: ConnId) -> bool {
+        self.sessions.get(&conn).is_some_and(|s| s.ready)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::{self, BusConfig};
+    use serde_json::Value;
+    use std::cell::RefCell;
+
+    #[derive(Clone, Default)]
+    struct Fake {
+        got: Rc<RefCell<Vec<Value>>>,
+        closed: Rc<RefCell<Option<u16>>>,
+    }
+
+    impl Outlet for Fake {
+        fn send_text(&self, text: &str) -> bool {
+            self.got
+                .borrow_mut()
+                .push(serde_json::from_str(text).expect("server sends JSON"));
+            true
+        }
+        fn close(&self, code: u16, _reason: &'static str) {
+            *self.closed.borrow_mut() = Some(code);
+        }
+    }
+
+    impl Fake {
+        fn take(&self) -> Vec<Value> {
+            std::mem::take(&mut *self.got.borrow_mut())
+        }
+    }
+
+    fn hubs(shards: usize) -> Vec<Hub<Fake>> {
+        let (buses, _node) = bus::start(&BusConfig {
+            node: "n1".into(),
+            shards,
+            queue_len: 64,
+            nats_urls: vec![],
+        })
+        .unwrap();
+        let stats = Arc::new(DeviceStats::default());
+        buses
+            .into_iter()
+            .map(|b| Hub::new(b, HubLimits::default(), stats.clone()))
+            .collect()
+    }
+
+    /// Moves every pending bus input to its hub until all are quiet.
+    fn pump(hubs: &mut [Hub<Fake>], now_ms: u64) {
+        loop {
+            let mut any = false;
+            for hub in hubs.iter_mut() {
+                let inbox = hub.bus().inbox();
+                while let Some(Some(raw)) = futures::FutureExt::now_or_never(inbox.next()) {
+                    any = true;
+                    if let Some(ev) = hub.bus().accept(raw) {
+                        hub.on_bus(ev, now_ms);
+                    }
+                }
+            }
+            if !any {
+                return;
+            }
+        }
+    }
+
+    fn claims(sub: &str) -> Rc<Claims> {
+        Rc::new(Claims {
+            sub: sub.into(),
+            exp: u64::MAX,
+            topics_sub: vec!["news.*".into()],
+            topics_pub: vec!["news.sports".into()],
+            ..Claims::default()
+        })
+    }
+
+    #[test]
+    fn send_across_shards_with_ack_and_server_set_sender() {
+        let mut h = hubs(2);
+        let (a, b, b2) = (Fake::default(), Fake::default(), Fake::default());
+        h[0].open(1, a.clone(), claims("phone"), 0);
+        h[1].open(2, b.clone(), claims("tv"), 0);
+        h[1].open(3, b2.clone(), claims("tv"), 0);
+        pump(&mut h, 0);
+        assert_eq!(a.take()[0]["op"], "hello");
+        assert_eq!(b.take()[0]["shard"], 1);
+        b2.take();
+        h[0].text(
+            1,
+            r#"{"op":"send","to":"tv","from":"admin","data":{"k":1},"id":"m1","ack":true}"#,
+            0,
+        );
+        pump(&mut h, 0);
+        for s in [&b, &b2] {
+            let got = s.take();
+            assert_eq!(got.len(), 1);
+            assert_eq!(
+                got[0],
+                serde_json::json!({"op":"msg","from":"phone","data":{"k":1}})
+            );
+        }
+        assert_eq!(
+            a.take(),
+            vec![serde_json::json!({"op":"ack","id":"m1","delivered":true})]
+        );
+        // To nobody: not delivered once the ack timeout passes.
+        h[0].text(
+            1,
+            r#"{"op":"send","to":"ghost","data":1,"id":"m2","ack":true}"#,
+            0,
+        );
+        pump(&mut h, 0);
+        h[0].tick(1_000);
+        assert!(a.take().is_empty());
+        h[0].tick(2_001);
+        let got = a.take();
+        assert_eq!(got[0]["code"], "not_delivered");
+        assert_eq!(got[0]["id"], "m2");
+    }
+
+    #[test]
+    fn topics_follow_claims_and_interest_ends_with_the_session() {
+        let mut h = hubs(2);
+        let (a, b) = (Fake::default(), Fake::default());
+        h[0].open(1, a.clone(), claims("phone"), 0);
+        h[1].open(2, b.clone(), claims("tv"), 0);
+        pump(&mut h, 0);
+        a.take();
+        b.take();
+        h[1].text(2, r#"{"op":"sub","topic":"sport.x","id":"s0"}"#, 0);
+        assert_eq!(b.take()[0]["code"], "forbidden");
+        h[1].text(2, r#"{"op":"sub","topic":"news.sports","id":"s1"}"#, 0);
+        pump(&mut h, 0);
+        assert_eq!(b.take(), vec![serde_json::json!({"op":"ack","id":"s1"})]);
+        h[0].text(
+            1,
+            r#"{"op":"pub","topic":"news.weather","data":1,"id":"p0"}"#,
+            0,
+        );
+        assert_eq!(a.take()[0]["code"], "forbidden");
+        h[0].text(
+            1,
+            r#"{"op":"pub","topic":"news.sports","b64":"AAE=","id":"p1"}"#,
+            0,
+        );
+        pump(&mut h, 0);
+        assert_eq!(a.take(), vec![serde_json::json!({"op":"ack","id":"p1"})]);
+        assert_eq!(
+            b.take(),
+            vec![serde_json::json!({"op":"msg","from":"phone","topic":"news.sports","b64":"AAE="})]
+        );
+        h[1].close(2);
+        pump(&mut h, 0);
+        h[0].text(1, r#"{"op":"pub","topic":"news.sports","data":2}"#, 0);
+        h[0].text(
+            1,
+            r#"{"op":"send","to":"tv","data":2,"id":"m","ack":true}"#,
+            0,
+        );
+        pump(&mut h, 0);
+        assert!(b.take().is_empty());
+        h[0].tick(5_000);
+        assert_eq!(a.take()[0]["code"], "not_delivered");
+    }
+
+    #[test]
+    fn errors_reply_ping_and_embedded_upstream() {
+        let mut h = hubs(1);
+        let a = Fake::default();
+        h[0].open(1, a.clone(), claims("phone"), 0);
+        pump(&mut h, 0);
+        assert_eq!(a.take()[0]["op"], "hello");
+        h[0].text(1, "nope", 0);
+        h[0].text(1, r#"{"op":"ping","id":"k"}"#, 0);
+        h[0].text(1, r#"{"op":"reply","rid":"77","data":1,"id":"r"}"#, 0);
+        h[0].text(1, r#"{"op":"up","service":"billing","data":1,"id":"u"}"#, 0);
+        h[0].binary(1);
+        let codes: Vec<Value> = a
+            .take()
+            .iter()
+            .map(|v| v.get("code").cloned().unwrap_or(v["op"].clone()))
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                "bad_json",
+                "pong",
+                "unknown_request",
+                "no_backend",
+                "binary_unsupported"
+            ]
+        );
+    }
+}

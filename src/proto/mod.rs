@@ -1,0 +1,695 @@
+//! The device wire protocol v1 (`docs/protocol.md`), sans-IO.
+//!
+//! This module owns the JSON envelope in both directions and the bus payloads: it parses what a
+//! device sends into a typed [`ClientFrame`] (borrowing from the input, the application `data`
+//! kept as raw JSON so it is forwarded byte for byte), validates every name that ends up in a bus
+//! subject, and encodes what the server sends. It imports no runtime and does no I/O.
+
+pub mod subject;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+/// The subprotocol name negotiated in `Sec-WebSocket-Protocol`.
+pub const PROTOCOL_V1: &str = "tether.v1";
+/// Prefix of a `Sec-WebSocket-Protocol` entry that carries a token (`tether.token.<jwt>`).
+pub const TOKEN_PROTOCOL_PREFIX: &str = "tether.token.";
+/// Longest client-chosen `id`, in bytes.
+pub const CLIENT_ID_BYTES_MAX: usize = 64;
+/// Longest device id, in bytes.
+pub const DEVICE_ID_BYTES_MAX: usize = 128;
+/// Longest topic, in bytes.
+pub const TOPIC_BYTES_MAX: usize = 200;
+/// Most dot-separated tokens in a topic.
+pub const TOPIC_TOKENS_MAX: usize = 8;
+/// Longest service name, in bytes.
+pub const SERVICE_BYTES_MAX: usize = 64;
+/// Longest `rid`, in bytes (server-chosen, so anything longer is certainly unknown).
+pub const RID_BYTES_MAX: usize = 32;
+
+/// Stable error codes (section 7 of `docs/protocol.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadJson,
+    BadOp,
+    BadField,
+    BinaryUnsupported,
+    Forbidden,
+    NotDelivered,
+    UnknownRequest,
+    TooManyTopics,
+    TooManyPending,
+    BusUnavailable,
+    NoBackend,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::BadOp => "bad_op",
+            ErrorCode::BadField => "bad_field",
+            ErrorCode::BinaryUnsupported => "binary_unsupported",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotDelivered => "not_delivered",
+            ErrorCode::UnknownRequest => "unknown_request",
+            ErrorCode::TooManyTopics => "too_many_topics",
+            ErrorCode::TooManyPending => "too_many_pending",
+            ErrorCode::BusUnavailable => "bus_unavailable",
+            ErrorCode::NoBackend => "no_backend",
+        }
+    }
+}
+
+/// A rejected device frame: the `id` (when it could be read), the code and a message for people.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ProtoError {
+    pub id: Option<String>,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ProtoError {
+    fn new(id: Option<&str>, code: ErrorCode, message: impl Into<String>) -> ProtoError {
+        ProtoError {
+            id: id.map(str::to_owned),
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The `error` envelope for this rejection.
+    pub fn encode(&self) -> String {
+        encode_error(self.id.as_deref(), self.code, &self.message)
+    }
+}
+
+/// Application payload: JSON `data` or base64 `b64`, both kept as the raw JSON the sender wrote.
+#[derive(Clone, Copy, Debug)]
+pub enum Payload<'a> {
+    /// Any JSON value, raw.
+    Data(&'a RawValue),
+    /// A JSON string holding base64 (not decoded by the server), raw including its quotes.
+    B64(&'a RawValue),
+}
+
+impl Payload<'_> {
+    /// Writes `"data":RAW` or `"b64":RAW`.
+    fn write_field(&self, out: &mut String) {
+        match self {
+            Payload::Data(raw) => {
+                out.push_str("\"data\":");
+                out.push_str(raw.get());
+            }
+            Payload::B64(raw) => {
+                out.push_str("\"b64\":");
+                out.push_str(raw.get());
+            }
+        }
+    }
+}
+
+/// One operation a device can ask for.
+#[derive(Debug)]
+pub enum ClientOp<'a> {
+    Send {
+        to: Cow<'a, str>,
+        payload: Payload<'a>,
+        ack: bool,
+    },
+    Sub {
+        topic: Cow<'a, str>,
+    },
+    Unsub {
+        topic: Cow<'a, str>,
+    },
+    Pub {
+        topic: Cow<'a, str>,
+        payload: Payload<'a>,
+    },
+    Up {
+        service: Cow<'a, str>,
+        payload: Payload<'a>,
+    },
+    Reply {
+        rid: Cow<'a, str>,
+        payload: Payload<'a>,
+    },
+    Ping,
+}
+
+/// A parsed device frame: the optional client `id` and the operation.
+#[derive(Debug)]
+pub struct ClientFrame<'a> {
+    pub id: Option<Cow<'a, str>>,
+    pub op: ClientOp<'a>,
+}
+
+/// Deserialises a present field as `Some(raw)` (so that `"data":null` is data, not absence).
+fn raw_some<'de, D>(de: D) -> Result<Option<&'de RawValue>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    <&'de RawValue>::deserialize(de).map(Some)
+}
+
+#[derive(Deserialize)]
+struct RawEnvelope<'a> {
+    #[serde(borrow, default)]
+    op: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    to: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    topic: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    service: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    rid: Option<Cow<'a, str>>,
+    #[serde(default)]
+    ack: Option<bool>,
+    #[serde(borrow, default, deserialize_with = "raw_some")]
+    data: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw_some")]
+    b64: Option<&'a RawValue>,
+}
+
+/// Parses one text frame from a device. Never panics; every rejection names its field.
+pub fn parse_client(text: &str) -> Result<ClientFrame<'_>, ProtoError> {
+    let env: RawEnvelope<'_> = match serde_json::from_str(text) {
+        Ok(env) => env,
+        Err(err) => {
+            return Err(ProtoError::new(
+                None,
+                ErrorCode::BadJson,
+                format!("not a v1 JSON object: {err}"),
+            ))
+        }
+    };
+    let id = env.id;
+    if let Some(id) = &id {
+        if id.len() > CLIENT_ID_BYTES_MAX {
+            return Err(ProtoError::new(
+                None,
+                ErrorCode::BadField,
+                format!("id is {} bytes, at most {CLIENT_ID_BYTES_MAX}", id.len()),
+            ));
+        }
+    }
+    let idr = id.as_deref();
+    let payload = || -> Result<Payload<'_>, ProtoError> {
+        match (env.data, env.b64) {
+            (Some(data), None) => Ok(Payload::Data(data)),
+            (None, Some(b64)) if b64.get().starts_with('"') => Ok(Payload::B64(b64)),
+            (None, Some(_)) => Err(ProtoError::new(
+                idr,
+                ErrorCode::BadField,
+                "b64 must be a string",
+            )),
+            (Some(_), Some(_)) => Err(ProtoError::new(
+                idr,
+                ErrorCode::BadField,
+                "give data or b64, not both",
+            )),
+            (None, None) => Err(ProtoError::new(idr, ErrorCode::BadField, "data missing")),
+        }
+    };
+    let op = match env.op.as_deref() {
+        Some("send") => {
+            let to = required("to", env.to, idr)?;
+            if !valid_device_id(&to) {
+                return Err(ProtoError::new(
+                    idr,
+                    ErrorCode::BadField,
+                    "to is not a valid device id",
+                ));
+            }
+            let ack = env.ack.unwrap_or(false);
+            if ack && idr.is_none() {
+                return Err(ProtoError::new(idr, ErrorCode::BadField, "ack needs an id"));
+            }
+            ClientOp::Send {
+                to,
+                payload: payload()?,
+                ack,
+            }
+        }
+        Some(kind @ ("sub" | "unsub" | "pub")) => {
+            let topic = required("topic", env.topic, idr)?;
+            if let Err(why) = check_topic(&topic) {
+                return Err(ProtoError::new(idr, ErrorCode::BadField, why));
+            }
+            match kind {
+                "sub" => ClientOp::Sub { topic },
+                "unsub" => ClientOp::Unsub { topic },
+                _ => ClientOp::Pub {
+                    topic,
+                    payload: payload()?,
+                },
+            }
+        }
+        Some("up") => {
+            let service = required("service", env.service, idr)?;
+            if !valid_service(&service) {
+                return Err(ProtoError::new(
+                    idr,
+                    ErrorCode::BadField,
+                    "service is not a valid name",
+                ));
+            }
+            ClientOp::Up {
+                service,
+                payload: payload()?,
+            }
+        }
+        Some("reply") => {
+            let rid = required("rid", env.rid, idr)?;
+            ClientOp::Reply {
+                rid,
+                payload: payload()?,
+            }
+        }
+        Some("ping") => ClientOp::Ping,
+        Some(other) => {
+            let shown: String = other.chars().take(32).collect();
+            return Err(ProtoError::new(
+                idr,
+                ErrorCode::BadOp,
+                format!("unknown op {shown:?}"),
+            ));
+        }
+        None => return Err(ProtoError::new(idr, ErrorCode::BadOp, "op missing")),
+    };
+    Ok(ClientFrame { id, op })
+}
+
+fn required<'a>(
+    name: &str,
+    value: Option<Cow<'a, str>>,
+    id: Option<&str>,
+) -> Result<Cow<'a, str>, ProtoError> {
+    value.ok_or_else(|| ProtoError::new(id, ErrorCode::BadField, format!("{name} missing")))
+}
+
+/// One subject token: non-empty, only `A-Z a-z 0-9 _ -`, at most `max` bytes.
+fn valid_token(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A device id (the JWT `sub`): 1–128 bytes of `A-Z a-z 0-9 _ -`.
+pub fn valid_device_id(s: &str) -> bool {
+    valid_token(s, DEVICE_ID_BYTES_MAX)
+}
+
+/// A backend service name: 1–64 bytes of `A-Z a-z 0-9 _ -`.
+pub fn valid_service(s: &str) -> bool {
+    valid_token(s, SERVICE_BYTES_MAX)
+}
+
+/// Checks a topic: 1–8 dot-separated tokens, at most 200 bytes, no wildcards.
+pub fn check_topic(topic: &str) -> Result<(), String> {
+    if topic.len() > TOPIC_BYTES_MAX {
+        return Err(format!(
+            "topic is {} bytes, at most {TOPIC_BYTES_MAX}",
+            topic.len()
+        ));
+    }
+    let mut tokens = 0usize;
+    for token in topic.split('.') {
+        tokens += 1;
+        if !valid_token(token, TOPIC_BYTES_MAX) {
+            return Err("topic tokens are non-empty A-Z a-z 0-9 _ - separated by dots".into());
+        }
+    }
+    if tokens > TOPIC_TOKENS_MAX {
+        return Err(format!(
+            "topic has {tokens} tokens, at most {TOPIC_TOKENS_MAX}"
+        ));
+    }
+    Ok(())
+}
+
+/// NATS-style pattern match of a claim pattern against a topic: `*` is one token, a final `>`
+/// one or more tokens.
+pub fn pattern_matches(pattern: &str, topic: &str) -> bool {
+    let mut pat = pattern.split('.');
+    let mut top = topic.split('.');
+    loop {
+        match (pat.next(), top.next()) {
+            (Some(">"), Some(_)) => return pat.next().is_none(),
+            (Some("*"), Some(_)) => {}
+            (Some(p), Some(t)) if p == t => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+fn push_json_str(out: &mut String, s: &str) {
+    // Serialising a &str into a String cannot fail.
+    out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
+}
+
+/// `{"op":"hello",...}`: the device is routable.
+pub fn encode_hello(device: &str, node: &str, shard: usize) -> String {
+    let mut out = String::with_capacity(96);
+    out.push_str("{\"op\":\"hello\",\"device\":");
+    push_json_str(&mut out, device);
+    out.push_str(",\"node\":");
+    push_json_str(&mut out, node);
+    let _ = write!(out, ",\"shard\":{shard},\"protocol\":\"{PROTOCOL_V1}\"}}");
+    out
+}
+
+/// `{"op":"ack","id":ID}` with `"delivered":true` for a confirmed `send`.
+pub fn encode_ack(id: &str, delivered: bool) -> String {
+    let mut out = String::with_capacity(48);
+    out.push_str("{\"op\":\"ack\",\"id\":");
+    push_json_str(&mut out, id);
+    if delivered {
+        out.push_str(",\"delivered\":true");
+    }
+    out.push('}');
+    out
+}
+
+/// `{"op":"error",...}`.
+pub fn encode_error(id: Option<&str>, code: ErrorCode, message: &str) -> String {
+    let mut out = String::with_capacity(64 + message.len());
+    out.push_str("{\"op\":\"error\",");
+    if let Some(id) = id {
+        out.push_str("\"id\":");
+        push_json_str(&mut out, id);
+        out.push(',');
+    }
+    out.push_str("\"code\":\"");
+    out.push_str(code.as_str());
+    out.push_str("\",\"message\":");
+    push_json_str(&mut out, message);
+    out.push('}');
+    out
+}
+
+/// `{"op":"pong","id":ID}`.
+pub fn encode_pong(id: Option<&str>) -> String {
+    let mut out = String::from("{\"op\":\"pong\"");
+    if let Some(id) = id {
+        out.push_str(",\"id\":");
+        push_json_str(&mut out, id);
+    }
+    out.push('}');
+    out
+}
+
+/// The payload a shard publishes on `tether.dev.*`, `tether.req.*` or `tether.topic.*` for a
+/// device sender, and on reply subjects for a device `reply`: `{"from":DEVICE,"data":RAW}`.
+pub fn encode_bus_from(from: &str, payload: &Payload<'_>) -> String {
+    let mut out = String::with_capacity(32 + raw_len(payload));
+    out.push_str("{\"from\":");
+    push_json_str(&mut out, from);
+    out.push(',');
+    payload.write_field(&mut out);
+    out.push('}');
+    out
+}
+
+/// The payload of `tether.up.<service>`: `{"from":DEVICE,"node":NODE,"shard":N,"data":RAW}`.
+pub fn encode_bus_up(from: &str, node: &str, shard: usize, payload: &Payload<'_>) -> String {
+    let mut out = String::with_capacity(64 + raw_len(payload));
+    out.push_str("{\"from\":");
+    push_json_str(&mut out, from);
+    out.push_str(",\"node\":");
+    push_json_str(&mut out, node);
+    let _ = write!(out, ",\"shard\":{shard},");
+    payload.write_field(&mut out);
+    out.push('}');
+    out
+}
+
+/// The reply a shard sends to `tether.presence.<device>`.
+pub fn encode_presence(device: &str, node: &str, shard: usize, sessions: usize) -> String {
+    let mut out = String::with_capacity(80);
+    out.push_str("{\"device\":");
+    push_json_str(&mut out, device);
+    out.push_str(",\"node\":");
+    push_json_str(&mut out, node);
+    let _ = write!(out, ",\"shard\":{shard},\"sessions\":{sessions}}}");
+    out
+}
+
+/// The delivery confirmation a shard sends to a reply subject: `{"delivered":N}`.
+pub fn encode_delivered(sessions: usize) -> String {
+    format!("{{\"delivered\":{sessions}}}")
+}
+
+/// A reply a shard sends to a backend when it cannot serve its request: `{"error":CODE}`.
+pub fn encode_bus_error(code: ErrorCode) -> String {
+    format!("{{\"error\":\"{}\"}}", code.as_str())
+}
+
+fn raw_len(payload: &Payload<'_>) -> usize {
+    match payload {
+        Payload::Data(raw) | Payload::B64(raw) => raw.get().len(),
+    }
+}
+
+#[derive(Deserialize)]
+struct RawBusPayload<'a> {
+    #[serde(borrow, default)]
+    from: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "raw_some")]
+    data: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw_some")]
+    b64: Option<&'a RawValue>,
+}
+
+/// What a device receives for a bus message: which envelope to build.
+#[derive(Clone, Copy, Debug)]
+pub enum Delivery<'a> {
+    /// A direct message (`tether.dev.*`).
+    Direct,
+    /// A topic message (`tether.topic.<topic>`).
+    Topic(&'a str),
+    /// A backend request (`tether.req.*`) registered under this rid.
+    Request(&'a str),
+}
+
+/// Turns a bus payload into the device envelope (`msg` or `request`). Payloads that are not a
+/// JSON object, or whose `b64` is not a string, are rejected (the caller counts and drops them).
+/// A backend that wrote no `from` is shown as `backend`; a payload with neither `data` nor `b64`
+/// is delivered with `"data":null`.
+pub fn encode_delivery(bus_payload: &[u8], delivery: Delivery<'_>) -> Result<String, String> {
+    let raw: RawBusPayload<'_> =
+        serde_json::from_slice(bus_payload).map_err(|err| format!("bus payload: {err}"))?;
+    let from = raw.from.as_deref().unwrap_or("backend");
+    let payload = match (raw.data, raw.b64) {
+        (_, Some(b64)) if b64.get().starts_with('"') => Some(Payload::B64(b64)),
+        (_, Some(_)) => return Err("bus payload: b64 must be a string".into()),
+        (Some(data), None) => Some(Payload::Data(data)),
+        (None, None) => None,
+    };
+    let mut out = String::with_capacity(48 + bus_payload.len());
+    match delivery {
+        Delivery::Direct | Delivery::Topic(_) => out.push_str("{\"op\":\"msg\",\"from\":"),
+        Delivery::Request(_) => out.push_str("{\"op\":\"request\",\"from\":"),
+    }
+    push_json_str(&mut out, from);
+    match delivery {
+        Delivery::Direct => {}
+        Delivery::Topic(topic) => {
+            out.push_str(",\"topic\":");
+            push_json_str(&mut out, topic);
+        }
+        Delivery::Request(rid) => {
+            out.push_str(",\"rid\":");
+            push_json_str(&mut out, rid);
+        }
+    }
+    out.push(',');
+    match payload {
+        Some(p) => p.write_field(&mut out),
+        None => out.push_str("\"data\":null"),
+    }
+    out.push('}');
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn json(s: &str) -> Value {
+        serde_json::from_str(s).expect("valid json")
+    }
+
+    #[test]
+    fn parses_send_with_raw_data_kept_verbatim() {
+        let f = parse_client(
+            r#"{"op":"send","to":"tv-1","data":{"k": [1, 2.50]},"id":"m1","ack":true}"#,
+        )
+        .unwrap();
+        assert_eq!(f.id.as_deref(), Some("m1"));
+        match f.op {
+            ClientOp::Send {
+                to,
+                payload: Payload::Data(raw),
+                ack,
+            } => {
+                assert_eq!(to, "tv-1");
+                assert_eq!(raw.get(), r#"{"k": [1, 2.50]}"#);
+                assert!(ack);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn null_data_is_data_not_absence() {
+        let f = parse_client(r#"{"op":"send","to":"a","data":null}"#).unwrap();
+        assert!(
+            matches!(f.op, ClientOp::Send { payload: Payload::Data(raw), .. } if raw.get() == "null")
+        );
+    }
+
+    #[test]
+    fn rejections_have_stable_codes_and_keep_the_id() {
+        let cases: &[(&str, ErrorCode)] = &[
+            ("not json", ErrorCode::BadJson),
+            ("[1,2]", ErrorCode::BadJson),
+            (r#"{"id":"x"}"#, ErrorCode::BadOp),
+            (r#"{"op":"fly","id":"x"}"#, ErrorCode::BadOp),
+            (r#"{"op":"send","id":"x","data":1}"#, ErrorCode::BadField),
+            (
+                r#"{"op":"send","id":"x","to":"a.b","data":1}"#,
+                ErrorCode::BadField,
+            ),
+            (
+                r#"{"op":"send","id":"x","to":"a>","data":1}"#,
+                ErrorCode::BadField,
+            ),
+            (r#"{"op":"send","id":"x","to":"a"}"#, ErrorCode::BadField),
+            (
+                r#"{"op":"send","id":"x","to":"a","data":1,"b64":"AA=="}"#,
+                ErrorCode::BadField,
+            ),
+            (
+                r#"{"op":"send","id":"x","to":"a","b64":5}"#,
+                ErrorCode::BadField,
+            ),
+            (
+                r#"{"op":"sub","id":"x","topic":"a..b"}"#,
+                ErrorCode::BadField,
+            ),
+            (
+                r#"{"op":"sub","id":"x","topic":"a.*"}"#,
+                ErrorCode::BadField,
+            ),
+            (
+                r#"{"op":"sub","id":"x","topic":"a.b.c.d.e.f.g.h.i"}"#,
+                ErrorCode::BadField,
+            ),
+            (
+                r#"{"op":"up","id":"x","service":"a.b","data":1}"#,
+                ErrorCode::BadField,
+            ),
+            (r#"{"op":"reply","id":"x","data":1}"#, ErrorCode::BadField),
+        ];
+        for (text, code) in cases {
+            let err = parse_client(text).unwrap_err();
+            assert_eq!(err.code, *code, "{text}");
+            if *code != ErrorCode::BadJson {
+                assert_eq!(err.id.as_deref(), Some("x"), "{text}");
+            }
+            let e = json(&err.encode());
+            assert_eq!(e["op"], "error");
+            assert_eq!(e["code"], code.as_str());
+        }
+        let err = parse_client(r#"{"op":"send","to":"a","data":1,"ack":true}"#).unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadField);
+        let long = format!(r#"{{"op":"ping","id":"{}"}}"#, "i".repeat(65));
+        assert_eq!(parse_client(&long).unwrap_err().code, ErrorCode::BadField);
+    }
+
+    #[test]
+    fn client_from_field_is_ignored() {
+        // A device cannot choose its sender identity: `from` is not even read.
+        let f = parse_client(r#"{"op":"send","to":"b","from":"admin","data":1}"#).unwrap();
+        let ClientOp::Send { payload, .. } = f.op else {
+            panic!()
+        };
+        let bus = encode_bus_from("alice", &payload);
+        assert_eq!(json(&bus), json(r#"{"from":"alice","data":1}"#));
+    }
+
+    #[test]
+    fn escaped_strings_parse() {
+        let f = parse_client(r#"{"op":"ping","id":"a\"b\\c\u00e9"}"#).unwrap();
+        assert_eq!(f.id.as_deref(), Some("a\"b\\cé"));
+        assert_eq!(json(&encode_pong(f.id.as_deref()))["id"], "a\"b\\cé");
+    }
+
+    #[test]
+    fn patterns() {
+        assert!(pattern_matches("news.*", "news.sports"));
+        assert!(!pattern_matches("news.*", "news"));
+        assert!(!pattern_matches("news.*", "news.sports.live"));
+        assert!(pattern_matches("rooms.42.>", "rooms.42.chat"));
+        assert!(pattern_matches("rooms.42.>", "rooms.42.a.b"));
+        assert!(!pattern_matches("rooms.42.>", "rooms.42"));
+        assert!(pattern_matches(">", "x"));
+        assert!(pattern_matches("a.b", "a.b"));
+        assert!(!pattern_matches("a.b", "a.c"));
+        assert!(!pattern_matches("a.>.c", "a.b.c"));
+    }
+
+    #[test]
+    fn deliveries_are_valid_json() {
+        let bus = br#"{"from":"svc:billing","data":{"x":1}}"#;
+        assert_eq!(
+            json(&encode_delivery(bus, Delivery::Direct).unwrap()),
+            json(r#"{"op":"msg","from":"svc:billing","data":{"x":1}}"#)
+        );
+        assert_eq!(
+            json(&encode_delivery(br#"{"data":2}"#, Delivery::Topic("news.a")).unwrap()),
+            json(r#"{"op":"msg","from":"backend","topic":"news.a","data":2}"#)
+        );
+        assert_eq!(
+            json(
+                &encode_delivery(br#"{"from":"s","b64":"AA=="}"#, Delivery::Request("r1")).unwrap()
+            ),
+            json(r#"{"op":"request","from":"s","rid":"r1","b64":"AA=="}"#)
+        );
+        assert_eq!(
+            json(&encode_delivery(b"{}", Delivery::Direct).unwrap()),
+            json(r#"{"op":"msg","from":"backend","data":null}"#)
+        );
+        assert!(encode_delivery(b"nope", Delivery::Direct).is_err());
+        assert!(encode_delivery(br#"{"b64":1}"#, Delivery::Direct).is_err());
+    }
+
+    #[test]
+    fn server_envelopes_are_valid_json() {
+        assert_eq!(json(&encode_hello("tv", "n1", 1))["shard"], 1);
+        assert_eq!(json(&encode_ack("a\"", true))["delivered"], true);
+        assert!(json(&encode_ack("a", false)).get("delivered").is_none());
+        let e = json(&encode_error(None, ErrorCode::Forbidden, "no \"x\""));
+        assert_eq!(e["code"], "forbidden");
+        let p = Payload::Data(serde_json::from_str::<&RawValue>("[1]").unwrap());
+        assert_eq!(json(&encode_bus_up("d", "n", 2, &p))["shard"], 2);
+        assert_eq!(json(&encode_presence("d", "n", 0, 3))["sessions"], 3);
+        assert_eq!(json(&encode_delivered(2))["delivered"], 2);
+        assert_eq!(
+            json(&encode_bus_error(ErrorCode::TooManyPending))["error"],
+            "too_many_pending"
+        );
+    }
+}

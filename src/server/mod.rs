@@ -1,0 +1,344 @@
+//! `tether serve`: the thread-per-core WebSocket server.
+//!
+//! One node is one process; it runs one shard per CPU of its placement (see `tether-shards`).
+//! Each shard has its own `SO_REUSEPORT` listener, accepts and owns its connections outright,
+//! and keeps all per-connection state in `!Send` structures on its thread. This module wires
+//! the pieces: [`config`] (flags, env, TOML), [`node`] (admission and open-files capacity),
+//! [`shard`] (per-shard state and tasks), [`conn`] (a connection's lifecycle), [`endpoint`]
+//! (pluggable endpoints), [`metrics`] and [`admin`] (Prometheus, health, readiness), and
+//! [`Server::run`] (start, signals, drain, exit).
+//!
+//! # The seam for applications (endpoints, connection registry, per-shard services)
+//!
+//! - **Endpoints are pluggable.** [`Server::endpoint`] maps a request path to a factory that
+//!   builds one [`endpoint::Endpoint`] per shard, on that shard. For each upgrade request on
+//!   the path the endpoint gets the parsed [`crate::ws::UpgradeRequest`] before the 101 and
+//!   answers, possibly asynchronously (e.g. an auth request over NATS), with
+//!   [`endpoint::Rejected`] (any HTTP status, e.g. 401) or [`endpoint::Accepted`] (an optional
+//!   subprotocol and a [`endpoint::Session`]). The session gets `on_open` with the
+//!   connection's handle, `on_message` for each complete message, and `on_close` with the code.
+//!   Unknown paths get 404; `/echo` is registered when `--echo` is given.
+//! - **Every upgraded connection is in its shard's registry.** [`shard::ShardCtx::conn`] looks
+//!   up a [`conn::ConnHandle`] (`Rc<Conn>`, `!Send`) by its node-unique [`conn::ConnId`];
+//!   through it any code on the same shard can enqueue a message ([`conn::Conn::send`], subject
+//!   to `outbound_bytes_max` and the slow-consumer policy) or close the connection
+//!   ([`conn::Conn::close`]). Other shards reach it through the mesh
+//!   ([`shard::ShardMsg::Run`] sent with [`shard::ShardCtx::mesh`]; the shard of an id is
+//!   [`shard::ShardCtx::shard_of`]).
+//! - **Per-shard services.** [`Server::service`] registers a factory called on every shard
+//!   while it starts (before the start latch: an error fails the whole node); the future it
+//!   returns runs on the shard for the shard's life (e.g. a bus link).
+//!
+//! # Drain
+//!
+//! On SIGTERM or SIGINT the node stops accepting (each shard closes its listener), `/readyz`
+//! turns 503, upgrade requests still in flight get 503, and each shard closes its connections
+//! with 1001 in batches spread over `drain_time` (see [`shard::drain`]). The process exits 0
+//! when every connection is closed or at the deadline, whichever comes first. A second signal
+//! stops at once.
+
+pub mod admin;
+pub mod config;
+pub mod conn;
+pub mod endpoint;
+pub mod metrics;
+pub mod node;
+pub mod shard;
+
+use std::{
+    future::Future,
+    pin::Pin,
+    rc::Rc,
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, Instant},
+};
+
+use ahash::AHashMap;
+use tether_shards::{cpus::format_cpu_list, listener, Node, NodeConfig, Placement};
+
+pub use config::{ServeArgs, ServerConfig};
+use endpoint::Endpoint;
+use metrics::ShardMetrics;
+use node::NodeShared;
+use shard::{ShardControl, ShardCtx, ShardMsg};
+
+/// Builds a shard's endpoint for one path, on that shard.
+pub type EndpointFactory = Arc<dyn Fn(&Rc<ShardCtx>) -> Rc<dyn Endpoint> + Send + Sync>;
+/// Builds a shard's service future, on that shard; `Err` fails the node's start.
+pub type ServiceFactory =
+    Arc<dyn Fn(&Rc<ShardCtx>) -> Result<Pin<Box<dyn Future<Output = ()>>>, String> + Send + Sync>;
+
+/// Why the server did not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Placement(#[from] tether_shards::PlacementError),
+    #[error(transparent)]
+    Listen(#[from] tether_shards::ListenerError),
+    #[error("cannot bind the admin endpoint on {addr}: {source} (choose another --admin address)")]
+    Admin {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Start(#[from] tether_shards::StartError),
+    #[error("signal handling: {0}")]
+    Signals(std::io::Error),
+    #[error("{0}")]
+    Shards(String),
+}
+
+/// A node about to run: configuration, endpoints and per-shard services.
+pub struct Server {
+    config: ServerConfig,
+    endpoints: Vec<(String, EndpointFactory)>,
+    services: Vec<ServiceFactory>,
+}
+
+impl Server {
+    /// A server with `/echo` registered when `config.echo` is set.
+    pub fn new(config: ServerConfig) -> Server {
+        let mut s = Server {
+            config,
+            endpoints: Vec::new(),
+            services: Vec::new(),
+        };
+        if s.config.echo {
+            s = s.endpoint("/echo", |_| Rc::new(endpoint::Echo));
+        }
+        s
+    }
+
+    /// Serves `path` with the endpoint `factory` builds on each shard.
+    pub fn endpoint(
+        mut self,
+        path: &str,
+        factory: impl Fn(&Rc<ShardCtx>) -> Rc<dyn Endpoint> + Send + Sync + 'static,
+    ) -> Server {
+        self.endpoints.push((path.to_string(), Arc::new(factory)));
+        self
+    }
+
+    /// Runs the future `factory` builds on each shard for the shard's life.
+    pub fn service(
+        mut self,
+        factory: impl Fn(&Rc<ShardCtx>) -> Result<Pin<Box<dyn Future<Output = ()>>>, String>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Server {
+        self.services.push(Arc::new(factory));
+        self
+    }
+
+    /// Starts the node, serves until SIGTERM/SIGINT, drains, returns. Blocks the calling
+    /// thread, which must be the process's main thread before any other thread is spawned
+    /// (it blocks SIGTERM/SIGINT for every thread and waits for them itself).
+    pub fn run(self) -> Result<(), ServeError> {
+        let signals = Signals::block().map_err(ServeError::Signals)?;
+        let cfg = Arc::new(self.config);
+
+        let open_files_limit = match node::raise_open_files_limit() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read or raise RLIMIT_NOFILE");
+                1024
+            }
+        };
+        let placement = Placement::discover(cfg.shards, cfg.cpus.as_deref())?;
+        let n = placement.shards();
+        let listeners = listener::bind_reuseport_group(cfg.listen, n, cfg.backlog)?;
+        let listen_addr = listeners[0]
+            .local_addr()
+            .map_err(|e| ServeError::Shards(format!("listener address: {e}")))?;
+        let admin_listener =
+            std::net::TcpListener::bind(cfg.admin).map_err(|source| ServeError::Admin {
+                addr: cfg.admin,
+                source,
+            })?;
+        let admin_addr = admin_listener.local_addr().unwrap_or(cfg.admin);
+
+        // Until the shards exist, estimate their descriptors (eventfd, io_uring rings, timers).
+        let estimate = node::open_fds() + n * 16;
+        let mut capacity = node::open_files_capacity(open_files_limit, estimate);
+        if cfg.max_connections > 0 {
+            capacity = capacity.min(cfg.max_connections);
+        }
+        let node_shared = Arc::new(NodeShared::new(capacity, open_files_limit));
+        let metrics: Vec<Arc<ShardMetrics>> = (0..n).map(|_| Arc::default()).collect();
+        let mut controls = Vec::with_capacity(n);
+        let mut payloads = Vec::with_capacity(n);
+        for (l, m) in listeners.into_iter().zip(&metrics) {
+            let (tx, rx) = flume::bounded::<ShardControl>(4);
+            controls.push(tx);
+            payloads.push((l, m.clone(), rx));
+        }
+
+        let endpoints = self.endpoints;
+        let services = self.services;
+        let shared = node_shared.clone();
+        let cfg2 = cfg.clone();
+        let node = Node::start::<ShardMsg, _, _, _>(
+            NodeConfig::new(placement.clone()),
+            payloads,
+            move |shard, (std_listener, metrics, control)| {
+                let listener = listener::into_glommio(std_listener);
+                let ctx = Rc::new(ShardCtx::new(
+                    shard.index,
+                    shard.count,
+                    shard.cpu,
+                    cfg2.clone(),
+                    metrics,
+                    shared.clone(),
+                    shard.mesh,
+                ));
+                let routes: AHashMap<String, Rc<dyn Endpoint>> = endpoints
+                    .iter()
+                    .map(|(path, f)| (path.clone(), f(&ctx)))
+                    .collect();
+                ctx.set_routes(routes);
+                let mut started = Vec::with_capacity(services.len());
+                for f in &services {
+                    started.push(f(&ctx)?);
+                }
+                Ok(run_shard(ctx, listener, control, started))
+            },
+        )?;
+
+        let open_now = node::open_fds();
+        let mut capacity = node::open_files_capacity(open_files_limit, open_now);
+        let fd_capacity = capacity;
+        if cfg.max_connections > 0 {
+            capacity = capacity.min(cfg.max_connections);
+        }
+        node_shared.set_capacity(capacity);
+        tracing::info!(
+            listen = %listen_addr,
+            admin = %admin_addr,
+            shards = n,
+            cpus = %format_cpu_list(&placement.cpus),
+            open_files_limit,
+            open_fds = open_now,
+            open_files_capacity = fd_capacity,
+            max_connections = cfg.max_connections,
+            capacity_connections = capacity,
+            echo = cfg.echo,
+            "tether serving"
+        );
+        if (fd_capacity as u64) < open_files_limit / 2 || fd_capacity < 1024 {
+            tracing::warn!(
+                open_files_limit,
+                "open-files limit allows only {fd_capacity} connections; raise LimitNOFILE / ulimit -Hn (docs/operations.md)"
+            );
+        }
+
+        admin::spawn(
+            admin_listener,
+            admin::AdminState {
+                shards: metrics.clone(),
+                node: node_shared.clone(),
+            },
+        )
+        .map_err(|e| ServeError::Shards(format!("cannot start the admin thread: {e}")))?;
+
+        // Signals: the first starts the drain, a second stops at once.
+        let stop = node.stop_handle();
+        let drain_time = cfg.drain_time;
+        std::thread::Builder::new()
+            .name("tether-signals".to_string())
+            .spawn(move || {
+                let Ok(sig) = signals.wait() else { return };
+                let deadline = Instant::now() + drain_time;
+                tracing::info!(
+                    signal = sig,
+                    drain_ms = drain_time.as_millis() as u64,
+                    "draining"
+                );
+                node_shared.draining.store(true, Ordering::SeqCst);
+                for c in &controls {
+                    let _ = c.send(ShardControl::Drain { deadline });
+                }
+                let watchdog = stop.clone();
+                let _ = std::thread::Builder::new()
+                    .name("tether-deadline".to_string())
+                    .spawn(move || {
+                        std::thread::sleep(drain_time + Duration::from_millis(200));
+                        tracing::warn!("drain deadline passed: stopping shards");
+                        watchdog.stop();
+                    });
+                if let Ok(sig) = signals.wait() {
+                    tracing::warn!(signal = sig, "second signal: stopping now");
+                    stop.stop();
+                }
+            })
+            .map_err(|e| ServeError::Shards(format!("cannot start the signal thread: {e}")))?;
+
+        node.join().map_err(ServeError::Shards)?;
+        tracing::info!("tether stopped");
+        Ok(())
+    }
+}
+
+/// A shard's main future: starts its tasks, waits for the drain command, drains.
+async fn run_shard(
+    ctx: Rc<ShardCtx>,
+    listener: glommio::net::TcpListener,
+    control: flume::Receiver<ShardControl>,
+    services: Vec<Pin<Box<dyn Future<Output = ()>>>>,
+) {
+    for s in services {
+        glommio::spawn_local(s).detach();
+    }
+    let (stop_accept, stop_rx) = flume::bounded::<()>(1);
+    glommio::spawn_local(shard::accept_loop(ctx.clone(), listener, stop_rx)).detach();
+    glommio::spawn_local(shard::sweeper(ctx.clone())).detach();
+    glommio::spawn_local(shard::mesh_loop(ctx.clone())).detach();
+    match control.recv_async().await {
+        Ok(ShardControl::Drain { deadline }) => {
+            let _ = stop_accept.try_send(());
+            shard::drain(ctx, deadline).await;
+        }
+        Err(_) => {
+            // The node's main thread is gone: stop.
+        }
+    }
+}
+
+/// SIGTERM and SIGINT, blocked in every thread and awaited with `sigwait`.
+struct Signals {
+    set: libc::sigset_t,
+}
+
+// SAFETY: a sigset_t is a plain bit set; sharing it between threads is sound.
+unsafe impl Send for Signals {}
+
+impl Signals {
+    fn block() -> std::io::Result<Signals> {
+        // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a valid sigset_t; the signal numbers are valid.
+        unsafe {
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigaddset(&mut set, libc::SIGINT);
+        }
+        // SAFETY: `set` is initialised; the old mask is not needed.
+        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+        Ok(Signals { set })
+    }
+
+    /// Waits for the next SIGTERM/SIGINT; returns its number.
+    fn wait(&self) -> std::io::Result<i32> {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `self.set` is an initialised sigset_t whose signals are blocked; `sig` is
+        // writable.
+        let rc = unsafe { libc::sigwait(&self.set, &mut sig) };
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+        Ok(sig)
+    }
+}
