@@ -59,7 +59,10 @@ fn parse_args() -> Args {
         }
         i += 2;
     }
-    assert!(!a.send_url.is_empty() && !a.recv_url.is_empty(), "--send-url and --recv-url are required");
+    assert!(
+        !a.send_url.is_empty() && !a.recv_url.is_empty(),
+        "--send-url and --recv-url are required"
+    );
     a
 }
 
@@ -72,11 +75,15 @@ struct Client {
 
 fn connect(url: &str, token: &str) -> Client {
     let rest = url.strip_prefix("ws://").expect("ws:// URL");
-    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
     let mut stream = TcpStream::connect(host).expect("connect");
     stream.set_nodelay(true).expect("nodelay");
     let auth = format!("Bearer {token}");
-    let (hs, request) = ClientHandshake::new(host, &path, &["tether.v1"], &[("Authorization", &auth)]);
+    let (hs, request) =
+        ClientHandshake::new(host, &path, &["tether.v1"], &[("Authorization", &auth)]);
     stream.write_all(&request).expect("send handshake");
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -89,7 +96,11 @@ fn connect(url: &str, token: &str) -> Client {
             break;
         }
     }
-    let mut client = Client { stream, buf, decoder: Decoder::new(Role::Client, DecoderLimits::default()) };
+    let mut client = Client {
+        stream,
+        buf,
+        decoder: Decoder::new(Role::Client, DecoderLimits::default()),
+    };
     let hello = client.next_text();
     assert!(hello.contains("\"hello\""), "expected hello, got {hello}");
     client
@@ -101,9 +112,13 @@ impl Client {
         loop {
             let mut pong = None;
             let mut text = None;
-            if let Some((event, consumed)) = self.decoder.decode(&mut self.buf).expect("valid frames") {
+            if let Some((event, consumed)) =
+                self.decoder.decode(&mut self.buf).expect("valid frames")
+            {
                 match event {
-                    Some(Event::Message { data, .. }) => text = Some(String::from_utf8_lossy(data).into_owned()),
+                    Some(Event::Message { data, .. }) => {
+                        text = Some(String::from_utf8_lossy(data).into_owned())
+                    }
                     Some(Event::Ping(p)) => pong = Some(p.to_vec()),
                     Some(Event::Close(_)) => panic!("server closed the connection"),
                     _ => {}
@@ -128,32 +143,52 @@ impl Client {
 }
 
 fn token(secret: &str, device: &str) -> String {
-    let claims = Claims { sub: device.into(), exp: now_secs() + 3600, ..Claims::default() };
+    let claims = Claims {
+        sub: device.into(),
+        exp: now_secs() + 3600,
+        ..Claims::default()
+    };
     mint_hs256(secret.as_bytes(), &claims).expect("sign token")
 }
 
 /// The intended send time (µs since the run started) carried in the payload as `"t":N`.
 fn field_t(text: &str) -> Option<u64> {
     let at = text.find("\"t\":")? + 4;
-    let digits: String = text[at..].chars().take_while(|c| c.is_ascii_digit()).collect();
+    let digits: String = text[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
     digits.parse().ok()
 }
 
 fn main() {
     let args = parse_args();
     let run_id = format!("{:x}", rand::random::<u32>());
-    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram")));
+    let hist = Arc::new(Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
+    ));
     let received = Arc::new(AtomicU64::new(0));
     let sent = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut receivers = Vec::new();
     for i in 0..args.pairs {
-        let c = connect(&args.recv_url, &token(&args.secret, &format!("bench-rx-{run_id}-{i}")));
-        c.stream.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+        let c = connect(
+            &args.recv_url,
+            &token(&args.secret, &format!("bench-rx-{run_id}-{i}")),
+        );
+        c.stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
         receivers.push(c);
     }
-    let senders: Vec<Client> =
-        (0..args.pairs).map(|i| connect(&args.send_url, &token(&args.secret, &format!("bench-tx-{run_id}-{i}")))).collect();
+    let senders: Vec<Client> = (0..args.pairs)
+        .map(|i| {
+            connect(
+                &args.send_url,
+                &token(&args.secret, &format!("bench-tx-{run_id}-{i}")),
+            )
+        })
+        .collect();
     let start = Instant::now() + Duration::from_millis(200);
     let per_sender_interval_ns = (1e9 * args.pairs as f64 / args.rate as f64) as u64;
     let total = Duration::from_secs(args.secs);
@@ -189,7 +224,10 @@ fn main() {
                     Err(_) => {}
                 }
             }
-            hist.lock().expect("histogram lock").add(&local).expect("same bounds");
+            hist.lock()
+                .expect("histogram lock")
+                .add(&local)
+                .expect("same bounds");
         }));
     }
     let mut send_threads = Vec::new();
@@ -213,7 +251,8 @@ fn main() {
                     std::thread::sleep(due - now);
                 }
                 let t_us = intended.as_micros() as u64;
-                let body = format!(r#"{{"op":"send","to":"{to}","data":{{"t":{t_us},"p":"{padding}"}}}}"#);
+                let body =
+                    format!(r#"{{"op":"send","to":"{to}","data":{{"t":{t_us},"p":"{padding}"}}}}"#);
                 out.clear();
                 encode_frame(&mut out, Role::Client, OpCode::Text, true, body.as_bytes());
                 tx.stream.write_all(&out).expect("send");
@@ -223,7 +262,10 @@ fn main() {
             tx
         }));
     }
-    let senders: Vec<Client> = send_threads.into_iter().map(|t| t.join().expect("sender")).collect();
+    let senders: Vec<Client> = send_threads
+        .into_iter()
+        .map(|t| t.join().expect("sender"))
+        .collect();
     let send_elapsed = start.elapsed();
     // Let in-flight messages arrive (bounded), then stop the receivers.
     let expected = sent.load(Ordering::Relaxed);

@@ -405,8 +405,12 @@ mod tests {
             (Algorithm::ES256, "es256-private.pem", "es256-public.pem"),
         ] {
             let config = match alg {
-                Algorithm::RS256 => KeyConfig::Rs256 { public_pem: read(public) },
-                _ => KeyConfig::Es256 { public_pem: read(public) },
+                Algorithm::RS256 => KeyConfig::Rs256 {
+                    public_pem: read(public),
+                },
+                _ => KeyConfig::Es256 {
+                    public_pem: read(public),
+                },
             };
             let v = Verifier::new(&config).unwrap();
             let token = mint_pem(alg, &read(private), &claims("tv-9", now_secs() + 60)).unwrap();
@@ -415,9 +419,15 @@ mod tests {
             assert_eq!(v.verify(&expired), Err(AuthError::Expired));
             // An HS256 token signed with the public key's bytes (algorithm confusion) is refused.
             let confused = mint_hs256(&read(public), &claims("tv-9", now_secs() + 60)).unwrap();
-            assert!(matches!(v.verify(&confused), Err(AuthError::Invalid(_))), "{alg:?}");
+            assert!(
+                matches!(v.verify(&confused), Err(AuthError::Invalid(_))),
+                "{alg:?}"
+            );
         }
-        assert!(Verifier::new(&KeyConfig::Rs256 { public_pem: b"not a key".to_vec() }).is_err());
+        assert!(Verifier::new(&KeyConfig::Rs256 {
+            public_pem: b"not a key".to_vec()
+        })
+        .is_err());
     }
 
     #[test]
