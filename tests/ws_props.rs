@@ -28,7 +28,7 @@ fn msg() -> impl Strategy<Value = Msg> {
     (
         any::<bool>(),
         prop_oneof![
-            4 => proptest::collection::vec(any::<u8>(), 0..200),
+            9 => proptest::collection::vec(any::<u8>(), 0..200),
             1 => proptest::collection::vec(any::<u8>(), 200..70_000),
         ],
         proptest::collection::vec(0usize..300, 0..5),
@@ -109,7 +109,7 @@ fn decode_chunked(receiver: Role, stream: &[u8], chunk_sizes: &[usize]) -> Vec<G
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(200))]
+    #![proptest_config(ProptestConfig::with_cases(128))]
 
     #[test]
     fn round_trip_both_roles(
