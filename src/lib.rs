@@ -1,8 +1,8 @@
 //! tether: a thread-per-core WebSocket gateway for fleets of persistently connected devices.
 //!
-//! The library holds the sans-IO RFC 6455 core ([`ws`]), the device wire protocol ([`proto`]),
-//! device authentication ([`auth`]), routing by subject interest ([`bus`]) and the
-//! thread-per-core server ([`server`]).
+//! The library holds the sans-IO RFC 6455 core ([`ws`]), the server ([`server`]), the device
+//! wire protocol ([`proto`]), device authentication ([`auth`]), routing by subject interest
+//! ([`bus`]) and the device endpoint `/ws` ([`device`]).
 
 pub mod auth;
 pub mod bus;

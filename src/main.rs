@@ -1,8 +1,11 @@
-//! The `tether` binary: `tether serve` runs a node (see `tether::server`).
+//! The `tether` binary: `tether serve` runs a node (see `tether::server`); `tether token`
+//! mints a development device token (see `tether::device`).
 
 use std::{io::IsTerminal, process::ExitCode};
 
 use clap::{Parser, Subcommand};
+use tether::device::config::{MessagingArgs, MessagingConfig, TokenArgs};
+use tether::device::endpoint::{install, MessagingNode};
 use tether::server::{config::LogFormat, ServeArgs, Server, ServerConfig};
 
 #[derive(Parser)]
@@ -15,7 +18,17 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node: one pinned shard per CPU, WebSocket listeners, admin endpoint.
-    Serve(ServeArgs),
+    Serve(Box<ServeCmd>),
+    /// Mint a development device token (HS256 with the node's --jwt-secret).
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeCmd {
+    #[command(flatten)]
+    server: ServeArgs,
+    #[command(flatten)]
+    messaging: MessagingArgs,
 }
 
 fn init_logging(format: LogFormat) {
@@ -36,7 +49,21 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => {
+        Command::Token(args) => match args.mint() {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tether token: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Serve(cmd) => {
+            let ServeCmd {
+                server: args,
+                messaging,
+            } = *cmd;
             let config = match ServerConfig::resolve(&args) {
                 Ok(c) => c,
                 Err(e) => {
@@ -44,15 +71,54 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            init_logging(config.log_format);
-            match Server::new(config).run() {
-                Ok(()) => ExitCode::SUCCESS,
+            let messaging = match MessagingConfig::resolve(&messaging) {
+                Ok(m) => m,
                 Err(e) => {
-                    tracing::error!("tether serve: {e}");
                     eprintln!("tether serve: {e}");
-                    ExitCode::FAILURE
+                    return ExitCode::from(2);
                 }
-            }
+            };
+            init_logging(config.log_format);
+            let Some(messaging) = messaging else {
+                tracing::warn!(
+                    "device endpoint /ws is off: no --jwt-secret (TETHER_JWT_SECRET), \
+                     --jwt-public-key or --insecure-no-auth"
+                );
+                return finish(Server::new(config).run());
+            };
+            let shards =
+                match tether_shards::Placement::discover(config.shards, config.cpus.as_deref()) {
+                    Ok(p) => p.shards(),
+                    Err(e) => {
+                        eprintln!("tether serve: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+            let (server, node) = match install(Server::new(config), messaging, shards) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    eprintln!("tether serve: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let (bus_stats, device_stats) = (node.bus.stats(), node.devices.clone());
+            let server = server.metrics_source(move |out| {
+                MessagingNode::render_prometheus(&bus_stats, &device_stats, out)
+            });
+            let result = server.run();
+            node.bus.stop(std::time::Duration::from_secs(1));
+            finish(result)
+        }
+    }
+}
+
+fn finish(result: Result<(), tether::server::ServeError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("tether serve: {e}");
+            eprintln!("tether serve: {e}");
+            ExitCode::FAILURE
         }
     }
 }

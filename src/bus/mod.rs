@@ -425,6 +425,17 @@ pub struct BusInbox {
 }
 
 impl BusInbox {
+    /// The next input if one is queued now (control before data).
+    pub fn try_next(&self) -> Option<Incoming> {
+        if let Ok(ctrl) = self.ctrl_rx.try_recv() {
+            return Some(Incoming(Raw::Ctrl(ctrl)));
+        }
+        self.data_rx
+            .try_recv()
+            .ok()
+            .map(|msg| Incoming(Raw::Data(msg)))
+    }
+
     /// Waits for the next input, control before data. `None` when the bus is gone.
     pub async fn next(&self) -> Option<Incoming> {
         match self.ctrl_rx.try_recv() {

@@ -197,6 +197,7 @@ pub(crate) fn start(
     let thread = std::thread::Builder::new()
         .name("tether-nats-bridge".into())
         .spawn(move || {
+            block_termination_signals();
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -213,6 +214,25 @@ pub(crate) fn start(
         })
         .map_err(|e| format!("cannot spawn the NATS bridge thread: {e}"))?;
     Ok((links, BridgeHandle { stop_tx, thread }))
+}
+
+/// Keeps SIGTERM/SIGINT away from the bridge thread (and the threads its runtime spawns): the
+/// server waits for them on its own signal thread, and a signal delivered here would take the
+/// default action and kill the process without a drain.
+fn block_termination_signals() {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t and the signal numbers are valid; the old mask is not
+    // needed. pthread_sigmask only changes the calling thread's mask.
+    let rc = unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        tracing::warn!(rc, "cannot block SIGTERM/SIGINT on the NATS bridge thread");
+    }
 }
 
 fn forward(msg: async_nats::Message) -> BusMessage {

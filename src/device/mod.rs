@@ -1,6 +1,9 @@
 //! The device endpoint `/ws`: protocol v1 sessions on the server's shards.
 //!
 //! [`hub`] holds the per-shard logic (sessions, interest, deliveries, acks, requests) and is
-//! independent of the server; the glue to the server's endpoint seam lives beside it.
+//! independent of the server; [`endpoint`] is the glue to the server's endpoint seam;
+//! [`config`] holds the messaging flags of `tether serve` and `tether token`.
 
+pub mod config;
+pub mod endpoint;
 pub mod hub;

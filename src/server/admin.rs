@@ -25,10 +25,15 @@ pub const ADMIN_IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest admin request head.
 pub const ADMIN_HEAD_BYTES_MAX: usize = 8192;
 
+/// Appends more metrics text to `/metrics` (registered with `Server::metrics_source`).
+pub type MetricsSource = Arc<dyn Fn(&mut String) + Send + Sync>;
+
 /// What the admin thread reads.
 pub struct AdminState {
     pub shards: Vec<Arc<ShardMetrics>>,
     pub node: Arc<NodeShared>,
+    /// Other parts of the node (e.g. the messaging bus).
+    pub extra: Vec<MetricsSource>,
 }
 
 /// Serves admin requests on `listener` until the process exits.
@@ -123,7 +128,10 @@ fn serve_one(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()> {
     match path {
         "/metrics" => {
             let shards: Vec<&ShardMetrics> = state.shards.iter().map(|m| m.as_ref()).collect();
-            let body = metrics::render(&shards, state.node.gauges());
+            let mut body = metrics::render(&shards, state.node.gauges());
+            for source in &state.extra {
+                source(&mut body);
+            }
             respond(&mut stream, 200, "OK", "text/plain; version=0.0.4", &body)
         }
         "/healthz" => respond(&mut stream, 200, "OK", "text/plain", "ok\n"),

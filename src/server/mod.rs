@@ -93,6 +93,7 @@ pub struct Server {
     config: ServerConfig,
     endpoints: Vec<(String, EndpointFactory)>,
     services: Vec<ServiceFactory>,
+    metrics_sources: Vec<admin::MetricsSource>,
 }
 
 impl Server {
@@ -102,6 +103,7 @@ impl Server {
             config,
             endpoints: Vec::new(),
             services: Vec::new(),
+            metrics_sources: Vec::new(),
         };
         if s.config.echo {
             s = s.endpoint("/echo", |_| Rc::new(endpoint::Echo));
@@ -128,6 +130,15 @@ impl Server {
             + 'static,
     ) -> Server {
         self.services.push(Arc::new(factory));
+        self
+    }
+
+    /// Adds text to every `/metrics` answer (Prometheus format; e.g. the bus's counters).
+    pub fn metrics_source(
+        mut self,
+        source: impl Fn(&mut String) + Send + Sync + 'static,
+    ) -> Server {
+        self.metrics_sources.push(Arc::new(source));
         self
     }
 
@@ -176,6 +187,7 @@ impl Server {
 
         let endpoints = self.endpoints;
         let services = self.services;
+        let metrics_sources = self.metrics_sources;
         let shared = node_shared.clone();
         let cfg2 = cfg.clone();
         let node = Node::start::<ShardMsg, _, _, _>(
@@ -237,6 +249,7 @@ impl Server {
             admin::AdminState {
                 shards: metrics.clone(),
                 node: node_shared.clone(),
+                extra: metrics_sources,
             },
         )
         .map_err(|e| ServeError::Shards(format!("cannot start the admin thread: {e}")))?;

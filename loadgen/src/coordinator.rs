@@ -1,0 +1,658 @@
+//! The coordinator: runs the preflight, spawns the worker processes (the same binary with the
+//! hidden `worker` subcommand), starts them together at one wall-clock instant, merges their
+//! per-second reports into the live line, and merges their histograms exactly for the summary,
+//! the JSON report and the HdrHistogram interval logs.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
+use hdrhistogram::serialization::V2Serializer;
+use serde_json::{json, Value};
+
+use crate::cli::Args;
+use crate::plan::{Phases, Plan};
+use crate::preflight::{self, Host, Verdict};
+use crate::stats::{
+    Counters, Hists, LatencySummary, StartSignal, WorkerMsg, WorkerPlan, HIST_NAMES,
+};
+use crate::sys;
+
+/// How long workers may take to report ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Delay between the start signal and the common start instant.
+const START_DELAY: Duration = Duration::from_millis(300);
+
+enum Ev {
+    Msg(usize, Box<WorkerMsg>),
+    Eof(usize),
+    Bad(usize, String),
+}
+
+struct WorkerHandle {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    counters: Counters,
+    done: bool,
+    failed: Option<String>,
+    elapsed_us: u64,
+    cpu_us: u64,
+    max_rss_kib: u64,
+}
+
+/// One second of the run, merged across workers.
+#[derive(Default)]
+struct Interval {
+    reports: usize,
+    counters: Counters,
+    hists: Option<Hists>,
+}
+
+/// Entry point of a run.
+pub fn main(args: Args) -> ExitCode {
+    let mut plan = match args.plan() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("tether-loadgen: refused: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let host = Host::probe();
+    let verdict = match preflight::check(&plan, &host, args.workers) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("tether-loadgen: refused: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for l in &verdict.lines {
+        println!("preflight: {l}");
+    }
+    plan.workers = verdict.workers;
+    let phases = Phases::of(&plan);
+    println!(
+        "plan: {} clients, rate {}{}, connects end at {:.1}s, hold {:.1}s{}{}, drain",
+        plan.clients,
+        if plan.rate.from_per_s == plan.rate.to_per_s {
+            format!("{}/s", plan.rate.to_per_s)
+        } else {
+            format!(
+                "{}->{}/s over {}s",
+                plan.rate.from_per_s, plan.rate.to_per_s, plan.rate.ramp_s
+            )
+        },
+        if plan.arrivals == crate::plan::Arrivals::Poisson {
+            " (poisson)"
+        } else {
+            ""
+        },
+        phases.connect_end_s,
+        plan.hold_ms as f64 / 1000.0,
+        if plan.churn_per_s > 0.0 {
+            format!(
+                ", churn {}/s for {:.1}s",
+                plan.churn_per_s,
+                plan.churn_ms as f64 / 1000.0
+            )
+        } else {
+            String::new()
+        },
+        if plan.storm_drop_fraction > 0.0 {
+            format!(", storm drop {:.1}%", plan.storm_drop_fraction * 100.0)
+        } else {
+            String::new()
+        },
+    );
+    if args.dry_run {
+        return ExitCode::SUCCESS;
+    }
+    match run(&args, &plan, &verdict) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tether-loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn spawn_workers(plan: &Plan, tx: &mpsc::Sender<Ev>) -> Result<Vec<WorkerHandle>, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let mut workers = Vec::new();
+    for w in 0..plan.workers {
+        let mut child = Command::new(&exe)
+            .arg("worker")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("spawning worker {w}: {e}"))?;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let line = serde_json::to_string(&WorkerPlan {
+            plan: plan.clone(),
+            worker: w,
+        })
+        .expect("plan serialises");
+        writeln!(stdin, "{line}").map_err(|e| format!("sending the plan to worker {w}: {e}"))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let tx = tx.clone();
+        let idx = w as usize;
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let ev = match line {
+                    Ok(l) => match serde_json::from_str::<WorkerMsg>(&l) {
+                        Ok(m) => Ev::Msg(idx, Box::new(m)),
+                        Err(e) => Ev::Bad(idx, format!("unreadable report: {e}")),
+                    },
+                    Err(e) => Ev::Bad(idx, format!("reading reports: {e}")),
+                };
+                if tx.send(ev).is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(Ev::Eof(idx));
+        });
+        workers.push(WorkerHandle {
+            child,
+            stdin: Some(stdin),
+            counters: Counters::default(),
+            done: false,
+            failed: None,
+            elapsed_us: 0,
+            cpu_us: 0,
+            max_rss_kib: 0,
+        });
+    }
+    Ok(workers)
+}
+
+fn unix_ns_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn run(args: &Args, plan: &Plan, verdict: &Verdict) -> Result<ExitCode, String> {
+    let (tx, rx) = mpsc::channel();
+    let mut workers = spawn_workers(plan, &tx)?;
+    drop(tx);
+    let kill_all = |workers: &mut Vec<WorkerHandle>| {
+        for w in workers.iter_mut() {
+            let _ = w.child.kill();
+            let _ = w.child.wait();
+        }
+    };
+
+    // Start barrier: every worker reports ready, then all get the same start instant.
+    let ready_deadline = Instant::now() + READY_TIMEOUT;
+    let mut ready = 0;
+    while ready < workers.len() {
+        let left = ready_deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Ev::Msg(i, m)) => match *m {
+                WorkerMsg::Ready { .. } => ready += 1,
+                WorkerMsg::Failed { error } => {
+                    kill_all(&mut workers);
+                    return Err(format!("worker {i} failed to start: {error}"));
+                }
+                _ => {}
+            },
+            Ok(Ev::Bad(i, error)) => {
+                kill_all(&mut workers);
+                return Err(format!("worker {i} failed to start: {error}"));
+            }
+            Ok(Ev::Eof(i)) => {
+                kill_all(&mut workers);
+                return Err(format!("worker {i} exited before it was ready"));
+            }
+            Err(_) => {
+                kill_all(&mut workers);
+                return Err(format!(
+                    "only {ready} of {} workers were ready after {READY_TIMEOUT:?}",
+                    workers.len()
+                ));
+            }
+        }
+    }
+    let server_cpu_start: Vec<Option<u64>> = args
+        .server_pids
+        .iter()
+        .map(|p| sys::proc_cpu_us(*p).ok())
+        .collect();
+    let start_unix_ns = unix_ns_now() + START_DELAY.as_nanos() as u64;
+    let start_line = serde_json::to_string(&StartSignal { start_unix_ns }).expect("serialises");
+    for (i, w) in workers.iter_mut().enumerate() {
+        let stdin = w.stdin.as_mut().expect("stdin kept until start");
+        writeln!(stdin, "{start_line}")
+            .and_then(|_| stdin.flush())
+            .map_err(|e| format!("starting worker {i}: {e}"))?;
+        w.stdin = None;
+    }
+    std::thread::sleep(START_DELAY);
+
+    let mut totals = Hists::default();
+    let mut intervals: BTreeMap<u64, Interval> = BTreeMap::new();
+    let mut interval_logs: Vec<(u64, crate::stats::HistBlobs)> = Vec::new();
+    let mut slots: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut printed = Counters::default();
+    let mut last_printed_k = 0u64;
+    let mut finals_hists = Hists::default();
+
+    while workers.iter().any(|w| !w.done) {
+        let ev = match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(ev) => ev,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // A worker that died without closing its pipe (should not happen).
+                for (i, w) in workers.iter_mut().enumerate() {
+                    if !w.done {
+                        if let Ok(Some(status)) = w.child.try_wait() {
+                            w.done = true;
+                            w.failed = Some(format!("worker {i} exited: {status}"));
+                        }
+                    }
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let (i, msg) = match ev {
+            Ev::Msg(i, m) => (i, *m),
+            Ev::Bad(i, error) => {
+                workers[i].failed = Some(error);
+                continue;
+            }
+            Ev::Eof(i) => {
+                let w = &mut workers[i];
+                if !w.done {
+                    w.done = true;
+                    w.failed
+                        .get_or_insert_with(|| format!("worker {i} exited without a final report"));
+                }
+                (i, WorkerMsg::Ready { fd_soft_limit: 0 })
+            }
+        };
+        match msg {
+            WorkerMsg::Tick {
+                k,
+                counters,
+                hist,
+                samples,
+            } => {
+                let h = Hists::decode(&hist)?;
+                totals.add(&h);
+                for (slot, c) in samples {
+                    *slots.entry(slot).or_default() += c;
+                }
+                workers[i].counters = counters.clone();
+                let iv = intervals.entry(k).or_default();
+                iv.reports += 1;
+                iv.counters.add(&counters);
+                match &mut iv.hists {
+                    Some(x) => x.add(&h),
+                    None => iv.hists = Some(h),
+                }
+            }
+            WorkerMsg::Final {
+                counters,
+                hist,
+                samples,
+                elapsed_us,
+                cpu_us,
+                max_rss_kib,
+            } => {
+                let h = Hists::decode(&hist)?;
+                totals.add(&h);
+                finals_hists.add(&h);
+                for (slot, c) in samples {
+                    *slots.entry(slot).or_default() += c;
+                }
+                let w = &mut workers[i];
+                w.counters = counters;
+                w.elapsed_us = elapsed_us;
+                w.cpu_us = cpu_us;
+                w.max_rss_kib = max_rss_kib;
+                w.done = true;
+            }
+            WorkerMsg::Failed { error } => {
+                workers[i].failed = Some(error);
+            }
+            WorkerMsg::Ready { .. } => {}
+        }
+        // Print every second that all still-running workers have reported.
+        let running = workers.iter().filter(|w| !w.done).count();
+        while let Some((&k, iv)) = intervals.iter().next() {
+            let all_done = running == 0;
+            if iv.reports < workers.len() && !all_done && iv.reports < running.max(1) {
+                break;
+            }
+            let iv = intervals.remove(&k).expect("present");
+            let h = iv.hists.unwrap_or_default();
+            if !args.quiet {
+                print_live(k, k - last_printed_k, &printed, &iv.counters, &h);
+            }
+            interval_logs.push((k, h.encode()));
+            printed = iv.counters;
+            last_printed_k = k;
+        }
+    }
+    for w in workers.iter_mut() {
+        let _ = w.child.wait();
+    }
+    if args.hdr_dir.is_some() {
+        interval_logs.push((last_printed_k + 1, finals_hists.encode()));
+    }
+    let server_cpu_us: Option<u64> = if args.server_pids.is_empty() {
+        None
+    } else {
+        let mut sum = 0;
+        for (pid, start) in args.server_pids.iter().zip(&server_cpu_start) {
+            match (start, sys::proc_cpu_us(*pid)) {
+                (Some(s), Ok(e)) => sum += e.saturating_sub(*s),
+                _ => eprintln!("tether-loadgen: cannot read the CPU time of server pid {pid}"),
+            }
+        }
+        Some(sum)
+    };
+
+    let mut counters = Counters::default();
+    for w in &workers {
+        counters.add(&w.counters);
+    }
+    let sampled_peak = slots.values().copied().max().unwrap_or(0);
+    let single_peak = workers
+        .iter()
+        .map(|w| w.counters.connected_peak)
+        .max()
+        .unwrap_or(0);
+    let connected_peak = sampled_peak.max(single_peak);
+    let duration_us = workers.iter().map(|w| w.elapsed_us).max().unwrap_or(0);
+    let own = sys::self_usage();
+    let loadgen_cpu_us = own.cpu_us + workers.iter().map(|w| w.cpu_us).sum::<u64>();
+    let failures: Vec<String> = workers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| w.failed.as_ref().map(|e| format!("worker {i}: {e}")))
+        .collect();
+
+    let report = build_report(&ReportInput {
+        plan,
+        verdict,
+        counters: &counters,
+        totals: &totals,
+        connected_peak,
+        duration_us,
+        loadgen_cpu_us,
+        worker_rss_kib: workers.iter().map(|w| w.max_rss_kib).collect(),
+        server_cpu_us,
+        failures: &failures,
+    });
+    print_summary(&report);
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report).expect("report serialises");
+        std::fs::write(path, text + "\n")
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    if let Some(dir) = &args.hdr_dir {
+        write_interval_logs(dir, start_unix_ns, &interval_logs)?;
+    }
+    for f in &failures {
+        eprintln!("tether-loadgen: {f}");
+    }
+    Ok(if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2}ms", us as f64 / 1000.0)
+}
+
+fn print_live(k: u64, secs: u64, prev: &Counters, now: &Counters, h: &Hists) {
+    let secs = secs.max(1);
+    let connects = now.handshakes_ok.saturating_sub(prev.handshakes_ok) / secs;
+    let errors = now.handshake_errors_total();
+    let msgs = now.messages_received.saturating_sub(prev.messages_received) / secs;
+    let hs = if h.handshake.is_empty() {
+        "-".to_string()
+    } else {
+        format!(
+            "p50 {} p99 {}",
+            ms(h.handshake.value_at_quantile(0.5)),
+            ms(h.handshake.value_at_quantile(0.99))
+        )
+    };
+    let rtt = if h.rtt.is_empty() {
+        String::new()
+    } else {
+        format!(" msg p99 {}", ms(h.rtt.value_at_quantile(0.99)))
+    };
+    println!(
+        "[{k:>4}s] connected {:>7}  connects/s {connects:>6}  errors {errors:>5}  handshake {hs}  msgs/s {msgs}{rtt}  lag {}",
+        now.connected, now.schedule_lag_events
+    );
+}
+
+struct ReportInput<'a> {
+    plan: &'a Plan,
+    verdict: &'a Verdict,
+    counters: &'a Counters,
+    totals: &'a Hists,
+    connected_peak: u64,
+    duration_us: u64,
+    loadgen_cpu_us: u64,
+    worker_rss_kib: Vec<u64>,
+    server_cpu_us: Option<u64>,
+    failures: &'a [String],
+}
+
+fn build_report(r: &ReportInput) -> Value {
+    let c = r.counters;
+    let rate_achieved = if c.initial_last_ok_us > 0 {
+        c.initial_handshakes_ok as f64 / (c.initial_last_ok_us as f64 / 1e6)
+    } else {
+        0.0
+    };
+    let msg_duration_s = r.duration_us as f64 / 1e6;
+    let phases = Phases::of(r.plan);
+    let per_conn = |cpu_us: u64| {
+        if c.handshakes_ok > 0 {
+            (cpu_us as f64 / c.handshakes_ok as f64 * 10.0).round() / 10.0
+        } else {
+            0.0
+        }
+    };
+    let mut v = json!({
+        "clients_target": r.plan.clients,
+        "connected_peak": r.connected_peak,
+        "handshakes_ok": c.handshakes_ok,
+        "handshake_attempts": c.attempts,
+        "handshake_errors_total": c.handshake_errors_total(),
+        "handshake_errors": c.handshake_errors,
+        "connect_rate_target_per_s": r.plan.rate.to_per_s,
+        "connect_rate_achieved_per_s": (rate_achieved * 10.0).round() / 10.0,
+        "handshake_latency_us": LatencySummary::of(&r.totals.handshake),
+        "tcp_connect_latency_us": LatencySummary::of(&r.totals.connect),
+        "upgrade_latency_us": LatencySummary::of(&r.totals.upgrade),
+        "schedule_lag_events": c.schedule_lag_events,
+        "schedule_lag_max_us": c.schedule_lag_max_us,
+        "disconnects": c.disconnects,
+        "closes": {"clean": c.closes_clean, "timed_out": c.closes_timed_out},
+        "workers": r.plan.workers,
+        "duration_s": (msg_duration_s * 1000.0).round() / 1000.0,
+        "phases_s": {
+            "connect_end": phases.connect_end_s,
+            "hold_end": phases.hold_end_s,
+            "churn_end": phases.churn_end_s,
+        },
+        "urls": r.plan.targets.iter().map(|t| t.url.clone()).collect::<Vec<_>>(),
+        "sources": r.plan.sources.len(),
+        "arrivals": r.plan.arrivals,
+        "seed": r.plan.seed,
+        "preflight": {
+            "nofile_hard": r.verdict.host.nofile_hard,
+            "per_worker_capacity": r.verdict.per_worker_capacity,
+            "port_range": [r.verdict.host.port_range.0, r.verdict.host.port_range.1],
+            "port_capacity": r.verdict.port_capacity,
+            "busiest_pair_clients": r.verdict.busiest_pair_clients,
+            "somaxconn": r.verdict.host.somaxconn,
+        },
+        "loadgen_cpu_s": r.loadgen_cpu_us as f64 / 1e6,
+        "loadgen_cpu_us_per_connection": per_conn(r.loadgen_cpu_us),
+        "loadgen_worker_max_rss_kib": r.worker_rss_kib,
+        "worker_failures": r.failures,
+    });
+    if c.messages_sent > 0 || c.messages_received > 0 {
+        // Echo: round trip from the intended send; tether workloads: one-way delivery.
+        let key = match r.plan.workload {
+            crate::plan::Workload::Echo => "message_rtt_us",
+            _ => "message_delivery_us",
+        };
+        v[key] = json!(LatencySummary::of(&r.totals.rtt));
+        v["workload"] = json!(r.plan.workload);
+        v["tether_errors"] = json!(c.tether_errors);
+        v["messages"] = json!({
+            "sent": c.messages_sent,
+            "received": c.messages_received,
+            "unanswered": c.messages_sent.saturating_sub(c.messages_received),
+            "gaps": c.message_gaps,
+            "duplicates": c.message_duplicates,
+            "foreign": c.messages_foreign,
+            "skipped_in_flight": c.messages_skipped_in_flight,
+            "lag_events": c.message_lag_events,
+            "received_per_s": if msg_duration_s > 0.0 { (c.messages_received as f64 / msg_duration_s).round() } else { 0.0 },
+        });
+    }
+    if r.plan.churn_per_s > 0.0 {
+        v["churn"] = json!({"rate_per_s": r.plan.churn_per_s, "disconnects": c.churn_disconnects});
+    }
+    if r.plan.storm_drop_fraction > 0.0 {
+        v["storm"] = json!({
+            "drop_fraction": r.plan.storm_drop_fraction,
+            "dropped": c.storm_dropped,
+            "reconnected": c.storm_reconnected,
+            "gave_up": c.storm_gave_up,
+            "recovered": c.storm_gave_up == 0 && c.storm_recovery_us.is_some(),
+            "recovery_s": c.storm_recovery_us.map(|u| u as f64 / 1e6),
+        });
+    }
+    if let Some(s) = r.server_cpu_us {
+        v["server_cpu_s"] = json!(s as f64 / 1e6);
+        v["server_cpu_us_per_connection"] = json!(per_conn(s));
+    }
+    v
+}
+
+fn print_summary(v: &Value) {
+    let lat = |key: &str| -> String {
+        let l = &v[key];
+        if l["count"].as_u64().unwrap_or(0) == 0 {
+            return "-".into();
+        }
+        let f = |k: &str| ms(l[k].as_u64().unwrap_or(0));
+        format!(
+            "p50 {} p90 {} p99 {} p99.9 {} max {} (n={})",
+            f("p50"),
+            f("p90"),
+            f("p99"),
+            f("p999"),
+            f("max"),
+            l["count"]
+        )
+    };
+    println!("== summary");
+    println!(
+        "clients {}  connected peak {}  handshakes ok {}  errors {} {}",
+        v["clients_target"],
+        v["connected_peak"],
+        v["handshakes_ok"],
+        v["handshake_errors_total"],
+        v["handshake_errors"]
+    );
+    println!(
+        "connect rate target {}/s achieved {}/s  lag events {} (max {}us)  workers {}  duration {}s",
+        v["connect_rate_target_per_s"],
+        v["connect_rate_achieved_per_s"],
+        v["schedule_lag_events"],
+        v["schedule_lag_max_us"],
+        v["workers"],
+        v["duration_s"]
+    );
+    println!("handshake   {}", lat("handshake_latency_us"));
+    println!("tcp connect {}", lat("tcp_connect_latency_us"));
+    println!("upgrade     {}", lat("upgrade_latency_us"));
+    if v.get("message_rtt_us").is_some() {
+        println!("message rtt {}", lat("message_rtt_us"));
+    }
+    if v.get("message_delivery_us").is_some() {
+        println!("delivery    {}", lat("message_delivery_us"));
+    }
+    if v.get("messages").is_some() {
+        println!("messages    {}", v["messages"]);
+    }
+    println!("disconnects {}  closes {}", v["disconnects"], v["closes"]);
+    if let Some(s) = v.get("storm") {
+        println!("storm       {s}");
+    }
+    if let Some(s) = v.get("churn") {
+        println!("churn       {s}");
+    }
+    print!(
+        "cpu         loadgen {}s ({}us per connection)",
+        v["loadgen_cpu_s"], v["loadgen_cpu_us_per_connection"]
+    );
+    if v.get("server_cpu_s").is_some() {
+        print!(
+            "  server {}s ({}us per connection)",
+            v["server_cpu_s"], v["server_cpu_us_per_connection"]
+        );
+    }
+    println!();
+}
+
+fn write_interval_logs(
+    dir: &Path,
+    start_unix_ns: u64,
+    intervals: &[(u64, crate::stats::HistBlobs)],
+) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let start = UNIX_EPOCH + Duration::from_nanos(start_unix_ns);
+    let decoded: Vec<(u64, Hists)> = intervals
+        .iter()
+        .map(|(k, b)| Hists::decode(b).map(|h| (*k, h)))
+        .collect::<Result<_, _>>()?;
+    for (n, name) in HIST_NAMES.iter().enumerate() {
+        let path = dir.join(format!("{name}.hlog"));
+        let mut file = std::io::BufWriter::new(
+            std::fs::File::create(&path)
+                .map_err(|e| format!("creating {}: {e}", path.display()))?,
+        );
+        let mut ser = V2Serializer::new();
+        let mut log = IntervalLogWriterBuilder::new()
+            .add_comment(&format!("tether-loadgen {name} latency, microseconds"))
+            .with_start_time(start)
+            .with_base_time(start)
+            .with_max_value_divisor(1.0)
+            .begin_log_with(&mut file, &mut ser)
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        for (k, h) in &decoded {
+            let hist = h.all()[n];
+            log.write_histogram(
+                hist,
+                Duration::from_secs(k.saturating_sub(1)),
+                Duration::from_secs(1),
+                Tag::new(name),
+            )
+            .map_err(|e| format!("writing {}: {e:?}", path.display()))?;
+        }
+        drop(log);
+        file.flush()
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    Ok(())
+}

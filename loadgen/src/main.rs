@@ -1,0 +1,14 @@
+//! The `tether-loadgen` binary: a run (coordinator) or, with the hidden `worker` subcommand,
+//! one worker process spawned by a coordinator.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("worker") {
+        return tether_loadgen::worker::main();
+    }
+    let args = tether_loadgen::cli::Args::parse();
+    tether_loadgen::coordinator::main(args)
+}

@@ -1,0 +1,1192 @@
+//! One worker process: runs its share of the plan on a tokio current-thread runtime, one task
+//! per client, and reports to the coordinator once a second over stdout (JSON lines).
+//!
+//! Per-connection state is kept small: the task, a `Decoder`, and a leftover buffer that holds
+//! bytes only while a frame is incomplete. Reads go into one thread-local scratch buffer.
+//!
+//! Timing model (open loop, coordinated-omission-correct): every connect has an *intended* start
+//! time from the schedule; TCP connect latency, and the whole handshake latency, are measured
+//! from it, not from when the task actually got to run. Echo messages carry their intended send
+//! time, and round trips are measured from it. Starts later than `lag_threshold_us` are counted.
+
+use std::cell::{Cell, RefCell};
+use std::io::{self, BufRead, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::process::ExitCode;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::Rng;
+use tether::ws::{
+    encode_close, encode_frame, ClientHandshake, ClientHandshakeError, Decoder, DecoderLimits,
+    Event, OpCode, Role,
+};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Notify;
+use tokio::time::{sleep_until, timeout_at, Instant};
+
+use crate::plan::MSG_HEADER_BYTES;
+use crate::plan::{storm_drops, worker_clients, ConnectSchedule, Phases, Plan, Target, Workload};
+use crate::stats::{Counters, Hists, StartSignal, WorkerMsg, WorkerPlan};
+use crate::sys;
+
+/// Size of the shared read buffer of a worker thread.
+const SCRATCH_BYTES: usize = 64 * 1024;
+/// Largest HTTP response head accepted for the upgrade.
+const RESPONSE_HEAD_BYTES_MAX: usize = 16 * 1024;
+/// How often the connected gauge is sampled for the peak.
+const SAMPLE_PERIOD: Duration = Duration::from_millis(100);
+/// How long a churned client waits for the server's close frame before reconnecting.
+const CHURN_CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH_BYTES]);
+}
+
+/// Writes one message line to the coordinator; a broken pipe means the coordinator is gone.
+fn emit(msg: &WorkerMsg) {
+    let line = serde_json::to_string(msg).expect("worker messages serialise");
+    let mut out = io::stdout().lock();
+    if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+        std::process::exit(3);
+    }
+}
+
+/// Entry point of the hidden `worker` subcommand.
+pub fn main() -> ExitCode {
+    if let Err(e) = sys::die_with_parent() {
+        eprintln!("tether-loadgen worker: PR_SET_PDEATHSIG: {e}");
+    }
+    let stdin = io::stdin();
+    let mut lines = stdin.lock().lines();
+    let mut next_line = || -> Result<String, String> {
+        match lines.next() {
+            Some(Ok(l)) => Ok(l),
+            Some(Err(e)) => Err(format!("reading stdin: {e}")),
+            None => Err("stdin closed before the plan arrived".into()),
+        }
+    };
+    let wp: WorkerPlan = match next_line()
+        .and_then(|l| serde_json::from_str(&l).map_err(|e| format!("bad plan line: {e}")))
+    {
+        Ok(p) => p,
+        Err(error) => {
+            emit(&WorkerMsg::Failed { error });
+            return ExitCode::FAILURE;
+        }
+    };
+    let fd_soft_limit = match sys::raise_nofile_to_hard() {
+        Ok(n) => n,
+        Err(_) => sys::nofile_limits().map(|l| l.0).unwrap_or(0),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            emit(&WorkerMsg::Failed {
+                error: format!("tokio runtime: {e}"),
+            });
+            return ExitCode::FAILURE;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    let nats = match wp.plan.nats_url.clone() {
+        Some(url) => match local.block_on(&rt, async_nats::connect(url.as_str())) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                emit(&WorkerMsg::Failed {
+                    error: format!("connecting to NATS at {url}: {e}"),
+                });
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    emit(&WorkerMsg::Ready { fd_soft_limit });
+    let start: StartSignal = match next_line()
+        .and_then(|l| serde_json::from_str(&l).map_err(|e| format!("bad start line: {e}")))
+    {
+        Ok(s) => s,
+        Err(error) => {
+            emit(&WorkerMsg::Failed { error });
+            return ExitCode::FAILURE;
+        }
+    };
+    let (counters, hists, samples, elapsed_us) = local.block_on(&rt, async move {
+        let start_at = instant_of_unix_ns(start.start_unix_ns);
+        run(wp, start_at, nats).await
+    });
+    let usage = sys::self_usage();
+    emit(&WorkerMsg::Final {
+        counters,
+        hist: hists.encode(),
+        samples,
+        elapsed_us,
+        cpu_us: usage.cpu_us,
+        max_rss_kib: usage.max_rss_kib,
+    });
+    ExitCode::SUCCESS
+}
+
+/// Converts a wall-clock time (ns since the Unix epoch) to a monotonic instant.
+fn instant_of_unix_ns(unix_ns: u64) -> Instant {
+    let now_unix_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let now = Instant::now();
+    if unix_ns >= now_unix_ns {
+        now + Duration::from_nanos(unix_ns - now_unix_ns)
+    } else {
+        now.checked_sub(Duration::from_nanos(now_unix_ns - unix_ns))
+            .unwrap_or(now)
+    }
+}
+
+fn us(d: Duration) -> u64 {
+    d.as_micros().min(u128::from(u64::MAX)) as u64
+}
+
+/// A command from the worker's phase driver to one client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cmd {
+    None,
+    /// Close (with a close handshake) and reconnect at once.
+    Churn,
+    /// Drop the connection without a close frame, reconnect after a jittered backoff.
+    StormDrop,
+    /// Close and stop.
+    Drain,
+}
+
+/// Per-client control block.
+struct Ctl {
+    cmd: Cell<Cmd>,
+    notify: Notify,
+    connected: Cell<bool>,
+}
+
+struct StormState {
+    at: Instant,
+    deadline: Instant,
+    pending: u64,
+}
+
+/// The worker's shared (single-thread) state.
+struct Worker {
+    plan: Plan,
+    index: u32,
+    start: Instant,
+    counters: RefCell<Counters>,
+    hists: RefCell<Hists>,
+    /// Connected-gauge samples `(slot, connected)` not yet reported; slot = 100 ms periods.
+    samples: RefCell<Vec<(u64, u64)>>,
+    ctl: Vec<Ctl>,
+    live_tasks: Cell<u64>,
+    idle: Notify,
+    /// Clients whose first connect attempt has not finished (scheduled or in progress).
+    initial_pending: Cell<u64>,
+    initial_done: Notify,
+    /// Churned clients whose reconnect attempt has not finished.
+    churn_pending: Cell<u64>,
+    churn_done: Notify,
+    draining: Cell<bool>,
+    storm: RefCell<Option<StormState>>,
+    storm_done: Notify,
+    decoder_limits: (usize, usize),
+    /// Intended time of the last scheduled connect (tether workloads start sending then).
+    connect_end: Instant,
+    /// NATS publisher of the push workload.
+    nats: Option<async_nats::Client>,
+}
+
+impl Worker {
+    fn since_start(&self, t: Instant) -> Duration {
+        t.saturating_duration_since(self.start)
+    }
+
+    fn task_done(&self) {
+        let n = self.live_tasks.get() - 1;
+        self.live_tasks.set(n);
+        if n == 0 {
+            self.idle.notify_one();
+        }
+    }
+
+    /// A first attempt (`Why::Initial`) or a churn reconnect (`Why::Churn`) has finished.
+    fn attempt_settled(&self, why: Why) {
+        let (pending, done) = match why {
+            Why::Initial => (&self.initial_pending, &self.initial_done),
+            Why::Churn => (&self.churn_pending, &self.churn_done),
+            Why::Storm => return,
+        };
+        let n = pending.get().saturating_sub(1);
+        pending.set(n);
+        if n == 0 {
+            done.notify_one();
+        }
+    }
+
+    /// A storm-dropped client is back (`ok`) or has given up.
+    fn storm_client_settled(&self, ok: bool) {
+        let mut c = self.counters.borrow_mut();
+        if ok {
+            c.storm_reconnected += 1;
+        } else {
+            c.storm_gave_up += 1;
+        }
+        let mut storm = self.storm.borrow_mut();
+        if let Some(s) = storm.as_mut() {
+            s.pending = s.pending.saturating_sub(1);
+            if s.pending == 0 {
+                if c.storm_gave_up == 0 {
+                    c.storm_recovery_us = Some(us(Instant::now() - s.at));
+                }
+                self.storm_done.notify_one();
+            }
+        }
+    }
+}
+
+async fn run(
+    wp: WorkerPlan,
+    start: Instant,
+    nats: Option<async_nats::Client>,
+) -> (Counters, Hists, Vec<(u64, u64)>, u64) {
+    let plan = wp.plan;
+    let connect_end = start + Duration::from_secs_f64(Phases::of(&plan).connect_end_s);
+    let local_clients = worker_clients(plan.clients, wp.worker, plan.workers) as usize;
+    let frame_max = (1 << 20).max(plan.msg_bytes + 64);
+    let w = Rc::new(Worker {
+        index: wp.worker,
+        start,
+        counters: RefCell::new(Counters::default()),
+        hists: RefCell::new(Hists::default()),
+        samples: RefCell::new(Vec::new()),
+        ctl: (0..local_clients)
+            .map(|_| Ctl {
+                cmd: Cell::new(Cmd::None),
+                notify: Notify::new(),
+                connected: Cell::new(false),
+            })
+            .collect(),
+        live_tasks: Cell::new(0),
+        idle: Notify::new(),
+        initial_pending: Cell::new(local_clients as u64),
+        initial_done: Notify::new(),
+        churn_pending: Cell::new(0),
+        churn_done: Notify::new(),
+        draining: Cell::new(false),
+        storm: RefCell::new(None),
+        storm_done: Notify::new(),
+        decoder_limits: (frame_max, frame_max),
+        connect_end,
+        nats,
+        plan,
+    });
+    let phases = Phases::of(&w.plan);
+    sleep_until(start).await;
+
+    let ticker = tokio::task::spawn_local(ticker(w.clone()));
+    let sampler = tokio::task::spawn_local(sampler(w.clone()));
+    let scheduler = tokio::task::spawn_local(schedule(w.clone()));
+
+    sleep_until(start + Duration::from_secs_f64(phases.hold_end_s)).await;
+    // The hold ends on schedule, but handshakes still in progress are not cut short: wait for
+    // every first attempt to finish (each is bounded by the connect and upgrade timeouts).
+    let initial_deadline = start
+        + Duration::from_secs_f64(phases.connect_end_s)
+        + Duration::from_millis(w.plan.connect_timeout_ms + w.plan.handshake_timeout_ms + 1000);
+    while w.initial_pending.get() > 0 {
+        tokio::select! {
+            _ = w.initial_done.notified() => {}
+            _ = sleep_until(initial_deadline) => break,
+        }
+    }
+    if w.plan.churn_per_s > 0.0 {
+        churn(&w, &phases).await;
+    }
+    if w.plan.storm_drop_fraction > 0.0 {
+        storm(&w).await;
+    }
+
+    // Drain: stop the schedule, close every connection, wait for the tasks to end.
+    w.draining.set(true);
+    scheduler.abort();
+    for c in &w.ctl {
+        c.cmd.set(Cmd::Drain);
+        c.notify.notify_one();
+    }
+    // Each client may wait for its unanswered echoes, then for the close: two drain timeouts.
+    let deadline = Instant::now() + Duration::from_millis(2 * w.plan.drain_timeout_ms + 1000);
+    while w.live_tasks.get() > 0 {
+        tokio::select! {
+            _ = w.idle.notified() => {}
+            _ = sleep_until(deadline) => break,
+        }
+    }
+    let elapsed_us = us(w.since_start(Instant::now()));
+    ticker.abort();
+    sampler.abort();
+    sample_now(&w);
+    let counters = w.counters.borrow().clone();
+    let hists = std::mem::take(&mut *w.hists.borrow_mut());
+    let samples = std::mem::take(&mut *w.samples.borrow_mut());
+    (counters, hists, samples, elapsed_us)
+}
+
+fn sample_now(w: &Worker) {
+    let slot = (w.since_start(Instant::now()).as_millis() / SAMPLE_PERIOD.as_millis()) as u64;
+    let connected = w.counters.borrow().connected;
+    w.samples.borrow_mut().push((slot, connected));
+}
+
+async fn sampler(w: Rc<Worker>) {
+    let mut n = 1u32;
+    loop {
+        sleep_until(w.start + SAMPLE_PERIOD * n).await;
+        let connected = w.counters.borrow().connected;
+        w.samples.borrow_mut().push((u64::from(n), connected));
+        n += 1;
+    }
+}
+
+async fn ticker(w: Rc<Worker>) {
+    let mut k = 1u64;
+    loop {
+        sleep_until(w.start + Duration::from_secs(k)).await;
+        let counters = w.counters.borrow().clone();
+        let hist = {
+            let mut h = w.hists.borrow_mut();
+            let blobs = h.encode();
+            h.reset();
+            blobs
+        };
+        let samples = std::mem::take(&mut *w.samples.borrow_mut());
+        emit(&WorkerMsg::Tick {
+            k,
+            counters,
+            hist,
+            samples,
+        });
+        k += 1;
+    }
+}
+
+/// Spawns this worker's clients at their intended times.
+async fn schedule(w: Rc<Worker>) {
+    let workers = u64::from(w.plan.workers);
+    let me = u64::from(w.index);
+    for (i, t_s) in ConnectSchedule::new(&w.plan) {
+        if i % workers != me {
+            continue;
+        }
+        let intended = w.start + Duration::from_secs_f64(t_s);
+        if intended > Instant::now() {
+            sleep_until(intended).await;
+        }
+        if w.draining.get() {
+            break;
+        }
+        w.live_tasks.set(w.live_tasks.get() + 1);
+        tokio::task::spawn_local(client(w.clone(), (i / workers) as usize, i, intended));
+    }
+}
+
+/// Churn phase: disconnect and reconnect `churn_per_s` clients per second (globally; event `j`
+/// belongs to worker `j % workers`).
+async fn churn(w: &Worker, phases: &Phases) {
+    let period_s = 1.0 / w.plan.churn_per_s;
+    let workers = u64::from(w.plan.workers);
+    // Count events in integers so that float rounding never adds or drops one.
+    let events = (w.plan.churn_ms as f64 / 1000.0 * w.plan.churn_per_s + 1e-9).floor() as u64;
+    let mut next_client = 0usize;
+    for j in 0..events {
+        let t_s = phases.hold_end_s + j as f64 * period_s;
+        if j % workers == u64::from(w.index) {
+            sleep_until(w.start + Duration::from_secs_f64(t_s)).await;
+            // Next connected client, round robin.
+            for _ in 0..w.ctl.len() {
+                let c = &w.ctl[next_client];
+                next_client = (next_client + 1) % w.ctl.len();
+                if c.connected.get() && c.cmd.get() == Cmd::None {
+                    c.cmd.set(Cmd::Churn);
+                    c.notify.notify_one();
+                    break;
+                }
+            }
+        }
+    }
+    sleep_until(w.start + Duration::from_secs_f64(phases.churn_end_s)).await;
+}
+
+/// Reconnect storm: drop the selected clients at once, wait until all are back (or timeout).
+async fn storm(w: &Worker) {
+    // Churn reconnects still in progress finish first (each is bounded by the timeouts).
+    let churn_deadline = Instant::now()
+        + Duration::from_millis(w.plan.connect_timeout_ms + w.plan.handshake_timeout_ms + 1000);
+    while w.churn_pending.get() > 0 {
+        tokio::select! {
+            _ = w.churn_done.notified() => {}
+            _ = sleep_until(churn_deadline) => break,
+        }
+    }
+    let at = Instant::now();
+    let deadline = at + Duration::from_millis(w.plan.storm_timeout_ms);
+    let workers = u64::from(w.plan.workers);
+    let mut pending = 0u64;
+    for (local, c) in w.ctl.iter().enumerate() {
+        let i = local as u64 * workers + u64::from(w.index);
+        if storm_drops(i, w.plan.clients, w.plan.storm_drop_fraction)
+            && c.connected.get()
+            && c.cmd.get() == Cmd::None
+        {
+            c.cmd.set(Cmd::StormDrop);
+            c.notify.notify_one();
+            pending += 1;
+        }
+    }
+    if pending == 0 {
+        w.counters.borrow_mut().storm_recovery_us = Some(0);
+        return;
+    }
+    *w.storm.borrow_mut() = Some(StormState {
+        at,
+        deadline,
+        pending,
+    });
+    loop {
+        if w.storm.borrow().as_ref().is_none_or(|s| s.pending == 0) {
+            break;
+        }
+        tokio::select! {
+            _ = w.storm_done.notified() => {}
+            _ = sleep_until(deadline + Duration::from_millis(100)) => break,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Why {
+    Initial,
+    Churn,
+    Storm,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// Closed by our drain.
+    Drained,
+    /// Closed by churn; reconnect now.
+    Churned,
+    /// Dropped by the storm; reconnect after backoff.
+    StormDropped,
+    /// Connect or upgrade failed (counted in `handshake_errors`).
+    Failed,
+    /// The connection ended from the other side or broke (counted in `disconnects`).
+    Broken,
+}
+
+/// One client: its connection, and its reconnects after churn and storm drops.
+async fn client(w: Rc<Worker>, local: usize, global: u64, first: Instant) {
+    let targets = w.plan.targets.len() as u64;
+    let target = &w.plan.targets[(global % targets) as usize];
+    let source = if w.plan.sources.is_empty() {
+        None
+    } else {
+        let s = w.plan.sources.len() as u64;
+        Some(w.plan.sources[((global / targets) % s) as usize])
+    };
+    let ctl = &w.ctl[local];
+    let mut intended = first;
+    let mut why = Why::Initial;
+    let mut attempt = 0u32;
+    loop {
+        let end = session(&w, ctl, global, target, source, intended, why).await;
+        let now = Instant::now();
+        match (end, why) {
+            (End::Churned, _) => {
+                w.churn_pending.set(w.churn_pending.get() + 1);
+                why = Why::Churn;
+                intended = now;
+            }
+            (End::StormDropped, _) => {
+                why = Why::Storm;
+                attempt = 0;
+                intended = now + jitter(w.plan.storm_backoff_ms);
+            }
+            (End::Failed, Why::Storm) => {
+                let past = w.storm.borrow().as_ref().is_some_and(|s| now >= s.deadline);
+                if past || w.draining.get() {
+                    w.storm_client_settled(false);
+                    break;
+                }
+                attempt = attempt.saturating_add(1);
+                let window = w
+                    .plan
+                    .storm_backoff_ms
+                    .saturating_mul(1 << attempt.min(20))
+                    .min(w.plan.storm_backoff_max_ms);
+                intended = now + jitter(window);
+            }
+            (End::Drained | End::Failed | End::Broken, _) => break,
+        }
+        if intended > now {
+            tokio::select! {
+                _ = sleep_until(intended) => {}
+                _ = ctl.notify.notified() => {}
+            }
+        }
+        if ctl.cmd.get() == Cmd::Drain {
+            match why {
+                Why::Storm => w.storm_client_settled(false),
+                Why::Churn => w.attempt_settled(Why::Churn),
+                Why::Initial => {}
+            }
+            break;
+        }
+    }
+    w.task_done();
+}
+
+fn jitter(window_ms: u64) -> Duration {
+    Duration::from_micros(rand::thread_rng().gen_range(0..=window_ms.saturating_mul(1000)))
+}
+
+/// Maps an I/O error to an error cause name.
+pub fn io_cause(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => "refused".into(),
+        Some(libc::EADDRNOTAVAIL) => "address_unavailable".into(),
+        Some(libc::EADDRINUSE) => "address_in_use".into(),
+        Some(libc::ECONNRESET) | Some(libc::EPIPE) => "reset".into(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) => "fd_limit".into(),
+        Some(libc::ETIMEDOUT) => "timeout".into(),
+        Some(libc::ENETUNREACH) | Some(libc::EHOSTUNREACH) => "unreachable".into(),
+        Some(libc::ENOBUFS) | Some(libc::ENOMEM) => "no_memory".into(),
+        Some(n) => format!("errno_{n}"),
+        None => format!("io_{:?}", e.kind()).to_lowercase(),
+    }
+}
+
+/// Connect, upgrade, then run the connection until it ends.
+async fn session(
+    w: &Worker,
+    ctl: &Ctl,
+    global: u64,
+    target: &Target,
+    source: Option<Ipv4Addr>,
+    intended: Instant,
+    why: Why,
+) -> End {
+    let mut first = Attempt { w, why: Some(why) };
+    if ctl.cmd.get() == Cmd::Drain {
+        return End::Drained;
+    }
+    let began = Instant::now();
+    {
+        let lag_us = us(began.saturating_duration_since(intended));
+        let mut c = w.counters.borrow_mut();
+        c.attempts += 1;
+        if lag_us > w.plan.lag_threshold_us {
+            c.schedule_lag_events += 1;
+        }
+        c.schedule_lag_max_us = c.schedule_lag_max_us.max(lag_us);
+    }
+    let fail = |cause: String| {
+        w.counters.borrow_mut().error(cause);
+        End::Failed
+    };
+    let sock = match TcpSocket::new_v4() {
+        Ok(s) => s,
+        Err(e) => return fail(io_cause(&e)),
+    };
+    if let Some(src) = source {
+        if let Err(e) = sys::set_bind_address_no_port(sock.as_raw_fd()) {
+            return fail(io_cause(&e));
+        }
+        if let Err(e) = sock.bind(SocketAddr::new(src.into(), 0)) {
+            return fail(io_cause(&e));
+        }
+    }
+    let connect = timeout_at(
+        began + Duration::from_millis(w.plan.connect_timeout_ms),
+        sock.connect(target.addr),
+    );
+    tokio::pin!(connect);
+    let stream = loop {
+        tokio::select! {
+            r = &mut connect => match r {
+                Ok(Ok(s)) => break s,
+                Ok(Err(e)) => return fail(io_cause(&e)),
+                Err(_) => return fail("timeout_connect".into()),
+            },
+            _ = ctl.notify.notified() => if ctl.cmd.get() == Cmd::Drain { return End::Drained },
+        }
+    };
+    let t_tcp = Instant::now();
+    w.hists
+        .borrow_mut()
+        .connect
+        .saturating_record(us(t_tcp - intended).max(1));
+    let _ = stream.set_nodelay(true);
+
+    let upgrade = timeout_at(
+        t_tcp + Duration::from_millis(w.plan.handshake_timeout_ms),
+        upgrade(w, &stream, target, global),
+    );
+    tokio::pin!(upgrade);
+    let leftover = loop {
+        tokio::select! {
+            r = &mut upgrade => match r {
+                Ok(Ok(rest)) => break rest,
+                Ok(Err(cause)) => return fail(cause),
+                Err(_) => return fail("timeout_upgrade".into()),
+            },
+            _ = ctl.notify.notified() => if ctl.cmd.get() == Cmd::Drain { return End::Drained },
+        }
+    };
+    let t_up = Instant::now();
+    {
+        let mut h = w.hists.borrow_mut();
+        h.upgrade.saturating_record(us(t_up - t_tcp).max(1));
+        h.handshake.saturating_record(us(t_up - intended).max(1));
+        let mut c = w.counters.borrow_mut();
+        c.handshakes_ok += 1;
+        if why == Why::Initial {
+            c.initial_handshakes_ok += 1;
+            c.initial_last_ok_us = c.initial_last_ok_us.max(us(w.since_start(t_up)));
+        }
+        c.connected += 1;
+        c.connected_peak = c.connected_peak.max(c.connected);
+    }
+    first.settle();
+    if why == Why::Storm {
+        w.storm_client_settled(true);
+    }
+    ctl.connected.set(true);
+    let end = run_open(w, ctl, global, &stream, leftover, t_up).await;
+    ctl.connected.set(false);
+    w.counters.borrow_mut().connected -= 1;
+    end
+}
+
+/// Marks a connect attempt as finished, once, however it ends (the phase driver waits for
+/// first attempts before draining, and for churn reconnects before a storm).
+struct Attempt<'a> {
+    w: &'a Worker,
+    why: Option<Why>,
+}
+
+impl Attempt<'_> {
+    fn settle(&mut self) {
+        if let Some(why) = self.why.take() {
+            self.w.attempt_settled(why);
+        }
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        self.settle();
+    }
+}
+
+/// Sends the upgrade request and reads the response; returns the bytes that followed it.
+async fn upgrade(
+    w: &Worker,
+    stream: &TcpStream,
+    target: &Target,
+    global: u64,
+) -> Result<Vec<u8>, String> {
+    let (hs, request) = if w.plan.workload == Workload::Echo {
+        ClientHandshake::new(&target.host, &target.resource, &[], &[])
+    } else {
+        // tether's protocol: subprotocol tether.v1, device id in the query (--insecure-no-auth).
+        let sep = if target.resource.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        let resource = format!(
+            "{}{sep}device={}{global}",
+            target.resource, w.plan.device_prefix
+        );
+        ClientHandshake::new(&target.host, &resource, &["tether.v1"], &[])
+    };
+    write_all(stream, &request).await?;
+    let mut head = Vec::new();
+    loop {
+        stream.readable().await.map_err(|e| io_cause(&e))?;
+        let got = SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            match stream.try_read(&mut s[..]) {
+                Ok(0) => Err("eof_in_upgrade".to_string()),
+                Ok(n) => {
+                    head.extend_from_slice(&s[..n]);
+                    Ok(true)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+                Err(e) => Err(io_cause(&e)),
+            }
+        })?;
+        if !got {
+            continue;
+        }
+        match hs.parse_response(&head) {
+            Ok(None) if head.len() > RESPONSE_HEAD_BYTES_MAX => {
+                return Err("response_too_large".into())
+            }
+            Ok(None) => {}
+            Ok(Some((_resp, consumed))) => return Ok(head.split_off(consumed)),
+            Err(ClientHandshakeError::Status(code)) => return Err(format!("status_{code}")),
+            Err(ClientHandshakeError::BadAccept) => return Err("bad_accept".into()),
+            Err(_) => return Err("bad_response".into()),
+        }
+    }
+}
+
+/// Writes all of `buf` (waiting for writability; callers bound the time).
+async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> Result<(), String> {
+    while !buf.is_empty() {
+        match stream.try_write(buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                stream.writable().await.map_err(|e| io_cause(&e))?
+            }
+            Err(e) => return Err(io_cause(&e)),
+        }
+    }
+    Ok(())
+}
+
+async fn write_until(stream: &TcpStream, buf: &[u8], deadline: Instant) -> Result<(), String> {
+    match timeout_at(deadline, write_all(stream, buf)).await {
+        Ok(r) => r,
+        Err(_) => Err("write_timeout".into()),
+    }
+}
+
+/// Per-connection protocol state while open.
+struct ConnState {
+    decoder: Decoder,
+    /// Bytes of an incomplete frame; empty (no capacity) otherwise.
+    leftover: Vec<u8>,
+    sent: u64,
+    received: u64,
+    expect_seq: u64,
+    close_sent: bool,
+    /// The server's close frame: `Some(code)` (None inside: no code).
+    peer_close: Option<Option<u16>>,
+    eof: bool,
+    error: Option<String>,
+    /// tether workloads: `hello` received (the device is routable).
+    hello: bool,
+}
+
+impl ConnState {
+    fn finished(&self) -> bool {
+        self.peer_close.is_some() || self.eof || self.error.is_some()
+    }
+
+    fn end_cause(&self) -> String {
+        if let Some(e) = &self.error {
+            e.clone()
+        } else if let Some(code) = self.peer_close {
+            match code {
+                Some(c) => format!("closed_by_server_{c}"),
+                None => "closed_by_server_no_code".into(),
+            }
+        } else {
+            "server_eof".into()
+        }
+    }
+}
+
+/// Reads what is available and decodes every complete frame; replies (pong, close) go to `out`.
+fn read_some(w: &Worker, stream: &TcpStream, st: &mut ConnState, out: &mut Vec<u8>) {
+    if st.leftover.is_empty() {
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            match stream.try_read(&mut s[..]) {
+                Ok(0) => st.eof = true,
+                Ok(n) => {
+                    let used = decode_all(w, st, &mut s[..n], out);
+                    if !st.finished() && used < n {
+                        st.leftover.extend_from_slice(&s[used..n]);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => st.error = Some(io_cause(&e)),
+            }
+        });
+    } else {
+        let mut buf = std::mem::take(&mut st.leftover);
+        let old = buf.len();
+        buf.resize(old + SCRATCH_BYTES, 0);
+        match stream.try_read(&mut buf[old..]) {
+            Ok(0) => st.eof = true,
+            Ok(n) => {
+                buf.truncate(old + n);
+                let used = decode_all(w, st, &mut buf, out);
+                if !st.finished() && used < buf.len() {
+                    buf.drain(..used);
+                    buf.shrink_to_fit();
+                    st.leftover = buf;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                buf.truncate(old);
+                st.leftover = buf;
+            }
+            Err(e) => st.error = Some(io_cause(&e)),
+        }
+    }
+}
+
+/// Decodes frames from `buf` until it runs out or the connection finishes; returns bytes used.
+fn decode_all(w: &Worker, st: &mut ConnState, buf: &mut [u8], out: &mut Vec<u8>) -> usize {
+    let mut used = 0;
+    loop {
+        let rest = &mut buf[used..];
+        match st.decoder.decode(rest) {
+            Ok(None) => return used,
+            Ok(Some((event, n))) => {
+                used += n;
+                match event {
+                    None => {}
+                    Some(Event::Message { data, .. }) => {
+                        if w.plan.workload == Workload::Echo {
+                            on_message(w, data, &mut st.received, &mut st.expect_seq)
+                        } else {
+                            on_tether_frame(
+                                w,
+                                data,
+                                &mut st.hello,
+                                &mut st.received,
+                                &mut st.expect_seq,
+                            )
+                        }
+                    }
+                    Some(Event::Ping(payload)) => {
+                        encode_frame(out, Role::Client, OpCode::Pong, true, payload)
+                    }
+                    Some(Event::Pong(_)) => {}
+                    Some(Event::Close(payload)) => {
+                        let code = payload.map(|(c, _)| c);
+                        if !st.close_sent {
+                            encode_close(out, Role::Client, code.unwrap_or(1000), "");
+                            st.close_sent = true;
+                        }
+                        st.peer_close = Some(code);
+                        return used;
+                    }
+                }
+            }
+            Err(e) => {
+                let code = e.close_code();
+                st.error = Some(format!("protocol_error_{code}"));
+                if !st.close_sent {
+                    encode_close(out, Role::Client, code, "");
+                    st.close_sent = true;
+                }
+                return used;
+            }
+        }
+    }
+}
+
+fn on_message(w: &Worker, data: &[u8], received: &mut u64, expect_seq: &mut u64) {
+    if data.len() < MSG_HEADER_BYTES {
+        w.counters.borrow_mut().messages_foreign += 1;
+        return;
+    }
+    let seq = u64::from_le_bytes(data[0..8].try_into().expect("8 bytes"));
+    let sent_ns = u64::from_le_bytes(data[8..16].try_into().expect("8 bytes"));
+    on_probe(w, seq, sent_ns, received, expect_seq);
+}
+
+/// A server-to-device envelope of tether's protocol (docs/protocol.md), as far as we use it.
+#[derive(serde::Deserialize)]
+struct Envelope {
+    op: String,
+    #[serde(default)]
+    data: Option<Probe>,
+    #[serde(default)]
+    code: Option<String>,
+}
+
+/// The payload our tether workloads send: sequence number and intended send time (ns).
+#[derive(serde::Deserialize)]
+struct Probe {
+    s: u64,
+    t: u64,
+}
+
+fn on_tether_frame(
+    w: &Worker,
+    data: &[u8],
+    hello: &mut bool,
+    received: &mut u64,
+    expect_seq: &mut u64,
+) {
+    let env: Envelope = match serde_json::from_slice(data) {
+        Ok(e) => e,
+        Err(_) => {
+            w.counters.borrow_mut().messages_foreign += 1;
+            return;
+        }
+    };
+    match (env.op.as_str(), env.data) {
+        ("hello", _) => *hello = true,
+        ("msg", Some(p)) => on_probe(w, p.s, p.t, received, expect_seq),
+        ("error", _) => {
+            let code = env.code.unwrap_or_else(|| "unknown".into());
+            *w.counters
+                .borrow_mut()
+                .tether_errors
+                .entry(code)
+                .or_default() += 1;
+        }
+        ("ack" | "pong", _) => {}
+        _ => w.counters.borrow_mut().messages_foreign += 1,
+    }
+}
+
+/// A probe arrived: latency from its intended send time, sequence check.
+fn on_probe(w: &Worker, seq: u64, sent_ns: u64, received: &mut u64, expect_seq: &mut u64) {
+    let mut c = w.counters.borrow_mut();
+    let now_ns = w.since_start(Instant::now()).as_nanos() as u64;
+    w.hists
+        .borrow_mut()
+        .rtt
+        .saturating_record((now_ns.saturating_sub(sent_ns) / 1000).max(1));
+    c.messages_received += 1;
+    *received += 1;
+    if seq == *expect_seq {
+        *expect_seq += 1;
+    } else if seq > *expect_seq {
+        c.message_gaps += seq - *expect_seq;
+        *expect_seq = seq + 1;
+    } else {
+        c.message_duplicates += 1;
+    }
+}
+
+/// The open connection: echo messages on schedule, answer pings, obey commands.
+async fn run_open(
+    w: &Worker,
+    ctl: &Ctl,
+    global: u64,
+    stream: &TcpStream,
+    leftover: Vec<u8>,
+    t_up: Instant,
+) -> End {
+    let (frame_max, message_max) = w.decoder_limits;
+    let mut st = ConnState {
+        decoder: Decoder::new(
+            Role::Client,
+            DecoderLimits {
+                frame_bytes_max: frame_max,
+                message_bytes_max: message_max,
+            },
+        ),
+        leftover: Vec::new(),
+        sent: 0,
+        received: 0,
+        expect_seq: 0,
+        close_sent: false,
+        peer_close: None,
+        eof: false,
+        error: None,
+        hello: false,
+    };
+    let mut out = Vec::new();
+    if !leftover.is_empty() {
+        let mut buf = leftover;
+        let used = decode_all(w, &mut st, &mut buf, &mut out);
+        if !st.finished() && used < buf.len() {
+            buf.drain(..used);
+            st.leftover = buf;
+        }
+    }
+    let write_timeout = Duration::from_millis(w.plan.handshake_timeout_ms);
+    let interval = (w.plan.msg_rate_per_client > 0.0)
+        .then(|| Duration::from_secs_f64(1.0 / w.plan.msg_rate_per_client));
+    // Echo sends start at once; tether workloads once `hello` came and the connect schedule is
+    // over (so that the peer devices are routable).
+    let mut next_send = interval
+        .filter(|_| w.plan.workload == Workload::Echo)
+        .map(|iv| t_up + iv.mul_f64(rand::thread_rng().gen_range(0.0..1.0)));
+    let mut waiting_hello = w.plan.workload != Workload::Echo;
+    let far = t_up + Duration::from_secs(86_400 * 365);
+    let drain_timeout = Duration::from_millis(w.plan.drain_timeout_ms);
+    // Set by a drain while echoes are outstanding: sends stop, the close waits for them.
+    let mut quiesce_until: Option<Instant> = None;
+    loop {
+        if !out.is_empty() {
+            let r = write_until(stream, &out, Instant::now() + write_timeout).await;
+            out.clear();
+            if let Err(cause) = r {
+                st.error.get_or_insert(cause);
+            }
+        }
+        if st.finished() {
+            w.counters.borrow_mut().disconnect(st.end_cause());
+            return End::Broken;
+        }
+        if waiting_hello && st.hello {
+            waiting_hello = false;
+            next_send = interval.map(|iv| {
+                Instant::now().max(w.connect_end)
+                    + iv.mul_f64(rand::thread_rng().gen_range(0.0..1.0))
+            });
+        }
+        if let Some(until) = quiesce_until {
+            if st.received >= st.sent || Instant::now() >= until {
+                close_and_wait(w, stream, &mut st, Instant::now() + drain_timeout).await;
+                return End::Drained;
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = ctl.notify.notified() => match ctl.cmd.get() {
+                Cmd::Drain if st.received < st.sent => {
+                    next_send = None;
+                    quiesce_until = Some(Instant::now() + drain_timeout);
+                }
+                Cmd::Drain => {
+                    close_and_wait(w, stream, &mut st, Instant::now() + drain_timeout).await;
+                    return End::Drained;
+                }
+                Cmd::Churn => {
+                    ctl.cmd.set(Cmd::None);
+                    w.counters.borrow_mut().churn_disconnects += 1;
+                    close_and_wait(w, stream, &mut st, Instant::now() + CHURN_CLOSE_WAIT).await;
+                    return End::Churned;
+                }
+                Cmd::StormDrop => {
+                    ctl.cmd.set(Cmd::None);
+                    w.counters.borrow_mut().storm_dropped += 1;
+                    return End::StormDropped;
+                }
+                Cmd::None => {}
+            },
+            r = stream.readable() => match r {
+                Ok(()) => read_some(w, stream, &mut st, &mut out),
+                Err(e) => st.error = Some(io_cause(&e)),
+            },
+            _ = sleep_until(next_send.unwrap_or(far)), if next_send.is_some() => {
+                let (Some(intended), Some(iv)) = (next_send, interval) else { continue };
+                next_send = Some(intended + iv);
+                if let Some((subject, payload)) = send_message(w, &mut st, &mut out, intended, global) {
+                    if let Some(nats) = &w.nats {
+                        if let Err(e) = nats.publish(subject, payload.into()).await {
+                            *w.counters.borrow_mut().tether_errors.entry(format!("nats_publish: {e}")).or_default() += 1;
+                        }
+                    }
+                }
+            }
+            _ = sleep_until(quiesce_until.unwrap_or(far)), if quiesce_until.is_some() => {}
+        }
+    }
+}
+
+/// Queues one message with its sequence number and intended send time: an echo frame, a
+/// tether `send` to the partner device, or (returned) a NATS push for this device.
+fn send_message(
+    w: &Worker,
+    st: &mut ConnState,
+    out: &mut Vec<u8>,
+    intended: Instant,
+    global: u64,
+) -> Option<(String, Vec<u8>)> {
+    let mut c = w.counters.borrow_mut();
+    if us(Instant::now().saturating_duration_since(intended)) > w.plan.lag_threshold_us {
+        c.message_lag_events += 1;
+    }
+    // Echoes and pushes come back on this connection: bound the unanswered ones.
+    if w.plan.workload != Workload::D2d && st.sent - st.received >= w.plan.msg_in_flight_max {
+        c.messages_skipped_in_flight += 1;
+        return None;
+    }
+    let seq = st.sent;
+    let sent_ns = w.since_start(intended).as_nanos() as u64;
+    st.sent += 1;
+    c.messages_sent += 1;
+    match w.plan.workload {
+        Workload::Echo => {
+            let mut payload = vec![0u8; w.plan.msg_bytes.max(MSG_HEADER_BYTES)];
+            payload[0..8].copy_from_slice(&seq.to_le_bytes());
+            payload[8..16].copy_from_slice(&sent_ns.to_le_bytes());
+            encode_frame(out, Role::Client, OpCode::Binary, true, &payload);
+            None
+        }
+        Workload::D2d => {
+            let to = partner(w, global);
+            let head = format!(
+                r#"{{"op":"send","to":"{}{to}","data":{{"s":{seq},"t":{sent_ns},"p":""#,
+                w.plan.device_prefix
+            );
+            let text = format!("{head}{}\"}}}}", pad(w.plan.msg_bytes, head.len() + 3));
+            encode_frame(out, Role::Client, OpCode::Text, true, text.as_bytes());
+            None
+        }
+        Workload::Push => {
+            let head = format!(r#"{{"from":"svc:loadgen","data":{{"s":{seq},"t":{sent_ns},"p":""#);
+            let text = format!("{head}{}\"}}}}", pad(w.plan.msg_bytes, head.len() + 3));
+            let subject = format!("tether.dev.{}{global}", w.plan.device_prefix);
+            Some((subject, text.into_bytes()))
+        }
+    }
+}
+
+/// Padding that brings a message of `used` bytes up to `size`.
+fn pad(size: usize, used: usize) -> String {
+    "x".repeat(size.saturating_sub(used))
+}
+
+/// The device a d2d client sends to: its neighbour in this worker (local index XOR 1), so both
+/// ends of a pair share one clock; the last client of an odd count sends to itself.
+fn partner(w: &Worker, global: u64) -> u64 {
+    let workers = u64::from(w.plan.workers);
+    let local = global / workers;
+    let peer = local ^ 1;
+    if peer < w.ctl.len() as u64 {
+        peer * workers + u64::from(w.index)
+    } else {
+        global
+    }
+}
+
+/// Sends our close frame and waits for the server's (counted as clean or timed out).
+async fn close_and_wait(w: &Worker, stream: &TcpStream, st: &mut ConnState, deadline: Instant) {
+    let mut out = Vec::new();
+    if !st.close_sent {
+        encode_close(&mut out, Role::Client, 1000, "");
+        st.close_sent = true;
+    }
+    let mut clean = false;
+    if write_until(stream, &out, deadline).await.is_ok() {
+        out.clear();
+        while !st.finished() {
+            tokio::select! {
+                r = stream.readable() => match r {
+                    Ok(()) => read_some(w, stream, st, &mut out),
+                    Err(e) => st.error = Some(io_cause(&e)),
+                },
+                _ = sleep_until(deadline) => break,
+            }
+        }
+        clean = st.peer_close.is_some();
+    }
+    let mut c = w.counters.borrow_mut();
+    if clean {
+        c.closes_clean += 1;
+    } else {
+        c.closes_timed_out += 1;
+    }
+}

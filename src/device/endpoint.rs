@@ -1,0 +1,261 @@
+//! The `/ws` endpoint on the server's seam: authentication before the 101, then each session
+//! handed to its shard's [`Hub`], and the shard's bus loop as a per-shard service.
+//!
+//! [`install`] starts the bus (embedded or the NATS bridge), registers `/ws` and the per-shard
+//! service with the [`Server`], and returns the node-level handle. On each shard the endpoint
+//! factory takes that shard's [`ShardBus`] and builds the shard's hub; the service (started right
+//! after, on the same thread) runs the hub's bus loop and its 100 ms tick.
+
+use super::config::{AuthMode, MessagingConfig};
+use super::hub::{DeviceStats, Hub, Outlet};
+use crate::auth::{self, AuthError, AuthRequest, Claims};
+use crate::bus::{self, BusConfig, BusNode, ShardBus};
+use crate::server::conn::ConnHandle;
+use crate::server::endpoint::{Accepted, ConnInfo, Endpoint, LocalFuture, Rejected, Session};
+use crate::server::shard::ShardCtx;
+use crate::server::Server;
+use crate::ws::{MessageKind, UpgradeRequest};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How often each shard's hub expires acks and requests and retries bus backlogs.
+const TICK: Duration = Duration::from_millis(100);
+/// Bus inputs handled in one go before the hub loop yields to the shard's other tasks.
+const BATCH_MAX: usize = 256;
+
+type ShardHub = Rc<RefCell<Hub<ConnHandle>>>;
+
+thread_local! {
+    /// The hub built by this shard's endpoint factory, picked up by its service factory.
+    static SHARD_HUB: RefCell<Option<ShardHub>> = const { RefCell::new(None) };
+}
+
+impl Outlet for ConnHandle {
+    fn send_text(&self, text: &str) -> bool {
+        self.send(MessageKind::Text, text.as_bytes()).is_ok()
+    }
+
+    fn close(&self, code: u16, reason: &'static str) {
+        crate::server::conn::Conn::close(self, code, reason);
+    }
+}
+
+/// The node-level messaging handle: bus statistics and shutdown.
+pub struct MessagingNode {
+    pub bus: BusNode,
+    pub devices: Arc<DeviceStats>,
+}
+
+impl MessagingNode {
+    /// Appends the bus and device metrics (Prometheus text).
+    pub fn render_prometheus(bus: &bus::BusStats, devices: &DeviceStats, out: &mut String) {
+        bus.render_prometheus(out);
+        devices.render_prometheus(out);
+    }
+}
+
+/// Starts the bus for `shards` shards and registers `/ws` and the per-shard bus service.
+pub fn install(
+    server: Server,
+    config: MessagingConfig,
+    shards: usize,
+) -> Result<(Server, MessagingNode), String> {
+    let (links, bus_node) = bus::start(&BusConfig {
+        node: config.node_id.clone(),
+        shards,
+        queue_len: config.bus_queue_len,
+        nats_urls: config.nats.clone(),
+    })?;
+    match &config.auth {
+        AuthMode::Insecure => tracing::warn!(
+            "INSECURE: --insecure-no-auth is set; /ws accepts any device without a token. \
+             Never run this outside a closed test network."
+        ),
+        AuthMode::Jwt(_) => tracing::info!(node = %config.node_id, "device authentication: JWT"),
+    }
+    tracing::info!(
+        node = %config.node_id,
+        bus = if config.nats.is_empty() { "embedded" } else { "nats" },
+        nats = %config.nats.join(","),
+        "messaging bus started"
+    );
+    let slots: Arc<Mutex<Vec<Option<ShardBus>>>> =
+        Arc::new(Mutex::new(links.into_iter().map(Some).collect()));
+    let devices = Arc::new(DeviceStats::default());
+    let config = Arc::new(config);
+    let stats = devices.clone();
+    let server = server
+        .endpoint("/ws", move |ctx: &Rc<ShardCtx>| {
+            let bus = slots
+                .lock()
+                .ok()
+                .and_then(|mut s| s.get_mut(ctx.index).and_then(Option::take));
+            let hub = bus.map(|bus| {
+                Rc::new(RefCell::new(Hub::new(
+                    bus,
+                    config.limits.clone(),
+                    stats.clone(),
+                )))
+            });
+            SHARD_HUB.with(|slot| *slot.borrow_mut() = hub.clone());
+            Rc::new(DeviceEndpoint {
+                hub,
+                config: config.clone(),
+                stats: stats.clone(),
+            })
+        })
+        .service(|ctx: &Rc<ShardCtx>| {
+            let hub = SHARD_HUB
+                .with(|slot| slot.borrow_mut().take())
+                .ok_or_else(|| format!("shard {}: no bus link for the /ws endpoint", ctx.index))?;
+            Ok(Box::pin(run_hub(hub, ctx.clone())))
+        });
+    Ok((
+        server,
+        MessagingNode {
+            bus: bus_node,
+            devices,
+        },
+    ))
+}
+
+/// The shard's bus loop: bus inputs to the hub, and a tick every [`TICK`].
+async fn run_hub(hub: ShardHub, ctx: Rc<ShardCtx>) {
+    let ticker = {
+        let (hub, ctx) = (hub.clone(), ctx.clone());
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(TICK).await;
+                hub.borrow_mut().tick(ctx.now_ms());
+            }
+        })
+    };
+    ticker.detach();
+    let inbox = hub.borrow_mut().bus().inbox();
+    while let Some(raw) = inbox.next().await {
+        {
+            let mut h = hub.borrow_mut();
+            let now = ctx.now_ms();
+            if let Some(ev) = h.bus().accept(raw) {
+                h.on_bus(ev, now);
+            }
+            for _ in 0..BATCH_MAX {
+                let Some(raw) = inbox.try_next() else { break };
+                if let Some(ev) = h.bus().accept(raw) {
+                    h.on_bus(ev, now);
+                }
+            }
+        }
+        glommio::yield_if_needed().await;
+    }
+}
+
+struct DeviceEndpoint {
+    hub: Option<ShardHub>,
+    config: Arc<MessagingConfig>,
+    stats: Arc<DeviceStats>,
+}
+
+fn refuse(err: AuthError) -> Rejected {
+    Rejected::new(err.status(), err.body())
+}
+
+impl Endpoint for DeviceEndpoint {
+    fn accept<'a>(
+        &'a self,
+        req: &'a UpgradeRequest,
+        _info: &'a ConnInfo,
+    ) -> LocalFuture<'a, Result<Accepted, Rejected>> {
+        Box::pin(async move {
+            let hub = self
+                .hub
+                .clone()
+                .ok_or_else(|| Rejected::new(503, "device endpoint unavailable"))?;
+            let protocol =
+                auth::negotiate_protocol(&req.protocols).map_err(|m| Rejected::new(400, m))?;
+            let claims = match &self.config.auth {
+                AuthMode::Insecure => {
+                    let device = req
+                        .query_param("device")
+                        .filter(|d| crate::proto::valid_device_id(d))
+                        .ok_or_else(|| {
+                            Rejected::new(400, "insecure mode: give ?device=ID (A-Z a-z 0-9 _ -)")
+                        })?;
+                    self.stats
+                        .insecure_sessions_total
+                        .fetch_add(1, Ordering::Relaxed);
+                    Claims::insecure(&device)
+                }
+                AuthMode::Jwt(verifier) => {
+                    let (token, _) = auth::extract_token(
+                        req.authorization.as_deref(),
+                        req.query_param("token"),
+                        &req.protocols,
+                    )
+                    .ok_or_else(|| refuse(AuthError::Missing))?;
+                    verifier.verify(&token).map_err(refuse)?
+                }
+            };
+            if let Some(subject) = &self.config.auth_subject {
+                let request = AuthRequest {
+                    device: &claims.sub,
+                    node: &self.config.node_id,
+                    claims: &claims,
+                };
+                let payload =
+                    serde_json::to_vec(&request).map_err(|_| refuse(AuthError::Unavailable))?;
+                let reply = hub.borrow_mut().bus().request(
+                    subject,
+                    payload.into(),
+                    self.config.auth_timeout,
+                );
+                match reply.await {
+                    Ok(answer) => auth::parse_auth_reply(&answer).map_err(refuse)?,
+                    Err(err) => {
+                        tracing::warn!(?err, device = %claims.sub, "backend authorisation unavailable");
+                        return Err(refuse(AuthError::Unavailable));
+                    }
+                }
+            }
+            Ok(Accepted {
+                protocol: protocol.map(str::to_owned),
+                session: Box::new(DeviceSession {
+                    hub,
+                    claims: Some(Rc::new(claims)),
+                }),
+            })
+        })
+    }
+}
+
+struct DeviceSession {
+    hub: ShardHub,
+    /// Handed to the hub at open.
+    claims: Option<Rc<Claims>>,
+}
+
+impl Session for DeviceSession {
+    fn on_open(&mut self, conn: &ConnHandle) {
+        if let Some(claims) = self.claims.take() {
+            let now = conn.shard().now_ms();
+            self.hub
+                .borrow_mut()
+                .open(conn.id(), conn.clone(), claims, now);
+        }
+    }
+
+    fn on_message(&mut self, conn: &ConnHandle, kind: MessageKind, data: &[u8]) {
+        let mut hub = self.hub.borrow_mut();
+        match (kind, std::str::from_utf8(data)) {
+            (MessageKind::Text, Ok(text)) => hub.text(conn.id(), text, conn.shard().now_ms()),
+            _ => hub.binary(conn.id()),
+        }
+    }
+
+    fn on_close(&mut self, conn: &ConnHandle, _code: u16) {
+        self.hub.borrow_mut().close(conn.id());
+    }
+}
