@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, ValueEnum};
 
-use crate::plan::{parse_sources, parse_url, Arrivals, DeviceAuth, Plan, Rate, MSG_HEADER_BYTES};
+use crate::plan::{parse_sources, parse_url, Arrivals, Plan, Rate, Workload, MSG_HEADER_BYTES};
 
 /// Open-loop WebSocket load generator: connects `--clients` clients on a schedule, holds them,
 /// optionally churns and storms them, drains, and reports coordinated-omission-correct
@@ -73,20 +73,28 @@ pub struct Args {
     /// Echo message size in bytes (at least 16: sequence number and send time).
     #[arg(long, default_value_t = 64)]
     pub msg_size: usize,
+    /// What clients do once connected: `echo` (any echo server), or tether's protocol: `d2d`
+    /// (each client sends to a partner device through the server) or `push` (a NATS publisher
+    /// pushes to every device; needs --nats). tether workloads connect with `?device=ID` (a node
+    /// started with --insecure-no-auth) and wait for `hello` before sending.
+    #[arg(long, value_enum, default_value = "echo")]
+    pub workload: WorkloadArg,
+    /// Device id prefix for tether workloads (device ids are PREFIX + client index).
+    #[arg(long, default_value = "lg-")]
+    pub device_prefix: String,
+    /// tether workloads against nodes with authentication on: each client presents an HS256
+    /// token for its device id (`sub` = PREFIX + client index) signed with this secret.
+    #[arg(long, value_name = "SECRET")]
+    pub device_jwt_secret: Option<String>,
+    /// NATS server URL the push workload publishes to.
+    #[arg(long)]
+    pub nats: Option<String>,
     /// Unanswered messages per connection before sends are skipped (and counted).
     #[arg(long, default_value_t = 1000)]
     pub msg_in_flight_max: u64,
     /// A scheduled connect or send starting later than this counts as lag.
     #[arg(long, default_value = "5ms", value_parser = parse_duration_us)]
     pub lag_threshold: u64,
-    /// tether device protocol: each client authenticates as its own device
-    /// `<--device-prefix><client index>` with an HS256 token signed with this secret
-    /// (`Authorization: Bearer`), so every client holds its own routing interest on the server.
-    #[arg(long, value_name = "SECRET", hide_env_values = true)]
-    pub device_jwt_secret: Option<String>,
-    /// Device id prefix of `--device-jwt-secret` clients.
-    #[arg(long, default_value = "lg-")]
-    pub device_prefix: String,
     /// Write the summary as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -102,6 +110,13 @@ pub struct Args {
     /// Print the preflight and exit.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum WorkloadArg {
+    Echo,
+    D2d,
+    Push,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -188,6 +203,25 @@ impl Args {
         if self.msg_size > 16 << 20 {
             return Err("--msg-size is limited to 16 MiB".into());
         }
+        let workload = match self.workload {
+            WorkloadArg::Echo => Workload::Echo,
+            WorkloadArg::D2d => Workload::D2d,
+            WorkloadArg::Push => Workload::Push,
+        };
+        if workload == Workload::Push && self.nats.is_none() {
+            return Err("--workload push publishes through NATS: give --nats URL".into());
+        }
+        if !self
+            .device_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            || self.device_prefix.len() > 100
+        {
+            return Err(format!(
+                "--device-prefix {:?}: use up to 100 of A-Z a-z 0-9 _ -",
+                self.device_prefix
+            ));
+        }
         let seed = self.seed.unwrap_or_else(|| {
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -216,12 +250,12 @@ impl Args {
             drain_timeout_ms: self.drain_timeout,
             msg_rate_per_client: self.msg_rate,
             msg_bytes: self.msg_size,
+            workload,
+            device_prefix: self.device_prefix.clone(),
+            nats_url: self.nats.clone(),
+            device_jwt_secret: self.device_jwt_secret.clone(),
             msg_in_flight_max: self.msg_in_flight_max.max(1),
             lag_threshold_us: self.lag_threshold,
-            device_auth: self.device_jwt_secret.as_ref().map(|secret| DeviceAuth {
-                secret: secret.clone(),
-                prefix: self.device_prefix.clone(),
-            }),
             workers: 1,
         })
     }

@@ -45,6 +45,8 @@ pub struct Counters {
     pub message_duplicates: u64,
     /// Received data messages that did not carry our header.
     pub messages_foreign: u64,
+    /// tether workloads: `error` envelopes by code (and NATS publish failures).
+    pub tether_errors: BTreeMap<String, u64>,
     /// Sends skipped because the connection had `msg_in_flight_max` unanswered messages.
     pub messages_skipped_in_flight: u64,
     /// Message sends that started later than the lag threshold.
@@ -96,6 +98,9 @@ impl Counters {
         self.message_gaps += o.message_gaps;
         self.message_duplicates += o.message_duplicates;
         self.messages_foreign += o.messages_foreign;
+        for (k, v) in &o.tether_errors {
+            *self.tether_errors.entry(k.clone()).or_default() += v;
+        }
         self.messages_skipped_in_flight += o.messages_skipped_in_flight;
         self.message_lag_events += o.message_lag_events;
         self.schedule_lag_events += o.schedule_lag_events;
