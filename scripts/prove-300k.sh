@@ -34,8 +34,10 @@
 #   --hold DURATION    hold after the last scheduled connect (loadgen --hold) [45s]
 #   --sample N         sample devices for the messaging check (0: none) [1000]
 #   --messages N       NATS pushes and device-to-device sends per sample device [3]
-#   --endpoint ws|echo held clients on the device endpoint /ws (JWT) or on /echo [ws if the
-#                      binary has --nats, else echo]
+#   --endpoint ws|echo held clients on the device endpoint /ws (each its own device with its
+#                      own JWT: loadgen --workload d2d --device-jwt-secret) or on /echo (the
+#                      sample devices use /ws either way) [ws when tether has --nats and
+#                      loadgen has --device-jwt-secret, else echo]
 #   --source RANGE     loadgen source addresses [127.0.0.2-127.0.0.60]
 #   --out DIR          output directory [target/prove-300k]
 #   --no-tune          do not apply the sysctl settings
@@ -106,13 +108,26 @@ per_node_now=$(( (clients + nodes - 1) / nodes ))
 fd_hard=$(ulimit -Hn)
 [ "$per_node_now" -lt $(( fd_hard - 200 )) ] ||
     die "$clients clients on $nodes nodes is $per_node_now per node, above what the open-files limit $fd_hard allows; use more --nodes"
+# Held clients on /ws need loadgen to present one JWT per device (--device-jwt-secret).
+lg_has_jwt=0
+"$LOADGEN_BIN" --help 2>/dev/null | grep -q -- '--device-jwt-secret' && lg_has_jwt=1
 if [ "$endpoint" = auto ]; then
-    if "$TETHER_BIN" serve --help 2>/dev/null | grep -q -- '--nats'; then endpoint=ws; else endpoint=echo; fi
+    if "$TETHER_BIN" serve --help 2>/dev/null | grep -q -- '--nats' && [ "$lg_has_jwt" = 1 ]; then
+        endpoint=ws
+    else
+        endpoint=echo
+    fi
 fi
+[ "$endpoint" = ws ] && [ "$lg_has_jwt" = 0 ] &&
+    die "--endpoint ws needs a tether-loadgen with --device-jwt-secret (one token per device); use --endpoint echo"
 case "$endpoint" in ws|echo) ;; *) die "--endpoint must be ws or echo" ;; esac
+# The device endpoint (/ws with --nats and JWT) exists when the binary has --nats. With
+# --endpoint echo the held clients use /echo while the sample devices still use /ws.
+has_ws=0
+"$TETHER_BIN" serve --help 2>/dev/null | grep -q -- '--nats' && has_ws=1
 messaging_skipped=""
-if [ "$endpoint" = echo ]; then
-    messaging_skipped="held clients on /echo: this tether binary has no device endpoint (/ws with --nats)"
+if [ "$has_ws" = 0 ]; then
+    messaging_skipped="this tether binary has no device endpoint (/ws with --nats): held clients on /echo, no messaging check"
     sample=0
 fi
 
@@ -251,11 +266,8 @@ run_one() {
         if [ "$pin" = alt ] && [ "$shards" = 1 ] && [ "$(nproc)" -ge 2 ]; then cpus=$(( i % 2 )); fi
         extra=()
         [ -n "$cpus" ] && extra+=(--cpus "$cpus")
-        if [ "$endpoint" = ws ]; then
-            extra+=(--nats "$nats_url" --jwt-secret "$jwt_secret")
-        else
-            extra+=(--echo)
-        fi
+        [ "$has_ws" = 1 ] && extra+=(--nats "$nats_url" --jwt-secret "$jwt_secret")
+        [ "$endpoint" = echo ] && extra+=(--echo)
         start "$run_dir/node-$i.log" env TETHER_LOG=warn,tether=info "$TETHER_BIN" serve \
             --shards "$shards" --listen 127.0.0.1:0 --admin 127.0.0.1:0 --drain-time 2s "${extra[@]}"
         local pid=$started_pid
@@ -309,7 +321,7 @@ EOF
     local lg_clients=$(( clients - $(cat "$run_dir/devices.ready" 2>/dev/null || echo 0) ))
     local urls=() pids=() auth=()
     # On /ws every loadgen client is its own device (lg-<index>) with its own HS256 token.
-    [ "$endpoint" = ws ] && auth=(--device-jwt-secret "$jwt_secret" --device-prefix lg-)
+    [ "$endpoint" = ws ] && auth=(--workload d2d --msg-rate 0 --device-jwt-secret "$jwt_secret" --device-prefix lg-)
     for a in $(python3 -c 'import json,sys; [print(n["listen"]) for n in json.load(open(sys.argv[1]))["nodes"]]' "$run_dir/nodes.json"); do
         urls+=(--url "ws://$a/$endpoint")
     done
@@ -341,7 +353,7 @@ EOF
         sleep 1
     done
     log "held: $held of $clients connections on the nodes after $(( $(date +%s) - t_lg0 )) s"
-    sleep 2
+    sleep 1
     python3 "$PROVE_PY" snapshot "$run_dir" peak
 
     if [ -n "$devices_pid" ]; then

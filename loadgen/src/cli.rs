@@ -82,10 +82,6 @@ pub struct Args {
     /// Device id prefix for tether workloads (device ids are PREFIX + client index).
     #[arg(long, default_value = "lg-")]
     pub device_prefix: String,
-    /// tether workloads against nodes with authentication on: each client presents an HS256
-    /// token for its device id (`sub` = PREFIX + client index) signed with this secret.
-    #[arg(long, value_name = "SECRET")]
-    pub device_jwt_secret: Option<String>,
     /// NATS server URL the push workload publishes to.
     #[arg(long)]
     pub nats: Option<String>,
@@ -253,7 +249,6 @@ impl Args {
             workload,
             device_prefix: self.device_prefix.clone(),
             nats_url: self.nats.clone(),
-            device_jwt_secret: self.device_jwt_secret.clone(),
             msg_in_flight_max: self.msg_in_flight_max.max(1),
             lag_threshold_us: self.lag_threshold,
             workers: 1,

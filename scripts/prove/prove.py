@@ -445,6 +445,10 @@ def cmd_summary(run):
     peak = snaps.get("peak")
     end = snaps.get("end")
     sampled_peak = max((s["conn_sum"] for s in samples), default=0)
+    # Memory is read where the most connections were held: the hold snapshot, or the
+    # once-per-second sample with more connections when the hold ended before that snapshot.
+    if samples and (peak is None or sampled_peak > peak["conn_sum"]):
+        peak = max(samples, key=lambda s: (s["conn_sum"], -s["t"]))
     peak_conn = max(sampled_peak, peak["conn_sum"] if peak else 0)
 
     per_node = []
