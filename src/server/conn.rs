@@ -653,7 +653,9 @@ async fn close(conn: &ConnHandle, stream: &mut TcpStream, io: &mut FrameIo, exit
         Exit::Protocol(e) => {
             tracing::debug!(conn = conn.id, peer = %conn.peer, error = %e, code = e.close_code(), "protocol violation");
             let reason = e.to_string();
-            conn.queue_close_frame(Some(e.close_code()), &reason, true);
+            // Echoes of the messages completed before the violation go out first (Autobahn
+            // 3.2-3.4, 4.x, 5.15 expect them); the queue is bounded and the flush timed.
+            conn.queue_close_frame(Some(e.close_code()), &reason, false);
             let _ = glommio::timer::timeout(wait, async {
                 poll_fn(|cx| conn.poll_flush(stream, cx)).await?;
                 let _ = stream.shutdown(Shutdown::Write).await;
