@@ -472,6 +472,7 @@ fn build_report(r: &ReportInput) -> Value {
         "connected_peak": r.connected_peak,
         "handshakes_ok": c.handshakes_ok,
         "handshake_attempts": c.attempts,
+        "clients_not_started": c.clients_not_started,
         "handshake_errors_total": c.handshake_errors_total(),
         "handshake_errors": c.handshake_errors,
         "connect_rate_target_per_s": r.plan.rate.to_per_s,
@@ -574,6 +575,12 @@ fn print_summary(v: &Value) {
         v["handshake_errors_total"],
         v["handshake_errors"]
     );
+    if v["clients_not_started"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "NOT STARTED {} clients: the generator fell behind its schedule",
+            v["clients_not_started"]
+        );
+    }
     println!(
         "connect rate target {}/s achieved {}/s  lag events {} (max {}us)  workers {}  duration {}s",
         v["connect_rate_target_per_s"],

@@ -31,6 +31,8 @@ pub struct Counters {
     /// Connect attempts started (initial, churn and storm reconnects).
     pub attempts: u64,
     pub handshakes_ok: u64,
+    /// Scheduled clients never started because the run ended first (generator far behind).
+    pub clients_not_started: u64,
     /// Successful handshakes of the initial connect schedule only.
     pub initial_handshakes_ok: u64,
     /// When the last initial handshake completed, in microseconds from the start.
@@ -84,6 +86,7 @@ impl Counters {
         self.connected += o.connected;
         self.connected_peak += o.connected_peak;
         self.attempts += o.attempts;
+        self.clients_not_started += o.clients_not_started;
         self.handshakes_ok += o.handshakes_ok;
         self.initial_handshakes_ok += o.initial_handshakes_ok;
         self.initial_last_ok_us = self.initial_last_ok_us.max(o.initial_last_ok_us);

@@ -167,6 +167,8 @@ struct Ctl {
     cmd: Cell<Cmd>,
     notify: Notify,
     connected: Cell<bool>,
+    /// Messages this client sent in its current session (d2d: what its partner must receive).
+    sent: Cell<u64>,
 }
 
 struct StormState {
@@ -271,6 +273,7 @@ async fn run(
                 cmd: Cell::new(Cmd::None),
                 notify: Notify::new(),
                 connected: Cell::new(false),
+                sent: Cell::new(0),
             })
             .collect(),
         live_tasks: Cell::new(0),
@@ -380,6 +383,7 @@ async fn ticker(w: Rc<Worker>) {
 async fn schedule(w: Rc<Worker>) {
     let workers = u64::from(w.plan.workers);
     let me = u64::from(w.index);
+    let mut spawned = 0u64;
     for (i, t_s) in ConnectSchedule::new(&w.plan) {
         if i % workers != me {
             continue;
@@ -389,8 +393,11 @@ async fn schedule(w: Rc<Worker>) {
             sleep_until(intended).await;
         }
         if w.draining.get() {
+            // The generator fell so far behind that the run ended first: say how many.
+            w.counters.borrow_mut().clients_not_started = w.ctl.len() as u64 - spawned;
             break;
         }
+        spawned += 1;
         w.live_tasks.set(w.live_tasks.get() + 1);
         tokio::task::spawn_local(client(w.clone(), (i / workers) as usize, i, intended));
     }
@@ -584,7 +591,7 @@ async fn session(
 ) -> End {
     let mut first = Attempt { w, why: Some(why) };
     if ctl.cmd.get() == Cmd::Drain {
-        return End::Drained;
+        return aborted(w);
     }
     let began = Instant::now();
     {
@@ -624,7 +631,7 @@ async fn session(
                 Ok(Err(e)) => return fail(io_cause(&e)),
                 Err(_) => return fail("timeout_connect".into()),
             },
-            _ = ctl.notify.notified() => if ctl.cmd.get() == Cmd::Drain { return End::Drained },
+            _ = ctl.notify.notified() => if ctl.cmd.get() == Cmd::Drain { return aborted(w) },
         }
     };
     let t_tcp = Instant::now();
@@ -646,7 +653,7 @@ async fn session(
                 Ok(Err(cause)) => return fail(cause),
                 Err(_) => return fail("timeout_upgrade".into()),
             },
-            _ = ctl.notify.notified() => if ctl.cmd.get() == Cmd::Drain { return End::Drained },
+            _ = ctl.notify.notified() => if ctl.cmd.get() == Cmd::Drain { return aborted(w) },
         }
     };
     let t_up = Instant::now();
@@ -667,11 +674,19 @@ async fn session(
     if why == Why::Storm {
         w.storm_client_settled(true);
     }
+    ctl.sent.set(0);
     ctl.connected.set(true);
     let end = run_open(w, ctl, global, &stream, leftover, t_up).await;
     ctl.connected.set(false);
     w.counters.borrow_mut().connected -= 1;
     end
+}
+
+/// An attempt cut short by the drain: counted, so that `handshakes_ok + handshake_errors_total +
+/// clients_not_started == clients` always holds.
+fn aborted(w: &Worker) -> End {
+    w.counters.borrow_mut().error("aborted_by_drain");
+    End::Drained
 }
 
 /// Marks a connect attempt as finished, once, however it ends (the phase driver waits for
@@ -1046,7 +1061,7 @@ async fn run_open(
             });
         }
         if let Some(until) = quiesce_until {
-            if st.received >= st.sent || Instant::now() >= until {
+            if st.received >= expected(w, &st, global) || Instant::now() >= until {
                 close_and_wait(w, stream, &mut st, Instant::now() + drain_timeout).await;
                 return End::Drained;
             }
@@ -1054,7 +1069,7 @@ async fn run_open(
         tokio::select! {
             biased;
             _ = ctl.notify.notified() => match ctl.cmd.get() {
-                Cmd::Drain if st.received < st.sent => {
+                Cmd::Drain if st.received < expected(w, &st, global) => {
                     next_send = None;
                     quiesce_until = Some(Instant::now() + drain_timeout);
                 }
@@ -1116,6 +1131,9 @@ fn send_message(
     let seq = st.sent;
     let sent_ns = w.since_start(intended).as_nanos() as u64;
     st.sent += 1;
+    w.ctl[(global / u64::from(w.plan.workers)) as usize]
+        .sent
+        .set(st.sent);
     c.messages_sent += 1;
     match w.plan.workload {
         Workload::Echo => {
@@ -1141,6 +1159,18 @@ fn send_message(
             let subject = format!("tether.dev.{}{global}", w.plan.device_prefix);
             Some((subject, text.into_bytes()))
         }
+    }
+}
+
+/// Messages this connection should have received before it closes: its own echoes or pushes,
+/// or (d2d) what its partner sent.
+fn expected(w: &Worker, st: &ConnState, global: u64) -> u64 {
+    match w.plan.workload {
+        Workload::D2d => {
+            let workers = u64::from(w.plan.workers);
+            w.ctl[(partner(w, global) / workers) as usize].sent.get()
+        }
+        _ => st.sent,
     }
 }
 

@@ -234,3 +234,12 @@ pub fn nats_server() -> Server {
     }
     Server { child, port }
 }
+
+/// Every scheduled client is accounted for: connected, failed (by cause), or never started.
+pub fn assert_accounted(v: &Value) {
+    assert_eq!(
+        u(v, "handshakes_ok") + u(v, "handshake_errors_total") + u(v, "clients_not_started"),
+        u(v, "clients_target"),
+        "{v:#}"
+    );
+}
