@@ -338,14 +338,21 @@ EOF
     t_lg0=$(date +%s)
     log "loadgen started: $lg_clients clients at $rate/s (live lines in $run_dir/loadgen.log)"
 
-    # Wait until the nodes hold every client (or loadgen's ramp is long over).
-    local ramp_s=$(( lg_clients / rate + 1 )) held=0 last_print=0
+    # Wait until the nodes hold every client, or the count stopped growing for 15 s after the
+    # scheduled ramp (then the check runs on what is held, before loadgen's hold ends).
+    local ramp_s=$(( lg_clients / rate + 1 )) held=0 last_print=0 best=0 best_t
     local deadline=$(( t_lg0 + ramp_s + 60 ))
+    best_t=$(date +%s)
     while :; do
         held=$(conn_sum)
         [ "$held" -ge "$clients" ] && break
         kill -0 "$lg_pid" 2>/dev/null || break
         [ "$(date +%s)" -ge "$deadline" ] && break
+        if [ "$held" -gt "$best" ]; then best=$held; best_t=$(date +%s); fi
+        if [ $(( $(date +%s) - best_t )) -ge 15 ] && [ "$(date +%s)" -ge $(( t_lg0 + ramp_s )) ]; then
+            log "the held count stopped growing at $best; checking now"
+            break
+        fi
         if [ $(( $(date +%s) - last_print )) -ge 10 ]; then
             log "held $held of $clients ($(tail -1 "$run_dir/loadgen.log" | cut -c1-160))"
             last_print=$(date +%s)
