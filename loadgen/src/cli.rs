@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, ValueEnum};
 
-use crate::plan::{parse_sources, parse_url, Arrivals, Plan, Rate, MSG_HEADER_BYTES};
+use crate::plan::{parse_sources, parse_url, Arrivals, Plan, Rate, Workload, MSG_HEADER_BYTES};
 
 /// Open-loop WebSocket load generator: connects `--clients` clients on a schedule, holds them,
 /// optionally churns and storms them, drains, and reports coordinated-omission-correct
@@ -73,6 +73,18 @@ pub struct Args {
     /// Echo message size in bytes (at least 16: sequence number and send time).
     #[arg(long, default_value_t = 64)]
     pub msg_size: usize,
+    /// What clients do once connected: `echo` (any echo server), or tether's protocol: `d2d`
+    /// (each client sends to a partner device through the server) or `push` (a NATS publisher
+    /// pushes to every device; needs --nats). tether workloads connect with `?device=ID` (a node
+    /// started with --insecure-no-auth) and wait for `hello` before sending.
+    #[arg(long, value_enum, default_value = "echo")]
+    pub workload: WorkloadArg,
+    /// Device id prefix for tether workloads (device ids are PREFIX + client index).
+    #[arg(long, default_value = "lg-")]
+    pub device_prefix: String,
+    /// NATS server URL the push workload publishes to.
+    #[arg(long)]
+    pub nats: Option<String>,
     /// Unanswered messages per connection before sends are skipped (and counted).
     #[arg(long, default_value_t = 1000)]
     pub msg_in_flight_max: u64,
@@ -94,6 +106,13 @@ pub struct Args {
     /// Print the preflight and exit.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum WorkloadArg {
+    Echo,
+    D2d,
+    Push,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -180,6 +199,25 @@ impl Args {
         if self.msg_size > 16 << 20 {
             return Err("--msg-size is limited to 16 MiB".into());
         }
+        let workload = match self.workload {
+            WorkloadArg::Echo => Workload::Echo,
+            WorkloadArg::D2d => Workload::D2d,
+            WorkloadArg::Push => Workload::Push,
+        };
+        if workload == Workload::Push && self.nats.is_none() {
+            return Err("--workload push publishes through NATS: give --nats URL".into());
+        }
+        if !self
+            .device_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            || self.device_prefix.len() > 100
+        {
+            return Err(format!(
+                "--device-prefix {:?}: use up to 100 of A-Z a-z 0-9 _ -",
+                self.device_prefix
+            ));
+        }
         let seed = self.seed.unwrap_or_else(|| {
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -208,6 +246,9 @@ impl Args {
             drain_timeout_ms: self.drain_timeout,
             msg_rate_per_client: self.msg_rate,
             msg_bytes: self.msg_size,
+            workload,
+            device_prefix: self.device_prefix.clone(),
+            nats_url: self.nats.clone(),
             msg_in_flight_max: self.msg_in_flight_max.max(1),
             lag_threshold_us: self.lag_threshold,
             workers: 1,

@@ -430,7 +430,7 @@ fn print_live(k: u64, secs: u64, prev: &Counters, now: &Counters, h: &Hists) {
     let rtt = if h.rtt.is_empty() {
         String::new()
     } else {
-        format!(" rtt p99 {}", ms(h.rtt.value_at_quantile(0.99)))
+        format!(" msg p99 {}", ms(h.rtt.value_at_quantile(0.99)))
     };
     println!(
         "[{k:>4}s] connected {:>7}  connects/s {connects:>6}  errors {errors:>5}  handshake {hs}  msgs/s {msgs}{rtt}  lag {}",
@@ -472,6 +472,7 @@ fn build_report(r: &ReportInput) -> Value {
         "connected_peak": r.connected_peak,
         "handshakes_ok": c.handshakes_ok,
         "handshake_attempts": c.attempts,
+        "clients_not_started": c.clients_not_started,
         "handshake_errors_total": c.handshake_errors_total(),
         "handshake_errors": c.handshake_errors,
         "connect_rate_target_per_s": r.plan.rate.to_per_s,
@@ -508,7 +509,14 @@ fn build_report(r: &ReportInput) -> Value {
         "worker_failures": r.failures,
     });
     if c.messages_sent > 0 || c.messages_received > 0 {
-        v["message_rtt_us"] = json!(LatencySummary::of(&r.totals.rtt));
+        // Echo: round trip from the intended send; tether workloads: one-way delivery.
+        let key = match r.plan.workload {
+            crate::plan::Workload::Echo => "message_rtt_us",
+            _ => "message_delivery_us",
+        };
+        v[key] = json!(LatencySummary::of(&r.totals.rtt));
+        v["workload"] = json!(r.plan.workload);
+        v["tether_errors"] = json!(c.tether_errors);
         v["messages"] = json!({
             "sent": c.messages_sent,
             "received": c.messages_received,
@@ -567,6 +575,12 @@ fn print_summary(v: &Value) {
         v["handshake_errors_total"],
         v["handshake_errors"]
     );
+    if v["clients_not_started"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "NOT STARTED {} clients: the generator fell behind its schedule",
+            v["clients_not_started"]
+        );
+    }
     println!(
         "connect rate target {}/s achieved {}/s  lag events {} (max {}us)  workers {}  duration {}s",
         v["connect_rate_target_per_s"],
@@ -581,6 +595,11 @@ fn print_summary(v: &Value) {
     println!("upgrade     {}", lat("upgrade_latency_us"));
     if v.get("message_rtt_us").is_some() {
         println!("message rtt {}", lat("message_rtt_us"));
+    }
+    if v.get("message_delivery_us").is_some() {
+        println!("delivery    {}", lat("message_delivery_us"));
+    }
+    if v.get("messages").is_some() {
         println!("messages    {}", v["messages"]);
     }
     println!("disconnects {}  closes {}", v["disconnects"], v["closes"]);

@@ -174,6 +174,19 @@ impl Rate {
     }
 }
 
+/// What connected clients do.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Workload {
+    /// Binary echo messages to any RFC 6455 echo server; round trips.
+    Echo,
+    /// tether protocol: each client `send`s to its partner device; one-way delivery latency.
+    D2d,
+    /// tether protocol: a NATS publisher pushes to every device (`tether.dev.<device>`);
+    /// delivery latency from the intended publish time.
+    Push,
+}
+
 /// Everything a worker needs to run its share. Sent to workers as one JSON line on stdin.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Plan {
@@ -201,6 +214,11 @@ pub struct Plan {
     /// Echo messages per second per connected client; 0: no messages.
     pub msg_rate_per_client: f64,
     pub msg_bytes: usize,
+    pub workload: Workload,
+    /// Device ids are `<prefix><global client index>` (tether workloads).
+    pub device_prefix: String,
+    /// NATS server URL for the push workload.
+    pub nats_url: Option<String>,
     /// Unanswered messages a connection may have before it skips sends (counted).
     pub msg_in_flight_max: u64,
     /// A scheduled event started later than this counts as lag.
@@ -400,6 +418,9 @@ pub(crate) mod tests {
             drain_timeout_ms: 5000,
             msg_rate_per_client: 0.0,
             msg_bytes: 64,
+            workload: Workload::Echo,
+            device_prefix: "lg-".into(),
+            nats_url: None,
             msg_in_flight_max: 1000,
             lag_threshold_us: 5000,
             workers: 1,

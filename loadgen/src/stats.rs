@@ -31,6 +31,8 @@ pub struct Counters {
     /// Connect attempts started (initial, churn and storm reconnects).
     pub attempts: u64,
     pub handshakes_ok: u64,
+    /// Scheduled clients never started because the run ended first (generator far behind).
+    pub clients_not_started: u64,
     /// Successful handshakes of the initial connect schedule only.
     pub initial_handshakes_ok: u64,
     /// When the last initial handshake completed, in microseconds from the start.
@@ -45,6 +47,8 @@ pub struct Counters {
     pub message_duplicates: u64,
     /// Received data messages that did not carry our header.
     pub messages_foreign: u64,
+    /// tether workloads: `error` envelopes by code (and NATS publish failures).
+    pub tether_errors: BTreeMap<String, u64>,
     /// Sends skipped because the connection had `msg_in_flight_max` unanswered messages.
     pub messages_skipped_in_flight: u64,
     /// Message sends that started later than the lag threshold.
@@ -82,6 +86,7 @@ impl Counters {
         self.connected += o.connected;
         self.connected_peak += o.connected_peak;
         self.attempts += o.attempts;
+        self.clients_not_started += o.clients_not_started;
         self.handshakes_ok += o.handshakes_ok;
         self.initial_handshakes_ok += o.initial_handshakes_ok;
         self.initial_last_ok_us = self.initial_last_ok_us.max(o.initial_last_ok_us);
@@ -96,6 +101,9 @@ impl Counters {
         self.message_gaps += o.message_gaps;
         self.message_duplicates += o.message_duplicates;
         self.messages_foreign += o.messages_foreign;
+        for (k, v) in &o.tether_errors {
+            *self.tether_errors.entry(k.clone()).or_default() += v;
+        }
         self.messages_skipped_in_flight += o.messages_skipped_in_flight;
         self.message_lag_events += o.message_lag_events;
         self.schedule_lag_events += o.schedule_lag_events;

@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 use tokio::time::{sleep_until, timeout_at, Instant};
 
 use crate::plan::MSG_HEADER_BYTES;
-use crate::plan::{storm_drops, worker_clients, ConnectSchedule, Phases, Plan, Target};
+use crate::plan::{storm_drops, worker_clients, ConnectSchedule, Phases, Plan, Target, Workload};
 use crate::stats::{Counters, Hists, StartSignal, WorkerMsg, WorkerPlan};
 use crate::sys;
 
@@ -80,16 +80,6 @@ pub fn main() -> ExitCode {
         Ok(n) => n,
         Err(_) => sys::nofile_limits().map(|l| l.0).unwrap_or(0),
     };
-    emit(&WorkerMsg::Ready { fd_soft_limit });
-    let start: StartSignal = match next_line()
-        .and_then(|l| serde_json::from_str(&l).map_err(|e| format!("bad start line: {e}")))
-    {
-        Ok(s) => s,
-        Err(error) => {
-            emit(&WorkerMsg::Failed { error });
-            return ExitCode::FAILURE;
-        }
-    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -103,9 +93,31 @@ pub fn main() -> ExitCode {
         }
     };
     let local = tokio::task::LocalSet::new();
+    let nats = match wp.plan.nats_url.clone() {
+        Some(url) => match local.block_on(&rt, async_nats::connect(url.as_str())) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                emit(&WorkerMsg::Failed {
+                    error: format!("connecting to NATS at {url}: {e}"),
+                });
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    emit(&WorkerMsg::Ready { fd_soft_limit });
+    let start: StartSignal = match next_line()
+        .and_then(|l| serde_json::from_str(&l).map_err(|e| format!("bad start line: {e}")))
+    {
+        Ok(s) => s,
+        Err(error) => {
+            emit(&WorkerMsg::Failed { error });
+            return ExitCode::FAILURE;
+        }
+    };
     let (counters, hists, samples, elapsed_us) = local.block_on(&rt, async move {
         let start_at = instant_of_unix_ns(start.start_unix_ns);
-        run(wp, start_at).await
+        run(wp, start_at, nats).await
     });
     let usage = sys::self_usage();
     emit(&WorkerMsg::Final {
@@ -155,6 +167,8 @@ struct Ctl {
     cmd: Cell<Cmd>,
     notify: Notify,
     connected: Cell<bool>,
+    /// Messages this client sent in its current session (d2d: what its partner must receive).
+    sent: Cell<u64>,
 }
 
 struct StormState {
@@ -185,6 +199,10 @@ struct Worker {
     storm: RefCell<Option<StormState>>,
     storm_done: Notify,
     decoder_limits: (usize, usize),
+    /// Intended time of the last scheduled connect (tether workloads start sending then).
+    connect_end: Instant,
+    /// NATS publisher of the push workload.
+    nats: Option<async_nats::Client>,
 }
 
 impl Worker {
@@ -235,8 +253,13 @@ impl Worker {
     }
 }
 
-async fn run(wp: WorkerPlan, start: Instant) -> (Counters, Hists, Vec<(u64, u64)>, u64) {
+async fn run(
+    wp: WorkerPlan,
+    start: Instant,
+    nats: Option<async_nats::Client>,
+) -> (Counters, Hists, Vec<(u64, u64)>, u64) {
     let plan = wp.plan;
+    let connect_end = start + Duration::from_secs_f64(Phases::of(&plan).connect_end_s);
     let local_clients = worker_clients(plan.clients, wp.worker, plan.workers) as usize;
     let frame_max = (1 << 20).max(plan.msg_bytes + 64);
     let w = Rc::new(Worker {
@@ -250,6 +273,7 @@ async fn run(wp: WorkerPlan, start: Instant) -> (Counters, Hists, Vec<(u64, u64)
                 cmd: Cell::new(Cmd::None),
                 notify: Notify::new(),
                 connected: Cell::new(false),
+                sent: Cell::new(0),
             })
             .collect(),
         live_tasks: Cell::new(0),
@@ -262,6 +286,8 @@ async fn run(wp: WorkerPlan, start: Instant) -> (Counters, Hists, Vec<(u64, u64)
         storm: RefCell::new(None),
         storm_done: Notify::new(),
         decoder_limits: (frame_max, frame_max),
+        connect_end,
+        nats,
         plan,
     });
     let phases = Phases::of(&w.plan);
@@ -357,6 +383,7 @@ async fn ticker(w: Rc<Worker>) {
 async fn schedule(w: Rc<Worker>) {
     let workers = u64::from(w.plan.workers);
     let me = u64::from(w.index);
+    let mut spawned = 0u64;
     for (i, t_s) in ConnectSchedule::new(&w.plan) {
         if i % workers != me {
             continue;
@@ -366,8 +393,11 @@ async fn schedule(w: Rc<Worker>) {
             sleep_until(intended).await;
         }
         if w.draining.get() {
+            // The generator fell so far behind that the run ended first: say how many.
+            w.counters.borrow_mut().clients_not_started = w.ctl.len() as u64 - spawned;
             break;
         }
+        spawned += 1;
         w.live_tasks.set(w.live_tasks.get() + 1);
         tokio::task::spawn_local(client(w.clone(), (i / workers) as usize, i, intended));
     }
@@ -482,7 +512,7 @@ async fn client(w: Rc<Worker>, local: usize, global: u64, first: Instant) {
     let mut why = Why::Initial;
     let mut attempt = 0u32;
     loop {
-        let end = session(&w, ctl, target, source, intended, why).await;
+        let end = session(&w, ctl, global, target, source, intended, why).await;
         let now = Instant::now();
         match (end, why) {
             (End::Churned, _) => {
@@ -553,6 +583,7 @@ pub fn io_cause(e: &io::Error) -> String {
 async fn session(
     w: &Worker,
     ctl: &Ctl,
+    global: u64,
     target: &Target,
     source: Option<Ipv4Addr>,
     intended: Instant,
@@ -560,7 +591,7 @@ async fn session(
 ) -> End {
     let mut first = Attempt { w, why: Some(why) };
     if ctl.cmd.get() == Cmd::Drain {
-        return End::Drained;
+        return aborted(w);
     }
     let began = Instant::now();
     {
@@ -600,7 +631,7 @@ async fn session(
                 Ok(Err(e)) => return fail(io_cause(&e)),
                 Err(_) => return fail("timeout_connect".into()),
             },
-            _ = ctl.notify.notified() => if ctl.cmd.get() == Cmd::Drain { return End::Drained },
+            _ = ctl.notify.notified() => if ctl.cmd.get() == Cmd::Drain { return aborted(w) },
         }
     };
     let t_tcp = Instant::now();
@@ -612,7 +643,7 @@ async fn session(
 
     let upgrade = timeout_at(
         t_tcp + Duration::from_millis(w.plan.handshake_timeout_ms),
-        upgrade(&stream, target),
+        upgrade(w, &stream, target, global),
     );
     tokio::pin!(upgrade);
     let leftover = loop {
@@ -622,7 +653,7 @@ async fn session(
                 Ok(Err(cause)) => return fail(cause),
                 Err(_) => return fail("timeout_upgrade".into()),
             },
-            _ = ctl.notify.notified() => if ctl.cmd.get() == Cmd::Drain { return End::Drained },
+            _ = ctl.notify.notified() => if ctl.cmd.get() == Cmd::Drain { return aborted(w) },
         }
     };
     let t_up = Instant::now();
@@ -643,11 +674,19 @@ async fn session(
     if why == Why::Storm {
         w.storm_client_settled(true);
     }
+    ctl.sent.set(0);
     ctl.connected.set(true);
-    let end = run_open(w, ctl, &stream, leftover, t_up).await;
+    let end = run_open(w, ctl, global, &stream, leftover, t_up).await;
     ctl.connected.set(false);
     w.counters.borrow_mut().connected -= 1;
     end
+}
+
+/// An attempt cut short by the drain: counted, so that `handshakes_ok + handshake_errors_total +
+/// clients_not_started == clients` always holds.
+fn aborted(w: &Worker) -> End {
+    w.counters.borrow_mut().error("aborted_by_drain");
+    End::Drained
 }
 
 /// Marks a connect attempt as finished, once, however it ends (the phase driver waits for
@@ -672,8 +711,27 @@ impl Drop for Attempt<'_> {
 }
 
 /// Sends the upgrade request and reads the response; returns the bytes that followed it.
-async fn upgrade(stream: &TcpStream, target: &Target) -> Result<Vec<u8>, String> {
-    let (hs, request) = ClientHandshake::new(&target.host, &target.resource, &[], &[]);
+async fn upgrade(
+    w: &Worker,
+    stream: &TcpStream,
+    target: &Target,
+    global: u64,
+) -> Result<Vec<u8>, String> {
+    let (hs, request) = if w.plan.workload == Workload::Echo {
+        ClientHandshake::new(&target.host, &target.resource, &[], &[])
+    } else {
+        // tether's protocol: subprotocol tether.v1, device id in the query (--insecure-no-auth).
+        let sep = if target.resource.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        let resource = format!(
+            "{}{sep}device={}{global}",
+            target.resource, w.plan.device_prefix
+        );
+        ClientHandshake::new(&target.host, &resource, &["tether.v1"], &[])
+    };
     write_all(stream, &request).await?;
     let mut head = Vec::new();
     loop {
@@ -740,6 +798,8 @@ struct ConnState {
     peer_close: Option<Option<u16>>,
     eof: bool,
     error: Option<String>,
+    /// tether workloads: `hello` received (the device is routable).
+    hello: bool,
 }
 
 impl ConnState {
@@ -814,7 +874,17 @@ fn decode_all(w: &Worker, st: &mut ConnState, buf: &mut [u8], out: &mut Vec<u8>)
                 match event {
                     None => {}
                     Some(Event::Message { data, .. }) => {
-                        on_message(w, data, &mut st.received, &mut st.expect_seq)
+                        if w.plan.workload == Workload::Echo {
+                            on_message(w, data, &mut st.received, &mut st.expect_seq)
+                        } else {
+                            on_tether_frame(
+                                w,
+                                data,
+                                &mut st.hello,
+                                &mut st.received,
+                                &mut st.expect_seq,
+                            )
+                        }
                     }
                     Some(Event::Ping(payload)) => {
                         encode_frame(out, Role::Client, OpCode::Pong, true, payload)
@@ -845,13 +915,65 @@ fn decode_all(w: &Worker, st: &mut ConnState, buf: &mut [u8], out: &mut Vec<u8>)
 }
 
 fn on_message(w: &Worker, data: &[u8], received: &mut u64, expect_seq: &mut u64) {
-    let mut c = w.counters.borrow_mut();
     if data.len() < MSG_HEADER_BYTES {
-        c.messages_foreign += 1;
+        w.counters.borrow_mut().messages_foreign += 1;
         return;
     }
     let seq = u64::from_le_bytes(data[0..8].try_into().expect("8 bytes"));
     let sent_ns = u64::from_le_bytes(data[8..16].try_into().expect("8 bytes"));
+    on_probe(w, seq, sent_ns, received, expect_seq);
+}
+
+/// A server-to-device envelope of tether's protocol (docs/protocol.md), as far as we use it.
+#[derive(serde::Deserialize)]
+struct Envelope {
+    op: String,
+    #[serde(default)]
+    data: Option<Probe>,
+    #[serde(default)]
+    code: Option<String>,
+}
+
+/// The payload our tether workloads send: sequence number and intended send time (ns).
+#[derive(serde::Deserialize)]
+struct Probe {
+    s: u64,
+    t: u64,
+}
+
+fn on_tether_frame(
+    w: &Worker,
+    data: &[u8],
+    hello: &mut bool,
+    received: &mut u64,
+    expect_seq: &mut u64,
+) {
+    let env: Envelope = match serde_json::from_slice(data) {
+        Ok(e) => e,
+        Err(_) => {
+            w.counters.borrow_mut().messages_foreign += 1;
+            return;
+        }
+    };
+    match (env.op.as_str(), env.data) {
+        ("hello", _) => *hello = true,
+        ("msg", Some(p)) => on_probe(w, p.s, p.t, received, expect_seq),
+        ("error", _) => {
+            let code = env.code.unwrap_or_else(|| "unknown".into());
+            *w.counters
+                .borrow_mut()
+                .tether_errors
+                .entry(code)
+                .or_default() += 1;
+        }
+        ("ack" | "pong", _) => {}
+        _ => w.counters.borrow_mut().messages_foreign += 1,
+    }
+}
+
+/// A probe arrived: latency from its intended send time, sequence check.
+fn on_probe(w: &Worker, seq: u64, sent_ns: u64, received: &mut u64, expect_seq: &mut u64) {
+    let mut c = w.counters.borrow_mut();
     let now_ns = w.since_start(Instant::now()).as_nanos() as u64;
     w.hists
         .borrow_mut()
@@ -873,6 +995,7 @@ fn on_message(w: &Worker, data: &[u8], received: &mut u64, expect_seq: &mut u64)
 async fn run_open(
     w: &Worker,
     ctl: &Ctl,
+    global: u64,
     stream: &TcpStream,
     leftover: Vec<u8>,
     t_up: Instant,
@@ -894,6 +1017,7 @@ async fn run_open(
         peer_close: None,
         eof: false,
         error: None,
+        hello: false,
     };
     let mut out = Vec::new();
     if !leftover.is_empty() {
@@ -907,8 +1031,12 @@ async fn run_open(
     let write_timeout = Duration::from_millis(w.plan.handshake_timeout_ms);
     let interval = (w.plan.msg_rate_per_client > 0.0)
         .then(|| Duration::from_secs_f64(1.0 / w.plan.msg_rate_per_client));
-    let mut next_send =
-        interval.map(|iv| t_up + iv.mul_f64(rand::thread_rng().gen_range(0.0..1.0)));
+    // Echo sends start at once; tether workloads once `hello` came and the connect schedule is
+    // over (so that the peer devices are routable).
+    let mut next_send = interval
+        .filter(|_| w.plan.workload == Workload::Echo)
+        .map(|iv| t_up + iv.mul_f64(rand::thread_rng().gen_range(0.0..1.0)));
+    let mut waiting_hello = w.plan.workload != Workload::Echo;
     let far = t_up + Duration::from_secs(86_400 * 365);
     let drain_timeout = Duration::from_millis(w.plan.drain_timeout_ms);
     // Set by a drain while echoes are outstanding: sends stop, the close waits for them.
@@ -925,8 +1053,15 @@ async fn run_open(
             w.counters.borrow_mut().disconnect(st.end_cause());
             return End::Broken;
         }
+        if waiting_hello && st.hello {
+            waiting_hello = false;
+            next_send = interval.map(|iv| {
+                Instant::now().max(w.connect_end)
+                    + iv.mul_f64(rand::thread_rng().gen_range(0.0..1.0))
+            });
+        }
         if let Some(until) = quiesce_until {
-            if st.received >= st.sent || Instant::now() >= until {
+            if st.received >= expected(w, &st, global) || Instant::now() >= until {
                 close_and_wait(w, stream, &mut st, Instant::now() + drain_timeout).await;
                 return End::Drained;
             }
@@ -934,7 +1069,7 @@ async fn run_open(
         tokio::select! {
             biased;
             _ = ctl.notify.notified() => match ctl.cmd.get() {
-                Cmd::Drain if st.received < st.sent => {
+                Cmd::Drain if st.received < expected(w, &st, global) => {
                     next_send = None;
                     quiesce_until = Some(Instant::now() + drain_timeout);
                 }
@@ -962,30 +1097,99 @@ async fn run_open(
             _ = sleep_until(next_send.unwrap_or(far)), if next_send.is_some() => {
                 let (Some(intended), Some(iv)) = (next_send, interval) else { continue };
                 next_send = Some(intended + iv);
-                send_message(w, &mut st, &mut out, intended);
+                if let Some((subject, payload)) = send_message(w, &mut st, &mut out, intended, global) {
+                    if let Some(nats) = &w.nats {
+                        if let Err(e) = nats.publish(subject, payload.into()).await {
+                            *w.counters.borrow_mut().tether_errors.entry(format!("nats_publish: {e}")).or_default() += 1;
+                        }
+                    }
+                }
             }
             _ = sleep_until(quiesce_until.unwrap_or(far)), if quiesce_until.is_some() => {}
         }
     }
 }
 
-/// Queues one echo message with its sequence number and intended send time.
-fn send_message(w: &Worker, st: &mut ConnState, out: &mut Vec<u8>, intended: Instant) {
+/// Queues one message with its sequence number and intended send time: an echo frame, a
+/// tether `send` to the partner device, or (returned) a NATS push for this device.
+fn send_message(
+    w: &Worker,
+    st: &mut ConnState,
+    out: &mut Vec<u8>,
+    intended: Instant,
+    global: u64,
+) -> Option<(String, Vec<u8>)> {
     let mut c = w.counters.borrow_mut();
     if us(Instant::now().saturating_duration_since(intended)) > w.plan.lag_threshold_us {
         c.message_lag_events += 1;
     }
-    if st.sent - st.received >= w.plan.msg_in_flight_max {
+    // Echoes and pushes come back on this connection: bound the unanswered ones.
+    if w.plan.workload != Workload::D2d && st.sent - st.received >= w.plan.msg_in_flight_max {
         c.messages_skipped_in_flight += 1;
-        return;
+        return None;
     }
-    let mut payload = vec![0u8; w.plan.msg_bytes.max(MSG_HEADER_BYTES)];
-    payload[0..8].copy_from_slice(&st.sent.to_le_bytes());
+    let seq = st.sent;
     let sent_ns = w.since_start(intended).as_nanos() as u64;
-    payload[8..16].copy_from_slice(&sent_ns.to_le_bytes());
-    encode_frame(out, Role::Client, OpCode::Binary, true, &payload);
     st.sent += 1;
+    w.ctl[(global / u64::from(w.plan.workers)) as usize]
+        .sent
+        .set(st.sent);
     c.messages_sent += 1;
+    match w.plan.workload {
+        Workload::Echo => {
+            let mut payload = vec![0u8; w.plan.msg_bytes.max(MSG_HEADER_BYTES)];
+            payload[0..8].copy_from_slice(&seq.to_le_bytes());
+            payload[8..16].copy_from_slice(&sent_ns.to_le_bytes());
+            encode_frame(out, Role::Client, OpCode::Binary, true, &payload);
+            None
+        }
+        Workload::D2d => {
+            let to = partner(w, global);
+            let head = format!(
+                r#"{{"op":"send","to":"{}{to}","data":{{"s":{seq},"t":{sent_ns},"p":""#,
+                w.plan.device_prefix
+            );
+            let text = format!("{head}{}\"}}}}", pad(w.plan.msg_bytes, head.len() + 3));
+            encode_frame(out, Role::Client, OpCode::Text, true, text.as_bytes());
+            None
+        }
+        Workload::Push => {
+            let head = format!(r#"{{"from":"svc:loadgen","data":{{"s":{seq},"t":{sent_ns},"p":""#);
+            let text = format!("{head}{}\"}}}}", pad(w.plan.msg_bytes, head.len() + 3));
+            let subject = format!("tether.dev.{}{global}", w.plan.device_prefix);
+            Some((subject, text.into_bytes()))
+        }
+    }
+}
+
+/// Messages this connection should have received before it closes: its own echoes or pushes,
+/// or (d2d) what its partner sent.
+fn expected(w: &Worker, st: &ConnState, global: u64) -> u64 {
+    match w.plan.workload {
+        Workload::D2d => {
+            let workers = u64::from(w.plan.workers);
+            w.ctl[(partner(w, global) / workers) as usize].sent.get()
+        }
+        _ => st.sent,
+    }
+}
+
+/// Padding that brings a message of `used` bytes up to `size`.
+fn pad(size: usize, used: usize) -> String {
+    "x".repeat(size.saturating_sub(used))
+}
+
+/// The device a d2d client sends to: its neighbour in this worker (local index XOR 1), so both
+/// ends of a pair share one clock; the last client of an odd count sends to itself.
+fn partner(w: &Worker, global: u64) -> u64 {
+    let workers = u64::from(w.plan.workers);
+    let local = global / workers;
+    let peer = local ^ 1;
+    if peer < w.ctl.len() as u64 {
+        peer * workers + u64::from(w.index)
+    } else {
+        global
+    }
 }
 
 /// Sends our close frame and waits for the server's (counted as clean or timed out).

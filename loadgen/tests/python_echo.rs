@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{assert_latency, loadgen, python_peer, scratch, u};
+use common::{assert_accounted, assert_latency, loadgen, python_peer, scratch, u};
 use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::Histogram;
@@ -124,6 +124,7 @@ fn errors_are_counted_by_cause() {
     ]);
     let v = run.json();
     assert_eq!(u(v, "handshake_errors.status_503"), 20, "{v:#}");
+    assert_accounted(v);
     assert_latency(v, "tcp_connect_latency_us", 20);
     assert_eq!(u(v, "handshake_latency_us.count"), 0);
 
@@ -141,6 +142,7 @@ fn errors_are_counted_by_cause() {
     ]);
     let v = run.json();
     assert_eq!(u(v, "handshake_errors.timeout_upgrade"), 10, "{v:#}");
+    assert_accounted(v);
 
     let peer = python_peer("close1001", &[]);
     let run = loadgen(&[

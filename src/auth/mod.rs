@@ -397,6 +397,40 @@ mod tests {
     }
 
     #[test]
+    fn rs256_and_es256_with_pem_keys() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwt/");
+        let read = |name: &str| std::fs::read(format!("{dir}{name}")).expect("fixture key");
+        for (alg, private, public) in [
+            (Algorithm::RS256, "rs256-private.pem", "rs256-public.pem"),
+            (Algorithm::ES256, "es256-private.pem", "es256-public.pem"),
+        ] {
+            let config = match alg {
+                Algorithm::RS256 => KeyConfig::Rs256 {
+                    public_pem: read(public),
+                },
+                _ => KeyConfig::Es256 {
+                    public_pem: read(public),
+                },
+            };
+            let v = Verifier::new(&config).unwrap();
+            let token = mint_pem(alg, &read(private), &claims("tv-9", now_secs() + 60)).unwrap();
+            assert_eq!(v.verify(&token).unwrap().sub, "tv-9", "{alg:?}");
+            let expired = mint_pem(alg, &read(private), &claims("tv-9", now_secs() - 5)).unwrap();
+            assert_eq!(v.verify(&expired), Err(AuthError::Expired));
+            // An HS256 token signed with the public key's bytes (algorithm confusion) is refused.
+            let confused = mint_hs256(&read(public), &claims("tv-9", now_secs() + 60)).unwrap();
+            assert!(
+                matches!(v.verify(&confused), Err(AuthError::Invalid(_))),
+                "{alg:?}"
+            );
+        }
+        assert!(Verifier::new(&KeyConfig::Rs256 {
+            public_pem: b"not a key".to_vec()
+        })
+        .is_err());
+    }
+
+    #[test]
     fn token_sources_in_order() {
         let protos = vec!["tether.v1".to_string(), "tether.token.P".to_string()];
         assert_eq!(

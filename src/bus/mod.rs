@@ -23,6 +23,7 @@
 pub mod embedded;
 pub mod nats;
 
+use crate::proto::subject;
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -278,6 +279,35 @@ impl ShardBus {
         match &mut self.link {
             Link::Embedded(l) => l.interest(subject, true, &self.stats),
             Link::Nats(l) => l.subscribe(subject, &self.stats),
+        }
+    }
+
+    /// Declares this shard's interest in everything addressed to `device` (its direct, request
+    /// and presence subjects). On NATS this is one wildcard subscription `tether.*.<device>`
+    /// (each async-nats subscription costs a few KiB, so one instead of three per device); on
+    /// the embedded bus, the three exact subjects. Refcounted by the caller like
+    /// [`ShardBus::subscribe`].
+    pub fn subscribe_device(&mut self, device: &str) -> Result<(), BusError> {
+        match &self.link {
+            Link::Nats(_) => self.subscribe(&subject::device_wildcard(device)),
+            Link::Embedded(_) => {
+                for subj in subject::device_all(device) {
+                    self.subscribe(&subj)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Withdraws what [`ShardBus::subscribe_device`] declared.
+    pub fn unsubscribe_device(&mut self, device: &str) {
+        match &self.link {
+            Link::Nats(_) => self.unsubscribe(&subject::device_wildcard(device)),
+            Link::Embedded(_) => {
+                for subj in subject::device_all(device) {
+                    self.unsubscribe(&subj);
+                }
+            }
         }
     }
 

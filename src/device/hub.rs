@@ -246,17 +246,9 @@ impl<O: Outlet> Hub<O> {
                 ready: false,
             },
         );
-        if first {
-            for subj in [
-                subject::device(&device),
-                subject::request(&device),
-                subject::presence(&device),
-            ] {
-                if self.bus.subscribe(&subj).is_err() {
-                    self.fail_session(conn, "bus unavailable");
-                    return;
-                }
-            }
+        if first && self.bus.subscribe_device(&device).is_err() {
+            self.fail_session(conn, "bus unavailable");
+            return;
         }
         let token = self.seq();
         self.waiting.insert(
@@ -285,13 +277,7 @@ impl<O: Outlet> Hub<O> {
             list.retain(|c| *c != conn);
             if list.is_empty() {
                 self.devices.remove(device);
-                for subj in [
-                    subject::device(device),
-                    subject::request(device),
-                    subject::presence(device),
-                ] {
-                    self.bus.unsubscribe(&subj);
-                }
+                self.bus.unsubscribe_device(device);
             }
         }
         for topic in &session.topics {

@@ -19,6 +19,19 @@ pub fn presence(device: &str) -> String {
     format!("tether.presence.{device}")
 }
 
+/// The three exact subjects addressed to a device (direct, request, presence).
+pub fn device_all(device: &str) -> [String; 3] {
+    [self::device(device), request(device), presence(device)]
+}
+
+/// One NATS subscription covering [`device_all`]: `tether.*.<device>`. It also matches
+/// `tether.topic.<device>` and `tether.up.<device>` when a one-token topic or a service has the
+/// same name as the device; the shard classifies every subject it receives ([`parse`]), so such
+/// a message only costs a wasted delivery, never a wrong one.
+pub fn device_wildcard(device: &str) -> String {
+    format!("tether.*.{device}")
+}
+
 /// Prefix of topic subjects.
 pub const TOPIC_PREFIX: &str = "tether.topic.";
 

@@ -653,7 +653,9 @@ async fn close(conn: &ConnHandle, stream: &mut TcpStream, io: &mut FrameIo, exit
         Exit::Protocol(e) => {
             tracing::debug!(conn = conn.id, peer = %conn.peer, error = %e, code = e.close_code(), "protocol violation");
             let reason = e.to_string();
-            conn.queue_close_frame(Some(e.close_code()), &reason, true);
+            // Echoes of the messages completed before the violation go out first (Autobahn
+            // 3.2-3.4, 4.x, 5.15 expect them); the queue is bounded and the flush timed.
+            conn.queue_close_frame(Some(e.close_code()), &reason, false);
             let _ = glommio::timer::timeout(wait, async {
                 poll_fn(|cx| conn.poll_flush(stream, cx)).await?;
                 let _ = stream.shutdown(Shutdown::Write).await;
@@ -880,4 +882,48 @@ async fn handshake_inner(
 
 fn contains_head_end(buf: &[u8]) -> bool {
     buf.windows(4).any(|w| w == b"\r\n\r\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::{config::ServerConfig, metrics::ShardMetrics, node::NodeShared};
+
+    /// The memory budget of an idle connection (docs/benchmarks.md) depends on these sizes;
+    /// this keeps them from growing unnoticed.
+    #[test]
+    fn connection_state_stays_small() {
+        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(64 * 1024)
+            .make()
+            .unwrap();
+        ex.run(async {
+            let mesh = tether_shards::Mesh::build(1, 1).pop().unwrap();
+            let ctx = Rc::new(ShardCtx::new(
+                0,
+                1,
+                0,
+                Arc::new(ServerConfig::default()),
+                Arc::new(ShardMetrics::default()),
+                Arc::new(NodeShared::new(10, 100)),
+                mesh,
+            ));
+            let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let _client = std::net::TcpStream::connect(addr).unwrap();
+            let stream = listener.accept().await.unwrap();
+            let task = run(ctx, stream, addr, true);
+            let task_bytes = std::mem::size_of_val(&task);
+            let conn_bytes = std::mem::size_of::<Conn>();
+            let stream_bytes = std::mem::size_of::<TcpStream>();
+            eprintln!(
+                "task future {task_bytes} B, Conn {conn_bytes} B, TcpStream {stream_bytes} B"
+            );
+            assert!(
+                task_bytes <= 768,
+                "connection task future grew to {task_bytes} bytes"
+            );
+            assert!(conn_bytes <= 320, "Conn grew to {conn_bytes} bytes");
+        });
+    }
 }

@@ -270,7 +270,7 @@ pub(super) async fn drain(ctx: Rc<ShardCtx>, deadline: Instant) {
             }
         }
         next = due;
-        if next == targets.len() {
+        if next == targets.len() || ctx.conns.borrow().is_empty() {
             break;
         }
         glommio::timer::sleep(tick).await;

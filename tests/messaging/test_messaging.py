@@ -165,7 +165,8 @@ def test_interest_is_gone_after_disconnect(cluster):
         assert await b.recv() == {"op": "ack", "id": "s"}
         if cluster.nats:
             subjects = cluster.nats.subjects()
-            for s in ("tether.dev.leaver-b", "tether.req.leaver-b", "tether.presence.leaver-b", "tether.topic.room.7"):
+            # One wildcard subscription covers tether.dev/req/presence.leaver-b.
+            for s in ("tether.*.leaver-b", "tether.topic.room.7"):
                 assert s in subjects, (s, subjects)
         await a.close()
         await b.close()

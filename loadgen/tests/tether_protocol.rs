@@ -1,0 +1,102 @@
+//! tether-loadgen's tether-protocol workloads (docs/protocol.md) against real tether nodes:
+//! device-to-device `send` through the server (embedded bus), and pushes from a NATS publisher
+//! to every device through a node on NATS. One-way delivery latency and sequence checks.
+
+mod common;
+
+use common::{assert_latency, loadgen, nats_server, tether_node_with, u};
+
+#[test]
+fn device_to_device_through_tether() {
+    let node = tether_node_with(2, &["--insecure-no-auth"]);
+    let url = format!("ws://127.0.0.1:{}/ws", node.port);
+    let run = loadgen(&[
+        "--url",
+        &url,
+        "--clients",
+        "200",
+        "--rate",
+        "400",
+        "--hold",
+        "2s",
+        "--workload",
+        "d2d",
+        "--msg-rate",
+        "5",
+        "--msg-size",
+        "100",
+        "--quiet",
+    ]);
+    assert!(
+        run.output.status.success(),
+        "{}\n{}",
+        run.stdout(),
+        run.stderr()
+    );
+    let v = run.json();
+    assert_eq!(u(v, "handshakes_ok"), 200, "{v:#}");
+    assert_eq!(u(v, "handshake_errors_total"), 0, "{v:#}");
+    let sent = u(v, "messages.sent");
+    assert!(sent >= 200 * 5, "{v:#}");
+    assert_eq!(u(v, "messages.received"), sent, "{v:#}");
+    assert_eq!(u(v, "messages.gaps"), 0, "{v:#}");
+    assert_eq!(u(v, "messages.duplicates"), 0, "{v:#}");
+    assert_eq!(u(v, "messages.foreign"), 0, "{v:#}");
+    assert_latency(v, "message_delivery_us", sent);
+    assert!(v["tether_errors"].as_object().unwrap().is_empty(), "{v:#}");
+}
+
+#[test]
+fn nats_pushes_reach_every_device() {
+    let nats = nats_server();
+    let nats_url = format!("nats://127.0.0.1:{}", nats.port);
+    let node = tether_node_with(2, &["--insecure-no-auth", "--nats", &nats_url]);
+    let url = format!("ws://127.0.0.1:{}/ws", node.port);
+    let run = loadgen(&[
+        "--url",
+        &url,
+        "--clients",
+        "200",
+        "--rate",
+        "400",
+        "--hold",
+        "2s",
+        "--workload",
+        "push",
+        "--nats",
+        &nats_url,
+        "--msg-rate",
+        "5",
+        "--quiet",
+    ]);
+    assert!(
+        run.output.status.success(),
+        "{}\n{}",
+        run.stdout(),
+        run.stderr()
+    );
+    let v = run.json();
+    assert_eq!(u(v, "handshakes_ok"), 200, "{v:#}");
+    let sent = u(v, "messages.sent");
+    assert!(sent >= 200 * 5, "{v:#}");
+    assert_eq!(u(v, "messages.received"), sent, "{v:#}");
+    assert_eq!(u(v, "messages.gaps"), 0, "{v:#}");
+    assert_latency(v, "message_delivery_us", sent);
+}
+
+#[test]
+fn push_needs_nats() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether-loadgen"))
+        .args([
+            "--url",
+            "ws://127.0.0.1:9/ws",
+            "--clients",
+            "1",
+            "--workload",
+            "push",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--nats"));
+}

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Independent clients against tether's /echo: Python `websockets` (pytest) and Node's `ws` and
+# built-in WebSocket (node --test). Starts one tether node (release binary) on free loopback
+# ports and stops it on exit. Fails, never skips, when the binary or a client is missing.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+bin="${CARGO_TARGET_DIR:-target}/release/tether"
+if [ ! -x "$bin" ]; then
+    echo "interop: $bin not found: run 'cargo build --release' first" >&2
+    exit 1
+fi
+if [ ! -d tests/node/node_modules/ws ]; then
+    echo "interop: tests/node/node_modules missing: run scripts/setup.sh (npm ci)" >&2
+    exit 1
+fi
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+port="$(free_port)"
+admin="$(free_port)"
+log="$(mktemp -t tether-interop.XXXXXX.log)"
+
+"$bin" serve --shards 2 --echo --listen "127.0.0.1:$port" --admin "127.0.0.1:$admin" >"$log" 2>&1 &
+pid=$!
+stop() {
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+}
+trap stop EXIT
+
+for _ in $(seq 100); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+        echo "interop: tether exited during start-up; its log:" >&2
+        cat "$log" >&2
+        exit 1
+    fi
+    if python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)' "$port" 2>/dev/null; then
+        break
+    fi
+    sleep 0.1
+done
+export TETHER_ECHO_URL="ws://127.0.0.1:$port/echo"
+echo "interop: tether pid $pid at $TETHER_ECHO_URL (log: $log)"
+
+status=0
+started=$(date +%s)
+python3 -m pytest -q tests/interop || status=1
+(cd tests/node && node --experimental-websocket --test echo.test.mjs) || status=1
+if ! kill -0 "$pid" 2>/dev/null; then
+    echo "interop: tether died during the tests; its log:" >&2
+    tail -50 "$log" >&2
+    status=1
+fi
+echo "interop: done in $(($(date +%s) - started)) s"
+exit "$status"
