@@ -247,6 +247,11 @@ pub struct Decoder {
     /// The previous call handed out `reassembly`: free it on the next call.
     delivered: bool,
     utf8: Utf8Validator,
+    /// Payload bytes of the incomplete text frame at the front of the buffer that were already
+    /// UTF-8 checked (fail fast: an invalid prefix is refused before the frame is complete).
+    partial_checked_bytes: usize,
+    /// Validator state after `partial_checked_bytes` of the incomplete text frame.
+    partial_utf8: Utf8Validator,
 }
 
 impl Decoder {
@@ -259,6 +264,8 @@ impl Decoder {
             fragmented: None,
             delivered: false,
             utf8: Utf8Validator::new(),
+            partial_checked_bytes: 0,
+            partial_utf8: Utf8Validator::new(),
         }
     }
 
@@ -414,8 +421,10 @@ impl Decoder {
         };
         let total = h.header_len + h.payload_len;
         if buf.len() < total {
+            self.check_partial_text(&h, &buf[h.header_len..])?;
             return Ok(None);
         }
+        self.partial_checked_bytes = 0;
         let payload = &mut buf[h.header_len..total];
         if let Some(key) = h.mask {
             apply_mask(payload, key);
@@ -475,6 +484,42 @@ impl Decoder {
             }
         };
         Ok(Some((event, total)))
+    }
+}
+
+impl Decoder {
+    /// Validates the UTF-8 of the payload prefix of an incomplete text frame (a `Text` frame,
+    /// or a `Continuation` of a text message) without unmasking or consuming `available`, so
+    /// an invalid prefix fails now rather than when the frame is complete (RFC 6455 §8.1,
+    /// Autobahn 6.4.x). Each byte is checked once across calls: `partial_checked_bytes` and
+    /// `partial_utf8` carry the progress until the frame completes.
+    fn check_partial_text(&mut self, h: &Header, available: &[u8]) -> Result<(), ProtocolError> {
+        let continues_text =
+            h.opcode == OpCode::Continuation && self.fragmented == Some(MessageKind::Text);
+        if h.opcode != OpCode::Text && !continues_text {
+            return Ok(());
+        }
+        if self.partial_checked_bytes == 0 {
+            self.partial_utf8 = if continues_text {
+                self.utf8
+            } else {
+                Utf8Validator::new()
+            };
+        }
+        let key = h.mask.unwrap_or([0; 4]);
+        let mut chunk = [0u8; 256];
+        while self.partial_checked_bytes < available.len() {
+            let start = self.partial_checked_bytes;
+            let len = (available.len() - start).min(chunk.len());
+            for (i, out) in chunk[..len].iter_mut().enumerate() {
+                *out = available[start + i] ^ key[(start + i) % 4];
+            }
+            self.partial_utf8
+                .feed(&chunk[..len])
+                .map_err(|_| ProtocolError::InvalidUtf8)?;
+            self.partial_checked_bytes += len;
+        }
+        Ok(())
     }
 }
 
@@ -583,6 +628,58 @@ mod tests {
     fn err(d: &mut Decoder, bytes: &[u8]) -> ProtocolError {
         let mut buf = bytes.to_vec();
         d.decode(&mut buf).expect_err("must fail")
+    }
+
+    /// Autobahn 6.4.3: one masked text frame arrives in pieces; the piece holding U+110000
+    /// must fail at once, before the frame is complete, and valid prefixes must not.
+    #[test]
+    fn invalid_utf8_prefix_of_incomplete_text_frame_fails_fast() {
+        let payload: &[u8] = b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xf4\x90\x80\x80edited";
+        let mut frame = Vec::new();
+        encode_frame(&mut frame, Role::Client, OpCode::Text, true, payload);
+        let header_len = frame.len() - payload.len();
+        let mut s = server();
+        // Header plus the valid prefix (11 bytes): incomplete, accepted.
+        let mut buf = frame[..header_len + 11].to_vec();
+        assert!(s.decode(&mut buf).unwrap().is_none());
+        assert_eq!(
+            &buf[..],
+            &frame[..header_len + 11],
+            "nothing unmasked or consumed"
+        );
+        // One more byte (0xf4) is still a valid prefix; the next (0x90) is not.
+        let mut buf = frame[..header_len + 12].to_vec();
+        assert!(s.decode(&mut buf).unwrap().is_none());
+        let mut buf = frame[..header_len + 13].to_vec();
+        assert_eq!(s.decode(&mut buf), Err(ProtocolError::InvalidUtf8));
+
+        // A continuation of a text message carries the message's validator state: a code
+        // point split across the fragment boundary stays valid while incomplete.
+        let mut bytes = Vec::new();
+        encode_frame(&mut bytes, Role::Client, OpCode::Text, false, b"\xe2\x82");
+        let first = bytes.len();
+        encode_frame(
+            &mut bytes,
+            Role::Client,
+            OpCode::Continuation,
+            true,
+            b"\xac and more",
+        );
+        let mut s = server();
+        let mut buf = bytes[..first].to_vec();
+        assert!(matches!(s.decode(&mut buf), Ok(Some((None, _)))));
+        let cont = &bytes[first..];
+        let mut buf = cont[..cont.len() - 3].to_vec();
+        assert!(s.decode(&mut buf).unwrap().is_none());
+        let mut buf = cont.to_vec();
+        let (ev, _) = s.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(
+            ev,
+            Some(Event::Message {
+                kind: MessageKind::Text,
+                data: "\u{20ac} and more".as_bytes()
+            })
+        );
     }
 
     #[test]
