@@ -6,7 +6,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::results::{Results, RunResult, Sample, ServerResult};
+use crate::results::{LoadgenSecond, Results, RunResult, Sample, ServerResult};
 use crate::scenario::ServerKind;
 
 const SIZE_PX: (u32, u32) = (900, 500);
@@ -76,32 +76,41 @@ pub fn write_all(results: &Results, dir: &Path) -> Result<Vec<Plot>, String> {
             });
         }
     }
-    type Series = fn(&[Sample]) -> Vec<(f64, f64)>;
-    let timelines: [(&str, &str, &str, Series); 4] = [
+    type Series = fn(&RunResult) -> Vec<(f64, f64)>;
+    let timelines: [(&str, &str, &str, Series); 6] = [
+        (
+            "loadgen-connects.svg",
+            "connects/s over time, as loadgen saw them (its live lines)",
+            "connects/s",
+            |r| loadgen_series(r, |s| s.connects_per_s),
+        ),
+        (
+            "loadgen-messages.svg",
+            "echo messages/s over time, as loadgen saw them (its live lines)",
+            "messages/s",
+            |r| loadgen_series(r, |s| s.msgs_per_s),
+        ),
         (
             "connections.svg",
             "server connections over time (open fds − fds before the load)",
             "connections",
-            connections_series,
+            |r| connections_series(&r.timeline),
         ),
         (
             "connect-rate.svg",
             "server connect rate over time (Δ open fds per second)",
             "connections/s",
-            connect_rate_series,
+            |r| connect_rate_series(&r.timeline),
         ),
         (
             "cpu.svg",
             "server CPU over time (% of one core)",
             "CPU %",
-            cpu_series,
+            |r| cpu_series(&r.timeline),
         ),
-        (
-            "rss.svg",
-            "server RSS over time (MiB)",
-            "RSS MiB",
-            rss_series,
-        ),
+        ("rss.svg", "server RSS over time (MiB)", "RSS MiB", |r| {
+            rss_series(&r.timeline)
+        }),
     ];
     for (file, title, y_desc, series) in timelines {
         if let Some(svg) = timeline_svg(results, title, y_desc, series)? {
@@ -207,6 +216,17 @@ fn first_good_run(server: &ServerResult) -> Option<&RunResult> {
         .find(|r| r.error.is_none() && r.timeline.len() >= 2)
 }
 
+/// A loadgen live-line field over time; empty when it is zero throughout (nothing to plot).
+fn loadgen_series(r: &RunResult, field: fn(&LoadgenSecond) -> u64) -> Vec<(f64, f64)> {
+    if r.loadgen_seconds.iter().all(|s| field(s) == 0) {
+        return Vec::new();
+    }
+    r.loadgen_seconds
+        .iter()
+        .map(|s| (s.t_s, field(s) as f64))
+        .collect()
+}
+
 fn connections_series(t: &[Sample]) -> Vec<(f64, f64)> {
     let base = t.first().map(|s| s.fds).unwrap_or(0) as f64;
     t.iter()
@@ -253,13 +273,13 @@ fn timeline_svg(
     results: &Results,
     title: &str,
     y_desc: &str,
-    series: fn(&[Sample]) -> Vec<(f64, f64)>,
+    series: fn(&RunResult) -> Vec<(f64, f64)>,
 ) -> Result<Option<String>, String> {
     let lines: Vec<Line> = results
         .servers
         .iter()
         .enumerate()
-        .filter_map(|(pos, s)| first_good_run(s).map(|r| (pos, s, series(&r.timeline))))
+        .filter_map(|(pos, s)| first_good_run(s).map(|r| (pos, s, series(r))))
         .filter(|(_, _, p)| !p.is_empty())
         .collect();
     if lines.is_empty() {

@@ -29,6 +29,8 @@ pub fn fmt_num(x: f64) -> String {
             out.insert(0, '-');
         }
         out
+    } else if x.fract() == 0.0 {
+        format!("{x:.0}")
     } else if x.abs() >= 10.0 {
         format!("{x:.1}")
     } else {
@@ -182,7 +184,11 @@ fn check_target(
                 "{} > {}: missed by {}",
                 fmt_num(m),
                 fmt_num(max),
-                pct(m / max - 1.0)
+                if m / max >= 2.0 {
+                    format!("{:.0}× the limit", m / max)
+                } else {
+                    pct(m / max - 1.0)
+                }
             ));
         }
     }
@@ -464,6 +470,8 @@ mod tests {
         assert_eq!(fmt_num(-2500.0), "-2,500");
         assert_eq!(fmt_num(12.345), "12.3");
         assert_eq!(fmt_num(1.5), "1.50");
+        assert_eq!(fmt_num(0.0), "0");
+        assert_eq!(fmt_num(40.0), "40");
         assert_eq!(fmt_num(f64::NAN), "—");
     }
 

@@ -51,6 +51,9 @@ pub struct RunResult {
     pub metrics: BTreeMap<String, f64>,
     /// The runner's samples of the server during the load.
     pub timeline: Vec<Sample>,
+    /// Loadgen's live per-second lines, parsed (rates over time as the client saw them).
+    #[serde(default)]
+    pub loadgen_seconds: Vec<LoadgenSecond>,
     /// Set when the run failed (server did not start, loadgen failed or timed out).
     #[serde(default)]
     pub error: Option<String>,
@@ -68,6 +71,38 @@ pub struct Sample {
     /// `/proc/net/sockstat` TCP `inuse` and `mem` (pages), machine-wide (both ends).
     pub tcp_inuse: u64,
     pub tcp_mem_pages: u64,
+}
+
+/// One live line of `tether-loadgen`: `[   3s] connected 19000  connects/s 6000  errors 0 ...
+/// msgs/s 20000 ...`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoadgenSecond {
+    pub t_s: f64,
+    pub connected: u64,
+    pub connects_per_s: u64,
+    pub errors: u64,
+    pub msgs_per_s: u64,
+}
+
+impl LoadgenSecond {
+    /// Parses a live line; `None` for any other output line.
+    pub fn parse(line: &str) -> Option<LoadgenSecond> {
+        let rest = line.trim_start().strip_prefix('[')?;
+        let (secs, rest) = rest.split_once("s]")?;
+        let t_s: f64 = secs.trim().parse().ok()?;
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        let after = |name: &str| -> Option<u64> {
+            let i = words.iter().position(|w| *w == name)?;
+            words.get(i + 1)?.parse().ok()
+        };
+        Some(LoadgenSecond {
+            t_s,
+            connected: after("connected")?,
+            connects_per_s: after("connects/s")?,
+            errors: after("errors").unwrap_or(0),
+            msgs_per_s: after("msgs/s").unwrap_or(0),
+        })
+    }
 }
 
 impl ServerResult {
@@ -126,6 +161,24 @@ pub fn flatten_numbers(value: &serde_json::Value, prefix: &str, out: &mut BTreeM
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loadgen_live_lines() {
+        let line = "[   3s] connected   19000  connects/s   6000  errors     2  handshake p50 \
+                    0.40ms p99 2.10ms  msgs/s 20000 rtt p99 1.00ms  lag 0";
+        assert_eq!(
+            LoadgenSecond::parse(line),
+            Some(LoadgenSecond {
+                t_s: 3.0,
+                connected: 19000,
+                connects_per_s: 6000,
+                errors: 2,
+                msgs_per_s: 20000
+            })
+        );
+        assert_eq!(LoadgenSecond::parse("preflight: open files 20000"), None);
+        assert_eq!(LoadgenSecond::parse("[x] connected 1 connects/s 1"), None);
+    }
 
     #[test]
     fn flatten_nested_numbers_only() {

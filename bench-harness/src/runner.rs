@@ -10,7 +10,8 @@
 //! `server.rss_delta_per_conn_bytes` (delta / `connected_peak`), `server.fds_delta_peak`,
 //! `server.cpu_s`, `server.cpu_us_per_handshake`, `kernel.tcp_mem_delta_bytes` (sockstat TCP
 //! memory, both ends of every loopback connection), `kernel.tcp_mem_per_conn_bytes`,
-//! `loadgen.cpu_s`, `loadgen.cpu_us_per_handshake`, `loadgen.wall_s`.
+//! `loadgen.cpu_s`, `loadgen.cpu_us_per_handshake`, `loadgen.wall_s`, and `host.loadavg_1m`
+//! (the machine's load average as the load started: noise from other work).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -22,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use crate::procfs;
 use crate::report;
-use crate::results::{flatten_numbers, Machine, Results, RunResult, Sample, ServerResult};
+use crate::results::{
+    flatten_numbers, LoadgenSecond, Machine, Results, RunResult, Sample, ServerResult,
+};
 use crate::scenario::{Scenario, ServerKind, ServerSpec};
 
 /// How long a server may take to accept its first connection.
@@ -121,7 +124,9 @@ fn server_command(
                 .arg("--listen")
                 .arg(listen.to_string())
                 .arg("--admin")
-                .arg(admin.to_string());
+                .arg(admin.to_string())
+                // The peers log nothing; tether logs only warnings and errors here too.
+                .env("TETHER_LOG", "warn");
             c
         }
         ServerKind::Tungstenite => peer("peer-tungstenite")?,
@@ -245,7 +250,7 @@ pub fn loadgen_args(scenario: &Scenario, url: &str, json: &Path) -> Vec<String> 
     if let Some(r) = l.ramp {
         a.extend([
             "--rate".to_string(),
-            format!("{}..{}", trim_float(r.from), trim_float(r.to)),
+            format!("{}:{}", trim_float(r.from), trim_float(r.to)),
             "--ramp".to_string(),
             format!("{}s", trim_float(r.over_s)),
         ]);
@@ -305,6 +310,7 @@ fn run_once(
         repetition,
         metrics: BTreeMap::new(),
         timeline: Vec::new(),
+        loadgen_seconds: Vec::new(),
         error: None,
     };
     let ports = free_port().and_then(|a| free_port().map(|b| (a, b)));
@@ -333,6 +339,14 @@ fn run_once(
         }
     };
     std::thread::sleep(Duration::from_millis(scenario.settle_ms));
+    // Other work on a shared machine is noise: record how busy it was as the load started.
+    if let Some(load1) = procfs::first_line(Path::new("/proc/loadavg")).and_then(|l| {
+        l.split_whitespace()
+            .next()
+            .and_then(|w| w.parse::<f64>().ok())
+    }) {
+        run.metrics.insert("host.loadavg_1m".into(), load1);
+    }
     let pid = server.child.id();
     let json = dir.join(format!("runs/{base}.json"));
     let _ = std::fs::remove_file(&json);
@@ -417,6 +431,11 @@ fn drive_load(
         children_cpu_s() - cpu_children_before,
     );
     run.metrics.insert("loadgen.wall_s".into(), wall_s);
+    run.loadgen_seconds = std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(LoadgenSecond::parse)
+        .collect();
     if !status.success() {
         return Err(format!("loadgen exited with {status}: {}", tail(log, 400)));
     }
@@ -683,6 +702,7 @@ mod tests {
                 s(1.0, 12_000_000, 1.5, 1010, 300),
                 s(2.0, 11_000_000, 2.0, 10, 120),
             ],
+            loadgen_seconds: Vec::new(),
             error: None,
         };
         derive_metrics(&mut run);

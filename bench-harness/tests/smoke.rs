@@ -96,6 +96,7 @@ fn report_files_and_plots_are_written() {
     for want in [
         "report.md",
         "handshake-latency-us.svg",
+        "loadgen-connects.svg",
         "connections.svg",
         "connect-rate.svg",
         "cpu.svg",
@@ -103,6 +104,8 @@ fn report_files_and_plots_are_written() {
     ] {
         assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
     }
+    // No messages in the fixture: no message plots.
+    assert!(!names.iter().any(|n| n.contains("message")), "{names:?}");
     let svg = std::fs::read_to_string(dir.join("handshake-latency-us.svg")).unwrap();
     assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(200)]);
     for label in ["tether (2 shards)", "fastwebsockets", "raw epoll 101"] {
