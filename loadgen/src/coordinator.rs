@@ -483,7 +483,11 @@ fn build_report(r: &ReportInput) -> Value {
         "schedule_lag_events": c.schedule_lag_events,
         "schedule_lag_max_us": c.schedule_lag_max_us,
         "disconnects": c.disconnects,
-        "closes": {"clean": c.closes_clean, "timed_out": c.closes_timed_out},
+        "closes": {
+            "clean": c.closes_clean,
+            "timed_out": c.closes_timed_out,
+            "unfinished": c.closes_unfinished,
+        },
         "workers": r.plan.workers,
         "duration_s": (msg_duration_s * 1000.0).round() / 1000.0,
         "phases_s": {

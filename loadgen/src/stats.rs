@@ -66,6 +66,8 @@ pub struct Counters {
     pub closes_clean: u64,
     /// Our closes not answered in time.
     pub closes_timed_out: u64,
+    /// Clients still running when the worker's drain deadline passed.
+    pub closes_unfinished: u64,
 }
 
 impl Counters {
@@ -118,6 +120,7 @@ impl Counters {
         };
         self.closes_clean += o.closes_clean;
         self.closes_timed_out += o.closes_timed_out;
+        self.closes_unfinished += o.closes_unfinished;
     }
 }
 

@@ -331,6 +331,8 @@ async fn run(
             _ = sleep_until(deadline) => break,
         }
     }
+    // Clients still closing when the drain deadline passed (counted, then dropped).
+    w.counters.borrow_mut().closes_unfinished = w.live_tasks.get();
     let elapsed_us = us(w.since_start(Instant::now()));
     ticker.abort();
     sampler.abort();
