@@ -1,6 +1,6 @@
 //! What every peer server built here shares: the `--listen ADDR` command line, raising the
-//! open-files soft limit to the hard limit, and the listening socket (built with libc so that
-//! every peer gets the same backlog and, when asked, `SO_REUSEPORT`).
+//! open-files soft limit to the hard limit, and the listening socket (tether's own
+//! `SO_REUSEPORT` listener set-up, so that every peer gets the same backlog as tether).
 //!
 //! The peers are comparison points for tether, so they must not lose for a reason that is not
 //! theirs: the same listen backlog (`LISTEN_BACKLOG`, the kernel clamps it to
@@ -9,11 +9,10 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::FromRawFd;
 
 /// Listen backlog asked of the kernel by every peer (clamped to `net.core.somaxconn`, 4096 here).
 /// A reconnect storm overflows glommio's and tokio's default of 1024.
-pub const LISTEN_BACKLOG: i32 = 65_535;
+pub const LISTEN_BACKLOG: u32 = 65_535;
 
 /// Parses `--listen ADDR` (or `--listen=ADDR`) from the process arguments; anything else is an
 /// error that names the usage.
@@ -52,47 +51,12 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
-/// Whether several sockets share the port (one listener per thread, the kernel spreads accepts).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PortSharing {
-    Exclusive,
-    ReusePort,
-}
-
-/// A non-blocking TCP listener bound to `addr` with `SO_REUSEADDR`, optionally `SO_REUSEPORT`,
-/// and `LISTEN_BACKLOG`.
-pub fn bind_listener(addr: SocketAddr, sharing: PortSharing) -> io::Result<TcpListener> {
-    let domain = match addr {
-        SocketAddr::V4(_) => libc::AF_INET,
-        SocketAddr::V6(_) => libc::AF_INET6,
-    };
-    // SAFETY: plain socket(2) call; the result is checked below.
-    let fd = unsafe {
-        libc::socket(
-            domain,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a freshly created socket that nothing else owns; the TcpListener takes
-    // ownership and closes it on every path (including errors below).
-    let listener = unsafe { TcpListener::from_raw_fd(fd) };
-    set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-    if sharing == PortSharing::ReusePort {
-        set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
-    }
-    let (storage, len) = sockaddr_of(addr);
-    // SAFETY: `storage` holds a valid sockaddr of `len` bytes for the socket's family.
-    if unsafe { libc::bind(fd, &storage as *const _ as *const libc::sockaddr, len) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a bound stream socket.
-    if unsafe { libc::listen(fd, LISTEN_BACKLOG) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+/// A non-blocking TCP listener on `addr` with `SO_REUSEADDR`, `SO_REUSEPORT` (so one listener
+/// per thread can share the port and the kernel spreads accepts) and `LISTEN_BACKLOG`: the same
+/// socket set-up as tether's own listeners (`tether_shards::bind_reuseport`).
+pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let listener = tether_shards::bind_reuseport(addr, LISTEN_BACKLOG).map_err(io::Error::other)?;
+    listener.set_nonblocking(true)?;
     Ok(listener)
 }
 
@@ -112,46 +76,6 @@ pub fn set_int_opt(fd: i32, level: i32, name: i32, value: i32) -> io::Result<()>
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-fn sockaddr_of(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid (unspecified) value.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in.
-            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
-            (
-                storage,
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in6.
-            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
-            (
-                storage,
-                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-            )
-        }
-    }
 }
 
 /// Number of CPUs this process may run on (its affinity mask), at least 1.
@@ -193,10 +117,11 @@ mod tests {
 
     #[test]
     fn two_reuseport_listeners_share_a_port() {
-        let a = bind_listener("127.0.0.1:0".parse().unwrap(), PortSharing::ReusePort).unwrap();
+        let a = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = a.local_addr().unwrap();
-        let b = bind_listener(addr, PortSharing::ReusePort).unwrap();
+        let b = bind_listener(addr).unwrap();
         assert_eq!(b.local_addr().unwrap(), addr);
-        assert!(bind_listener(addr, PortSharing::Exclusive).is_err());
+        // A socket without SO_REUSEPORT cannot take the port: it really is held.
+        assert!(TcpListener::bind(addr).is_err());
     }
 }

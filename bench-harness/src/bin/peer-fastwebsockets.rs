@@ -10,7 +10,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use tether_bench::peer::{self, PortSharing};
+use tether_bench::peer;
 use tokio::net::TcpListener;
 
 fn main() {
@@ -22,8 +22,8 @@ fn main() {
         .build()
         .unwrap_or_else(|e| peer::die(format!("tokio runtime: {e}")));
     runtime.block_on(async move {
-        let std_listener = peer::bind_listener(addr, PortSharing::Exclusive)
-            .unwrap_or_else(|e| peer::die(format!("bind {addr}: {e}")));
+        let std_listener =
+            peer::bind_listener(addr).unwrap_or_else(|e| peer::die(format!("bind {addr}: {e}")));
         let listener = TcpListener::from_std(std_listener)
             .unwrap_or_else(|e| peer::die(format!("listener: {e}")));
         loop {

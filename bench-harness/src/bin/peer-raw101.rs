@@ -13,7 +13,7 @@ use std::os::fd::AsRawFd;
 
 use base64::Engine;
 use sha1::{Digest, Sha1};
-use tether_bench::peer::{self, PortSharing};
+use tether_bench::peer;
 
 /// A request head longer than this without its terminating blank line is refused (400).
 const HEAD_BYTES_MAX: usize = 8192;
@@ -29,14 +29,13 @@ fn main() {
     let threads = peer::cpus_available();
     // Bind every listener before serving, so that a bad address fails the whole process and a
     // port-0 address resolves once for all threads.
-    let first = peer::bind_listener(addr, PortSharing::ReusePort)
-        .unwrap_or_else(|e| peer::die(format!("bind {addr}: {e}")));
+    let first =
+        peer::bind_listener(addr).unwrap_or_else(|e| peer::die(format!("bind {addr}: {e}")));
     let bound: SocketAddr = first.local_addr().unwrap_or_else(|e| peer::die(e));
     let mut listeners = vec![first];
     for _ in 1..threads {
         listeners.push(
-            peer::bind_listener(bound, PortSharing::ReusePort)
-                .unwrap_or_else(|e| peer::die(format!("bind {bound}: {e}"))),
+            peer::bind_listener(bound).unwrap_or_else(|e| peer::die(format!("bind {bound}: {e}"))),
         );
     }
     let handles: Vec<_> = listeners

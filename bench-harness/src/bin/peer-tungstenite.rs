@@ -5,7 +5,7 @@
 //! Usage: `peer-tungstenite --listen ADDR`. Prints nothing but errors.
 
 use futures_util::{SinkExt, StreamExt};
-use tether_bench::peer::{self, PortSharing};
+use tether_bench::peer;
 use tokio::net::{TcpListener, TcpStream};
 
 fn main() {
@@ -17,8 +17,8 @@ fn main() {
         .build()
         .unwrap_or_else(|e| peer::die(format!("tokio runtime: {e}")));
     runtime.block_on(async move {
-        let std_listener = peer::bind_listener(addr, PortSharing::Exclusive)
-            .unwrap_or_else(|e| peer::die(format!("bind {addr}: {e}")));
+        let std_listener =
+            peer::bind_listener(addr).unwrap_or_else(|e| peer::die(format!("bind {addr}: {e}")));
         let listener = TcpListener::from_std(std_listener)
             .unwrap_or_else(|e| peer::die(format!("listener: {e}")));
         loop {
