@@ -123,7 +123,8 @@ impl Node {
         assert_eq!(payloads.len(), count, "one payload per shard");
         let init = Arc::new(init);
         let meshes = Mesh::build::<M>(count, config.mesh_capacity);
-        let (ready_tx, ready_rx) = flume::unbounded::<Ready>();
+        // Each shard reports exactly once (started, or why not), so `count` slots never block.
+        let (ready_tx, ready_rx) = flume::bounded::<Ready>(count);
         let mut go_txs = Vec::with_capacity(count);
         let mut stop_txs = Vec::with_capacity(count);
         let mut threads = Vec::with_capacity(count);
