@@ -75,13 +75,18 @@ pub struct Args {
     pub msg_size: usize,
     /// What clients do once connected: `echo` (any echo server), or tether's protocol: `d2d`
     /// (each client sends to a partner device through the server) or `push` (a NATS publisher
-    /// pushes to every device; needs --nats). tether workloads connect with `?device=ID` (a node
-    /// started with --insecure-no-auth) and wait for `hello` before sending.
+    /// pushes to every device; needs --nats). tether workloads present a per-device token with
+    /// --device-jwt-secret, else `?device=ID` (a node started with --insecure-no-auth), and wait
+    /// for `hello` before sending.
     #[arg(long, value_enum, default_value = "echo")]
     pub workload: WorkloadArg,
     /// Device id prefix for tether workloads (device ids are PREFIX + client index).
     #[arg(long, default_value = "lg-")]
     pub device_prefix: String,
+    /// tether workloads against nodes with authentication on: each client presents an HS256
+    /// token for its device id (`sub` = PREFIX + client index) signed with this secret.
+    #[arg(long, value_name = "SECRET")]
+    pub device_jwt_secret: Option<String>,
     /// NATS server URL the push workload publishes to.
     #[arg(long)]
     pub nats: Option<String>,
@@ -249,6 +254,7 @@ impl Args {
             workload,
             device_prefix: self.device_prefix.clone(),
             nats_url: self.nats.clone(),
+            device_jwt_secret: self.device_jwt_secret.clone(),
             msg_in_flight_max: self.msg_in_flight_max.max(1),
             lag_threshold_us: self.lag_threshold,
             workers: 1,

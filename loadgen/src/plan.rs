@@ -219,6 +219,10 @@ pub struct Plan {
     pub device_prefix: String,
     /// NATS server URL for the push workload.
     pub nats_url: Option<String>,
+    /// tether workloads: sign each device's HS256 token with this secret and present it as
+    /// `Authorization: Bearer` (for nodes with authentication on); none: rely on `?device=`.
+    #[serde(default)]
+    pub device_jwt_secret: Option<String>,
     /// Unanswered messages a connection may have before it skips sends (counted).
     pub msg_in_flight_max: u64,
     /// A scheduled event started later than this counts as lag.
@@ -421,6 +425,7 @@ pub(crate) mod tests {
             workload: Workload::Echo,
             device_prefix: "lg-".into(),
             nats_url: None,
+            device_jwt_secret: None,
             msg_in_flight_max: 1000,
             lag_threshold_us: 5000,
             workers: 1,

@@ -722,17 +722,35 @@ async fn upgrade(
     let (hs, request) = if w.plan.workload == Workload::Echo {
         ClientHandshake::new(&target.host, &target.resource, &[], &[])
     } else {
-        // tether's protocol: subprotocol tether.v1, device id in the query (--insecure-no-auth).
+        // tether's protocol: subprotocol tether.v1, device id in the query (read by a node with
+        // --insecure-no-auth) and, with --device-jwt-secret, the device's own bearer token.
         let sep = if target.resource.contains('?') {
             '&'
         } else {
             '?'
         };
-        let resource = format!(
-            "{}{sep}device={}{global}",
-            target.resource, w.plan.device_prefix
-        );
-        ClientHandshake::new(&target.host, &resource, &["tether.v1"], &[])
+        let device = format!("{}{global}", w.plan.device_prefix);
+        let resource = format!("{}{sep}device={device}", target.resource);
+        let bearer = match &w.plan.device_jwt_secret {
+            None => None,
+            Some(secret) => {
+                let now = tether::auth::now_secs();
+                let claims = tether::auth::Claims {
+                    sub: device,
+                    exp: now + 24 * 3600,
+                    iat: Some(now),
+                    ..tether::auth::Claims::default()
+                };
+                let token = tether::auth::mint_hs256(secret.as_bytes(), &claims)
+                    .map_err(|_| "token_mint_failed".to_string())?;
+                Some(format!("Bearer {token}"))
+            }
+        };
+        let headers: Vec<(&str, &str)> = bearer
+            .iter()
+            .map(|b| ("Authorization", b.as_str()))
+            .collect();
+        ClientHandshake::new(&target.host, &resource, &["tether.v1"], &headers)
     };
     write_all(stream, &request).await?;
     let mut head = Vec::new();

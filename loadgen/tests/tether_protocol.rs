@@ -47,6 +47,50 @@ fn device_to_device_through_tether() {
 }
 
 #[test]
+fn device_tokens_are_minted_per_device() {
+    let node = tether_node_with(2, &["--jwt-secret", "lg-test-secret-0123456789"]);
+    let url = format!("ws://127.0.0.1:{}/ws", node.port);
+    let d2d = |secret: &str| {
+        loadgen(&[
+            "--url",
+            &url,
+            "--clients",
+            "100",
+            "--rate",
+            "400",
+            "--hold",
+            "2s",
+            "--workload",
+            "d2d",
+            "--msg-rate",
+            "5",
+            "--device-jwt-secret",
+            secret,
+            "--quiet",
+        ])
+    };
+    let run = d2d("lg-test-secret-0123456789");
+    assert!(
+        run.output.status.success(),
+        "{}\n{}",
+        run.stdout(),
+        run.stderr()
+    );
+    let v = run.json();
+    assert_eq!(u(v, "handshakes_ok"), 100, "{v:#}");
+    let sent = u(v, "messages.sent");
+    assert!(sent >= 100 * 5, "{v:#}");
+    assert_eq!(u(v, "messages.received"), sent, "{v:#}");
+    assert_eq!(u(v, "messages.foreign"), 0, "{v:#}");
+    assert!(v["tether_errors"].as_object().unwrap().is_empty(), "{v:#}");
+
+    // A token signed with another secret is refused before the upgrade, for every client.
+    let v = d2d("not-the-node-secret").json().clone();
+    assert_eq!(u(&v, "handshakes_ok"), 0, "{v:#}");
+    assert_eq!(u(&v, "handshake_errors.status_401"), 100, "{v:#}");
+}
+
+#[test]
 fn nats_pushes_reach_every_device() {
     let nats = nats_server();
     let nats_url = format!("nats://127.0.0.1:{}", nats.port);
