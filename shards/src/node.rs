@@ -30,6 +30,13 @@ pub struct NodeConfig {
     /// Memory glommio reserves per executor for io_uring registered buffers. tether does no
     /// file or registered-buffer IO on the hot path, so a small value saves memory.
     pub io_memory_bytes: usize,
+    /// Submission-queue entries of each shard's io_uring rings (glommio's `ring_depth`). The
+    /// kernel sizes a ring's cancel hash table from it (ilog2 of the completion queue, 2x this,
+    /// minus 5 bits, clamped to 2..=256 buckets), and glommio cancels its preemption timer with
+    /// ASYNC_CANCEL on every reactor wake, which first walks one bucket of armed polls: one per
+    /// open connection. At glommio's default of 128 (8 buckets) that walk was 33% of a shard's
+    /// CPU in a 19,000-connection handshake run; 4096 gives 256 buckets (docs/benchmarks.md).
+    pub ring_depth: usize,
     /// How long all shards together may take to initialise before start fails.
     pub start_timeout: Duration,
 }
@@ -41,6 +48,7 @@ impl NodeConfig {
             placement,
             mesh_capacity: 1024,
             io_memory_bytes: 256 * 1024,
+            ring_depth: 4096,
             start_timeout: Duration::from_secs(30),
         }
     }
@@ -147,6 +155,7 @@ impl Node {
             let ready_tx = ready_tx.clone();
             let init = init.clone();
             let io_memory = config.io_memory_bytes;
+            let ring_depth = config.ring_depth;
             let spawned = std::thread::Builder::new()
                 .name(format!("tether-shard-{index}"))
                 .spawn(move || {
@@ -161,6 +170,7 @@ impl Node {
                         match glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
                             .name(&format!("tether-shard-{index}"))
                             .io_memory(io_memory)
+                            .ring_depth(ring_depth)
                             .make()
                         {
                             Ok(ex) => ex,
