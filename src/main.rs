@@ -46,7 +46,23 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// glibc malloc: shards grow their heaps 16 MiB at a time and give memory back only when 64 MiB
+/// at the top are free. With the defaults (128 KiB) a shard's heap grew and shrank with every
+/// burst of connections, about one `mprotect` per two handshakes. Untouched pages cost no RSS.
+#[cfg(target_env = "gnu")]
+fn tune_malloc() {
+    // SAFETY: mallopt only sets allocator parameters; it runs before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_TOP_PAD, 16 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+    }
+}
+
+#[cfg(not(target_env = "gnu"))]
+fn tune_malloc() {}
+
 fn main() -> ExitCode {
+    tune_malloc();
     let cli = Cli::parse();
     match cli.command {
         Command::Token(args) => match args.mint() {

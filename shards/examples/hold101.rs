@@ -27,10 +27,10 @@ fn main() {
     let listeners = listener::bind_reuseport_group(addr, n, 4096).expect("bind");
     let local = listeners[0].local_addr().expect("local addr");
     let node = Node::start::<(), _, _, _>(NodeConfig::new(placement), listeners, |_, l| {
-        let l = listener::into_glommio(l);
+        let l = listener::into_glommio(l).map_err(|e| e.to_string())?;
         Ok(async move {
             loop {
-                let Ok(mut s) = l.accept().await else {
+                let Ok((mut s, _peer)) = l.accept().await else {
                     continue;
                 };
                 glommio::spawn_local(async move {

@@ -194,7 +194,8 @@ impl Server {
             NodeConfig::new(placement.clone()),
             payloads,
             move |shard, (std_listener, metrics, control)| {
-                let listener = listener::into_glommio(std_listener);
+                let listener = listener::into_glommio(std_listener)
+                    .map_err(|e| format!("cannot make the listener non-blocking: {e}"))?;
                 let ctx = Rc::new(ShardCtx::new(
                     shard.index,
                     shard.count,
@@ -295,7 +296,7 @@ impl Server {
 /// A shard's main future: starts its tasks, waits for the drain command, drains.
 async fn run_shard(
     ctx: Rc<ShardCtx>,
-    listener: glommio::net::TcpListener,
+    listener: tether_shards::listener::ShardListener,
     control: flume::Receiver<ShardControl>,
     services: Vec<Pin<Box<dyn Future<Output = ()>>>>,
 ) {

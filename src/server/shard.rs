@@ -9,15 +9,13 @@
 
 use std::{
     cell::{Cell, OnceCell, RefCell},
-    net::SocketAddr,
     rc::Rc,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use ahash::AHashMap;
-use glommio::net::TcpListener;
-use tether_shards::MeshEndpoint;
+use tether_shards::{listener::ShardListener, MeshEndpoint};
 
 use super::{
     config::ServerConfig,
@@ -29,6 +27,9 @@ use super::{
 
 /// Bytes of the shard's read buffer, shared by all its connections (one read at a time).
 pub const SCRATCH_BYTES: usize = 64 * 1024;
+/// Connections accepted back to back before the accept loop lets other tasks run.
+const ACCEPT_BURST: u32 = 16;
+
 /// Longest pause of the accept loop after an accept error (e.g. EMFILE).
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(10);
 
@@ -184,20 +185,25 @@ impl ShardCtx {
 /// Accepts until `stop` fires; each socket gets its own task.
 pub(super) async fn accept_loop(
     ctx: Rc<ShardCtx>,
-    listener: TcpListener,
+    listener: ShardListener,
     stop: flume::Receiver<()>,
 ) {
     let accepting = async {
         let mut last_error_log: Option<Instant> = None;
+        let mut accepted = 0u32;
         loop {
-            match listener.accept().await {
-                Ok(stream) => {
-                    let peer = stream
-                        .peer_addr()
-                        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-                    let _ = stream.set_nodelay(true);
+            // One accept4 while the queue has connections; glommio's accept (which waits) only
+            // when it is empty. TCP_NODELAY comes from the listener.
+            let next = listener.accept().await;
+            match next {
+                Ok((stream, peer)) => {
                     let admitted = ctx.node.try_admit();
                     glommio::spawn_local(conn::run(ctx.clone(), stream, peer, admitted)).detach();
+                    // Let the new connections' tasks run between bursts of accepts.
+                    accepted = accepted.wrapping_add(1);
+                    if accepted.is_multiple_of(ACCEPT_BURST) {
+                        futures_lite::future::yield_now().await;
+                    }
                 }
                 Err(e) => {
                     metrics::add(&ctx.metrics.accept_errors, 1);
