@@ -27,8 +27,9 @@
 #   --pin alt|none     pin single-shard nodes alternately to CPU 0 and 1 [alt]
 #   --rate LIST        comma list of handshake rates per second, or `max` [1000,max]
 #   --max-rate R       rate of the `max` run; without it, short probe runs (--probe-clients
-#                      clients at each of --probe-rates) find the highest rate whose schedule
-#                      is kept: 0 errors, >= 95% achieved, handshake p99 <= 500 ms
+#                      clients at each of --probe-rates, on as many nodes as the real run)
+#                      find the highest rate whose schedule is kept: 0 errors, >= 95%
+#                      achieved, handshake p99 <= 100 ms
 #   --probe-rates LIST [4000,6000,8000,10000,12000,15000,20000,25000,30000]
 #   --probe-clients N  [36000]
 #   --hold DURATION    hold after the last scheduled connect (loadgen --hold) [45s]
@@ -405,9 +406,13 @@ EOF
 }
 
 # probe_max: short runs at rising offered rates; sets probe_best to the highest one whose schedule was kept
-# (0 handshake errors, achieved >= 95% of offered, handshake p99 <= 500 ms).
+# (0 handshake errors, achieved >= 95% of offered, handshake p99 <= 100 ms). The probes run on the
+# real run's node count: 17 processes on 2 cores complete fewer handshakes per second than 2 (in
+# the first version, probes on 2 nodes kept 8,000/s with p99 348 ms, and the 300,000 run at
+# 8,000/s on 17 nodes fell behind from the first second). A p99 far above the handshake's own
+# cost already means queueing, which a 36,000-client probe hides and a 300,000 run does not.
 probe_max() {
-    local r pn=$(( (probe_clients + per_node - 1) / per_node ))
+    local r pn=$nodes
     IFS=, read -r -a ladder <<<"$probe_rates"
     for r in "${ladder[@]}"; do
         run_one "probe-$r" "$r" "$probe_clients" 0 "$pn" 2s
@@ -415,7 +420,7 @@ probe_max() {
 import json, sys
 s = json.load(open(sys.argv[1])); r = float(sys.argv[2])
 ok = (s["handshake_errors_total"] == 0 and (s["connect_rate_per_s"] or 0) >= 0.95 * r
-      and (s["handshake_latency_us"]["p99"] or 1e12) <= 500_000)
+      and (s["handshake_latency_us"]["p99"] or 1e12) <= 100_000)
 print(f"probe {r:.0f}/s: achieved {s['connect_rate_per_s']}/s, errors {s['handshake_errors_total']}, "
       f"p99 {s['handshake_latency_us']['p99']} us -> {'kept' if ok else 'NOT kept'}", file=sys.stderr)
 sys.exit(0 if ok else 1)

@@ -34,13 +34,7 @@ fn echo_counts_latencies_and_sequences_over_two_workers() {
         "--hdr-dir",
         hdr.to_str().unwrap(),
     ]);
-    assert!(
-        run.output.status.success(),
-        "{}\n{}",
-        run.stdout(),
-        run.stderr()
-    );
-    let v = run.json();
+    let v = run.succeeded();
     assert_eq!(u(v, "clients_target"), 300);
     assert_eq!(u(v, "workers"), 2);
     assert_eq!(u(v, "handshakes_ok"), 300, "{v:#}");
@@ -185,13 +179,7 @@ fn churn_and_reconnect_storm() {
         "300ms",
         "--quiet",
     ]);
-    assert!(
-        run.output.status.success(),
-        "{}\n{}",
-        run.stdout(),
-        run.stderr()
-    );
-    let v = run.json();
+    let v = run.succeeded();
     assert_eq!(u(v, "handshake_errors_total"), 0, "{v:#}");
     assert_eq!(u(v, "churn.disconnects"), 40, "{v:#}");
     assert_eq!(u(v, "storm.dropped"), 50, "{v:#}");

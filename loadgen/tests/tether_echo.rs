@@ -29,13 +29,7 @@ fn echo_against_one_tether_node() {
         &pid,
         "--quiet",
     ]);
-    assert!(
-        run.output.status.success(),
-        "{}\n{}",
-        run.stdout(),
-        run.stderr()
-    );
-    let v = run.json();
+    let v = run.succeeded();
     assert_eq!(u(v, "workers"), 2);
     assert_eq!(u(v, "handshakes_ok"), 400, "{v:#}");
     assert_eq!(u(v, "handshake_errors_total"), 0, "{v:#}");

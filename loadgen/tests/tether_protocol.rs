@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_latency, loadgen, nats_server, tether_node_with, u};
+use common::{assert_all_delivered, assert_latency, loadgen, nats_server, tether_node_with, u};
 
 #[test]
 fn device_to_device_through_tether() {
@@ -27,21 +27,9 @@ fn device_to_device_through_tether() {
         "100",
         "--quiet",
     ]);
-    assert!(
-        run.output.status.success(),
-        "{}\n{}",
-        run.stdout(),
-        run.stderr()
-    );
-    let v = run.json();
-    assert_eq!(u(v, "handshakes_ok"), 200, "{v:#}");
+    let v = run.succeeded();
     assert_eq!(u(v, "handshake_errors_total"), 0, "{v:#}");
-    let sent = u(v, "messages.sent");
-    assert!(sent >= 200 * 5, "{v:#}");
-    assert_eq!(u(v, "messages.received"), sent, "{v:#}");
-    assert_eq!(u(v, "messages.gaps"), 0, "{v:#}");
-    assert_eq!(u(v, "messages.duplicates"), 0, "{v:#}");
-    assert_eq!(u(v, "messages.foreign"), 0, "{v:#}");
+    let sent = assert_all_delivered(v, 200, 5);
     assert_latency(v, "message_delivery_us", sent);
     assert!(v["tether_errors"].as_object().unwrap().is_empty(), "{v:#}");
 }
@@ -70,18 +58,8 @@ fn device_tokens_are_minted_per_device() {
         ])
     };
     let run = d2d("lg-test-secret-0123456789");
-    assert!(
-        run.output.status.success(),
-        "{}\n{}",
-        run.stdout(),
-        run.stderr()
-    );
-    let v = run.json();
-    assert_eq!(u(v, "handshakes_ok"), 100, "{v:#}");
-    let sent = u(v, "messages.sent");
-    assert!(sent >= 100 * 5, "{v:#}");
-    assert_eq!(u(v, "messages.received"), sent, "{v:#}");
-    assert_eq!(u(v, "messages.foreign"), 0, "{v:#}");
+    let v = run.succeeded();
+    assert_all_delivered(v, 100, 5);
     assert!(v["tether_errors"].as_object().unwrap().is_empty(), "{v:#}");
 
     // A token signed with another secret is refused before the upgrade, for every client.
@@ -113,18 +91,8 @@ fn nats_pushes_reach_every_device() {
         "5",
         "--quiet",
     ]);
-    assert!(
-        run.output.status.success(),
-        "{}\n{}",
-        run.stdout(),
-        run.stderr()
-    );
-    let v = run.json();
-    assert_eq!(u(v, "handshakes_ok"), 200, "{v:#}");
-    let sent = u(v, "messages.sent");
-    assert!(sent >= 200 * 5, "{v:#}");
-    assert_eq!(u(v, "messages.received"), sent, "{v:#}");
-    assert_eq!(u(v, "messages.gaps"), 0, "{v:#}");
+    let v = run.succeeded();
+    let sent = assert_all_delivered(v, 200, 5);
     assert_latency(v, "message_delivery_us", sent);
 }
 

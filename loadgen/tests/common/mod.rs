@@ -70,6 +70,16 @@ impl Run {
     pub fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.output.stderr).into_owned()
     }
+    /// The JSON report of a run that exited 0; panics with the run's output otherwise.
+    pub fn succeeded(&self) -> &Value {
+        assert!(
+            self.output.status.success(),
+            "{}\n{}",
+            self.stdout(),
+            self.stderr()
+        );
+        self.json()
+    }
     /// The JSON report; panics with the run's output if there is none.
     pub fn json(&self) -> &Value {
         self.report.as_ref().unwrap_or_else(|| {
@@ -105,6 +115,19 @@ pub fn u(v: &Value, path: &str) -> u64 {
     }
     cur.as_u64()
         .unwrap_or_else(|| panic!("{path} is not an unsigned number in {v:#}"))
+}
+
+/// Asserts that all `clients` upgraded and that every message sent (at least `per_client`
+/// each) arrived once, in order, at the device it was for; returns the count sent.
+pub fn assert_all_delivered(v: &Value, clients: u64, per_client: u64) -> u64 {
+    assert_eq!(u(v, "handshakes_ok"), clients, "{v:#}");
+    let sent = u(v, "messages.sent");
+    assert!(sent >= clients * per_client, "{v:#}");
+    assert_eq!(u(v, "messages.received"), sent, "{v:#}");
+    assert_eq!(u(v, "messages.gaps"), 0, "{v:#}");
+    assert_eq!(u(v, "messages.duplicates"), 0, "{v:#}");
+    assert_eq!(u(v, "messages.foreign"), 0, "{v:#}");
+    sent
 }
 
 /// Asserts a latency summary is populated and ordered.
