@@ -7,7 +7,10 @@
 //!
 //! Metrics added to each run beside loadgen's own:
 //! `server.rss_before_bytes`, `server.rss_peak_bytes`, `server.rss_delta_bytes` (peak − before),
-//! `server.rss_delta_per_conn_bytes` (delta / `connected_peak`), `server.fds_delta_peak`,
+//! `server.rss_delta_per_conn_bytes` (delta / `connected_peak`), `server.rss_held_bytes` (the
+//! lowest RSS while every connection was open: what holding them costs, without the transient
+//! buffers of handshakes and closes that the peak includes), `server.rss_held_per_conn_bytes`
+//! ((held − before) / `connected_peak`), `server.fds_delta_peak`,
 //! `server.cpu_s`, `server.cpu_us_per_handshake`, `kernel.tcp_mem_delta_bytes` (sockstat TCP
 //! memory, both ends of every loopback connection), `kernel.tcp_mem_per_conn_bytes`,
 //! `loadgen.cpu_s`, `loadgen.cpu_us_per_handshake`, `loadgen.wall_s`, and `host.loadavg_1m`
@@ -470,11 +473,27 @@ fn derive_metrics(run: &mut RunResult) {
     let tcp_delta =
         (tcp_mem_peak as f64 - first.tcp_mem_pages as f64) * procfs::page_size_bytes() as f64;
     m.insert("kernel.tcp_mem_delta_bytes".into(), tcp_delta);
+    let all_open = first.fds + connected as u64;
+    let rss_held = run
+        .timeline
+        .iter()
+        .filter(|s| s.fds >= all_open)
+        .map(|s| s.rss_bytes)
+        .min();
+    if let Some(held) = rss_held {
+        m.insert("server.rss_held_bytes".into(), held as f64);
+    }
     if connected > 0.0 {
         m.insert(
             "server.rss_delta_per_conn_bytes".into(),
             rss_delta / connected,
         );
+        if let Some(held) = rss_held {
+            m.insert(
+                "server.rss_held_per_conn_bytes".into(),
+                (held as f64 - first.rss_bytes as f64) / connected,
+            );
+        }
         m.insert(
             "kernel.tcp_mem_per_conn_bytes".into(),
             tcp_delta / connected,
@@ -699,7 +718,9 @@ mod tests {
             .collect(),
             timeline: vec![
                 s(0.0, 10_000_000, 1.0, 10, 100),
-                s(1.0, 12_000_000, 1.5, 1010, 300),
+                s(0.5, 11_800_000, 1.2, 1010, 250),
+                s(1.0, 11_500_000, 1.5, 1010, 300),
+                s(1.5, 12_000_000, 1.8, 1010, 300),
                 s(2.0, 11_000_000, 2.0, 10, 120),
             ],
             loadgen_seconds: Vec::new(),
@@ -709,6 +730,9 @@ mod tests {
         let m = &run.metrics;
         assert_eq!(m["server.rss_delta_bytes"], 2_000_000.0);
         assert_eq!(m["server.rss_delta_per_conn_bytes"], 2000.0);
+        // The lowest RSS while all 1000 were open (the 1.0 s sample), not the peak.
+        assert_eq!(m["server.rss_held_bytes"], 11_500_000.0);
+        assert_eq!(m["server.rss_held_per_conn_bytes"], 1500.0);
         assert_eq!(m["server.fds_delta_peak"], 1000.0);
         assert_eq!(m["server.cpu_s"], 1.0);
         assert_eq!(m["server.cpu_us_per_handshake"], 1000.0);

@@ -578,13 +578,16 @@ pub(super) async fn run(
     admitted: bool,
 ) {
     let _admission = admitted.then(|| Admission(shard.node.clone()));
-    let info = ConnInfo {
-        id: shard.next_conn_id(),
-        peer,
-        shard: shard.index,
-    };
+    let id = shard.next_conn_id();
+    // Locals of the handshake stay inside blocks: a local in scope across an await is stored in
+    // the task for the connection's whole life (see `connection_state_stays_small`).
     let upgraded = {
         let _hs = Handshaking::new(&shard);
+        let info = ConnInfo {
+            id,
+            peer,
+            shard: shard.index,
+        };
         Box::pin(handshake(&shard, &mut stream, &info, admitted)).await
     };
     let Some((mut session, leftover)) = upgraded else {
@@ -592,7 +595,7 @@ pub(super) async fn run(
     };
 
     let conn: ConnHandle = Rc::new(Conn {
-        id: info.id,
+        id,
         peer,
         shard: shard.clone(),
         st: RefCell::new(ConnState {
@@ -613,14 +616,18 @@ pub(super) async fn run(
         ),
         leftover: Vec::new(),
     };
-    let mut early = None;
-    if !leftover.is_empty() {
+    let early = {
         let mut first = leftover;
-        early = io.feed(&mut first, &conn, &mut *session);
-    }
-    let exit = match early {
-        Some(exit) => exit,
-        None => poll_fn(|cx| poll_open(&conn, &mut stream, &mut io, &mut *session, cx)).await,
+        if first.is_empty() {
+            None
+        } else {
+            io.feed(&mut first, &conn, &mut *session)
+        }
+    };
+    let exit = if let Some(exit) = early {
+        exit
+    } else {
+        poll_fn(|cx| poll_open(&conn, &mut stream, &mut io, &mut *session, cx)).await
     };
     let code = Box::pin(close(&conn, &mut stream, &mut io, exit)).await;
     conn.discard_all();
