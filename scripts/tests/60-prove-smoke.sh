@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # Smoke test of scripts/prove-300k.sh at a small scale: 2,000 clients on 2 nodes joined by a
 # nats-server, 40 sample devices exchanging NATS pushes and device-to-device messages across the
-# nodes (held clients on /echo unless PROVE_ENDPOINT=ws). Asserts that the summary shows every client held on the nodes, no failed handshake and
-# no lost message, and that no process of the run is left behind.
+# nodes. The held clients are devices on /ws, each with its own token minted by loadgen, as in
+# the real run (PROVE_ENDPOINT=echo holds them on /echo instead). Asserts that the summary shows
+# every client held on the nodes on that endpoint, no failed handshake and no lost message, and
+# that no process of the run is left behind.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-scripts/prove-300k.sh --no-tune --endpoint "${PROVE_ENDPOINT:-echo}" --clients 2000 --nodes 2 --rate 2000 --hold 10s \
+endpoint=${PROVE_ENDPOINT:-ws}
+scripts/prove-300k.sh --no-tune --endpoint "$endpoint" --clients 2000 --nodes 2 --rate 2000 --hold 10s \
     --sample 40 --messages 2 --out "$out" >"$out/log" 2>&1 || { cat "$out/log"; exit 1; }
-python3 - "$out/summary.json" <<'PY'
+python3 - "$out/summary.json" "$endpoint" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
 problems = []
+if s["endpoint"] != "/" + sys.argv[2]:
+    problems.append(f"endpoint {s['endpoint']} != /{sys.argv[2]}")
 if s["concurrent_clients_peak"] != 2000:
     problems.append(f"concurrent_clients_peak {s['concurrent_clients_peak']} != 2000")
 if s["handshake_errors_total"] != 0:
