@@ -4,17 +4,18 @@
 
 mod common;
 
-use common::{assert_all_delivered, assert_latency, loadgen, nats_server, tether_node_with, u};
+use common::{
+    assert_all_delivered, assert_latency, loadgen, nats_server, tether_node_with, u, Run,
+};
 
-#[test]
-fn device_to_device_through_tether() {
-    let node = tether_node_with(2, &["--insecure-no-auth"]);
-    let url = format!("ws://127.0.0.1:{}/ws", node.port);
-    let run = loadgen(&[
+/// A device-to-device run against `url`: `clients` devices connecting at 400/s, held 2 s after
+/// the last connect, each sending 5 messages/s to its partner.
+fn d2d(url: &str, clients: &str, extra: &[&str]) -> Run {
+    let mut args = vec![
         "--url",
-        &url,
+        url,
         "--clients",
-        "200",
+        clients,
         "--rate",
         "400",
         "--hold",
@@ -23,10 +24,17 @@ fn device_to_device_through_tether() {
         "d2d",
         "--msg-rate",
         "5",
-        "--msg-size",
-        "100",
         "--quiet",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    loadgen(&args)
+}
+
+#[test]
+fn device_to_device_through_tether() {
+    let node = tether_node_with(2, &["--insecure-no-auth"]);
+    let url = format!("ws://127.0.0.1:{}/ws", node.port);
+    let run = d2d(&url, "200", &["--msg-size", "100"]);
     let v = run.succeeded();
     assert_eq!(u(v, "handshake_errors_total"), 0, "{v:#}");
     let sent = assert_all_delivered(v, 200, 5);
@@ -36,34 +44,18 @@ fn device_to_device_through_tether() {
 
 #[test]
 fn device_tokens_are_minted_per_device() {
-    let node = tether_node_with(2, &["--jwt-secret", "lg-test-secret-0123456789"]);
+    let secret = "lg-test-secret-0123456789";
+    let node = tether_node_with(2, &["--jwt-secret", secret]);
     let url = format!("ws://127.0.0.1:{}/ws", node.port);
-    let d2d = |secret: &str| {
-        loadgen(&[
-            "--url",
-            &url,
-            "--clients",
-            "100",
-            "--rate",
-            "400",
-            "--hold",
-            "2s",
-            "--workload",
-            "d2d",
-            "--msg-rate",
-            "5",
-            "--device-jwt-secret",
-            secret,
-            "--quiet",
-        ])
-    };
-    let run = d2d("lg-test-secret-0123456789");
+    let run = d2d(&url, "100", &["--device-jwt-secret", secret]);
     let v = run.succeeded();
     assert_all_delivered(v, 100, 5);
     assert!(v["tether_errors"].as_object().unwrap().is_empty(), "{v:#}");
 
     // A token signed with another secret is refused before the upgrade, for every client.
-    let v = d2d("not-the-node-secret").json().clone();
+    let v = d2d(&url, "100", &["--device-jwt-secret", "not-the-node-secret"])
+        .json()
+        .clone();
     assert_eq!(u(&v, "handshakes_ok"), 0, "{v:#}");
     assert_eq!(u(&v, "handshake_errors.status_401"), 100, "{v:#}");
 }
