@@ -20,7 +20,7 @@ use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tether::auth::{mint_hs256, now_secs, Claims};
+use tether::auth::{mint_hs256, Claims};
 use tether::ws::{encode_frame, ClientHandshake, Decoder, DecoderLimits, Event, OpCode, Role};
 
 struct Args {
@@ -143,12 +143,7 @@ impl Client {
 }
 
 fn token(secret: &str, device: &str) -> String {
-    let claims = Claims {
-        sub: device.into(),
-        exp: now_secs() + 3600,
-        ..Claims::default()
-    };
-    mint_hs256(secret.as_bytes(), &claims).expect("sign token")
+    mint_hs256(secret.as_bytes(), &Claims::device(device, 3600)).expect("sign token")
 }
 
 /// The intended send time (µs since the run started) carried in the payload as `"t":N`.

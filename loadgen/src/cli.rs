@@ -223,6 +223,21 @@ impl Args {
                 self.device_prefix
             ));
         }
+        if let Some(secret) = &self.device_jwt_secret {
+            if workload == Workload::Echo {
+                return Err(
+                    "--device-jwt-secret signs device tokens for --workload d2d or push; \
+                     the echo workload sends none"
+                        .into(),
+                );
+            }
+            // The check a node applies to its own secret: a secret it would refuse can only
+            // produce 401s.
+            tether::auth::Verifier::new(&tether::auth::KeyConfig::Hs256 {
+                secret: secret.as_bytes().to_vec(),
+            })
+            .map_err(|e| format!("--device-jwt-secret: {e}"))?;
+        }
         let seed = self.seed.unwrap_or_else(|| {
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)

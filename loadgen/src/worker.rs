@@ -39,6 +39,8 @@ const RESPONSE_HEAD_BYTES_MAX: usize = 16 * 1024;
 const SAMPLE_PERIOD: Duration = Duration::from_millis(100);
 /// How long a churned client waits for the server's close frame before reconnecting.
 const CHURN_CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// Validity of the tokens minted with --device-jwt-secret: longer than any run.
+const DEVICE_TOKEN_TTL_SECS: u64 = 24 * 3600;
 
 thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH_BYTES]);
@@ -734,13 +736,8 @@ async fn upgrade(
         let bearer = match &w.plan.device_jwt_secret {
             None => None,
             Some(secret) => {
-                let now = tether::auth::now_secs();
-                let claims = tether::auth::Claims {
-                    sub: device,
-                    exp: now + 24 * 3600,
-                    iat: Some(now),
-                    ..tether::auth::Claims::default()
-                };
+                // The plan checked the secret, so signing cannot fail for a reason of its own.
+                let claims = tether::auth::Claims::device(&device, DEVICE_TOKEN_TTL_SECS);
                 let token = tether::auth::mint_hs256(secret.as_bytes(), &claims)
                     .map_err(|_| "token_mint_failed".to_string())?;
                 Some(format!("Bearer {token}"))

@@ -47,6 +47,31 @@ fn too_few_workers_for_the_open_files_limit() {
 }
 
 #[test]
+fn device_token_secrets_a_node_would_refuse() {
+    let e = refused(&[
+        "--url",
+        "ws://127.0.0.1:9/ws",
+        "--clients",
+        "1",
+        "--workload",
+        "d2d",
+        "--device-jwt-secret",
+        "short",
+    ]);
+    assert!(e.contains("--device-jwt-secret"), "{e}");
+    assert!(e.contains("5 bytes"), "{e}");
+    let e = refused(&[
+        "--url",
+        "ws://127.0.0.1:9/echo",
+        "--clients",
+        "1",
+        "--device-jwt-secret",
+        "lg-test-secret-0123456789",
+    ]);
+    assert!(e.contains("echo workload"), "{e}");
+}
+
+#[test]
 fn bad_urls_sources_and_sizes() {
     let e = refused(&["--url", "wss://127.0.0.1:9/", "--clients", "1"]);
     assert!(e.contains("TLS"), "{e}");

@@ -196,6 +196,12 @@ pub fn bind_reuseport_group(
     Ok(out)
 }
 
+/// The peer address reported when the kernel gives none (the peer already left).
+const UNKNOWN_PEER: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::UNSPECIFIED,
+    0,
+));
+
 /// A shard's listening socket on its glommio executor, with an accept that costs one syscall
 /// while connections are queued.
 #[derive(Debug)]
@@ -227,9 +233,7 @@ impl ShardListener {
             return Ok(pair);
         }
         let stream = self.inner.accept().await?;
-        let peer = stream
-            .peer_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let peer = stream.peer_addr().unwrap_or(UNKNOWN_PEER);
         Ok((stream, peer))
     }
 
@@ -261,7 +265,7 @@ impl ShardListener {
         }
         // SAFETY: `raw` is a socket accept4 just created; its ownership moves to glommio.
         let stream = unsafe { glommio::net::TcpStream::from_raw_fd(raw) };
-        let peer = socket_addr(&storage).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let peer = socket_addr(&storage).unwrap_or(UNKNOWN_PEER);
         Ok(Some((stream, peer)))
     }
 }

@@ -47,6 +47,17 @@ impl Claims {
         }
     }
 
+    /// Claims for device `sub`, issued now and valid for `ttl_secs` (no topics, any service).
+    pub fn device(sub: &str, ttl_secs: u64) -> Claims {
+        let now = now_secs();
+        Claims {
+            sub: sub.to_owned(),
+            exp: now.saturating_add(ttl_secs),
+            iat: Some(now),
+            ..Claims::default()
+        }
+    }
+
     /// May this device subscribe to `topic`?
     pub fn may_subscribe(&self, topic: &str) -> bool {
         self.topics_sub

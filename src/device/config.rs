@@ -229,15 +229,11 @@ impl TokenArgs {
             ));
         }
         let ttl = crate::auth::parse_ttl_secs(&self.ttl)?;
-        let now = crate::auth::now_secs();
         let claims = crate::auth::Claims {
-            sub: self.sub.clone(),
-            exp: now + ttl,
-            iat: Some(now),
             topics_sub: self.topics_sub.clone(),
             topics_pub: self.topics_pub.clone(),
             services: (!self.services.is_empty()).then(|| self.services.clone()),
-            ..crate::auth::Claims::default()
+            ..crate::auth::Claims::device(&self.sub, ttl)
         };
         let secret = self.jwt_secret.as_bytes();
         crate::auth::Verifier::new(&crate::auth::KeyConfig::Hs256 {
