@@ -135,7 +135,7 @@ fi
 # ------------------------------------------------------------------ host
 tune_host() {
     if [ -x scripts/tune-host.sh ]; then
-        scripts/tune-host.sh | sed 's/^/  tune-host: /' || log "tune-host.sh reported a setting it could not apply"
+        scripts/tune-host.sh --apply | sed 's/^/  tune-host: /' || log "tune-host.sh reported a setting it could not apply"
     fi
     # What this run needs beyond tune-host.sh (only ever raised).
     raise() { # key minimum [value]
