@@ -118,9 +118,22 @@ fn main() -> ExitCode {
                 }
             };
             let (bus_stats, device_stats) = (node.bus.stats(), node.devices.clone());
-            let server = server.metrics_source(move |out| {
-                MessagingNode::render_prometheus(&bus_stats, &device_stats, out)
-            });
+            let bus_connected = bus_stats.clone();
+            let server = server
+                .metrics_source(move |out| {
+                    MessagingNode::render_prometheus(&bus_stats, &device_stats, out)
+                })
+                .readiness_check(move || {
+                    if bus_connected
+                        .connected
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                        == 1
+                    {
+                        Ok(())
+                    } else {
+                        Err("bus disconnected".to_string())
+                    }
+                });
             let result = server.run();
             node.bus.stop(std::time::Duration::from_secs(1));
             finish(result)

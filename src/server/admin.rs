@@ -1,32 +1,63 @@
-//! The admin HTTP endpoint: `GET /metrics` (Prometheus text), `/healthz`, `/readyz`.
+//! The admin HTTP endpoint: `/metrics` (Prometheus text), `/healthz`, `/readyz`; `GET` and
+//! `HEAD`.
 //!
-//! It runs on its own small thread with blocking std sockets, away from the shards, so a
-//! scrape never delays connection work and a stuck shard cannot hide the metrics that would
-//! show it. One request per connection, served in turn; each connection gets
-//! [`ADMIN_IO_TIMEOUT`] for its request and response and a head of at most
-//! [`ADMIN_HEAD_BYTES_MAX`] bytes, so a slow or hostile client holds the thread only briefly.
-//! `/healthz` is 200 while the process runs; `/readyz` is 200 while the node accepts
-//! connections and 503 from the moment it starts draining.
+//! It runs on its own thread, away from the shards, so a scrape never delays connection work
+//! and a stuck shard cannot hide the metrics that would show it. The thread runs a tokio
+//! current-thread runtime and serves HTTP/1.1 with hyper (the maintained HTTP library; tokio
+//! and hyper are already in the tree through async-nats and the bench harness), one task per
+//! connection, so a slow client holds only its own task: `/healthz` is answered while others
+//! trickle. Limits: at most [`ADMIN_CONNECTIONS_MAX`] connections at once (more are closed at
+//! accept and counted in `tether_admin_refused_total`), one request per connection, a head of
+//! at most [`ADMIN_HEAD_BYTES_MAX`] bytes (431 beyond), and [`ADMIN_REQUEST_TIMEOUT`] from
+//! accept until the response is written, whatever the client does (then the connection is
+//! closed and counted in `tether_admin_timeouts_total`).
+//!
+//! `/healthz` is 200 while the process runs. `/readyz` is 200 when a new device would be
+//! served: the node is not draining, every shard answers a ping within
+//! [`SHARD_PING_TIMEOUT`], and every registered readiness check passes (the bus is connected);
+//! otherwise 503 with the first reason in the body.
 
 use std::{
-    io::{Read, Write},
-    net::{TcpListener, TcpStream},
-    sync::{atomic::Ordering, Arc},
+    convert::Infallible,
+    fmt::Write as _,
+    net::TcpListener,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
     time::Duration,
 };
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{body::Incoming, header, Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
 
 use super::{
     metrics::{self, ShardMetrics},
     node::NodeShared,
 };
 
-/// Time an admin client has to send its request and to read the response.
-pub const ADMIN_IO_TIMEOUT: Duration = Duration::from_secs(2);
-/// Largest admin request head.
+/// Time an admin client has from accept until its response is written.
+pub const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest admin request head (hyper's smallest allowed read buffer).
 pub const ADMIN_HEAD_BYTES_MAX: usize = 8192;
+/// Admin connections served at once; each is a task and a descriptor from the node's reserve
+/// (`node::FDS_RESERVED`). Probes and scrapes need a handful.
+pub const ADMIN_CONNECTIONS_MAX: usize = 16;
+/// Time every shard has to answer the readiness ping.
+pub const SHARD_PING_TIMEOUT: Duration = Duration::from_millis(500);
+/// Readiness pings that may wait in a shard's queue; a full queue means the shard is not
+/// answering.
+pub const SHARD_PING_QUEUE: usize = 16;
 
 /// Appends more metrics text to `/metrics` (registered with `Server::metrics_source`).
 pub type MetricsSource = Arc<dyn Fn(&mut String) + Send + Sync>;
+/// A condition `/readyz` requires (registered with `Server::readiness_check`); `Err` holds the
+/// reason shown in the 503 body.
+pub type ReadinessCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+/// A readiness ping to a shard: the shard answers by sending on it.
+pub type ShardPing = tokio::sync::oneshot::Sender<()>;
 
 /// What the admin thread reads.
 pub struct AdminState {
@@ -34,120 +65,181 @@ pub struct AdminState {
     pub node: Arc<NodeShared>,
     /// Other parts of the node (e.g. the messaging bus).
     pub extra: Vec<MetricsSource>,
+    /// Conditions of readiness besides the shards answering (e.g. the bus connected).
+    pub readiness: Vec<ReadinessCheck>,
+    /// One ping queue per shard, in shard order.
+    pub pings: Vec<flume::Sender<ShardPing>>,
+}
+
+/// The admin endpoint's own counters.
+#[derive(Debug, Default)]
+struct AdminCounters {
+    open: AtomicUsize,
+    refused: AtomicU64,
+    timeouts: AtomicU64,
 }
 
 /// Serves admin requests on `listener` until the process exits.
 pub fn spawn(listener: TcpListener, state: AdminState) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?;
     std::thread::Builder::new()
         .name("tether-admin".to_string())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                match conn {
-                    Ok(stream) => {
-                        if let Err(e) = serve_one(stream, &state) {
-                            tracing::debug!(error = %e, "admin request failed");
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "admin accept failed");
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                }
-            }
-        })
+        .spawn(move || runtime.block_on(serve(listener, Arc::new(state))))
         .map(|_| ())
 }
 
-fn respond(
-    stream: &mut TcpStream,
-    status: u16,
-    reason: &str,
-    ctype: &str,
-    body: &str,
-) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())?;
-    stream.flush()
-}
-
-fn serve_one(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(ADMIN_IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(ADMIN_IO_TIMEOUT))?;
-    let mut buf = vec![0u8; ADMIN_HEAD_BYTES_MAX];
-    let mut len = 0;
-    let (method, path) = loop {
-        if len == buf.len() {
-            return respond(
-                &mut stream,
-                431,
-                "Request Header Fields Too Large",
-                "text/plain",
-                "request head too large\n",
-            );
-        }
-        let n = stream.read(&mut buf[len..])?;
-        if n == 0 {
-            return Ok(());
-        }
-        len += n;
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf[..len]) {
-            Ok(httparse::Status::Complete(_)) => {
-                break (
-                    req.method.unwrap_or("").to_string(),
-                    req.path.unwrap_or("").to_string(),
-                )
-            }
-            Ok(httparse::Status::Partial) => continue,
-            Err(_) => {
-                return respond(
-                    &mut stream,
-                    400,
-                    "Bad Request",
-                    "text/plain",
-                    "malformed request\n",
-                )
-            }
+async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "admin endpoint cannot start");
+            return;
         }
     };
-    if method != "GET" {
-        return respond(
-            &mut stream,
-            405,
-            "Method Not Allowed",
-            "text/plain",
-            "use GET\n",
-        );
+    let counters = Arc::new(AdminCounters::default());
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if counters.open.load(Ordering::Relaxed) >= ADMIN_CONNECTIONS_MAX {
+            counters.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                max = ADMIN_CONNECTIONS_MAX,
+                "admin connection refused: too many open"
+            );
+            drop(stream);
+            continue;
+        }
+        counters.open.fetch_add(1, Ordering::Relaxed);
+        let (state, counters) = (state.clone(), counters.clone());
+        tokio::spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            // The whole-request deadline below is the only timer (hyper's own header timeout
+            // is off so that every cut-off is counted in one place).
+            http.keep_alive(false)
+                .max_buf_size(ADMIN_HEAD_BYTES_MAX)
+                .header_read_timeout(None);
+            let service = hyper::service::service_fn(|req| {
+                let (state, counters) = (state.clone(), counters.clone());
+                async move { Ok::<_, Infallible>(respond(&state, &counters, req).await) }
+            });
+            let conn = http.serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(ADMIN_REQUEST_TIMEOUT, conn).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "admin request failed"),
+                Err(_) => {
+                    counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(
+                        timeout_ms = ADMIN_REQUEST_TIMEOUT.as_millis() as u64,
+                        "admin request not completed in time: connection closed"
+                    );
+                }
+            }
+            counters.open.fetch_sub(1, Ordering::Relaxed);
+        });
     }
-    let path = path.split('?').next().unwrap_or("");
-    match path {
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
+async fn respond(
+    state: &AdminState,
+    counters: &AdminCounters,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "use GET or HEAD\n");
+        r.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    match req.uri().path() {
         "/metrics" => {
             let shards: Vec<&ShardMetrics> = state.shards.iter().map(|m| m.as_ref()).collect();
             let mut body = metrics::render(&shards, state.node.gauges());
+            render_admin(counters, &mut body);
             for source in &state.extra {
                 source(&mut body);
             }
-            respond(&mut stream, 200, "OK", "text/plain; version=0.0.4", &body)
+            let mut r = text(StatusCode::OK, body);
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
         }
-        "/healthz" => respond(&mut stream, 200, "OK", "text/plain", "ok\n"),
-        "/readyz" => {
-            if state.node.draining.load(Ordering::Relaxed) {
-                respond(
-                    &mut stream,
-                    503,
-                    "Service Unavailable",
-                    "text/plain",
-                    "draining\n",
-                )
-            } else {
-                respond(&mut stream, 200, "OK", "text/plain", "ready\n")
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => match readiness(state).await {
+            Ok(()) => text(StatusCode::OK, "ready\n"),
+            Err(reason) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {reason}\n"),
+            ),
+        },
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// Whether a new device would be served now; `Err` says why not.
+async fn readiness(state: &AdminState) -> Result<(), String> {
+    if state.node.draining.load(Ordering::Relaxed) {
+        return Err("draining".to_string());
+    }
+    for check in &state.readiness {
+        check()?;
+    }
+    let mut answers = Vec::with_capacity(state.pings.len());
+    for (shard, ping) in state.pings.iter().enumerate() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if ping.try_send(tx).is_err() {
+            return Err(format!("shard {shard} is not answering (ping queue full)"));
+        }
+        answers.push((shard, rx));
+    }
+    let deadline = tokio::time::Instant::now() + SHARD_PING_TIMEOUT;
+    for (shard, rx) in answers {
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(format!("shard {shard} has stopped")),
+            Err(_) => {
+                return Err(format!(
+                    "shard {shard} did not answer within {} ms",
+                    SHARD_PING_TIMEOUT.as_millis()
+                ))
             }
         }
-        _ => respond(&mut stream, 404, "Not Found", "text/plain", "not found\n"),
     }
+    Ok(())
+}
+
+fn render_admin(c: &AdminCounters, out: &mut String) {
+    let _ = write!(
+        out,
+        "# HELP tether_admin_refused_total Admin connections closed at accept: {ADMIN_CONNECTIONS_MAX} already open.\n\
+         # TYPE tether_admin_refused_total counter\n\
+         tether_admin_refused_total {}\n\
+         # HELP tether_admin_timeouts_total Admin connections closed because the request and response took longer than {} ms.\n\
+         # TYPE tether_admin_timeouts_total counter\n\
+         tether_admin_timeouts_total {}\n",
+        c.refused.load(Ordering::Relaxed),
+        ADMIN_REQUEST_TIMEOUT.as_millis(),
+        c.timeouts.load(Ordering::Relaxed),
+    );
 }

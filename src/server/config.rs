@@ -64,6 +64,9 @@ pub struct ServeArgs {
     /// After sending a close frame, wait this long for the peer's close and its FIN.
     #[arg(long, env = "TETHER_CLOSE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub close_timeout: Option<Duration>,
+    /// On SIGTERM/SIGINT, turn /readyz 503 and keep accepting this long before draining.
+    #[arg(long, env = "TETHER_DRAIN_DELAY", value_name = "DURATION", value_parser = parse_duration)]
+    pub drain_delay: Option<Duration>,
     /// On SIGTERM/SIGINT, spread the 1001 closes over this time, then exit.
     #[arg(long, env = "TETHER_DRAIN_TIME", value_name = "DURATION", value_parser = parse_duration)]
     pub drain_time: Option<Duration>,
@@ -101,6 +104,7 @@ struct FileConfig {
     ping_idle: Option<String>,
     silence_timeout: Option<String>,
     close_timeout: Option<String>,
+    drain_delay: Option<String>,
     drain_time: Option<String>,
     log_format: Option<LogFormat>,
 }
@@ -125,6 +129,10 @@ pub struct ServerConfig {
     pub ping_idle: Duration,
     pub silence_timeout: Duration,
     pub close_timeout: Duration,
+    /// From the first SIGTERM/SIGINT to the start of the drain: `/readyz` is 503, the
+    /// listeners still accept. 0 by default: only a health-checking load balancer needs it,
+    /// and the right value is that balancer's time to take the node out (docs/operations.md).
+    pub drain_delay: Duration,
     pub drain_time: Duration,
     pub log_format: LogFormat,
 }
@@ -148,6 +156,7 @@ impl Default for ServerConfig {
             ping_idle: Duration::from_secs(30),
             silence_timeout: Duration::from_secs(75),
             close_timeout: Duration::from_secs(5),
+            drain_delay: Duration::ZERO,
             drain_time: Duration::from_secs(30),
             log_format: LogFormat::Text,
         }
@@ -298,6 +307,12 @@ impl ServerConfig {
                 &file.close_timeout,
                 "close_timeout",
                 d.close_timeout,
+            )?,
+            drain_delay: dur(
+                args.drain_delay,
+                &file.drain_delay,
+                "drain_delay",
+                d.drain_delay,
             )?,
             drain_time: dur(
                 args.drain_time,

@@ -31,8 +31,10 @@
 //!
 //! # Drain
 //!
-//! On SIGTERM or SIGINT the node stops accepting (each shard closes its listener), `/readyz`
-//! turns 503, upgrade requests still in flight get 503, and each shard closes its connections
+//! On SIGTERM or SIGINT `/readyz` turns 503 at once; the listeners keep accepting and serving
+//! for `drain_delay` (so that load balancers probing `/readyz` take the node out first), then
+//! the node stops accepting (each shard closes its listener), upgrade requests still in flight
+//! get 503, and each shard closes its connections
 //! with 1001 in batches spread over `drain_time` (see [`shard::drain`]). The process exits 0
 //! when every connection is closed or at the deadline, whichever comes first. A second signal
 //! stops at once.
@@ -94,6 +96,7 @@ pub struct Server {
     endpoints: Vec<(String, EndpointFactory)>,
     services: Vec<ServiceFactory>,
     metrics_sources: Vec<admin::MetricsSource>,
+    readiness: Vec<admin::ReadinessCheck>,
 }
 
 impl Server {
@@ -104,6 +107,7 @@ impl Server {
             endpoints: Vec::new(),
             services: Vec::new(),
             metrics_sources: Vec::new(),
+            readiness: Vec::new(),
         };
         if s.config.echo {
             s = s.endpoint("/echo", |_| Rc::new(endpoint::Echo));
@@ -139,6 +143,16 @@ impl Server {
         source: impl Fn(&mut String) + Send + Sync + 'static,
     ) -> Server {
         self.metrics_sources.push(Arc::new(source));
+        self
+    }
+
+    /// Adds a condition to `/readyz` (e.g. "the bus is connected"); `Err` carries the reason
+    /// shown in the 503 answer. Called on the admin thread for every readiness request.
+    pub fn readiness_check(
+        mut self,
+        check: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+    ) -> Server {
+        self.readiness.push(Arc::new(check));
         self
     }
 
@@ -178,22 +192,26 @@ impl Server {
         let node_shared = Arc::new(NodeShared::new(capacity, open_files_limit));
         let metrics: Vec<Arc<ShardMetrics>> = (0..n).map(|_| Arc::default()).collect();
         let mut controls = Vec::with_capacity(n);
+        let mut pings = Vec::with_capacity(n);
         let mut payloads = Vec::with_capacity(n);
         for (l, m) in listeners.into_iter().zip(&metrics) {
             let (tx, rx) = flume::bounded::<ShardControl>(4);
+            let (ping_tx, ping_rx) = flume::bounded::<admin::ShardPing>(admin::SHARD_PING_QUEUE);
             controls.push(tx);
-            payloads.push((l, m.clone(), rx));
+            pings.push(ping_tx);
+            payloads.push((l, m.clone(), rx, ping_rx));
         }
 
         let endpoints = self.endpoints;
         let services = self.services;
         let metrics_sources = self.metrics_sources;
+        let readiness = self.readiness;
         let shared = node_shared.clone();
         let cfg2 = cfg.clone();
         let node = Node::start::<ShardMsg, _, _, _>(
             NodeConfig::new(placement.clone()),
             payloads,
-            move |shard, (std_listener, metrics, control)| {
+            move |shard, (std_listener, metrics, control, pings)| {
                 let listener = listener::into_glommio(std_listener)
                     .map_err(|e| format!("cannot make the listener non-blocking: {e}"))?;
                 let ctx = Rc::new(ShardCtx::new(
@@ -214,7 +232,7 @@ impl Server {
                 for f in &services {
                     started.push(f(&ctx)?);
                 }
-                Ok(run_shard(ctx, listener, control, started))
+                Ok(run_shard(ctx, listener, control, pings, started))
             },
         )?;
 
@@ -251,24 +269,39 @@ impl Server {
                 shards: metrics.clone(),
                 node: node_shared.clone(),
                 extra: metrics_sources,
+                readiness,
+                pings,
             },
         )
         .map_err(|e| ServeError::Shards(format!("cannot start the admin thread: {e}")))?;
 
-        // Signals: the first starts the drain, a second stops at once.
+        // Signals: the first makes the node unready, then (after `drain_delay`) starts the
+        // drain; a second stops at once.
         let stop = node.stop_handle();
-        let drain_time = cfg.drain_time;
+        let (drain_delay, drain_time) = (cfg.drain_delay, cfg.drain_time);
         std::thread::Builder::new()
             .name("tether-signals".to_string())
             .spawn(move || {
                 let Ok(sig) = signals.wait() else { return };
+                node_shared.draining.store(true, Ordering::SeqCst);
+                if !drain_delay.is_zero() {
+                    tracing::info!(
+                        signal = sig,
+                        drain_delay_ms = drain_delay.as_millis() as u64,
+                        "not ready; still accepting for drain_delay before draining"
+                    );
+                    if let Some(sig) = signals.wait_timeout(drain_delay) {
+                        tracing::warn!(signal = sig, "second signal: stopping now");
+                        stop.stop();
+                        return;
+                    }
+                }
                 let deadline = Instant::now() + drain_time;
                 tracing::info!(
                     signal = sig,
                     drain_ms = drain_time.as_millis() as u64,
                     "draining"
                 );
-                node_shared.draining.store(true, Ordering::SeqCst);
                 for c in &controls {
                     let _ = c.send(ShardControl::Drain { deadline });
                 }
@@ -298,11 +331,13 @@ async fn run_shard(
     ctx: Rc<ShardCtx>,
     listener: tether_shards::listener::ShardListener,
     control: flume::Receiver<ShardControl>,
+    pings: flume::Receiver<admin::ShardPing>,
     services: Vec<Pin<Box<dyn Future<Output = ()>>>>,
 ) {
     for s in services {
         glommio::spawn_local(s).detach();
     }
+    glommio::spawn_local(shard::answer_pings(pings)).detach();
     let (stop_accept, stop_rx) = flume::bounded::<()>(1);
     glommio::spawn_local(shard::accept_loop(ctx.clone(), listener, stop_rx)).detach();
     glommio::spawn_local(shard::sweeper(ctx.clone())).detach();
@@ -354,5 +389,27 @@ impl Signals {
             return Err(std::io::Error::from_raw_os_error(rc));
         }
         Ok(sig)
+    }
+
+    /// Waits up to `timeout` for the next SIGTERM/SIGINT; its number, or None at the timeout.
+    fn wait_timeout(&self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let ts = libc::timespec {
+                tv_sec: left.as_secs() as libc::time_t,
+                tv_nsec: left.subsec_nanos() as libc::c_long,
+            };
+            // SAFETY: `self.set` is an initialised sigset_t whose signals are blocked; `ts` is
+            // a valid timespec; the siginfo out-pointer may be null.
+            let sig = unsafe { libc::sigtimedwait(&self.set, std::ptr::null_mut(), &ts) };
+            if sig > 0 {
+                return Some(sig);
+            }
+            // EAGAIN: the timeout passed; EINTR: another signal interrupted the wait.
+        }
     }
 }

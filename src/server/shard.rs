@@ -1,5 +1,5 @@
 //! Per-shard state ([`ShardCtx`]) and the shard's own tasks: accept loop, liveness sweeper,
-//! mesh receiver, drain.
+//! mesh receiver, readiness pings, drain.
 //!
 //! A [`ShardCtx`] is created on its shard's thread and is `!Send`; everything on the shard
 //! reaches it through `Rc<ShardCtx>`. It owns the shard's registry of upgraded connections
@@ -237,6 +237,14 @@ pub(super) async fn sweeper(ctx: Rc<ShardCtx>) {
         for conn in ctx.conns.borrow().values() {
             conn.sweep(now, ping_ms, silence_ms);
         }
+    }
+}
+
+/// Answers the admin thread's readiness pings (see [`super::admin`]): an answer shows the
+/// shard's executor is running its tasks.
+pub(super) async fn answer_pings(pings: flume::Receiver<super::admin::ShardPing>) {
+    while let Ok(reply) = pings.recv_async().await {
+        let _ = reply.send(());
     }
 }
 
