@@ -4,8 +4,9 @@
 //! into a transient buffer of at most `head_bytes_max + 1` bytes and parsed by
 //! [`crate::ws::parse_request`]. Everything until the 101 (reading the head, the endpoint's
 //! decision) runs under `handshake_timeout`; a slow or endless head gets 408 or 431, a bad
-//! request its status from [`crate::ws::HandshakeError::status`], an unknown path 404, a client
-//! beyond the node's capacity or arriving while the node drains 503. Error responses are
+//! request its status from [`crate::ws::HandshakeError::status`], an unknown path 404, a request
+//! arriving while the node drains 503. A client beyond the node's capacity gets 503 at once,
+//! before its request is read (see [`refuse_over_capacity`]). Error responses are
 //! followed by a bounded linger (shut down our side, discard input until EOF or
 //! [`LINGER_TIMEOUT`]) so the response is not destroyed by a reset.
 //!
@@ -71,6 +72,9 @@ pub type ConnHandle = Rc<Conn>;
 pub const CONTROL_QUEUE_BYTES_MAX: usize = 512;
 /// How long a rejected client's socket lingers for its FIN after our response.
 pub const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest wait to write a 503 to a refused socket that may not linger (a fresh socket's send
+/// buffer is empty, so this only bounds a pathological case).
+const REFUSE_WRITE_TIMEOUT: Duration = Duration::from_millis(100);
 /// Reads handled in one poll of a connection before it yields to the others.
 const READS_PER_POLL: usize = 4;
 /// Consumed bytes at the front of the outbound queue that trigger compaction.
@@ -777,9 +781,13 @@ async fn handshake(
     info: &ConnInfo,
     admitted: bool,
 ) -> Option<(Box<dyn Session>, Vec<u8>)> {
+    if !admitted {
+        refuse_over_capacity(shard, stream, info).await;
+        return None;
+    }
     let started = Instant::now();
     let timed = glommio::timer::timeout(shard.config.handshake_timeout, async {
-        Ok(handshake_inner(shard, stream, info, admitted).await)
+        Ok(handshake_inner(shard, stream, info).await)
     })
     .await;
     let outcome = timed.unwrap_or_else(|_| {
@@ -810,7 +818,6 @@ async fn handshake_inner(
     shard: &Rc<ShardCtx>,
     stream: &mut TcpStream,
     info: &ConnInfo,
-    admitted: bool,
 ) -> HandshakeOutcome {
     let cfg = &shard.config;
     let limits = HandshakeLimits {
@@ -853,12 +860,6 @@ async fn handshake_inner(
             error_response(503, "node is draining; reconnect to another node"),
         );
     }
-    if !admitted {
-        return HandshakeOutcome::Refused(
-            HandshakeResult::OverCapacity,
-            error_response(503, "node at connection capacity"),
-        );
-    }
     let Some(endpoint) = shard.endpoint(&req.path) else {
         return HandshakeOutcome::Refused(
             HandshakeResult::NotFound,
@@ -885,6 +886,28 @@ async fn handshake_inner(
         Vec::new()
     };
     HandshakeOutcome::Upgraded(accepted.session, leftover)
+}
+
+/// A socket beyond the node's capacity gets `503` at once, without waiting for its request:
+/// it holds a descriptor from the small reserve ([`super::node::FDS_RESERVED`]), and silent sockets
+/// waiting out `handshake_timeout` would use the reserve up, leaving the next client with a
+/// complete request unanswered in the kernel's queue. At most [`super::node::REFUSING_MAX`] refused
+/// sockets linger for the client's FIN at once; beyond that the answer is written and the
+/// socket closed at once.
+async fn refuse_over_capacity(shard: &Rc<ShardCtx>, stream: &mut TcpStream, info: &ConnInfo) {
+    shard.metrics.handshake(HandshakeResult::OverCapacity);
+    shard.log_over_capacity(info.peer);
+    let response = error_response(503, "node at connection capacity");
+    match shard.node.try_refusing() {
+        Some(_slot) => reject(shard, stream, &response).await,
+        None => {
+            let _ = glommio::timer::timeout(REFUSE_WRITE_TIMEOUT, async {
+                stream.write_all(&response).await?;
+                Ok(())
+            })
+            .await;
+        }
+    }
 }
 
 fn contains_head_end(buf: &[u8]) -> bool {

@@ -4,13 +4,20 @@
 //! (once per accept and once per close), the draining flag (read per handshake) and a few
 //! values the admin endpoint reports.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{
+    atomic::{AtomicBool, AtomicUsize, Ordering},
+    Arc,
+};
 
 use super::metrics::NodeGauges;
 
 /// File descriptors kept free beyond those open at start: accepted sockets that get 503,
 /// the admin endpoint's connections, log files.
 pub const FDS_RESERVED: usize = 64;
+/// Refused sockets (503 over capacity) that may linger for the client's FIN at once: half the
+/// reserve, so that refusals cannot use up the descriptors the admin endpoint
+/// (`admin::ADMIN_CONNECTIONS_MAX`) and further refusals need.
+pub const REFUSING_MAX: usize = FDS_RESERVED / 2;
 
 /// Shared by every shard of a node.
 #[derive(Debug)]
@@ -19,6 +26,8 @@ pub struct NodeShared {
     pub draining: AtomicBool,
     /// Client sockets admitted now (in the handshake or upgraded).
     admitted: AtomicUsize,
+    /// Refused sockets lingering after their 503 now.
+    refusing: AtomicUsize,
     /// Most sockets admitted at once: min(max_connections, open-files capacity).
     capacity: AtomicUsize,
     open_files_limit: u64,
@@ -29,6 +38,7 @@ impl NodeShared {
         NodeShared {
             draining: AtomicBool::new(false),
             admitted: AtomicUsize::new(0),
+            refusing: AtomicUsize::new(0),
             capacity: AtomicUsize::new(capacity),
             open_files_limit,
         }
@@ -50,6 +60,17 @@ impl NodeShared {
         self.admitted.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// One of the [`REFUSING_MAX`] slots for a refused socket that lingers; None when all are
+    /// taken (the socket is then closed right after its 503).
+    pub fn try_refusing(self: &Arc<Self>) -> Option<RefusingSlot> {
+        let prev = self.refusing.fetch_add(1, Ordering::Relaxed);
+        if prev >= REFUSING_MAX {
+            self.refusing.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(RefusingSlot(self.clone()))
+    }
+
     pub fn set_capacity(&self, capacity: usize) {
         self.capacity.store(capacity, Ordering::Relaxed);
     }
@@ -64,6 +85,15 @@ impl NodeShared {
             open_files_limit: self.open_files_limit,
             draining: self.draining.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// A lingering refused socket; returns its slot when dropped.
+pub struct RefusingSlot(Arc<NodeShared>);
+
+impl Drop for RefusingSlot {
+    fn drop(&mut self) {
+        self.0.refusing.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -115,6 +145,17 @@ mod tests {
         assert!(!n.try_admit());
         n.release();
         assert!(n.try_admit());
+    }
+
+    #[test]
+    fn lingering_refusals_are_bounded() {
+        let n = Arc::new(NodeShared::new(2, 100));
+        let slots: Vec<_> = (0..REFUSING_MAX)
+            .map(|_| n.try_refusing().unwrap())
+            .collect();
+        assert!(n.try_refusing().is_none());
+        drop(slots);
+        assert!(n.try_refusing().is_some());
     }
 
     #[test]

@@ -67,6 +67,8 @@ pub struct ShardCtx {
     draining: Cell<bool>,
     deadline: Cell<Option<Instant>>,
     handshaking: Cell<usize>,
+    /// When "at capacity" was last logged (`now_ms`), to log it at most once a second.
+    over_capacity_logged_ms: Cell<Option<u64>>,
     epoch: Instant,
     routes: OnceCell<AHashMap<String, Rc<dyn Endpoint>>>,
 }
@@ -95,6 +97,7 @@ impl ShardCtx {
             draining: Cell::new(false),
             deadline: Cell::new(None),
             handshaking: Cell::new(0),
+            over_capacity_logged_ms: Cell::new(None),
             epoch: Instant::now(),
             routes: OnceCell::new(),
         }
@@ -167,6 +170,25 @@ impl ShardCtx {
             metrics::add(&self.metrics.handshaking, delta as u64);
         } else {
             metrics::sub(&self.metrics.handshaking, (-delta) as u64);
+        }
+    }
+
+    /// Logs a 503 for lack of capacity, at most once a second per shard (every one is counted
+    /// in `tether_handshakes_total{result="over_capacity"}`).
+    pub(super) fn log_over_capacity(&self, peer: std::net::SocketAddr) {
+        let now = self.now_ms();
+        if self
+            .over_capacity_logged_ms
+            .get()
+            .is_none_or(|t| now.saturating_sub(t) >= 1000)
+        {
+            self.over_capacity_logged_ms.set(Some(now));
+            tracing::warn!(
+                shard = self.index,
+                peer = %peer,
+                capacity_connections = self.node.capacity(),
+                "at connection capacity: answering 503 (see docs/operations.md, Capacity)"
+            );
         }
     }
 

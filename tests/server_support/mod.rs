@@ -25,16 +25,44 @@ pub struct Server {
 impl Server {
     /// Starts `tether serve --listen 127.0.0.1:0 --admin 127.0.0.1:0 <args>`.
     pub fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
-            .arg("serve")
+        Server::start_cmd(Server::command(args))
+    }
+
+    /// Like [`Server::start`], with the open-files limit (soft and hard) set to `nofile`.
+    pub fn start_with_open_files(args: &[&str], nofile: u64) -> Server {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Server::command(args);
+        // SAFETY: the closure runs in the child between fork and exec and only calls
+        // setrlimit(2), which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: nofile,
+                    rlim_max: nofile,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Server::start_cmd(cmd)
+    }
+
+    fn command(args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
+        cmd.arg("serve")
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .args(args)
             .env("TETHER_LOG", "info")
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tether");
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    fn start_cmd(mut cmd: Command) -> Server {
+        let mut child = cmd.spawn().expect("spawn tether");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
