@@ -222,3 +222,88 @@ fn bad_nats_url_is_a_clear_start_error() {
     .expect("refused");
     assert!(err.contains("not a NATS URL"), "{err}");
 }
+
+/// Routable means routable: once a barrier completes, a publish from another connection (here
+/// another node) reaches the new interest. Many subjects at once, so that a barrier that only
+/// flushed the client's socket (and so raced with the server reading the SUB) would show.
+#[test]
+fn a_completed_barrier_means_the_server_routes_to_the_new_interest() {
+    let server = NatsServer::start();
+    let (mut n1, stop1) = node("n1", 1, &server);
+    let (mut n2, stop2) = node("n2", 1, &server);
+    const ROUNDS: u64 = 100;
+    const SUBJECTS_PER_ROUND: u64 = 20;
+    let mut lost = Vec::new();
+    for round in 0..ROUNDS {
+        let subjects: Vec<String> = (0..SUBJECTS_PER_ROUND)
+            .map(|i| format!("tether.topic.r{round}-{i}"))
+            .collect();
+        for (i, subject) in subjects.iter().enumerate() {
+            n1[0].subscribe(subject).unwrap();
+            n1[0].barrier(round * 1000 + i as u64);
+        }
+        let mut ready = 0;
+        while ready < SUBJECTS_PER_ROUND {
+            match recv_timeout(&mut n1[0], Duration::from_secs(10)) {
+                Some(BusEvent::Ready(token)) => {
+                    // Publish from the other node the moment each barrier completes.
+                    let subject = &subjects[(token % 1000) as usize];
+                    n2[0]
+                        .publish(subject, None, Bytes::from_static(b"{}"))
+                        .unwrap();
+                    ready += 1;
+                }
+                other => panic!("expected a barrier, got {other:?}"),
+            }
+        }
+        let mut got = std::collections::HashSet::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while got.len() < subjects.len() && Instant::now() < deadline {
+            if let Some(m) = recv_message(&mut n1[0], Duration::from_millis(100)) {
+                got.insert(m.subject);
+            }
+        }
+        lost.extend(subjects.into_iter().filter(|s| !got.contains(s)));
+    }
+    assert!(
+        lost.is_empty(),
+        "{} of {} publishes made right after a barrier were lost: {:?}",
+        lost.len(),
+        ROUNDS * SUBJECTS_PER_ROUND,
+        &lost[..lost.len().min(10)]
+    );
+    stop1.stop(Duration::from_secs(1));
+    stop2.stop(Duration::from_secs(1));
+}
+
+/// Defect 5: a device subscribed to a one-token topic named like itself gets each publish once
+/// (its wildcard `tether.*.<device>` also matches `tether.topic.<device>` on the server), and
+/// the other subjects ending in its id (events, upstream) never reach its shard.
+#[test]
+fn the_device_wildcard_does_not_duplicate_a_topic_named_like_the_device() {
+    let server = NatsServer::start();
+    let (mut n1, stop1) = node("n1", 1, &server);
+    let (mut n2, stop2) = node("n2", 1, &server);
+    n1[0].subscribe_device("tv-1").unwrap();
+    n1[0].subscribe("tether.topic.tv-1").unwrap();
+    n1[0].barrier(1);
+    wait_ready(&mut n1[0], 1);
+    for subject in [
+        "tether.topic.tv-1",
+        "tether.event.tv-1",
+        "tether.up.tv-1",
+        "tether.dev.tv-1",
+    ] {
+        n2[0]
+            .publish(subject, None, Bytes::from_static(b"{}"))
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    while let Some(m) = recv_message(&mut n1[0], Duration::from_millis(500)) {
+        got.push(m.subject);
+    }
+    got.sort();
+    assert_eq!(got, ["tether.dev.tv-1", "tether.topic.tv-1"]);
+    stop1.stop(Duration::from_secs(1));
+    stop2.stop(Duration::from_secs(1));
+}

@@ -278,18 +278,22 @@ impl ShardBus {
         self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
         match &mut self.link {
             Link::Embedded(l) => l.interest(subject, true, &self.stats),
-            Link::Nats(l) => l.subscribe(subject, &self.stats),
+            Link::Nats(l) => l.subscribe(subject, None, &self.stats),
         }
     }
 
     /// Declares this shard's interest in everything addressed to `device` (its direct, request
-    /// and presence subjects). On NATS this is one wildcard subscription `tether.*.<device>`
-    /// (each async-nats subscription costs a few KiB, so one instead of three per device); on
+    /// and presence subjects), and in nothing else. On NATS this is one wildcard subscription
+    /// `tether.*.<device>` (each async-nats subscription costs a few KiB, so one instead of
+    /// three per device) whose other matches are filtered out before they reach the shard; on
     /// the embedded bus, the three exact subjects. Refcounted by the caller like
     /// [`ShardBus::subscribe`].
     pub fn subscribe_device(&mut self, device: &str) -> Result<(), BusError> {
-        match &self.link {
-            Link::Nats(_) => self.subscribe(&subject::device_wildcard(device)),
+        match &mut self.link {
+            Link::Nats(l) => {
+                self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
+                l.subscribe(&subject::device_wildcard(device), Some(device), &self.stats)
+            }
             Link::Embedded(_) => {
                 for subj in subject::device_all(device) {
                     self.subscribe(&subj)?;

@@ -5,8 +5,17 @@
 //! publishes), and it answers each shard on that shard's bounded control and data channels.
 //! Each (shard, subject) interest is one NATS subscription served by one small tokio task that
 //! forwards its messages to the shard, so NATS itself routes between the shards of one node as
-//! between nodes. A barrier is a NATS flush (PING/PONG) after the subscriptions sent before it:
-//! once it completes, the server has registered them.
+//! between nodes.
+//!
+//! A barrier is a round trip through the server on the bridge's own connection: the bridge
+//! publishes a probe on `tether.barrier.<node>`, which it subscribes to itself, and a barrier is
+//! complete when a probe published after it comes back. The server handles one client's
+//! protocol lines in order, so by the time it routes the probe it has registered every SUB the
+//! bridge wrote before it. (async-nats's `Client::flush` is not such a round trip: it only
+//! writes the client's buffer to the socket, so the server may not have read the SUB yet; that
+//! is why `hello` and `sub` acks used to race with pushes.) In a NATS cluster the server then
+//! forwards the interest to the other servers asynchronously (see `docs/protocol.md`,
+//! section 9).
 //!
 //! The client reconnects forever with exponential backoff and jitter (100 ms doubling to 5 s,
 //! times a random 0.5–1.0), and async-nats re-sends every live subscription after a reconnect,
@@ -26,6 +35,12 @@ use std::time::Duration;
 
 /// Most commands the bridge handles before it looks at barriers again.
 const BATCH_MAX: usize = 1024;
+/// How long the newest barrier probe may stay unanswered before another is sent: a probe
+/// written just before a disconnect is lost with the connection (async-nats re-sends
+/// subscriptions after a reconnect, not publishes already written), and the next one covers
+/// every waiting barrier. One second is far above a loopback or LAN round trip and well inside
+/// the hub's 10 s readiness timeout.
+const PROBE_RESEND: Duration = Duration::from_millis(1_000);
 /// Capacity of each async-nats subscription channel (messages held per subscription before
 /// async-nats reports a slow consumer and drops).
 const SUBSCRIPTION_CAPACITY: usize = 1024;
@@ -36,6 +51,8 @@ pub(crate) enum Command {
     Subscribe {
         shard: usize,
         subject: String,
+        /// `Some(device)` for the device wildcard: forward only that device's own subjects.
+        device: Option<String>,
     },
     Unsubscribe {
         shard: usize,
@@ -61,10 +78,16 @@ pub(crate) struct NatsLink {
 }
 
 impl NatsLink {
-    pub(crate) fn subscribe(&mut self, subject: &str, stats: &BusStats) -> Result<(), BusError> {
+    pub(crate) fn subscribe(
+        &mut self,
+        subject: &str,
+        device: Option<&str>,
+        stats: &BusStats,
+    ) -> Result<(), BusError> {
         let cmd = Command::Subscribe {
             shard: self.shard,
             subject: subject.to_owned(),
+            device: device.map(str::to_owned),
         };
         self.backlog.send(&self.cmd_tx, cmd, stats)
     }
@@ -243,15 +266,25 @@ fn forward(msg: async_nats::Message) -> BusMessage {
     }
 }
 
+/// Subscribes and spawns the task that forwards what arrives to a shard. With `device`, the
+/// subscription is that device's wildcard and only its own subjects are forwarded
+/// ([`subject::is_device_subject`]): the rest also matches the wildcard on the server but is
+/// addressed to a topic, a service or a backend, and another subscription (or nobody) takes it.
 async fn subscribe_forwarding(
     client: &async_nats::Client,
     subject: String,
+    device: Option<String>,
     to: flume::Sender<BusMessage>,
     stats: Arc<BusStats>,
 ) -> Option<tokio::task::JoinHandle<()>> {
     match client.subscribe(subject.clone()).await {
         Ok(mut sub) => Some(tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
+                if let Some(device) = &device {
+                    if !subject::is_device_subject(msg.subject.as_str(), device) {
+                        continue;
+                    }
+                }
                 match to.try_send(forward(msg)) {
                     Ok(()) => {}
                     Err(flume::TrySendError::Full(_)) => {
@@ -322,16 +355,33 @@ async fn bridge_main(
     for (shard, data) in tx.data.iter().enumerate() {
         let inbox = format!("{}*", subject::inbox_prefix(&node, shard));
         if let Some(task) =
-            subscribe_forwarding(&client, inbox.clone(), data.clone(), stats.clone()).await
+            subscribe_forwarding(&client, inbox.clone(), None, data.clone(), stats.clone()).await
         {
             subs.insert((shard, inbox), task);
         }
     }
-    let mut barriers: Vec<(usize, u64)> = Vec::new();
+    let mut barriers = Barriers::new(subject::barrier(&node));
+    let mut probes = match client.subscribe(barriers.subject.clone()).await {
+        Ok(sub) => sub,
+        Err(err) => {
+            tracing::error!(%err, "cannot subscribe to the barrier subject");
+            return;
+        }
+    };
     let flush_timeout = loop {
         tokio::select! {
             biased;
             stop = stop_rx.recv_async() => break stop.unwrap_or(Duration::from_secs(1)),
+            Some(probe) = probes.next() => {
+                for (shard, token) in barriers.on_probe(&probe.payload) {
+                    let ready = Ctrl::Ready(token);
+                    if let Err(flume::TrySendError::Full(ready)) = tx.ctrl[shard].try_send(ready) {
+                        let ctrl = tx.ctrl[shard].clone();
+                        tokio::spawn(async move { ctrl.send_async(ready).await });
+                    }
+                }
+            }
+            () = tokio::time::sleep(PROBE_RESEND), if barriers.waiting() => {}
             cmd = cmd_rx.recv_async() => {
                 let Ok(cmd) = cmd else { break Duration::from_secs(1) };
                 handle_command(&client, cmd, &tx, &mut subs, &mut barriers, &stats).await;
@@ -353,21 +403,11 @@ async fn bridge_main(
                 }
             }
         }
-        if !barriers.is_empty() {
-            let waiting = std::mem::take(&mut barriers);
-            let client = client.clone();
-            let ctrl = tx.ctrl.clone();
-            tokio::spawn(async move {
-                let ok = client.flush().await.is_ok();
-                for (shard, token) in waiting {
-                    let ev = if ok {
-                        Ctrl::Ready(token)
-                    } else {
-                        Ctrl::Failed(token)
-                    };
-                    let _ = ctrl[shard].send_async(ev).await;
-                }
-            });
+        if let Some(probe) = barriers.probe_due(std::time::Instant::now()) {
+            // Through the same client (and so after every SUB handed to it before).
+            if let Err(err) = client.publish(barriers.subject.clone(), probe).await {
+                tracing::warn!(%err, "barrier probe not published; retried");
+            }
         }
     };
     for (_, task) in subs.drain() {
@@ -396,18 +436,27 @@ async fn handle_command(
     cmd: Command,
     tx: &ShardTx,
     subs: &mut AHashMap<(usize, String), tokio::task::JoinHandle<()>>,
-    barriers: &mut Vec<(usize, u64)>,
+    barriers: &mut Barriers,
     stats: &Arc<BusStats>,
 ) {
     match cmd {
-        Command::Subscribe { shard, subject } => {
+        Command::Subscribe {
+            shard,
+            subject,
+            device,
+        } => {
             let key = (shard, subject);
             if subs.contains_key(&key) {
                 return;
             }
-            if let Some(task) =
-                subscribe_forwarding(client, key.1.clone(), tx.data[shard].clone(), stats.clone())
-                    .await
+            if let Some(task) = subscribe_forwarding(
+                client,
+                key.1.clone(),
+                device,
+                tx.data[shard].clone(),
+                stats.clone(),
+            )
+            .await
             {
                 subs.insert(key, task);
             }
@@ -418,7 +467,7 @@ async fn handle_command(
                 task.abort();
             }
         }
-        Command::Barrier { shard, token } => barriers.push((shard, token)),
+        Command::Barrier { shard, token } => barriers.add(shard, token),
         Command::Request {
             subject,
             payload,
@@ -441,5 +490,117 @@ async fn handle_command(
                 let _ = reply.send_async(result).await;
             });
         }
+    }
+}
+
+/// The barriers waiting for a probe to come back (see the module doc). Probes carry
+/// `<nonce>.<generation>`; a barrier added while generation `g` is the next to be sent is
+/// complete when a probe of generation `g` or later comes back with this bridge's nonce (a
+/// second node misconfigured with the same node id cannot complete our barriers).
+struct Barriers {
+    subject: String,
+    nonce: u64,
+    /// (shard, token, first generation that covers it), in generation order.
+    queue: VecDeque<(usize, u64, u64)>,
+    next_generation: u64,
+    last_sent: Option<std::time::Instant>,
+}
+
+impl Barriers {
+    fn new(subject: String) -> Barriers {
+        Barriers {
+            subject,
+            nonce: rand::random(),
+            queue: VecDeque::new(),
+            next_generation: 0,
+            last_sent: None,
+        }
+    }
+
+    fn waiting(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    fn add(&mut self, shard: usize, token: u64) {
+        self.queue.push_back((shard, token, self.next_generation));
+    }
+
+    /// The probe to publish now, if one is due: a waiting barrier is not covered by a sent
+    /// probe yet, or the last probe has been out for [`PROBE_RESEND`].
+    fn probe_due(&mut self, now: std::time::Instant) -> Option<Bytes> {
+        let &(_, _, newest) = self.queue.back()?;
+        let stale = self
+            .last_sent
+            .map_or(true, |sent| now.duration_since(sent) >= PROBE_RESEND);
+        if newest < self.next_generation && !stale {
+            return None;
+        }
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        self.last_sent = Some(now);
+        Some(Bytes::from(format!("{}.{generation}", self.nonce)))
+    }
+
+    /// A probe came back: the barriers it completes.
+    fn on_probe(&mut self, payload: &[u8]) -> Vec<(usize, u64)> {
+        let generation = std::str::from_utf8(payload)
+            .ok()
+            .and_then(|p| p.split_once('.'))
+            .filter(|(nonce, _)| nonce.parse() == Ok(self.nonce))
+            .and_then(|(_, generation)| generation.parse::<u64>().ok());
+        let Some(generation) = generation else {
+            return Vec::new();
+        };
+        let mut done = Vec::new();
+        while let Some(&(shard, token, needs)) = self.queue.front() {
+            if needs > generation {
+                break;
+            }
+            self.queue.pop_front();
+            done.push((shard, token));
+        }
+        if self.queue.is_empty() {
+            self.last_sent = None;
+        }
+        done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn a_barrier_completes_only_with_a_probe_sent_after_it() {
+        let mut b = Barriers::new("tether.barrier.n1".into());
+        let t0 = Instant::now();
+        assert!(b.probe_due(t0).is_none(), "nothing waiting, no probe");
+        b.add(0, 10);
+        let p0 = b.probe_due(t0).expect("probe for the first barrier");
+        assert!(b.probe_due(t0).is_none(), "covered, not stale yet");
+        b.add(1, 11);
+        let p1 = b.probe_due(t0).expect("a new barrier needs a new probe");
+        // The first probe completes only the barrier added before it was sent.
+        assert_eq!(b.on_probe(&p0), vec![(0, 10)]);
+        assert!(b.waiting());
+        // A probe of another bridge (same subject, other nonce) completes nothing.
+        let foreign = format!("{}.99", b.nonce.wrapping_add(1));
+        assert!(b.on_probe(foreign.as_bytes()).is_empty());
+        assert!(b.on_probe(b"garbage").is_empty());
+        assert_eq!(b.on_probe(&p1), vec![(1, 11)]);
+        assert!(!b.waiting());
+    }
+
+    #[test]
+    fn a_lost_probe_is_sent_again() {
+        let mut b = Barriers::new("s".into());
+        let t0 = Instant::now();
+        b.add(0, 1);
+        let lost = b.probe_due(t0).unwrap();
+        assert!(b.probe_due(t0 + PROBE_RESEND / 2).is_none());
+        let again = b.probe_due(t0 + PROBE_RESEND).expect("resent");
+        assert_ne!(lost, again);
+        assert_eq!(b.on_probe(&again), vec![(0, 1)]);
     }
 }

@@ -24,12 +24,28 @@ pub fn device_all(device: &str) -> [String; 3] {
     [self::device(device), request(device), presence(device)]
 }
 
-/// One NATS subscription covering [`device_all`]: `tether.*.<device>`. It also matches
-/// `tether.topic.<device>` and `tether.up.<device>` when a one-token topic or a service has the
-/// same name as the device; the shard classifies every subject it receives ([`parse`]), so such
-/// a message only costs a wasted delivery, never a wrong one.
+/// One NATS subscription covering [`device_all`]: `tether.*.<device>`. NATS also matches it
+/// with every other two-token subject that ends in the device id (`tether.topic.<device>` for a
+/// one-token topic of that name, `tether.up.<device>`, `tether.event.<device>`, ...), so whoever
+/// receives through it keeps only what [`is_device_subject`] accepts: without that filter a
+/// device subscribed to a topic named like itself would get each publish twice.
 pub fn device_wildcard(device: &str) -> String {
     format!("tether.*.{device}")
+}
+
+/// True when `subject` is one of [`device_all`]`(device)`: what a message received through
+/// [`device_wildcard`]`(device)` must be to be kept.
+pub fn is_device_subject(subject: &str, device: &str) -> bool {
+    match parse(subject) {
+        Parsed::Device(d) | Parsed::Request(d) | Parsed::Presence(d) => d == device,
+        _ => false,
+    }
+}
+
+/// The subject on which a NATS bridge sends itself barrier probes (section 8 of
+/// `docs/protocol.md`): `tether.barrier.<node>`.
+pub fn barrier(node: &str) -> String {
+    format!("tether.barrier.{node}")
 }
 
 /// Prefix of topic subjects.
@@ -110,5 +126,21 @@ mod tests {
         assert_eq!(parse("tether.inbox.n1.x.1"), Parsed::Other);
         assert_eq!(parse("other"), Parsed::Other);
         assert_eq!(upstream("billing"), "tether.up.billing");
+    }
+
+    #[test]
+    fn the_device_wildcard_keeps_only_device_subjects() {
+        for kept in device_all("tv-1") {
+            assert!(is_device_subject(&kept, "tv-1"), "{kept}");
+        }
+        for dropped in [
+            topic("tv-1"),
+            upstream("tv-1"),
+            "tether.event.tv-1".to_string(),
+            barrier("tv-1"),
+            device("tv-2"),
+        ] {
+            assert!(!is_device_subject(&dropped, "tv-1"), "{dropped}");
+        }
     }
 }
