@@ -147,7 +147,6 @@ impl EmbeddedLink {
                 }
             }
             Ctrl::Ready(token) => Some(BusEvent::Ready(token)),
-            Ctrl::Failed(token) => Some(BusEvent::Failed(token)),
         }
     }
 

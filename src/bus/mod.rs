@@ -52,7 +52,9 @@ pub enum BusEvent {
     Message(BusMessage),
     /// Every interest change made before [`ShardBus::barrier`] with this token is in effect.
     Ready(u64),
-    /// The barrier with this token could not be confirmed (bus down or closed).
+    /// The barrier with this token could not be started (its control queue and backlog are
+    /// full). A barrier during a NATS outage does not fail: it completes after the reconnect, and
+    /// the hub bounds the wait with its readiness timeout.
     Failed(u64),
 }
 
@@ -230,8 +232,6 @@ pub(crate) enum Ctrl {
     BarrierAck { token: u64 },
     /// Barrier complete.
     Ready(u64),
-    /// Barrier failed.
-    Failed(u64),
 }
 
 enum Link {
@@ -418,7 +418,6 @@ impl ShardBus {
                 Some(BusEvent::Message(msg))
             }
             Raw::Ctrl(Ctrl::Ready(token)) => Some(BusEvent::Ready(token)),
-            Raw::Ctrl(Ctrl::Failed(token)) => Some(BusEvent::Failed(token)),
             Raw::Ctrl(other) => match &mut self.link {
                 Link::Embedded(l) => l.on_ctrl(other, &self.stats),
                 Link::Nats(_) => None,

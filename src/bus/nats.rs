@@ -531,7 +531,7 @@ impl Barriers {
         let &(_, _, newest) = self.queue.back()?;
         let stale = self
             .last_sent
-            .map_or(true, |sent| now.duration_since(sent) >= PROBE_RESEND);
+            .is_none_or(|sent| now.duration_since(sent) >= PROBE_RESEND);
         if newest < self.next_generation && !stale {
             return None;
         }
