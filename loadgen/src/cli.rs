@@ -96,6 +96,14 @@ pub struct Args {
     /// A scheduled connect or send starting later than this counts as lag.
     #[arg(long, default_value = "5ms", value_parser = parse_duration_us)]
     pub lag_threshold: u64,
+    /// Pass/fail threshold `METRIC OP VALUE` (repeatable), e.g. `handshake_p99<20ms`,
+    /// `errors==0`; the run exits with status 99 if one is crossed (docs/loadgen.md lists the
+    /// metrics).
+    #[arg(long = "threshold", value_name = "EXPR")]
+    pub thresholds: Vec<String>,
+    /// TOML file of options (keys are the long option names); the command line wins over it.
+    #[arg(long, value_name = "FILE")]
+    pub scenario: Option<PathBuf>,
     /// Write the summary as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,

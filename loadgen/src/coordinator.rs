@@ -1,13 +1,20 @@
 //! The coordinator: runs the preflight, spawns the worker processes (the same binary with the
 //! hidden `worker` subcommand), starts them together at one wall-clock instant, merges their
 //! per-second reports into the live line, and merges their histograms exactly for the summary,
-//! the JSON report and the HdrHistogram interval logs.
+//! the JSON report and the HdrHistogram interval logs, and evaluates the thresholds.
+//!
+//! Interrupts: the workers run in a process group of their own, so a terminal's Ctrl-C reaches
+//! only the coordinator. The first SIGINT (or SIGTERM) tells every worker to stop the schedule
+//! and drain (close every client with 1000); the summary and the JSON are then written as
+//! usual, marked `interrupted`. A second one kills the workers and exits at once.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
@@ -18,9 +25,16 @@ use crate::cli::Args;
 use crate::plan::{Phases, Plan};
 use crate::preflight::{self, Host, Verdict};
 use crate::stats::{
-    Counters, Hists, LatencySummary, StartSignal, WorkerMsg, WorkerPlan, HIST_NAMES,
+    Counters, Hists, LatencySummary, StartSignal, WorkerCmd, WorkerMsg, WorkerPlan, HIST_NAMES,
 };
 use crate::sys;
+use crate::threshold::{Outcome, Threshold, EXIT_THRESHOLD_CROSSED};
+
+/// Version of the JSON report's layout (`schema_version`); docs/loadgen.md describes it.
+/// Raised when a key is removed or changes meaning; adding keys keeps it.
+pub const REPORT_SCHEMA_VERSION: u32 = 1;
+/// Exit status of a run ended by an interrupt (128 + SIGINT), when no threshold was crossed.
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// How long workers may take to report ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -31,6 +45,10 @@ enum Ev {
     Msg(usize, Box<WorkerMsg>),
     Eof(usize),
     Bad(usize, String),
+    /// First SIGINT/SIGTERM: drain now.
+    Interrupt,
+    /// Second one: exit at once.
+    Kill,
 }
 
 struct WorkerHandle {
@@ -56,6 +74,18 @@ struct Interval {
 pub fn main(args: Args) -> ExitCode {
     let mut plan = match args.plan() {
         Ok(p) => p,
+        Err(e) => {
+            eprintln!("tether-loadgen: refused: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let thresholds = match args
+        .thresholds
+        .iter()
+        .map(|t| Threshold::parse(t))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(t) => t,
         Err(e) => {
             eprintln!("tether-loadgen: refused: {e}");
             return ExitCode::from(2);
@@ -107,10 +137,14 @@ pub fn main(args: Args) -> ExitCode {
             String::new()
         },
     );
+    if !thresholds.is_empty() {
+        let list: Vec<String> = thresholds.iter().map(|t| t.to_string()).collect();
+        println!("thresholds: {}", list.join(", "));
+    }
     if args.dry_run {
         return ExitCode::SUCCESS;
     }
-    match run(&args, &plan, &verdict) {
+    match run(&args, &plan, &verdict, &thresholds) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("tether-loadgen: {e}");
@@ -125,6 +159,9 @@ fn spawn_workers(plan: &Plan, tx: &mpsc::Sender<Ev>) -> Result<Vec<WorkerHandle>
     for w in 0..plan.workers {
         let mut child = Command::new(&exe)
             .arg("worker")
+            // A group of its own: a terminal's Ctrl-C reaches the coordinator only, which
+            // then drains the workers in order (see the module docs).
+            .process_group(0)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -176,8 +213,66 @@ fn unix_ns_now() -> u64 {
         .unwrap_or(0)
 }
 
-fn run(args: &Args, plan: &Plan, verdict: &Verdict) -> Result<ExitCode, String> {
+/// Forwards SIGINT and SIGTERM as [`Ev::Interrupt`], then [`Ev::Kill`]; a second signal after
+/// the workers have ended (`reaped`) exits the process itself.
+fn watch_signals(tx: mpsc::Sender<Ev>, reaped: Arc<AtomicBool>) -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("signal runtime: {e}"))?;
+    // Registered here, before any worker starts, so that no signal falls between.
+    let (mut int, mut term) = rt
+        .block_on(async {
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::terminate())?,
+            ))
+        })
+        .map_err(|e| format!("installing the SIGINT handler: {e}"))?;
+    std::thread::spawn(move || {
+        rt.block_on(async move {
+            let mut count = 0u32;
+            loop {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+                count += 1;
+                let ev = if count == 1 { Ev::Interrupt } else { Ev::Kill };
+                if count > 1 && reaped.load(Ordering::SeqCst) {
+                    eprintln!("tether-loadgen: interrupted again: exiting");
+                    std::process::exit(i32::from(EXIT_INTERRUPTED));
+                }
+                if tx.send(ev).is_err() {
+                    std::process::exit(i32::from(EXIT_INTERRUPTED));
+                }
+            }
+        })
+    });
+    Ok(())
+}
+
+/// Tells every worker to stop the schedule and drain.
+fn stop_workers(workers: &mut [WorkerHandle]) {
+    let line = serde_json::to_string(&WorkerCmd::Stop).expect("serialises");
+    for w in workers.iter_mut() {
+        if let Some(stdin) = w.stdin.as_mut() {
+            // A worker that has already exited has closed its pipe: nothing to stop.
+            let _ = writeln!(stdin, "{line}").and_then(|_| stdin.flush());
+        }
+    }
+}
+
+fn run(
+    args: &Args,
+    plan: &Plan,
+    verdict: &Verdict,
+    thresholds: &[Threshold],
+) -> Result<ExitCode, String> {
     let (tx, rx) = mpsc::channel();
+    let reaped = Arc::new(AtomicBool::new(false));
+    watch_signals(tx.clone(), reaped.clone())?;
     let mut workers = spawn_workers(plan, &tx)?;
     drop(tx);
     let kill_all = |workers: &mut Vec<WorkerHandle>| {
@@ -209,6 +304,11 @@ fn run(args: &Args, plan: &Plan, verdict: &Verdict) -> Result<ExitCode, String> 
                 kill_all(&mut workers);
                 return Err(format!("worker {i} exited before it was ready"));
             }
+            Ok(Ev::Interrupt | Ev::Kill) => {
+                kill_all(&mut workers);
+                eprintln!("tether-loadgen: interrupted before the start");
+                return Ok(ExitCode::from(EXIT_INTERRUPTED));
+            }
             Err(_) => {
                 kill_all(&mut workers);
                 return Err(format!(
@@ -230,7 +330,6 @@ fn run(args: &Args, plan: &Plan, verdict: &Verdict) -> Result<ExitCode, String> 
         writeln!(stdin, "{start_line}")
             .and_then(|_| stdin.flush())
             .map_err(|e| format!("starting worker {i}: {e}"))?;
-        w.stdin = None;
     }
     std::thread::sleep(START_DELAY);
 
@@ -241,6 +340,7 @@ fn run(args: &Args, plan: &Plan, verdict: &Verdict) -> Result<ExitCode, String> 
     let mut printed = Counters::default();
     let mut last_printed_k = 0u64;
     let mut finals_hists = Hists::default();
+    let mut interrupted = false;
 
     while workers.iter().any(|w| !w.done) {
         let ev = match rx.recv_timeout(Duration::from_secs(5)) {
@@ -264,6 +364,20 @@ fn run(args: &Args, plan: &Plan, verdict: &Verdict) -> Result<ExitCode, String> 
             Ev::Bad(i, error) => {
                 workers[i].failed = Some(error);
                 continue;
+            }
+            Ev::Interrupt => {
+                interrupted = true;
+                eprintln!(
+                    "tether-loadgen: interrupted: stopping the schedule and closing every client \
+                     with 1000 (interrupt again to exit at once)"
+                );
+                stop_workers(&mut workers);
+                continue;
+            }
+            Ev::Kill => {
+                kill_all(&mut workers);
+                eprintln!("tether-loadgen: interrupted again: workers killed, no summary");
+                return Ok(ExitCode::from(EXIT_INTERRUPTED));
             }
             Ev::Eof(i) => {
                 let w = &mut workers[i];
@@ -340,8 +454,10 @@ fn run(args: &Args, plan: &Plan, verdict: &Verdict) -> Result<ExitCode, String> 
         }
     }
     for w in workers.iter_mut() {
+        w.stdin = None;
         let _ = w.child.wait();
     }
+    reaped.store(true, Ordering::SeqCst);
     if args.hdr_dir.is_some() {
         interval_logs.push((last_printed_k + 1, finals_hists.encode()));
     }
@@ -378,7 +494,7 @@ fn run(args: &Args, plan: &Plan, verdict: &Verdict) -> Result<ExitCode, String> 
         .filter_map(|(i, w)| w.failed.as_ref().map(|e| format!("worker {i}: {e}")))
         .collect();
 
-    let report = build_report(&ReportInput {
+    let mut report = build_report(&ReportInput {
         plan,
         verdict,
         counters: &counters,
@@ -389,8 +505,13 @@ fn run(args: &Args, plan: &Plan, verdict: &Verdict) -> Result<ExitCode, String> 
         worker_rss_kib: workers.iter().map(|w| w.max_rss_kib).collect(),
         server_cpu_us,
         failures: &failures,
+        interrupted,
+        scenario: args.scenario.as_deref(),
     });
+    let outcomes: Vec<Outcome> = thresholds.iter().map(|t| t.evaluate(&report)).collect();
+    report["thresholds"] = json!(outcomes);
     print_summary(&report);
+    print_thresholds(&outcomes);
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report).expect("report serialises");
         std::fs::write(path, text + "\n")
@@ -402,10 +523,14 @@ fn run(args: &Args, plan: &Plan, verdict: &Verdict) -> Result<ExitCode, String> 
     for f in &failures {
         eprintln!("tether-loadgen: {f}");
     }
-    Ok(if failures.is_empty() {
-        ExitCode::SUCCESS
-    } else {
+    Ok(if !failures.is_empty() {
         ExitCode::FAILURE
+    } else if outcomes.iter().any(|o| !o.ok) {
+        ExitCode::from(EXIT_THRESHOLD_CROSSED)
+    } else if interrupted {
+        ExitCode::from(EXIT_INTERRUPTED)
+    } else {
+        ExitCode::SUCCESS
     })
 }
 
@@ -449,6 +574,8 @@ struct ReportInput<'a> {
     worker_rss_kib: Vec<u64>,
     server_cpu_us: Option<u64>,
     failures: &'a [String],
+    interrupted: bool,
+    scenario: Option<&'a Path>,
 }
 
 fn build_report(r: &ReportInput) -> Value {
@@ -468,6 +595,9 @@ fn build_report(r: &ReportInput) -> Value {
         }
     };
     let mut v = json!({
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "interrupted": r.interrupted,
+        "scenario": r.scenario.map(|p| p.display().to_string()),
         "clients_target": r.plan.clients,
         "connected_peak": r.connected_peak,
         "handshakes_ok": c.handshakes_ok,
@@ -553,77 +683,193 @@ fn build_report(r: &ReportInput) -> Value {
     v
 }
 
+/// `a 1 · b 2` for a map of counts, `none` when empty.
+fn counts(v: &Value) -> String {
+    let parts: Vec<String> = v
+        .as_object()
+        .map(|m| m.iter().map(|(k, n)| format!("{k} {n}")).collect())
+        .unwrap_or_default();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(" · ")
+    }
+}
+
+/// The human summary: one labelled line per topic and a latency table (milliseconds).
 fn print_summary(v: &Value) {
-    let lat = |key: &str| -> String {
-        let l = &v[key];
-        if l["count"].as_u64().unwrap_or(0) == 0 {
-            return "-".into();
+    let n = |path: &str| -> String {
+        let mut cur = v;
+        for k in path.split('.') {
+            cur = &cur[k];
         }
-        let f = |k: &str| ms(l[k].as_u64().unwrap_or(0));
-        format!(
-            "p50 {} p90 {} p99 {} p99.9 {} max {} (n={})",
+        match cur {
+            Value::Null => "-".into(),
+            x => x.to_string(),
+        }
+    };
+    println!(
+        "== summary{}",
+        if v["interrupted"].as_bool() == Some(true) {
+            " (INTERRUPTED: the schedule was stopped early)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "{:<13} target {}  handshakes ok {}  errors {}  not started {}  connected peak {}",
+        "clients",
+        n("clients_target"),
+        n("handshakes_ok"),
+        n("handshake_errors_total"),
+        n("clients_not_started"),
+        n("connected_peak"),
+    );
+    if v["clients_not_started"].as_u64().unwrap_or(0) > 0 && v["interrupted"] != true {
+        println!(
+            "{:<13} {} clients were not started: the generator fell behind its schedule",
+            "NOT STARTED",
+            n("clients_not_started")
+        );
+    }
+    println!("{:<13} {}", "errors", counts(&v["handshake_errors"]));
+    println!(
+        "{:<13} target {}/s  achieved {}/s  lag events {} (max {} us)",
+        "connect rate",
+        n("connect_rate_target_per_s"),
+        n("connect_rate_achieved_per_s"),
+        n("schedule_lag_events"),
+        n("schedule_lag_max_us"),
+    );
+    let mut rows = vec![
+        ("handshake", "handshake_latency_us"),
+        ("tcp connect", "tcp_connect_latency_us"),
+        ("upgrade", "upgrade_latency_us"),
+    ];
+    if v.get("message_rtt_us").is_some() {
+        rows.push(("message rtt", "message_rtt_us"));
+    }
+    if v.get("message_delivery_us").is_some() {
+        rows.push(("delivery", "message_delivery_us"));
+    }
+    println!(
+        "{:<13} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "latency (ms)", "count", "min", "p50", "p90", "p99", "p99.9", "max"
+    );
+    for (label, key) in rows {
+        let l = &v[key];
+        let f = |k: &str| format!("{:.2}", l[k].as_u64().unwrap_or(0) as f64 / 1000.0);
+        if l["count"].as_u64().unwrap_or(0) == 0 {
+            println!("  {label:<11} {:>9}", 0);
+            continue;
+        }
+        println!(
+            "  {label:<11} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            l["count"].as_u64().unwrap_or(0),
+            f("min"),
             f("p50"),
             f("p90"),
             f("p99"),
             f("p999"),
-            f("max"),
-            l["count"]
-        )
-    };
-    println!("== summary");
-    println!(
-        "clients {}  connected peak {}  handshakes ok {}  errors {} {}",
-        v["clients_target"],
-        v["connected_peak"],
-        v["handshakes_ok"],
-        v["handshake_errors_total"],
-        v["handshake_errors"]
-    );
-    if v["clients_not_started"].as_u64().unwrap_or(0) > 0 {
-        println!(
-            "NOT STARTED {} clients: the generator fell behind its schedule",
-            v["clients_not_started"]
+            f("max")
         );
     }
-    println!(
-        "connect rate target {}/s achieved {}/s  lag events {} (max {}us)  workers {}  duration {}s",
-        v["connect_rate_target_per_s"],
-        v["connect_rate_achieved_per_s"],
-        v["schedule_lag_events"],
-        v["schedule_lag_max_us"],
-        v["workers"],
-        v["duration_s"]
-    );
-    println!("handshake   {}", lat("handshake_latency_us"));
-    println!("tcp connect {}", lat("tcp_connect_latency_us"));
-    println!("upgrade     {}", lat("upgrade_latency_us"));
-    if v.get("message_rtt_us").is_some() {
-        println!("message rtt {}", lat("message_rtt_us"));
-    }
-    if v.get("message_delivery_us").is_some() {
-        println!("delivery    {}", lat("message_delivery_us"));
-    }
     if v.get("messages").is_some() {
-        println!("messages    {}", v["messages"]);
+        println!(
+            "{:<13} sent {}  received {}  unanswered {}  gaps {}  duplicates {}  foreign {}  \
+             skipped {}  lag events {}  received/s {}",
+            "messages",
+            n("messages.sent"),
+            n("messages.received"),
+            n("messages.unanswered"),
+            n("messages.gaps"),
+            n("messages.duplicates"),
+            n("messages.foreign"),
+            n("messages.skipped_in_flight"),
+            n("messages.lag_events"),
+            n("messages.received_per_s"),
+        );
+        if v["workload"] != "echo" {
+            println!("{:<13} {}", "tether errors", counts(&v["tether_errors"]));
+        }
     }
-    println!("disconnects {}  closes {}", v["disconnects"], v["closes"]);
-    if let Some(s) = v.get("storm") {
-        println!("storm       {s}");
+    println!("{:<13} {}", "disconnects", counts(&v["disconnects"]));
+    println!(
+        "{:<13} clean {}  timed out {}  unfinished {}",
+        "closes",
+        n("closes.clean"),
+        n("closes.timed_out"),
+        n("closes.unfinished"),
+    );
+    if v.get("churn").is_some() {
+        println!(
+            "{:<13} {}/s  disconnects {}",
+            "churn",
+            n("churn.rate_per_s"),
+            n("churn.disconnects")
+        );
     }
-    if let Some(s) = v.get("churn") {
-        println!("churn       {s}");
+    if v.get("storm").is_some() {
+        println!(
+            "{:<13} dropped {}  reconnected {}  gave up {}  recovered {}  in {} s",
+            "storm",
+            n("storm.dropped"),
+            n("storm.reconnected"),
+            n("storm.gave_up"),
+            n("storm.recovered"),
+            n("storm.recovery_s"),
+        );
     }
     print!(
-        "cpu         loadgen {}s ({}us per connection)",
-        v["loadgen_cpu_s"], v["loadgen_cpu_us_per_connection"]
+        "{:<13} loadgen {} s ({} us per connection)",
+        "cpu",
+        n("loadgen_cpu_s"),
+        n("loadgen_cpu_us_per_connection")
     );
     if v.get("server_cpu_s").is_some() {
         print!(
-            "  server {}s ({}us per connection)",
-            v["server_cpu_s"], v["server_cpu_us_per_connection"]
+            "  server {} s ({} us per connection)",
+            n("server_cpu_s"),
+            n("server_cpu_us_per_connection")
         );
     }
     println!();
+    println!(
+        "{:<13} {} s  workers {}",
+        "duration",
+        n("duration_s"),
+        n("workers")
+    );
+}
+
+/// Which thresholds held and which were crossed.
+fn print_thresholds(outcomes: &[Outcome]) {
+    if outcomes.is_empty() {
+        return;
+    }
+    let width = outcomes
+        .iter()
+        .map(|o| o.threshold.len())
+        .max()
+        .unwrap_or(0)
+        .max("threshold".len());
+    println!("== thresholds");
+    println!("  {:<width$}  {:>14}  result", "threshold", "actual");
+    for o in outcomes {
+        println!(
+            "  {:<width$}  {:>14}  {}",
+            o.threshold,
+            o.actual_text,
+            if o.ok { "ok" } else { "CROSSED" }
+        );
+    }
+    let crossed = outcomes.iter().filter(|o| !o.ok).count();
+    if crossed > 0 {
+        println!(
+            "{crossed} of {} thresholds crossed: exit status {EXIT_THRESHOLD_CROSSED}",
+            outcomes.len()
+        );
+    }
 }
 
 fn write_interval_logs(

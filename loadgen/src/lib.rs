@@ -10,6 +10,8 @@ pub mod cli;
 pub mod coordinator;
 pub mod plan;
 pub mod preflight;
+pub mod scenario;
 pub mod stats;
 pub mod sys;
+pub mod threshold;
 pub mod worker;

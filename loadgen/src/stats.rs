@@ -1,5 +1,5 @@
 //! Measurements and the worker report format: counters, the four latency HdrHistograms, and the
-//! JSON-lines messages a worker writes to its coordinator (histograms travel in HdrHistogram's
+//! JSON-lines messages a worker and its coordinator exchange (histograms travel in HdrHistogram's
 //! own V2 serialisation, base64-encoded, so the coordinator merges them exactly).
 
 use std::collections::BTreeMap;
@@ -238,6 +238,14 @@ pub struct WorkerPlan {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StartSignal {
     pub start_unix_ns: u64,
+}
+
+/// Coordinator -> worker, any later line on stdin.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum WorkerCmd {
+    /// Interrupted (Ctrl-C): stop the schedule and drain now (close every client with 1000).
+    Stop,
 }
 
 /// Worker -> coordinator, one JSON object per line on stdout.

@@ -15,6 +15,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
@@ -28,7 +29,7 @@ use tokio::time::{sleep_until, timeout_at, Instant};
 
 use crate::plan::MSG_HEADER_BYTES;
 use crate::plan::{storm_drops, worker_clients, ConnectSchedule, Phases, Plan, Target, Workload};
-use crate::stats::{Counters, Hists, StartSignal, WorkerMsg, WorkerPlan};
+use crate::stats::{Counters, Hists, StartSignal, WorkerCmd, WorkerMsg, WorkerPlan};
 use crate::sys;
 
 /// Size of the shared read buffer of a worker thread.
@@ -117,9 +118,23 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Later lines are commands (Ctrl-C at the coordinator: stop); read them on a thread of
+    // their own and wake the runtime through a `Send` notifier.
+    drop(lines);
+    let stop = Arc::new(Notify::new());
+    let stop_tx = stop.clone();
+    std::thread::spawn(move || {
+        for line in io::stdin().lines() {
+            let Ok(line) = line else { return };
+            match serde_json::from_str::<WorkerCmd>(&line) {
+                Ok(WorkerCmd::Stop) => stop_tx.notify_one(),
+                Err(e) => eprintln!("tether-loadgen worker: bad command line {line:?}: {e}"),
+            }
+        }
+    });
     let (counters, hists, samples, elapsed_us) = local.block_on(&rt, async move {
         let start_at = instant_of_unix_ns(start.start_unix_ns);
-        run(wp, start_at, nats).await
+        run(wp, start_at, nats, stop).await
     });
     let usage = sys::self_usage();
     emit(&WorkerMsg::Final {
@@ -191,6 +206,8 @@ struct Worker {
     ctl: Vec<Ctl>,
     live_tasks: Cell<u64>,
     idle: Notify,
+    /// Clients the schedule has started.
+    spawned: Cell<u64>,
     /// Clients whose first connect attempt has not finished (scheduled or in progress).
     initial_pending: Cell<u64>,
     initial_done: Notify,
@@ -259,6 +276,7 @@ async fn run(
     wp: WorkerPlan,
     start: Instant,
     nats: Option<async_nats::Client>,
+    stop: Arc<Notify>,
 ) -> (Counters, Hists, Vec<(u64, u64)>, u64) {
     let plan = wp.plan;
     let connect_end = start + Duration::from_secs_f64(Phases::of(&plan).connect_end_s);
@@ -280,6 +298,7 @@ async fn run(
             .collect(),
         live_tasks: Cell::new(0),
         idle: Notify::new(),
+        spawned: Cell::new(0),
         initial_pending: Cell::new(local_clients as u64),
         initial_done: Notify::new(),
         churn_pending: Cell::new(0),
@@ -299,28 +318,39 @@ async fn run(
     let sampler = tokio::task::spawn_local(sampler(w.clone()));
     let scheduler = tokio::task::spawn_local(schedule(w.clone()));
 
-    sleep_until(start + Duration::from_secs_f64(phases.hold_end_s)).await;
-    // The hold ends on schedule, but handshakes still in progress are not cut short: wait for
-    // every first attempt to finish (each is bounded by the connect and upgrade timeouts).
-    let initial_deadline = start
-        + Duration::from_secs_f64(phases.connect_end_s)
-        + Duration::from_millis(w.plan.connect_timeout_ms + w.plan.handshake_timeout_ms + 1000);
-    while w.initial_pending.get() > 0 {
-        tokio::select! {
-            _ = w.initial_done.notified() => {}
-            _ = sleep_until(initial_deadline) => break,
+    let phases_run = async {
+        sleep_until(start + Duration::from_secs_f64(phases.hold_end_s)).await;
+        // The hold ends on schedule, but handshakes still in progress are not cut short: wait
+        // for every first attempt to finish (each is bounded by the connect and upgrade
+        // timeouts).
+        let initial_deadline = start
+            + Duration::from_secs_f64(phases.connect_end_s)
+            + Duration::from_millis(w.plan.connect_timeout_ms + w.plan.handshake_timeout_ms + 1000);
+        while w.initial_pending.get() > 0 {
+            tokio::select! {
+                _ = w.initial_done.notified() => {}
+                _ = sleep_until(initial_deadline) => break,
+            }
         }
-    }
-    if w.plan.churn_per_s > 0.0 {
-        churn(&w, &phases).await;
-    }
-    if w.plan.storm_drop_fraction > 0.0 {
-        storm(&w).await;
+        if w.plan.churn_per_s > 0.0 {
+            churn(&w, &phases).await;
+        }
+        if w.plan.storm_drop_fraction > 0.0 {
+            storm(&w).await;
+        }
+    };
+    // An interrupt (the coordinator's stop) ends the phases wherever they are: straight to
+    // the drain, which aborts handshakes in progress and closes the open clients with 1000.
+    tokio::select! {
+        _ = phases_run => {}
+        _ = stop.notified() => {}
     }
 
     // Drain: stop the schedule, close every connection, wait for the tasks to end.
     w.draining.set(true);
     scheduler.abort();
+    // Clients the schedule had not reached (it fell behind, or the run was interrupted).
+    w.counters.borrow_mut().clients_not_started = w.ctl.len() as u64 - w.spawned.get();
     for c in &w.ctl {
         c.cmd.set(Cmd::Drain);
         c.notify.notify_one();
@@ -387,7 +417,6 @@ async fn ticker(w: Rc<Worker>) {
 async fn schedule(w: Rc<Worker>) {
     let workers = u64::from(w.plan.workers);
     let me = u64::from(w.index);
-    let mut spawned = 0u64;
     for (i, t_s) in ConnectSchedule::new(&w.plan) {
         if i % workers != me {
             continue;
@@ -397,11 +426,11 @@ async fn schedule(w: Rc<Worker>) {
             sleep_until(intended).await;
         }
         if w.draining.get() {
-            // The generator fell so far behind that the run ended first: say how many.
-            w.counters.borrow_mut().clients_not_started = w.ctl.len() as u64 - spawned;
+            // The generator fell so far behind that the run ended first (the drain counts
+            // the clients not started).
             break;
         }
-        spawned += 1;
+        w.spawned.set(w.spawned.get() + 1);
         w.live_tasks.set(w.live_tasks.get() + 1);
         tokio::task::spawn_local(client(w.clone(), (i / workers) as usize, i, intended));
     }

