@@ -102,6 +102,7 @@ pub fn install(
             });
             SHARD_HUB.with(|slot| *slot.borrow_mut() = hub.clone());
             Rc::new(DeviceEndpoint {
+                shard: ctx.clone(),
                 hub,
                 config: config.clone(),
                 stats: stats.clone(),
@@ -154,6 +155,8 @@ async fn run_hub(hub: ShardHub, ctx: Rc<ShardCtx>) {
 }
 
 struct DeviceEndpoint {
+    /// The shard's context (its liveness clock), handed to each session.
+    shard: Rc<ShardCtx>,
     hub: Option<ShardHub>,
     config: Arc<MessagingConfig>,
     stats: Arc<DeviceStats>,
@@ -223,6 +226,7 @@ impl Endpoint for DeviceEndpoint {
             Ok(Accepted {
                 protocol: protocol.map(str::to_owned),
                 session: Box::new(DeviceSession {
+                    shard: self.shard.clone(),
                     hub,
                     claims: Some(Rc::new(claims)),
                 }),
@@ -232,6 +236,7 @@ impl Endpoint for DeviceEndpoint {
 }
 
 struct DeviceSession {
+    shard: Rc<ShardCtx>,
     hub: ShardHub,
     /// Handed to the hub at open.
     claims: Option<Rc<Claims>>,
@@ -240,7 +245,7 @@ struct DeviceSession {
 impl Session for DeviceSession {
     fn on_open(&mut self, conn: &ConnHandle) {
         if let Some(claims) = self.claims.take() {
-            let now = conn.shard().now_ms();
+            let now = self.shard.now_ms();
             self.hub
                 .borrow_mut()
                 .open(conn.id(), conn.clone(), claims, now);
@@ -250,7 +255,7 @@ impl Session for DeviceSession {
     fn on_message(&mut self, conn: &ConnHandle, kind: MessageKind, data: &[u8]) {
         let mut hub = self.hub.borrow_mut();
         match (kind, std::str::from_utf8(data)) {
-            (MessageKind::Text, Ok(text)) => hub.text(conn.id(), text, conn.shard().now_ms()),
+            (MessageKind::Text, Ok(text)) => hub.text(conn.id(), text, self.shard.now_ms()),
             _ => hub.binary(conn.id()),
         }
     }

@@ -4,9 +4,12 @@
 //! Each shard has its own `SO_REUSEPORT` listener, accepts and owns its connections outright,
 //! and keeps all per-connection state in `!Send` structures on its thread. This module wires
 //! the pieces: [`config`] (flags, env, TOML), [`node`] (admission and open-files capacity),
-//! [`shard`] (per-shard state and tasks), [`conn`] (a connection's lifecycle), [`endpoint`]
-//! (pluggable endpoints), [`metrics`] and [`admin`] (Prometheus, health, readiness), and
-//! [`Server::run`] (start, signals, drain, exit).
+//! [`outbound`] (a connection's outbound queue, plain data), [`conn`] (the handle sessions get),
+//! [`endpoint`] (pluggable endpoints and sessions), [`shard`] (per-shard state and the
+//! connection registry), [`conn_task`] (a connection's task: handshake, frame loop, close),
+//! [`tasks`] (the shard's accept loop, sweeper and drain), [`metrics`] and [`admin`]
+//! (Prometheus, health, readiness), and [`Server::run`] (start, signals, drain, exit). The
+//! files import each other in that order only (`tests/import_cycles.rs`).
 //!
 //! # The seam for applications (endpoints, connection registry, per-shard services)
 //!
@@ -35,17 +38,20 @@
 //! for `drain_delay` (so that load balancers probing `/readyz` take the node out first), then
 //! the node stops accepting (each shard closes its listener), upgrade requests still in flight
 //! get 503, and each shard closes its connections
-//! with 1001 in batches spread over `drain_time` (see [`shard::drain`]). The process exits 0
+//! with 1001 in batches spread over `drain_time` (see [`tasks::drain`]). The process exits 0
 //! when every connection is closed or at the deadline, whichever comes first. A second signal
 //! stops at once.
 
 pub mod admin;
 pub mod config;
 pub mod conn;
+pub mod conn_task;
 pub mod endpoint;
 pub mod metrics;
 pub mod node;
+pub mod outbound;
 pub mod shard;
+pub mod tasks;
 
 use std::{
     future::Future,
@@ -337,15 +343,15 @@ async fn run_shard(
     for s in services {
         glommio::spawn_local(s).detach();
     }
-    glommio::spawn_local(shard::answer_pings(pings)).detach();
+    glommio::spawn_local(tasks::answer_pings(pings)).detach();
     let (stop_accept, stop_rx) = flume::bounded::<()>(1);
-    glommio::spawn_local(shard::accept_loop(ctx.clone(), listener, stop_rx)).detach();
-    glommio::spawn_local(shard::sweeper(ctx.clone())).detach();
-    glommio::spawn_local(shard::mesh_loop(ctx.clone())).detach();
+    glommio::spawn_local(tasks::accept_loop(ctx.clone(), listener, stop_rx)).detach();
+    glommio::spawn_local(tasks::sweeper(ctx.clone())).detach();
+    glommio::spawn_local(tasks::mesh_loop(ctx.clone())).detach();
     match control.recv_async().await {
         Ok(ShardControl::Drain { deadline }) => {
             let _ = stop_accept.try_send(());
-            shard::drain(ctx, deadline).await;
+            tasks::drain(ctx, deadline).await;
         }
         Err(_) => {
             // The node's main thread is gone: stop.

@@ -1,5 +1,6 @@
-//! Per-shard state ([`ShardCtx`]) and the shard's own tasks: accept loop, liveness sweeper,
-//! mesh receiver, readiness pings, drain.
+//! Per-shard state ([`ShardCtx`]): the registry of upgraded connections and what the shard's
+//! connections share. The shard's tasks are in [`super::tasks`], a connection's in
+//! [`super::conn_task`].
 //!
 //! A [`ShardCtx`] is created on its shard's thread and is `!Send`; everything on the shard
 //! reaches it through `Rc<ShardCtx>`. It owns the shard's registry of upgraded connections
@@ -15,11 +16,11 @@ use std::{
 };
 
 use ahash::AHashMap;
-use tether_shards::{listener::ShardListener, MeshEndpoint};
+use tether_shards::MeshEndpoint;
 
 use super::{
     config::ServerConfig,
-    conn::{self, ConnHandle, ConnId},
+    conn::{ConnHandle, ConnId, CONN_SEQ_BITS},
     endpoint::Endpoint,
     metrics::{self, ShardMetrics},
     node::NodeShared,
@@ -27,12 +28,6 @@ use super::{
 
 /// Bytes of the shard's read buffer, shared by all its connections (one read at a time).
 pub const SCRATCH_BYTES: usize = 64 * 1024;
-/// Connections accepted back to back before the accept loop lets other tasks run.
-const ACCEPT_BURST: u32 = 16;
-
-/// Longest pause of the accept loop after an accept error (e.g. EMFILE).
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(10);
-
 /// Work sent to a shard: runs there with the shard's context.
 pub type ShardTask = Box<dyn FnOnce(&Rc<ShardCtx>) + Send>;
 
@@ -120,7 +115,7 @@ impl ShardCtx {
 
     /// The shard index a connection id belongs to.
     pub fn shard_of(id: ConnId) -> usize {
-        (id >> 48) as usize
+        (id >> CONN_SEQ_BITS) as usize
     }
 
     /// This shard's end of the mesh (send to other shards with `send_to`/`try_send_to`).
@@ -138,10 +133,19 @@ impl ShardCtx {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// The next node-unique connection id: this shard's index above [`CONN_SEQ_BITS`] bits
+    /// of sequence. At a million connections per second the sequence lasts nine years; it is
+    /// checked rather than allowed to wrap into ids still in use.
     pub(super) fn next_conn_id(&self) -> ConnId {
         let seq = self.next_seq.get() + 1;
+        assert!(seq < 1 << CONN_SEQ_BITS, "connection id sequence exhausted");
+        assert!(
+            self.index < 1 << (64 - CONN_SEQ_BITS),
+            "shard index {}",
+            self.index
+        );
         self.next_seq.set(seq);
-        ((self.index as u64) << 48) | (seq & ((1 << 48) - 1))
+        ((self.index as u64) << CONN_SEQ_BITS) | seq
     }
 
     pub(super) fn endpoint(&self, path: &str) -> Option<Rc<dyn Endpoint>> {
@@ -163,13 +167,34 @@ impl ShardCtx {
         }
     }
 
-    pub(super) fn handshaking_add(&self, delta: i64) {
-        let v = self.handshaking.get() as i64 + delta;
-        self.handshaking.set(v.max(0) as usize);
-        if delta > 0 {
-            metrics::add(&self.metrics.handshaking, delta as u64);
-        } else {
-            metrics::sub(&self.metrics.handshaking, (-delta) as u64);
+    /// A socket enters the handshake.
+    pub(super) fn handshake_started(&self) {
+        self.handshaking.set(self.handshaking.get() + 1);
+        metrics::add(&self.metrics.handshaking, 1);
+    }
+
+    /// A socket leaves the handshake (upgraded, refused or gone).
+    pub(super) fn handshake_ended(&self) {
+        let n = self.handshaking.get();
+        assert!(n > 0, "handshake count underflow");
+        self.handshaking.set(n - 1);
+        metrics::sub(&self.metrics.handshaking, 1);
+    }
+
+    /// Sockets in the handshake now.
+    pub(super) fn handshaking(&self) -> usize {
+        self.handshaking.get()
+    }
+
+    /// Ids of every open connection (a snapshot).
+    pub(super) fn connection_ids(&self) -> Vec<ConnId> {
+        self.conns.borrow().keys().copied().collect()
+    }
+
+    /// Calls `f` with every open connection; `f` must not register or deregister any.
+    pub(super) fn for_each_connection(&self, mut f: impl FnMut(&ConnHandle)) {
+        for c in self.conns.borrow().values() {
+            f(c);
         }
     }
 
@@ -192,6 +217,13 @@ impl ShardCtx {
         }
     }
 
+    /// Enters the drain: upgrades are refused from now on and close handshakes end by
+    /// `deadline`.
+    pub(super) fn start_drain(&self, deadline: Instant) {
+        self.draining.set(true);
+        self.deadline.set(Some(deadline));
+    }
+
     /// How long a close handshake may wait: `close_timeout`, less when the drain deadline
     /// is nearer.
     pub(super) fn close_wait(&self, close_timeout: Duration) -> Duration {
@@ -201,137 +233,5 @@ impl ShardCtx {
                 .max(Duration::from_millis(1)),
             None => close_timeout,
         }
-    }
-}
-
-/// Accepts until `stop` fires; each socket gets its own task.
-pub(super) async fn accept_loop(
-    ctx: Rc<ShardCtx>,
-    listener: ShardListener,
-    stop: flume::Receiver<()>,
-) {
-    let accepting = async {
-        let mut last_error_log: Option<Instant> = None;
-        let mut accepted = 0u32;
-        loop {
-            // One accept4 while the queue has connections; glommio's accept (which waits) only
-            // when it is empty. TCP_NODELAY comes from the listener.
-            let next = listener.accept().await;
-            match next {
-                Ok((stream, peer)) => {
-                    let admitted = ctx.node.try_admit();
-                    glommio::spawn_local(conn::run(ctx.clone(), stream, peer, admitted)).detach();
-                    // Let the new connections' tasks run between bursts of accepts.
-                    accepted = accepted.wrapping_add(1);
-                    if accepted.is_multiple_of(ACCEPT_BURST) {
-                        futures_lite::future::yield_now().await;
-                    }
-                }
-                Err(e) => {
-                    metrics::add(&ctx.metrics.accept_errors, 1);
-                    if last_error_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                        tracing::warn!(shard = ctx.index, error = %e, "accept failed (open files exhausted? see docs/operations.md)");
-                        last_error_log = Some(Instant::now());
-                    }
-                    glommio::timer::sleep(ACCEPT_ERROR_PAUSE).await;
-                }
-            }
-        }
-    };
-    futures_lite::future::or(accepting, async {
-        let _ = stop.recv_async().await;
-    })
-    .await;
-    drop(listener);
-    tracing::info!(shard = ctx.index, "listener closed");
-}
-
-/// Pings silent connections and drops those silent past `silence_timeout`.
-pub(super) async fn sweeper(ctx: Rc<ShardCtx>) {
-    let cfg = &ctx.config;
-    let ping_ms = cfg.ping_idle.as_millis() as u64;
-    let silence_ms = cfg.silence_timeout.as_millis() as u64;
-    let tick = (cfg.ping_idle.min(cfg.silence_timeout - cfg.ping_idle) / 4)
-        .clamp(Duration::from_millis(10), Duration::from_secs(1));
-    loop {
-        glommio::timer::sleep(tick).await;
-        let now = ctx.now_ms();
-        for conn in ctx.conns.borrow().values() {
-            conn.sweep(now, ping_ms, silence_ms);
-        }
-    }
-}
-
-/// Answers the admin thread's readiness pings (see [`super::admin`]): an answer shows the
-/// shard's executor is running its tasks.
-pub(super) async fn answer_pings(pings: flume::Receiver<super::admin::ShardPing>) {
-    while let Ok(reply) = pings.recv_async().await {
-        let _ = reply.send(());
-    }
-}
-
-/// Runs closures other shards send over the mesh.
-pub(super) async fn mesh_loop(ctx: Rc<ShardCtx>) {
-    while let Some(msg) = ctx.mesh.recv().await {
-        match msg {
-            ShardMsg::Run(f) => f(&ctx),
-        }
-    }
-}
-
-/// Drains the shard: the caller has stopped the listener. Closes connections with 1001 in
-/// batches spread over the first three quarters of the time left (the rest is for close
-/// handshakes), then waits until every connection and handshake is gone or the deadline.
-pub(super) async fn drain(ctx: Rc<ShardCtx>, deadline: Instant) {
-    ctx.draining.set(true);
-    ctx.deadline.set(Some(deadline));
-    let start = Instant::now();
-    let window = deadline.saturating_duration_since(start) * 3 / 4;
-    let tick = (window / 20).clamp(Duration::from_millis(10), Duration::from_millis(250));
-    let ticks = (window.as_millis() / tick.as_millis().max(1)).max(1) as usize;
-    let targets: Vec<ConnId> = ctx.conns.borrow().keys().copied().collect();
-    tracing::info!(
-        shard = ctx.index,
-        connections = targets.len(),
-        window_ms = window.as_millis() as u64,
-        "draining: closing connections with 1001"
-    );
-    let mut next = 0;
-    for i in 0..ticks {
-        // Cumulative schedule: by the end of tick i, (i+1)/ticks of the connections are closed.
-        let due = (targets.len() * (i + 1)).div_ceil(ticks);
-        for id in &targets[next..due] {
-            if let Some(c) = ctx.conn(*id) {
-                c.close(1001, "server draining");
-            }
-        }
-        next = due;
-        if next == targets.len() || ctx.conns.borrow().is_empty() {
-            break;
-        }
-        glommio::timer::sleep(tick).await;
-    }
-    loop {
-        // Connections upgraded after the snapshot (handshake finished just before the drain).
-        for c in ctx.connections() {
-            c.close(1001, "server draining");
-        }
-        if ctx.conns.borrow().is_empty() && ctx.handshaking.get() == 0 {
-            tracing::info!(
-                shard = ctx.index,
-                elapsed_ms = start.elapsed().as_millis() as u64,
-                "drained"
-            );
-            return;
-        }
-        if Instant::now() >= deadline {
-            tracing::warn!(
-                shard = ctx.index,
-                connections = ctx.connection_count(),
-                "drain deadline reached with connections open"
-            );
-            return;
-        }
-        glommio::timer::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -1,0 +1,620 @@
+//! A connection's task from accept to close: the upgrade, the frame loop, the close handshake.
+//! It owns the socket; the [`Conn`] handle it registers in its shard holds what other code may
+//! touch (the outbound queue, the close request).
+//!
+//! **Handshake.** The request head is read (in pieces, through the shard's scratch buffer)
+//! into a transient buffer of at most `head_bytes_max + 1` bytes and parsed by
+//! [`crate::ws::parse_request`]. Everything until the 101 (reading the head, the endpoint's
+//! decision) runs under `handshake_timeout`; a slow or endless head gets 408 or 431, a bad
+//! request its status from [`crate::ws::HandshakeError::status`], an unknown path 404, a request
+//! arriving while the node drains 503. A client beyond the node's capacity gets 503 at once,
+//! before its request is read (see [`refuse_over_capacity`]). Error responses are
+//! followed by a bounded linger (shut down our side, discard input until EOF or
+//! [`LINGER_TIMEOUT`]) so the response is not destroyed by a reset.
+//!
+//! **Frame loop.** No read buffer lives in the connection: each read goes into the shard's
+//! scratch buffer and is decoded there in place; only the bytes of an incomplete frame are kept
+//! (`leftover`, freed as soon as it is consumed). An idle connection therefore holds its glommio
+//! stream, the decoder, the [`Conn`] with its (empty) queues, and the task: see
+//! `docs/benchmarks.md` for the measured RSS.
+//!
+//! **Close.** Each protocol violation is answered with a close frame carrying
+//! [`crate::ws::ProtocolError::close_code`]. Whoever starts it, the close handshake is bounded:
+//! after our close frame we wait at most `close_timeout` (less when the drain deadline is
+//! nearer) for the peer's close and FIN, then close the socket.
+
+use std::{
+    io,
+    net::{Shutdown, SocketAddr},
+    pin::Pin,
+    rc::Rc,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use futures_lite::{future::poll_fn, io::AsyncRead, io::AsyncWrite, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use crate::ws::{
+    parse_request, write_accept_response, write_error_response, write_handshake_error, Decoder,
+    DecoderLimits, Event, HandshakeError, HandshakeLimits, ProtocolError, Role,
+};
+
+use super::{
+    conn::{CloseRequest, Conn, ConnHandle, ExitRequest},
+    endpoint::{ConnInfo, Session},
+    metrics::{self, HandshakeResult, ShardMetrics},
+    node::NodeShared,
+    shard::ShardCtx,
+};
+
+/// How long a rejected client's socket lingers for its FIN after our response.
+pub const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest wait to write a 503 to a refused socket that may not linger (a fresh socket's send
+/// buffer is empty, so this only bounds a pathological case).
+const REFUSE_WRITE_TIMEOUT: Duration = Duration::from_millis(100);
+/// Reads handled in one poll of a connection before it yields to the others.
+const READS_PER_POLL: usize = 4;
+
+/// How the frame loop ended.
+enum Exit {
+    /// The peer sent a close frame (with its code, if any).
+    Peer(Option<u16>),
+    /// We close (drain, slow consumer, application).
+    Local(CloseRequest),
+    /// The peer broke the protocol.
+    Protocol(ProtocolError),
+    /// EOF or reset without a close handshake.
+    Gone,
+    /// Silent past `silence_timeout`.
+    Silence,
+}
+
+/// Reading state of an upgraded connection.
+struct FrameIo {
+    decoder: Decoder,
+    /// Bytes of an incomplete frame; empty (no allocation) between frames.
+    leftover: Vec<u8>,
+}
+
+impl FrameIo {
+    /// Decodes every complete frame of `leftover ++ new`, dispatching events; keeps the rest.
+    fn feed(
+        &mut self,
+        new: &mut [u8],
+        conn: &ConnHandle,
+        session: &mut dyn Session,
+        m: &ShardMetrics,
+    ) -> Option<Exit> {
+        if self.leftover.is_empty() {
+            let (used, exit) = decode_all(&mut self.decoder, new, conn, session, m);
+            if exit.is_none() && used < new.len() {
+                self.leftover.extend_from_slice(&new[used..]);
+            }
+            exit
+        } else {
+            self.leftover.extend_from_slice(new);
+            let (used, exit) = decode_all(&mut self.decoder, &mut self.leftover, conn, session, m);
+            if used == self.leftover.len() {
+                self.leftover = Vec::new();
+            } else {
+                self.leftover.drain(..used);
+            }
+            exit
+        }
+    }
+}
+
+fn decode_all(
+    decoder: &mut Decoder,
+    buf: &mut [u8],
+    conn: &ConnHandle,
+    session: &mut dyn Session,
+    m: &ShardMetrics,
+) -> (usize, Option<Exit>) {
+    let mut off = 0;
+    while off < buf.len() {
+        let (event, used) = match decoder.decode(&mut buf[off..]) {
+            Err(e) => return (off, Some(Exit::Protocol(e))),
+            Ok(None) => break,
+            Ok(Some(x)) => x,
+        };
+        match event {
+            None | Some(Event::Pong(_)) => {}
+            Some(Event::Message { kind, data }) => {
+                metrics::add(&m.messages_received, 1);
+                session.on_message(conn, kind, data);
+            }
+            Some(Event::Ping(p)) => conn.queue_pong(p),
+            Some(Event::Close(c)) => {
+                let code = c.map(|(code, _)| code);
+                return (off + used, Some(Exit::Peer(code)));
+            }
+        }
+        off += used;
+    }
+    (off, None)
+}
+
+/// Reads once into the shard's scratch buffer and hands the bytes to `f`.
+fn poll_read_scratch<R>(
+    shard: &ShardCtx,
+    stream: &mut TcpStream,
+    cx: &mut Context<'_>,
+    limit: usize,
+    f: impl FnOnce(&mut [u8]) -> R,
+) -> Poll<io::Result<Option<R>>> {
+    let mut scratch = shard.scratch.borrow_mut();
+    let lim = limit.min(scratch.len());
+    match Pin::new(&mut *stream).poll_read(cx, &mut scratch[..lim]) {
+        Poll::Pending => Poll::Pending,
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Ready(Ok(0)) => Poll::Ready(Ok(None)),
+        Poll::Ready(Ok(n)) => Poll::Ready(Ok(Some(f(&mut scratch[..n])))),
+    }
+}
+
+fn poll_open(
+    shard: &ShardCtx,
+    conn: &ConnHandle,
+    stream: &mut TcpStream,
+    io: &mut FrameIo,
+    session: &mut dyn Session,
+    cx: &mut Context<'_>,
+) -> Poll<Exit> {
+    conn.set_waker(cx);
+    let mut reads = 0;
+    loop {
+        match conn.take_exit_request() {
+            Some(ExitRequest::Close(req)) => return Poll::Ready(Exit::Local(req)),
+            Some(ExitRequest::Silence) => return Poll::Ready(Exit::Silence),
+            None => {}
+        }
+        if let Poll::Ready(Err(_)) = poll_flush(conn, stream, cx) {
+            return Poll::Ready(Exit::Gone);
+        }
+        if reads == READS_PER_POLL {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        reads += 1;
+        let r = poll_read_scratch(shard, stream, cx, usize::MAX, |data| {
+            metrics::add(&shard.metrics.bytes_received, data.len() as u64);
+            conn.touch(shard.now_ms());
+            conn.set_in_poll(true);
+            let exit = io.feed(data, conn, session, &shard.metrics);
+            conn.set_in_poll(false);
+            exit
+        });
+        match r {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(_)) | Poll::Ready(Ok(None)) => return Poll::Ready(Exit::Gone),
+            Poll::Ready(Ok(Some(Some(exit)))) => return Poll::Ready(exit),
+            Poll::Ready(Ok(Some(None))) => {}
+        }
+    }
+}
+
+/// Releases the node-wide admission slot when the connection's task ends (or is dropped).
+struct Admission(Arc<NodeShared>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+/// Counts the shard's sockets in the handshake while alive.
+struct Handshaking(Rc<ShardCtx>);
+
+impl Handshaking {
+    fn new(shard: &Rc<ShardCtx>) -> Handshaking {
+        shard.handshake_started();
+        Handshaking(shard.clone())
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.handshake_ended();
+    }
+}
+
+/// Serves one accepted socket until it closes. `admitted` is false when the node was at
+/// capacity at accept time (the client then gets 503).
+pub(super) async fn run(
+    shard: Rc<ShardCtx>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    admitted: bool,
+) {
+    let _admission = admitted.then(|| Admission(shard.node.clone()));
+    let id = shard.next_conn_id();
+    // Locals of the handshake stay inside blocks: a local in scope across an await is stored in
+    // the task for the connection's whole life (see `connection_state_stays_small`).
+    let upgraded = {
+        let _hs = Handshaking::new(&shard);
+        let info = ConnInfo {
+            id,
+            peer,
+            shard: shard.index,
+        };
+        Box::pin(handshake(&shard, &mut stream, &info, admitted)).await
+    };
+    let Some((mut session, leftover)) = upgraded else {
+        return;
+    };
+
+    let conn: ConnHandle = Rc::new(Conn::new(
+        id,
+        peer,
+        shard.metrics.clone(),
+        shard.config.outbound_bytes_max,
+        shard.now_ms(),
+    ));
+    shard.register(conn.clone());
+    session.on_open(&conn);
+    let cfg = &shard.config;
+    let mut io = FrameIo {
+        decoder: Decoder::new(
+            Role::Server,
+            DecoderLimits {
+                frame_bytes_max: cfg.frame_bytes_max,
+                message_bytes_max: cfg.message_bytes_max,
+            },
+        ),
+        leftover: Vec::new(),
+    };
+    let early = {
+        let mut first = leftover;
+        if first.is_empty() {
+            None
+        } else {
+            io.feed(&mut first, &conn, &mut *session, &shard.metrics)
+        }
+    };
+    let exit = if let Some(exit) = early {
+        exit
+    } else {
+        poll_fn(|cx| poll_open(&shard, &conn, &mut stream, &mut io, &mut *session, cx)).await
+    };
+    let code = Box::pin(close(&shard, &conn, &mut stream, &mut io, exit)).await;
+    conn.discard_all();
+    shard.deregister(conn.id());
+    shard.metrics.close(code);
+    session.on_close(&conn, code);
+}
+
+/// Writes what the connection's queue holds (control frames at frame boundaries, then data).
+fn poll_flush(conn: &Conn, stream: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    conn.poll_write_queued(|buf| Pin::new(&mut *stream).poll_write(cx, buf))
+}
+
+/// The close phase; returns the code to count.
+async fn close(
+    shard: &ShardCtx,
+    conn: &ConnHandle,
+    stream: &mut TcpStream,
+    io: &mut FrameIo,
+    exit: Exit,
+) -> u16 {
+    let wait = shard.close_wait(shard.config.close_timeout);
+    match exit {
+        Exit::Gone | Exit::Silence => {
+            let _ = stream.shutdown(Shutdown::Both).await;
+            1006
+        }
+        Exit::Peer(code) => {
+            // Echo the peer's code (RFC 6455 §5.5.1), then close our side and wait for its FIN.
+            conn.queue_close_frame(code, "", false);
+            finish_close(shard, conn, stream, wait).await;
+            code.unwrap_or(1005)
+        }
+        Exit::Protocol(e) => {
+            tracing::debug!(conn = conn.id(), peer = %conn.peer(), error = %e, code = e.close_code(), "protocol violation");
+            let reason = e.to_string();
+            // Echoes of the messages completed before the violation go out first (Autobahn
+            // 3.2-3.4, 4.x, 5.15 expect them); the queue is bounded and the flush timed.
+            conn.queue_close_frame(Some(e.close_code()), &reason, false);
+            finish_close(shard, conn, stream, wait).await;
+            e.close_code()
+        }
+        Exit::Local(req) => {
+            conn.queue_close_frame(Some(req.code), req.reason, req.discard_queued);
+            let _ = glommio::timer::timeout(wait, async {
+                // Flush while reading: the peer may be sending while we close.
+                poll_fn(|cx| {
+                    let flushed = poll_flush(conn, stream, cx)?;
+                    loop {
+                        let r = poll_read_scratch(shard, stream, cx, usize::MAX, |data| {
+                            closing_feed(io, data)
+                        });
+                        match r {
+                            Poll::Pending => break,
+                            Poll::Ready(Ok(Some(false))) => continue,
+                            // EOF, error, or the peer's close: done once our frame is out.
+                            Poll::Ready(Ok(Some(true)))
+                            | Poll::Ready(Ok(None))
+                            | Poll::Ready(Err(_)) => {
+                                return match flushed {
+                                    Poll::Ready(()) => Poll::Ready(Ok(())),
+                                    Poll::Pending => Poll::Ready(Err(io::Error::from(
+                                        io::ErrorKind::UnexpectedEof,
+                                    ))),
+                                };
+                            }
+                        }
+                    }
+                    Poll::Pending
+                })
+                .await
+                .map_err(glommio::GlommioError::from)
+            })
+            .await;
+            let _ = stream.shutdown(Shutdown::Both).await;
+            req.code
+        }
+    }
+}
+
+/// After the peer's close or a violation: flush our close frame, shut down our side, and
+/// discard input until the peer's FIN, all within `wait`.
+async fn finish_close(shard: &ShardCtx, conn: &Conn, stream: &mut TcpStream, wait: Duration) {
+    let _ = glommio::timer::timeout(wait, async {
+        poll_fn(|cx| poll_flush(conn, stream, cx)).await?;
+        let _ = stream.shutdown(Shutdown::Write).await;
+        discard_until_eof(shard, stream).await;
+        Ok(())
+    })
+    .await;
+}
+
+/// Decodes frames while waiting for the peer's close; data and pings are ignored (we already
+/// sent our close). True once the peer's close frame (or a violation) is seen.
+fn closing_feed(io: &mut FrameIo, data: &mut [u8]) -> bool {
+    let mut owned;
+    let buf: &mut [u8] = if io.leftover.is_empty() {
+        data
+    } else {
+        io.leftover.extend_from_slice(data);
+        owned = std::mem::take(&mut io.leftover);
+        &mut owned[..]
+    };
+    let mut off = 0;
+    while off < buf.len() {
+        match io.decoder.decode(&mut buf[off..]) {
+            Err(_) => return true,
+            Ok(None) => break,
+            Ok(Some((Some(Event::Close(_)), _))) => return true,
+            Ok(Some((_, used))) => off += used,
+        }
+    }
+    if off < buf.len() {
+        io.leftover = buf[off..].to_vec();
+    }
+    false
+}
+
+/// Reads and drops input until EOF (bounded by the caller's timeout).
+async fn discard_until_eof(shard: &ShardCtx, stream: &mut TcpStream) {
+    loop {
+        let r = poll_fn(|cx| poll_read_scratch(shard, stream, cx, usize::MAX, |_| ())).await;
+        match r {
+            Ok(Some(())) => continue,
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
+/// Writes an HTTP error response, then lingers briefly so it is not lost to a reset.
+async fn reject(shard: &ShardCtx, stream: &mut TcpStream, response: &[u8]) {
+    let _ = glommio::timer::timeout(LINGER_TIMEOUT, async {
+        stream.write_all(response).await?;
+        let _ = stream.shutdown(Shutdown::Write).await;
+        discard_until_eof(shard, stream).await;
+        Ok(())
+    })
+    .await;
+}
+
+fn error_response(status: u16, body: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160 + body.len());
+    write_error_response(&mut out, status, body);
+    out
+}
+
+enum HandshakeOutcome {
+    Upgraded(Box<dyn Session>, Vec<u8>),
+    Refused(HandshakeResult, Vec<u8>),
+    Gone,
+}
+
+/// Reads and answers the upgrade request. `Some((session, leftover))` once the 101 is sent.
+async fn handshake(
+    shard: &Rc<ShardCtx>,
+    stream: &mut TcpStream,
+    info: &ConnInfo,
+    admitted: bool,
+) -> Option<(Box<dyn Session>, Vec<u8>)> {
+    if !admitted {
+        refuse_over_capacity(shard, stream, info).await;
+        return None;
+    }
+    let started = Instant::now();
+    let timed = glommio::timer::timeout(shard.config.handshake_timeout, async {
+        Ok(handshake_inner(shard, stream, info).await)
+    })
+    .await;
+    let outcome = timed.unwrap_or_else(|_| {
+        tracing::debug!(peer = %info.peer, elapsed_ms = started.elapsed().as_millis() as u64, "handshake timeout");
+        HandshakeOutcome::Refused(
+            HandshakeResult::Timeout,
+            error_response(408, "request head not received within handshake_timeout"),
+        )
+    });
+    match outcome {
+        HandshakeOutcome::Upgraded(session, leftover) => {
+            shard.metrics.handshake(HandshakeResult::Ok);
+            Some((session, leftover))
+        }
+        HandshakeOutcome::Refused(result, response) => {
+            shard.metrics.handshake(result);
+            reject(shard, stream, &response).await;
+            None
+        }
+        HandshakeOutcome::Gone => {
+            shard.metrics.handshake(HandshakeResult::IoError);
+            None
+        }
+    }
+}
+
+async fn handshake_inner(
+    shard: &Rc<ShardCtx>,
+    stream: &mut TcpStream,
+    info: &ConnInfo,
+) -> HandshakeOutcome {
+    let cfg = &shard.config;
+    let limits = HandshakeLimits {
+        head_bytes_max: cfg.head_bytes_max,
+        headers_max: cfg.headers_max,
+    };
+    let mut head: Vec<u8> = Vec::new();
+    let (req, head_len) = loop {
+        let room = limits.head_bytes_max + 1 - head.len().min(limits.head_bytes_max);
+        let r = poll_fn(|cx| {
+            poll_read_scratch(shard, stream, cx, room, |data| head.extend_from_slice(data))
+        })
+        .await;
+        match r {
+            Ok(Some(())) => {}
+            Ok(None) | Err(_) => return HandshakeOutcome::Gone,
+        }
+        let parsed = if head.len() > limits.head_bytes_max && !contains_head_end(&head) {
+            Err(HandshakeError::HeadTooLarge {
+                size: head.len(),
+                max: limits.head_bytes_max,
+            })
+        } else {
+            parse_request(&head, &limits)
+        };
+        match parsed {
+            Ok(None) => continue,
+            Ok(Some(x)) => break x,
+            Err(e) => {
+                tracing::debug!(peer = %info.peer, error = %e, status = e.status(), "upgrade refused");
+                let mut out = Vec::new();
+                write_handshake_error(&mut out, &e);
+                return HandshakeOutcome::Refused(HandshakeResult::from_status(e.status()), out);
+            }
+        }
+    };
+    if shard.is_draining() {
+        return HandshakeOutcome::Refused(
+            HandshakeResult::Draining,
+            error_response(503, "node is draining; reconnect to another node"),
+        );
+    }
+    let Some(endpoint) = shard.endpoint(&req.path) else {
+        return HandshakeOutcome::Refused(
+            HandshakeResult::NotFound,
+            error_response(404, "no such endpoint"),
+        );
+    };
+    let accepted = match endpoint.accept(&req, info).await {
+        Ok(a) => a,
+        Err(rej) => {
+            return HandshakeOutcome::Refused(
+                HandshakeResult::Rejected,
+                error_response(rej.status, &rej.body),
+            );
+        }
+    };
+    let mut out = Vec::with_capacity(256);
+    write_accept_response(&mut out, &req, accepted.protocol.as_deref());
+    if stream.write_all(&out).await.is_err() {
+        return HandshakeOutcome::Gone;
+    }
+    let leftover = if head.len() > head_len {
+        head[head_len..].to_vec()
+    } else {
+        Vec::new()
+    };
+    HandshakeOutcome::Upgraded(accepted.session, leftover)
+}
+
+/// A socket beyond the node's capacity gets `503` at once, without waiting for its request:
+/// it holds a descriptor from the small reserve ([`super::node::FDS_RESERVED`]), and silent sockets
+/// waiting out `handshake_timeout` would use the reserve up, leaving the next client with a
+/// complete request unanswered in the kernel's queue. At most [`super::node::REFUSING_MAX`] refused
+/// sockets linger for the client's FIN at once; beyond that the answer is written and the
+/// socket closed at once.
+async fn refuse_over_capacity(shard: &Rc<ShardCtx>, stream: &mut TcpStream, info: &ConnInfo) {
+    shard.metrics.handshake(HandshakeResult::OverCapacity);
+    shard.log_over_capacity(info.peer);
+    let response = error_response(503, "node at connection capacity");
+    match shard.node.try_refusing() {
+        Some(_slot) => reject(shard, stream, &response).await,
+        None => {
+            let _ = glommio::timer::timeout(REFUSE_WRITE_TIMEOUT, async {
+                stream.write_all(&response).await?;
+                Ok(())
+            })
+            .await;
+        }
+    }
+}
+
+fn contains_head_end(buf: &[u8]) -> bool {
+    buf.windows(4).any(|w| w == b"\r\n\r\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::config::ServerConfig;
+
+    /// The memory budget of an idle connection (docs/benchmarks.md) depends on these sizes;
+    /// this keeps them from growing unnoticed.
+    #[test]
+    fn connection_state_stays_small() {
+        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(64 * 1024)
+            .make()
+            .unwrap();
+        ex.run(async {
+            let mesh = tether_shards::Mesh::build(1, 1).pop().unwrap();
+            let ctx = Rc::new(ShardCtx::new(
+                0,
+                1,
+                0,
+                Arc::new(ServerConfig::default()),
+                Arc::new(ShardMetrics::default()),
+                Arc::new(NodeShared::new(10, 100)),
+                mesh,
+            ));
+            let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let _client = std::net::TcpStream::connect(addr).unwrap();
+            let stream = listener.accept().await.unwrap();
+            let task = run(ctx, stream, addr, true);
+            let task_bytes = std::mem::size_of_val(&task);
+            let conn_bytes = std::mem::size_of::<Conn>();
+            let stream_bytes = std::mem::size_of::<TcpStream>();
+            eprintln!(
+                "task future {task_bytes} B, Conn {conn_bytes} B, TcpStream {stream_bytes} B"
+            );
+            assert!(
+                task_bytes <= 768,
+                "connection task future grew to {task_bytes} bytes"
+            );
+            assert!(conn_bytes <= 320, "Conn grew to {conn_bytes} bytes");
+            let outbound_bytes = std::mem::size_of::<crate::server::outbound::Outbound>();
+            assert!(
+                outbound_bytes <= 104,
+                "Outbound grew to {outbound_bytes} bytes"
+            );
+        });
+    }
+}
