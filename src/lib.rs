@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod bus;
+pub mod config;
 pub mod device;
 pub mod proto;
 pub mod server;

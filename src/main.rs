@@ -1,12 +1,14 @@
 //! The `tether` binary: `tether serve` runs a node (see `tether::server`); `tether token`
-//! mints a development device token (see `tether::device`).
+//! mints a development device token (see `tether::device`); `tether config check|example`
+//! shows the configuration (see `tether::config`).
 
-use std::{io::IsTerminal, process::ExitCode};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use tether::device::config::{MessagingArgs, MessagingConfig, TokenArgs};
+use tether::config::{self, ConfigError, LogFormat, ServeFlags, Settings};
+use tether::device::config::{MessagingConfig, TokenArgs};
 use tether::device::endpoint::{install, MessagingNode};
-use tether::server::{config::LogFormat, ServeArgs, Server, ServerConfig};
+use tether::server::{Server, ServerConfig};
 
 #[derive(Parser)]
 #[command(name = "tether", version, about = "Thread-per-core WebSocket gateway")]
@@ -21,14 +23,45 @@ enum Command {
     Serve(Box<ServeCmd>),
     /// Mint a development device token (HS256 with the node's --jwt-secret).
     Token(TokenArgs),
+    /// Check a configuration file or print an example one.
+    #[command(subcommand)]
+    Config(ConfigCmd),
 }
 
 #[derive(clap::Args)]
 struct ServeCmd {
+    /// TOML file with any of the settings (`tether config example` prints one).
+    #[arg(long, env = "TETHER_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(flatten)]
-    server: ServeArgs,
-    #[command(flatten)]
-    messaging: MessagingArgs,
+    settings: ServeFlags,
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print the effective configuration of FILE with the environment's TETHER_* variables and
+    /// any flags given here (secrets redacted); exit 2 on any error.
+    Check {
+        /// The TOML file.
+        file: PathBuf,
+        #[command(flatten)]
+        settings: Box<ServeFlags>,
+    },
+    /// Print a complete, commented configuration file with every setting at its default.
+    Example,
+}
+
+/// Both halves of a node's configuration, checked.
+struct NodeConfig {
+    server: ServerConfig,
+    messaging: Option<MessagingConfig>,
+}
+
+fn node_config(settings: &Settings) -> Result<NodeConfig, ConfigError> {
+    Ok(NodeConfig {
+        server: ServerConfig::resolve(settings)?,
+        messaging: MessagingConfig::resolve(settings)?,
+    })
 }
 
 fn init_logging(format: LogFormat) {
@@ -75,20 +108,32 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Serve(cmd) => {
-            let ServeCmd {
-                server: args,
-                messaging,
-            } = *cmd;
-            let config = match ServerConfig::resolve(&args) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("tether serve: {e}");
-                    return ExitCode::from(2);
+        Command::Config(ConfigCmd::Example) => {
+            print!("{}", config::example());
+            ExitCode::SUCCESS
+        }
+        Command::Config(ConfigCmd::Check { file, settings }) => {
+            match config::resolve(&settings, Some(&file))
+                .and_then(|r| node_config(&r.settings).map(|_| r))
+            {
+                Ok(resolved) => {
+                    print!("{}", resolved.render());
+                    ExitCode::SUCCESS
                 }
-            };
-            let messaging = match MessagingConfig::resolve(&messaging) {
-                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("tether config check: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Serve(cmd) => {
+            let NodeConfig {
+                server: config,
+                messaging,
+            } = match config::resolve(&cmd.settings, cmd.config.as_deref())
+                .and_then(|r| node_config(&r.settings))
+            {
+                Ok(c) => c,
                 Err(e) => {
                     eprintln!("tether serve: {e}");
                     return ExitCode::from(2);

@@ -31,9 +31,6 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Default length of every bus queue (shard to bridge, bridge to shard, shard to shard), in
-/// messages: about 1.5 s of traffic at 40k msg/s per shard before anything is dropped.
-pub const QUEUE_LEN_DEFAULT: usize = 65_536;
 /// Most control messages a shard may hold back while the control channel is full.
 pub const CONTROL_BACKLOG_MAX: usize = 1 << 20;
 

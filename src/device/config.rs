@@ -1,87 +1,12 @@
-//! Messaging settings of `tether serve`: authentication, the bus, device-protocol limits.
-//!
-//! Flags with `TETHER_*` environment variables, flattened into the server's flags. Defaults and
-//! their reasons are in `docs/protocol.md` (section 10) and `docs/operations.md`.
+//! The checked messaging settings of `tether serve`: device authentication, the bus,
+//! device-protocol limits. The settings themselves (flags, environment variables, TOML keys,
+//! defaults and their reasons) are in [`crate::config`]; this module turns the resolved values
+//! into a [`MessagingConfig`], reading key and secret files, and checks them.
 
 use crate::auth::{KeyConfig, Verifier};
-use crate::bus::QUEUE_LEN_DEFAULT;
+use crate::config::{invalid, ConfigError, JwtAlg, Secret, Settings};
 use crate::device::hub::HubLimits;
-use std::path::PathBuf;
 use std::time::Duration;
-
-/// Messaging flags of `tether serve`.
-#[derive(clap::Args, Debug, Default, Clone)]
-pub struct MessagingArgs {
-    /// HS256 secret that device tokens are signed with (at least 16 bytes).
-    #[arg(
-        long,
-        env = "TETHER_JWT_SECRET",
-        value_name = "SECRET",
-        hide_env_values = true
-    )]
-    pub jwt_secret: Option<String>,
-    /// PEM public key for RS256/ES256 device tokens (instead of --jwt-secret).
-    #[arg(long, env = "TETHER_JWT_PUBLIC_KEY", value_name = "FILE")]
-    pub jwt_public_key: Option<PathBuf>,
-    /// Algorithm of --jwt-public-key: RS256 or ES256.
-    #[arg(
-        long,
-        env = "TETHER_JWT_ALG",
-        value_name = "ALG",
-        default_value = "RS256"
-    )]
-    pub jwt_alg: String,
-    /// Accept devices without a token (device id from the `device` query parameter). Never in
-    /// production: logged as a warning at start.
-    #[arg(long, env = "TETHER_INSECURE_NO_AUTH")]
-    pub insecure_no_auth: bool,
-    /// NATS server URLs (comma-separated); without it the node runs the embedded bus.
-    #[arg(
-        long,
-        env = "TETHER_NATS",
-        value_name = "URL[,URL...]",
-        value_delimiter = ','
-    )]
-    pub nats: Vec<String>,
-    /// This node's id in presence answers and inbox subjects (default: `n-` + random hex).
-    #[arg(long, env = "TETHER_NODE_ID", value_name = "ID")]
-    pub node_id: Option<String>,
-    /// NATS subject of a backend that authorises each device after its token is verified.
-    #[arg(long, env = "TETHER_AUTH_SUBJECT", value_name = "SUBJECT")]
-    pub auth_subject: Option<String>,
-    /// How long to wait for the --auth-subject backend before answering 503 (default 2s).
-    #[arg(long, env = "TETHER_AUTH_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
-    pub auth_timeout: Option<Duration>,
-    /// Length of each bus queue in messages (default 65536).
-    #[arg(long, env = "TETHER_BUS_QUEUE_LEN", value_name = "N")]
-    pub bus_queue_len: Option<usize>,
-    /// How long a `send` with `ack` waits for a delivery confirmation (default 2s).
-    #[arg(long, env = "TETHER_ACK_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
-    pub ack_timeout: Option<Duration>,
-    /// How long a backend request stays answerable by the device (default 30s).
-    #[arg(long, env = "TETHER_REQUEST_LIFETIME", value_name = "DURATION", value_parser = parse_duration)]
-    pub request_lifetime: Option<Duration>,
-    /// Topics one connection may subscribe to (default 64).
-    #[arg(long, env = "TETHER_TOPICS_PER_CONNECTION_MAX", value_name = "N")]
-    pub topics_per_connection_max: Option<usize>,
-}
-
-/// Parses `500ms`, `2s`, `1m`, or a bare number of milliseconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("bad duration {text:?}: use e.g. 500ms, 2s, 1m"))?;
-    let ms = match unit {
-        "" | "ms" => n,
-        "s" => n.saturating_mul(1000),
-        "m" => n.saturating_mul(60_000),
-        _ => return Err(format!("bad duration unit in {text:?}: use ms, s or m")),
-    };
-    Ok(Duration::from_millis(ms))
-}
 
 /// How devices are authenticated.
 #[derive(Clone)]
@@ -103,89 +28,100 @@ pub struct MessagingConfig {
 }
 
 impl MessagingConfig {
-    /// Validates the flags; errors name the flag to fix. `Ok(None)`: no messaging flag at all
-    /// (no secret, key, insecure mode or NATS), so the node runs without `/ws` (authentication
-    /// stays on by default: there is no unauthenticated device endpoint unless asked for).
-    pub fn resolve(args: &MessagingArgs) -> Result<Option<MessagingConfig>, String> {
-        let configured = args.jwt_secret.is_some()
-            || args.jwt_public_key.is_some()
-            || args.insecure_no_auth
-            || !args.nats.is_empty()
-            || args.auth_subject.is_some();
+    /// Checks the messaging settings; errors name the setting to fix. `Ok(None)`: no messaging
+    /// setting at all (no secret, key, insecure mode or NATS), so the node runs without `/ws`
+    /// (authentication stays on by default: there is no unauthenticated device endpoint unless
+    /// asked for).
+    pub fn resolve(s: &Settings) -> Result<Option<MessagingConfig>, ConfigError> {
+        let configured = s.jwt_secret.is_some()
+            || s.jwt_secret_file.is_some()
+            || s.jwt_public_key.is_some()
+            || s.insecure_no_auth
+            || !s.nats.is_empty()
+            || s.auth_subject.is_some();
         if !configured {
             return Ok(None);
         }
-        let auth = match (
-            &args.jwt_secret,
-            &args.jwt_public_key,
-            args.insecure_no_auth,
-        ) {
+        let secret = match (&s.jwt_secret, &s.jwt_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "jwt_secret_file",
+                    "give either jwt_secret or jwt_secret_file, not both",
+                ))
+            }
+            (Some(secret), None) => Some(secret.clone()),
+            (None, Some(path)) => {
+                Some(Secret::from_file(path).map_err(|m| invalid("jwt_secret_file", m))?)
+            }
+            (None, None) => None,
+        };
+        let auth = match (secret, &s.jwt_public_key, s.insecure_no_auth) {
             (_, _, true) => AuthMode::Insecure,
             (Some(secret), None, false) => AuthMode::Jwt(Box::new(
                 Verifier::new(&KeyConfig::Hs256 {
-                    secret: secret.as_bytes().to_vec(),
+                    secret: secret.expose().as_bytes().to_vec(),
                 })
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| invalid("jwt_secret", e.to_string()))?,
             )),
             (None, Some(path), false) => {
                 let pem = std::fs::read(path)
-                    .map_err(|e| format!("--jwt-public-key {}: {e}", path.display()))?;
-                let key = match args.jwt_alg.to_ascii_uppercase().as_str() {
-                    "RS256" => KeyConfig::Rs256 { public_pem: pem },
-                    "ES256" => KeyConfig::Es256 { public_pem: pem },
-                    other => {
-                        return Err(format!(
-                            "--jwt-alg {other}: use RS256 or ES256 with --jwt-public-key"
-                        ))
-                    }
+                    .map_err(|e| invalid("jwt_public_key", format!("{}: {e}", path.display())))?;
+                let key = match s.jwt_alg {
+                    JwtAlg::Rs256 => KeyConfig::Rs256 { public_pem: pem },
+                    JwtAlg::Es256 => KeyConfig::Es256 { public_pem: pem },
                 };
-                AuthMode::Jwt(Box::new(Verifier::new(&key).map_err(|e| e.to_string())?))
+                AuthMode::Jwt(Box::new(
+                    Verifier::new(&key).map_err(|e| invalid("jwt_public_key", e.to_string()))?,
+                ))
             }
             (Some(_), Some(_), false) => {
-                return Err("give either --jwt-secret or --jwt-public-key, not both".into());
+                return Err(invalid(
+                    "jwt_public_key",
+                    "give either a secret (jwt_secret, jwt_secret_file) or jwt_public_key, not both",
+                ));
             }
             (None, None, false) => {
-                return Err(
-                    "device authentication needs --jwt-secret (or TETHER_JWT_SECRET) or \
-                            --jwt-public-key; for a closed test network only, --insecure-no-auth"
-                        .into(),
-                );
+                return Err(invalid(
+                    "jwt_secret",
+                    "device authentication needs --jwt-secret-file, --jwt-secret (or \
+                     TETHER_JWT_SECRET) or --jwt-public-key; for a closed test network only, \
+                     --insecure-no-auth",
+                ));
             }
         };
-        if args.auth_subject.is_some() && args.nats.is_empty() {
-            return Err("--auth-subject asks a backend over NATS: give --nats too".into());
+        if s.auth_subject.is_some() && s.nats.is_empty() {
+            return Err(invalid(
+                "auth_subject",
+                "it asks a backend over NATS: give nats too",
+            ));
         }
-        let node_id = match &args.node_id {
+        let node_id = match &s.node_id {
             Some(id) if crate::proto::valid_device_id(id) => id.clone(),
-            Some(id) => return Err(format!("--node-id {id:?}: use 1-128 of A-Z a-z 0-9 _ -")),
+            Some(id) => {
+                return Err(invalid(
+                    "node_id",
+                    format!("{id:?}: use 1-128 of A-Z a-z 0-9 _ -"),
+                ))
+            }
             None => format!("n-{:08x}", rand::random::<u32>()),
         };
-        let mut limits = HubLimits::default();
-        if let Some(d) = args.ack_timeout {
-            limits.ack_timeout_ms = d.as_millis() as u64;
-        }
-        if let Some(d) = args.request_lifetime {
-            limits.request_lifetime_ms = d.as_millis() as u64;
-        }
-        if let Some(n) = args.topics_per_connection_max {
-            limits.topics_per_connection_max = n;
-        }
-        let bus_queue_len = args.bus_queue_len.unwrap_or(QUEUE_LEN_DEFAULT);
-        if bus_queue_len == 0 {
-            return Err("--bus-queue-len must be at least 1".into());
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let limits = HubLimits {
+            ack_timeout_ms: ms(s.ack_timeout),
+            request_lifetime_ms: ms(s.request_lifetime),
+            topics_per_connection_max: s.topics_per_connection_max,
+            ..HubLimits::default()
+        };
+        if s.bus_queue_len == 0 {
+            return Err(invalid("bus_queue_len", "must be at least 1"));
         }
         Ok(Some(MessagingConfig {
             auth,
-            nats: args
-                .nats
-                .iter()
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect(),
+            nats: s.nats.clone(),
             node_id,
-            auth_subject: args.auth_subject.clone(),
-            auth_timeout: args.auth_timeout.unwrap_or(Duration::from_secs(2)),
-            bus_queue_len,
+            auth_subject: s.auth_subject.clone(),
+            auth_timeout: s.auth_timeout,
+            bus_queue_len: s.bus_queue_len,
             limits,
         }))
     }

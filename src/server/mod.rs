@@ -64,7 +64,7 @@ use std::{
 use ahash::AHashMap;
 use tether_shards::{cpus::format_cpu_list, listener, Node, NodeConfig, Placement};
 
-pub use config::{ServeArgs, ServerConfig};
+pub use config::ServerConfig;
 use endpoint::Endpoint;
 use metrics::ShardMetrics;
 use node::NodeShared;

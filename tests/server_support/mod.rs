@@ -28,6 +28,13 @@ impl Server {
         Server::start_cmd(Server::command(args))
     }
 
+    /// Like [`Server::start`], with these environment variables set.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut cmd = Server::command(args);
+        cmd.envs(env.iter().copied());
+        Server::start_cmd(cmd)
+    }
+
     /// Like [`Server::start`], with the open-files limit (soft and hard) set to `nofile`.
     pub fn start_with_open_files(args: &[&str], nofile: u64) -> Server {
         use std::os::unix::process::CommandExt;

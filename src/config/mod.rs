@@ -1,0 +1,612 @@
+//! The one configuration model of `tether serve`: every setting is a flag, an environment
+//! variable and a TOML key, resolved with one precedence (flag > environment > file > default)
+//! and one grammar per value type ([`value`]; durations `250ms`, `2s`, `5m`, `1h`).
+//!
+//! This module owns the list of settings ([`SETTINGS`], written once in the `settings!` table
+//! below), their defaults, the command-line flags built from it ([`ServeFlags`]), the reading of
+//! the TOML file, and the two `tether config` commands: [`Resolved::render`] (the effective
+//! configuration, secrets redacted) and [`example`] (a complete commented TOML file). It knows
+//! nothing of what a setting does: `server::config` and `device::config` turn the resolved
+//! [`Settings`] into the checked `ServerConfig` and `MessagingConfig`.
+//!
+//! **Adding a setting is one row** in the table: its doc comment (first line: what it does;
+//! then the reason for the default), `name: Type = default, env "TETHER_NAME", value "HINT"`,
+//! and `example "literal"` for a setting without a default. The flag is `--name` with `_`
+//! written `-`, the TOML key is `name`. Then read `settings.name` where it is used and add the
+//! row to the table in `docs/operations.md` (a test checks both the example and the docs).
+
+pub mod value;
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use clap::parser::ValueSource;
+use tether_shards::ShardCount;
+
+pub use value::{
+    format_duration, parse_duration, CpuList, FlagKind, JwtAlg, LogFormat, Secret, SettingValue,
+};
+
+/// The description of one setting, for flags, the example file and `config check`.
+#[derive(Debug)]
+pub struct Spec {
+    /// TOML key and field name, snake_case; the flag is the same in kebab-case.
+    pub key: &'static str,
+    /// Environment variable.
+    pub env: &'static str,
+    /// Placeholder of the value in help text (`DURATION`, `ADDR`, ...).
+    pub value_name: &'static str,
+    /// Doc lines: what it does, then the default's reason.
+    pub doc: &'static [&'static str],
+    /// How the flag is written.
+    pub flag_kind: FlagKind,
+    /// A TOML value shown (commented out) in the example for a setting without a default.
+    pub example: Option<&'static str>,
+}
+
+impl Spec {
+    /// The command-line flag, without the leading `--`.
+    pub fn flag(&self) -> String {
+        self.key.replace('_', "-")
+    }
+
+    fn arg(&self) -> clap::Arg {
+        let lines: Vec<&str> = self.doc.iter().map(|l| l.trim()).collect();
+        let mut arg = clap::Arg::new(self.key)
+            .long(self.flag())
+            .env(self.env)
+            .value_name(self.value_name)
+            .help(lines.first().copied().unwrap_or_default().to_owned())
+            .long_help(lines.join("\n"));
+        arg = match self.flag_kind {
+            FlagKind::Value => arg.action(clap::ArgAction::Set),
+            FlagKind::Secret => arg.action(clap::ArgAction::Set).hide_env_values(true),
+            FlagKind::List => arg.action(clap::ArgAction::Append),
+            FlagKind::Switch => arg
+                .action(clap::ArgAction::Set)
+                .num_args(0..=1)
+                .require_equals(true)
+                .default_missing_value("true"),
+        };
+        arg
+    }
+}
+
+macro_rules! settings {
+    (@example $example:literal) => { Some($example) };
+    (@example) => { None };
+    ($(
+        $(#[doc = $doc:literal])*
+        $name:ident : $ty:ty = $default:expr, env $env:literal, value $hint:literal
+        $(, example $example:literal)? ;
+    )*) => {
+        /// Every setting of `tether serve`, resolved (see [`SETTINGS`] for their docs).
+        #[derive(Debug, Clone)]
+        pub struct Settings {
+            $( $(#[doc = $doc])* pub $name: $ty, )*
+        }
+
+        impl Default for Settings {
+            fn default() -> Settings {
+                Settings { $( $name: $default, )* }
+            }
+        }
+
+        /// The settings table, in the order of the example file.
+        pub const SETTINGS: &[Spec] = &[ $(
+            Spec {
+                key: stringify!($name),
+                env: $env,
+                value_name: $hint,
+                doc: &[$($doc),*],
+                flag_kind: <$ty as SettingValue>::FLAG,
+                example: settings!(@example $($example)?),
+            },
+        )* ];
+
+        impl Settings {
+            fn set_text(&mut self, key: &str, text: &str) -> Result<(), String> {
+                match key {
+                    $( stringify!($name) => self.$name = <$ty as SettingValue>::parse(text)?, )*
+                    _ => return Err(format!("unknown setting {key:?}")),
+                }
+                Ok(())
+            }
+
+            fn set_toml(&mut self, key: &str, value: &toml::Value) -> Result<(), String> {
+                match key {
+                    $( stringify!($name) => self.$name = <$ty as SettingValue>::from_toml(value)?, )*
+                    _ => return Err(format!("unknown setting {key:?}")),
+                }
+                Ok(())
+            }
+
+            /// The TOML form of a setting's value; `None` when it is unset.
+            pub fn value_toml(&self, key: &str) -> Option<String> {
+                match key {
+                    $( stringify!($name) => self.$name.to_toml(), )*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+settings! {
+    // ---- listeners and placement ----
+    /// Address the WebSocket listeners bind (one SO_REUSEPORT socket per shard).
+    /// Devices connect from the network; 8080 needs no privilege.
+    listen: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 8080)), env "TETHER_LISTEN", value "ADDR";
+    /// Address of the admin HTTP endpoint (/metrics, /healthz, /readyz).
+    /// Metrics and readiness are for the operator's scraper and load balancer: loopback.
+    admin: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9090)), env "TETHER_ADMIN", value "ADDR";
+    /// Number of shards (one pinned thread each), or `auto` for one per usable CPU.
+    /// One shard per usable CPU uses the whole machine with no cross-thread locking.
+    shards: ShardCount = ShardCount::Auto, env "TETHER_SHARDS", value "N|auto";
+    /// CPUs the shards may use, e.g. `0-3,6`.
+    /// Unset: the online CPUs within the process's affinity mask (taskset, cgroup cpuset).
+    cpus: Option<CpuList> = None, env "TETHER_CPUS", value "LIST", example "\"0-3\"";
+    /// Serve the diagnostic echo endpoint `/echo`.
+    /// Off: it needs no token; it is for conformance runs and benchmarks.
+    echo: bool = false, env "TETHER_ECHO", value "true|false";
+    /// Most client connections the node admits (0: only the open-files limit applies).
+    /// The open-files limit already bounds a node; set this to leave headroom.
+    max_connections: usize = 0, env "TETHER_MAX_CONNECTIONS", value "N";
+    /// Listen backlog per shard socket (the kernel caps it at net.core.somaxconn).
+    /// A reconnect storm arrives faster than one accept loop drains it.
+    backlog: u32 = 65_535, env "TETHER_BACKLOG", value "N";
+    // ---- limits of one connection ----
+    /// Time a client has from TCP accept to a complete, accepted upgrade request.
+    /// Long enough for a slow mobile link, short enough for slow-head clients (408).
+    handshake_timeout: Duration = Duration::from_secs(10), env "TETHER_HANDSHAKE_TIMEOUT", value "DURATION";
+    /// Largest HTTP request head of an upgrade request, in bytes.
+    /// A real upgrade request with a JWT in a header fits in 8 KiB (431 beyond).
+    head_bytes_max: usize = 8192, env "TETHER_HEAD_BYTES_MAX", value "BYTES";
+    /// Most header lines in an upgrade request.
+    /// Browsers send about 15 headers; more is an attack (431).
+    headers_max: usize = 64, env "TETHER_HEADERS_MAX", value "N";
+    /// Largest payload of one received frame, in bytes.
+    /// Device messages are small; 1 MiB bounds what one frame can make us buffer (1009).
+    frame_bytes_max: usize = 1 << 20, env "TETHER_FRAME_BYTES_MAX", value "BYTES";
+    /// Largest received message (all fragments together), in bytes.
+    /// Bounds reassembly of fragmented messages the same way (1009).
+    message_bytes_max: usize = 1 << 20, env "TETHER_MESSAGE_BYTES_MAX", value "BYTES";
+    /// Unsent bytes a connection may queue before the slow-consumer policy closes it (1008).
+    /// Bounds the memory a slow or stalled reader can pin.
+    outbound_bytes_max: usize = 1 << 20, env "TETHER_OUTBOUND_BYTES_MAX", value "BYTES";
+    /// Send a ping after the peer has been silent this long.
+    /// Below the common 60 s idle timeout of NAT boxes and load balancers.
+    ping_idle: Duration = Duration::from_secs(30), env "TETHER_PING_IDLE", value "DURATION";
+    /// Close the connection after the peer has been silent this long (must exceed ping_idle).
+    /// A peer silent this long, not even answering our pings, is gone (counted as 1006).
+    silence_timeout: Duration = Duration::from_secs(75), env "TETHER_SILENCE_TIMEOUT", value "DURATION";
+    /// After sending a close frame, wait this long for the peer's close and its FIN.
+    /// Then the socket is closed anyway.
+    close_timeout: Duration = Duration::from_secs(5), env "TETHER_CLOSE_TIMEOUT", value "DURATION";
+    /// On SIGTERM/SIGINT, turn /readyz 503 and keep accepting this long before draining.
+    /// 0: only a health-checking load balancer needs it, and its right value is that balancer's.
+    drain_delay: Duration = Duration::ZERO, env "TETHER_DRAIN_DELAY", value "DURATION";
+    /// On SIGTERM/SIGINT, spread the 1001 closes over this time, then exit.
+    /// Spreads the reconnects of all clients instead of one spike on the next node.
+    drain_time: Duration = Duration::from_secs(30), env "TETHER_DRAIN_TIME", value "DURATION";
+    /// Log format: `text` or `json` (level: TETHER_LOG or RUST_LOG, default info).
+    /// Human-readable by default; json for log shippers.
+    log_format: LogFormat = LogFormat::Text, env "TETHER_LOG_FORMAT", value "text|json";
+    // ---- device authentication ----
+    /// HS256 secret that device tokens are signed with (at least 16 bytes).
+    /// Prefer jwt_secret_file: a value in a flag is visible in the process list.
+    jwt_secret: Option<Secret> = None, env "TETHER_JWT_SECRET", value "SECRET", example "\"change-me-to-32-random-bytes....\"";
+    /// File holding the HS256 secret (its trailing line break is ignored).
+    /// Instead of jwt_secret, so that the secret stays out of flags and environment.
+    jwt_secret_file: Option<PathBuf> = None, env "TETHER_JWT_SECRET_FILE", value "FILE", example "\"/etc/tether/jwt-secret\"";
+    /// PEM public key for RS256/ES256 device tokens (instead of a secret).
+    /// Lets an identity provider sign tokens without sharing a secret with the node.
+    jwt_public_key: Option<PathBuf> = None, env "TETHER_JWT_PUBLIC_KEY", value "FILE", example "\"/etc/tether/jwt-public.pem\"";
+    /// Algorithm of jwt_public_key: RS256 or ES256.
+    /// RS256 is what most identity providers sign with.
+    jwt_alg: JwtAlg = JwtAlg::Rs256, env "TETHER_JWT_ALG", value "ALG";
+    /// Accept devices without a token (device id from the `device` query parameter).
+    /// Never in production: logged as a warning at start.
+    insecure_no_auth: bool = false, env "TETHER_INSECURE_NO_AUTH", value "true|false";
+    // ---- the bus ----
+    /// NATS server URLs; without any, the node runs the embedded bus.
+    /// A single node needs nothing else to run.
+    nats: Vec<String> = Vec::new(), env "TETHER_NATS", value "URL[,URL...]", example "[\"nats://127.0.0.1:4222\"]";
+    /// This node's id in presence answers and inbox subjects.
+    /// Unset: `n-` and 8 random hex digits, new at every start.
+    node_id: Option<String> = None, env "TETHER_NODE_ID", value "ID", example "\"edge-1\"";
+    /// NATS subject of a backend that authorises each device after its token is verified.
+    /// Unset: a valid token is enough.
+    auth_subject: Option<String> = None, env "TETHER_AUTH_SUBJECT", value "SUBJECT", example "\"tether.auth\"";
+    /// How long to wait for the auth_subject backend before answering 503.
+    /// Well under the handshake timeout, so the device gets an answer it can retry on.
+    auth_timeout: Duration = Duration::from_secs(2), env "TETHER_AUTH_TIMEOUT", value "DURATION";
+    /// Length of each bus queue (shard to bridge, bridge to shard, shard to shard), in messages.
+    /// About 1.5 s of traffic at 40k msg/s per shard before anything is dropped.
+    bus_queue_len: usize = 65_536, env "TETHER_BUS_QUEUE_LEN", value "N";
+    // ---- device protocol limits ----
+    /// How long a `send` with `ack` waits for a delivery confirmation.
+    /// A device on a live link answers within milliseconds; 2 s covers a slow mobile link.
+    ack_timeout: Duration = Duration::from_secs(2), env "TETHER_ACK_TIMEOUT", value "DURATION";
+    /// How long a backend request stays answerable by the device.
+    /// Long enough for a person to react to a prompt on the device.
+    request_lifetime: Duration = Duration::from_secs(30), env "TETHER_REQUEST_LIFETIME", value "DURATION";
+    /// Topics one connection may subscribe to.
+    /// A remote, a room, a few feeds; bounds the interest one device can create.
+    topics_per_connection_max: usize = 64, env "TETHER_TOPICS_PER_CONNECTION_MAX", value "N";
+}
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The built-in default.
+    Default,
+    /// The TOML file.
+    File,
+    /// The environment variable.
+    Env,
+    /// The command-line flag.
+    Flag,
+}
+
+impl Source {
+    fn label(self) -> &'static str {
+        match self {
+            Source::Default => "default",
+            Source::File => "file",
+            Source::Env => "env",
+            Source::Flag => "flag",
+        }
+    }
+}
+
+/// A configuration that cannot be used; the message names the setting and where it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not TOML.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The TOML parser's message (with line and column).
+        message: String,
+    },
+    /// A key of the file is no setting.
+    #[error(
+        "config file {path}: unknown setting {key:?} (`tether config example` lists them all)"
+    )]
+    UnknownKey {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+    },
+    /// A value does not parse.
+    #[error("invalid {origin}: {message}")]
+    Value {
+        /// The setting's key.
+        setting: &'static str,
+        /// Where it was written: `--flag`, `ENV_VAR` or `key in FILE`.
+        origin: String,
+        /// What is wrong and the right form.
+        message: String,
+    },
+    /// Values that parse but cannot be used, alone or together.
+    #[error("invalid setting {setting}: {message}")]
+    Invalid {
+        /// The setting's key.
+        setting: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A [`ConfigError::Invalid`].
+pub fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        message: message.into(),
+    }
+}
+
+/// The flags (and their environment variables) of every setting, as given on this command line.
+/// Built from [`SETTINGS`]: flatten it into a clap command.
+#[derive(Debug, Clone, Default)]
+pub struct ServeFlags {
+    given: Vec<(&'static Spec, String, Source)>,
+}
+
+impl ServeFlags {
+    /// Flags as if given on the command line: `(key, value)` pairs (for tests and tools).
+    pub fn from_pairs(pairs: &[(&str, &str)]) -> Result<ServeFlags, String> {
+        let mut given = Vec::new();
+        for (key, text) in pairs {
+            let spec = spec(key).ok_or_else(|| format!("unknown setting {key:?}"))?;
+            given.push((spec, (*text).to_owned(), Source::Flag));
+        }
+        Ok(ServeFlags { given })
+    }
+}
+
+/// The setting named `key`.
+pub fn spec(key: &str) -> Option<&'static Spec> {
+    SETTINGS.iter().find(|s| s.key == key)
+}
+
+impl clap::FromArgMatches for ServeFlags {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let mut flags = ServeFlags::default();
+        flags.update_from_arg_matches(matches)?;
+        Ok(flags)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        for spec in SETTINGS {
+            let Some(values) = matches.get_many::<String>(spec.key) else {
+                continue;
+            };
+            let text = values.map(String::as_str).collect::<Vec<_>>().join(",");
+            let source = match matches.value_source(spec.key) {
+                Some(ValueSource::EnvVariable) => Source::Env,
+                _ => Source::Flag,
+            };
+            self.given.retain(|(s, _, _)| s.key != spec.key);
+            self.given.push((spec, text, source));
+        }
+        Ok(())
+    }
+}
+
+impl clap::Args for ServeFlags {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        SETTINGS.iter().fold(cmd, |cmd, spec| cmd.arg(spec.arg()))
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+/// The resolved settings and where each came from.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The values.
+    pub settings: Settings,
+    sources: Vec<Source>,
+    file: Option<PathBuf>,
+}
+
+impl Resolved {
+    /// Where the setting `key` came from.
+    pub fn source(&self, key: &str) -> Source {
+        SETTINGS
+            .iter()
+            .position(|s| s.key == key)
+            .map_or(Source::Default, |i| self.sources[i])
+    }
+
+    /// The effective configuration as TOML, secrets redacted, each line saying where its value
+    /// came from; unset settings are listed as comments.
+    pub fn render(&self) -> String {
+        let mut out = String::from("# effective configuration of tether serve");
+        if let Some(path) = &self.file {
+            out.push_str(&format!(" (file {})", path.display()));
+        }
+        out.push('\n');
+        for (spec, source) in SETTINGS.iter().zip(&self.sources) {
+            let origin = match source {
+                Source::Flag => format!("flag --{}", spec.flag()),
+                Source::Env => format!("env {}", spec.env),
+                other => other.label().to_owned(),
+            };
+            match self.settings.value_toml(spec.key) {
+                Some(v) => out.push_str(&format!("{} = {v}  # {origin}\n", spec.key)),
+                None => out.push_str(&format!("# {} is not set  # {origin}\n", spec.key)),
+            }
+        }
+        out
+    }
+}
+
+/// Resolves the settings: `flags` (flags and environment variables, as clap read them) over
+/// the TOML file `file` over the defaults.
+pub fn resolve(flags: &ServeFlags, file: Option<&Path>) -> Result<Resolved, ConfigError> {
+    let mut settings = Settings::default();
+    let mut sources = vec![Source::Default; SETTINGS.len()];
+    let index = |key: &str| SETTINGS.iter().position(|s| s.key == key);
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        for (key, value) in &table {
+            let Some(i) = index(key) else {
+                return Err(ConfigError::UnknownKey {
+                    path: path.to_owned(),
+                    key: key.clone(),
+                });
+            };
+            settings
+                .set_toml(key, value)
+                .map_err(|message| ConfigError::Value {
+                    setting: SETTINGS[i].key,
+                    origin: format!("{key} in {}", path.display()),
+                    message,
+                })?;
+            sources[i] = Source::File;
+        }
+    }
+    // Environment first, then flags, whatever order clap recorded them in.
+    for wanted in [Source::Env, Source::Flag] {
+        for (spec, text, source) in flags.given.iter().filter(|g| g.2 == wanted) {
+            let i = index(spec.key).expect("flags are built from SETTINGS");
+            settings
+                .set_text(spec.key, text)
+                .map_err(|message| ConfigError::Value {
+                    setting: spec.key,
+                    origin: match source {
+                        Source::Env => spec.env.to_owned(),
+                        _ => format!("--{}", spec.flag()),
+                    },
+                    message,
+                })?;
+            sources[i] = *source;
+        }
+    }
+    Ok(Resolved {
+        settings,
+        sources,
+        file: file.map(Path::to_owned),
+    })
+}
+
+/// `tether config example`: a complete commented TOML file with every setting at its default
+/// (settings without a default are shown commented out, with an example value).
+pub fn example() -> String {
+    let defaults = Settings::default();
+    let mut out = String::from(
+        "# tether serve configuration (TOML). Give it with --config FILE or TETHER_CONFIG.\n\
+         # Every setting is also a flag (--key-with-dashes) and an environment variable;\n\
+         # precedence: flag > environment > this file > default.\n\
+         # Durations take a unit: 250ms, 2s, 5m, 1h (a bare number is refused). Sizes are bytes.\n\
+         # The values below are the defaults.\n",
+    );
+    for spec in SETTINGS {
+        out.push('\n');
+        for line in spec.doc {
+            out.push_str(&format!("#{line}\n"));
+        }
+        out.push_str(&format!("# flag --{}, env {}\n", spec.flag(), spec.env));
+        match (defaults.value_toml(spec.key), spec.example) {
+            (Some(v), _) => out.push_str(&format!("{} = {v}\n", spec.key)),
+            (None, Some(ex)) => out.push_str(&format!("# {} = {ex}\n", spec.key)),
+            (None, None) => out.push_str(&format!("# {} is unset by default\n", spec.key)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_file(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tether-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn every_setting_is_in_the_example_and_the_example_parses() {
+        let text = example();
+        let table: toml::Table = toml::from_str(&text).unwrap();
+        // Uncomment the example values of settings without a default: they must parse too.
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if SETTINGS
+                        .iter()
+                        .any(|s| rest.starts_with(&format!("{} = ", s.key))) =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let full: toml::Table = toml::from_str(&uncommented).unwrap();
+        for spec in SETTINGS {
+            assert!(
+                full.contains_key(spec.key),
+                "{} missing from the example",
+                spec.key
+            );
+            assert!(
+                table.contains_key(spec.key) || spec.example.is_some(),
+                "{} has neither a default nor an example value",
+                spec.key
+            );
+            assert!(!spec.doc.is_empty(), "{} has no doc", spec.key);
+            assert_eq!(spec.env, format!("TETHER_{}", spec.key.to_uppercase()));
+        }
+        let path = temp_file("full.toml", &uncommented);
+        let resolved = resolve(&ServeFlags::default(), Some(&path)).unwrap();
+        for spec in SETTINGS {
+            assert_eq!(resolved.source(spec.key), Source::File, "{}", spec.key);
+        }
+        // The defaults as written in the example are the defaults.
+        let path = temp_file("example.toml", &text);
+        let resolved = resolve(&ServeFlags::default(), Some(&path)).unwrap();
+        assert_eq!(
+            format!("{:?}", resolved.settings),
+            format!("{:?}", Settings::default())
+        );
+    }
+
+    #[test]
+    fn flag_over_env_over_file_over_default() {
+        let path = temp_file("precedence.toml", "drain_time = \"3s\"\nbacklog = 7\n");
+        let mut flags = ServeFlags::from_pairs(&[("drain_time", "5s")]).unwrap();
+        flags
+            .given
+            .push((spec("drain_time").unwrap(), "4s".into(), Source::Env));
+        flags
+            .given
+            .push((spec("backlog").unwrap(), "8".into(), Source::Env));
+        let r = resolve(&flags, Some(&path)).unwrap();
+        assert_eq!(r.settings.drain_time, Duration::from_secs(5));
+        assert_eq!(r.source("drain_time"), Source::Flag);
+        assert_eq!(r.settings.backlog, 8);
+        assert_eq!(r.source("backlog"), Source::Env);
+        assert_eq!(r.settings.head_bytes_max, 8192);
+        assert_eq!(r.source("head_bytes_max"), Source::Default);
+    }
+
+    #[test]
+    fn errors_name_the_setting_and_its_origin() {
+        let path = temp_file("bad.toml", "ack_timeout = 2\n");
+        let err = resolve(&ServeFlags::default(), Some(&path))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ack_timeout in "), "{err}");
+        assert!(err.contains("\"2s\""), "{err}");
+        let flags = ServeFlags::from_pairs(&[("drain_time", "2")]).unwrap();
+        let err = resolve(&flags, None).unwrap_err().to_string();
+        assert!(err.contains("--drain-time"), "{err}");
+        assert!(err.contains("2s"), "{err}");
+        let path = temp_file("unknown.toml", "no_such_setting = 1\n");
+        let err = resolve(&ServeFlags::default(), Some(&path))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no_such_setting"), "{err}");
+    }
+
+    #[test]
+    fn render_redacts_secrets() {
+        let flags = ServeFlags::from_pairs(&[("jwt_secret", "sixteen-bytes-secret!")]).unwrap();
+        let text = resolve(&flags, None).unwrap().render();
+        assert!(!text.contains("sixteen-bytes-secret!"), "{text}");
+        assert!(
+            text.contains("jwt_secret = \"<redacted>\"  # flag --jwt-secret"),
+            "{text}"
+        );
+    }
+}
