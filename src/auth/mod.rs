@@ -11,6 +11,7 @@
 use crate::proto::{self, PROTOCOL_V1, TOKEN_PROTOCOL_PREFIX};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The claims tether reads from a device token.
@@ -84,6 +85,8 @@ impl Claims {
 #[derive(Debug, PartialEq, Eq)]
 pub enum AuthError {
     Missing,
+    /// Credentials given more than once (see [`extract_token`]).
+    Ambiguous(String),
     Invalid(String),
     Expired,
     NotYetValid,
@@ -101,6 +104,7 @@ impl AuthError {
             | AuthError::Invalid(_)
             | AuthError::Expired
             | AuthError::NotYetValid => 401,
+            AuthError::Ambiguous(_) => 400,
             AuthError::Denied(_) => 403,
             AuthError::Unavailable => 503,
         }
@@ -110,6 +114,7 @@ impl AuthError {
     pub fn body(&self) -> String {
         match self {
             AuthError::Missing => "token missing".into(),
+            AuthError::Ambiguous(what) => format!("ambiguous credentials: {what}"),
             AuthError::Invalid(_) => "token invalid".into(),
             AuthError::Expired => "token expired".into(),
             AuthError::NotYetValid => "token not yet valid".into(),
@@ -118,15 +123,76 @@ impl AuthError {
         }
     }
 
-    /// A label for the `result` of handshake metrics.
+    /// Every `reason` label of `tether_device_auth_failures_total`, in [`Self::metric_index`] order.
+    pub const LABELS: [&'static str; 7] = [
+        "token_missing",
+        "ambiguous_credentials",
+        "token_invalid",
+        "token_expired",
+        "token_not_yet_valid",
+        "auth_denied",
+        "auth_unavailable",
+    ];
+
+    /// Index of [`Self::metric_label`] in [`Self::LABELS`].
+    pub fn metric_index(&self) -> usize {
+        match self {
+            AuthError::Missing => 0,
+            AuthError::Ambiguous(_) => 1,
+            AuthError::Invalid(_) => 2,
+            AuthError::Expired => 3,
+            AuthError::NotYetValid => 4,
+            AuthError::Denied(_) => 5,
+            AuthError::Unavailable => 6,
+        }
+    }
+
+    /// The `reason` label of `tether_device_auth_failures_total`.
     pub fn metric_label(&self) -> &'static str {
         match self {
             AuthError::Missing => "token_missing",
+            AuthError::Ambiguous(_) => "ambiguous_credentials",
             AuthError::Invalid(_) => "token_invalid",
             AuthError::Expired => "token_expired",
             AuthError::NotYetValid => "token_not_yet_valid",
             AuthError::Denied(_) => "auth_denied",
             AuthError::Unavailable => "auth_unavailable",
+        }
+    }
+}
+
+/// Refused device handshakes by reason: `tether_device_auth_failures_total{reason}`.
+#[derive(Debug, Default)]
+pub struct AuthFailureStats {
+    counts: [AtomicU64; AuthError::LABELS.len()],
+}
+
+impl AuthFailureStats {
+    /// Counts one refusal.
+    pub fn count(&self, err: &AuthError) {
+        self.counts[err.metric_index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Refusals counted for `err`'s reason.
+    pub fn get(&self, err: &AuthError) -> u64 {
+        self.counts[err.metric_index()].load(Ordering::Relaxed)
+    }
+
+    /// Appends the counter in Prometheus text format.
+    pub fn render_prometheus(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let name = "tether_device_auth_failures_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} /ws upgrade requests refused by device authentication, by reason.\n\
+             # TYPE {name} counter"
+        );
+        for (label, count) in AuthError::LABELS.iter().zip(&self.counts) {
+            let _ = writeln!(
+                out,
+                "{name}{{reason=\"{label}\"}} {}",
+                count.load(Ordering::Relaxed)
+            );
         }
     }
 }
@@ -223,27 +289,58 @@ pub enum TokenSource {
     Subprotocol,
 }
 
-/// Finds the token: `Authorization: Bearer`, then the `token` query parameter, then a
-/// `tether.token.<jwt>` subprotocol entry.
+/// Finds the one token of a request: an `Authorization: Bearer` header, a non-empty `token`
+/// query parameter, or a `tether.token.<jwt>` subprotocol entry. `Ok(None)`: no token.
+/// Credentials given more than once (two Authorization headers, two `token` parameters, two
+/// token subprotocol entries, or a token in two of these places) are ambiguous: which one would
+/// be checked is a guess a proxy in front of tether may make differently, so the request is
+/// refused (400) rather than any one of them picked.
 pub fn extract_token(
-    authorization: Option<&str>,
-    query_token: Option<String>,
+    authorization: &[String],
+    query_tokens: &[String],
     protocols: &[String],
-) -> Option<(String, TokenSource)> {
-    if let Some(value) = authorization {
+) -> Result<Option<(String, TokenSource)>, AuthError> {
+    if authorization.len() > 1 {
+        return Err(AuthError::Ambiguous(format!(
+            "{} Authorization headers",
+            authorization.len()
+        )));
+    }
+    let header = authorization.first().and_then(|value| {
         let value = value.trim();
-        if value.len() > 7 && value[..7].eq_ignore_ascii_case("bearer ") {
-            return Some((value[7..].trim().to_owned(), TokenSource::Header));
-        }
+        (value.len() > 7 && value[..7].eq_ignore_ascii_case("bearer "))
+            .then(|| value[7..].trim().to_owned())
+    });
+    let mut query = query_tokens.iter().filter(|t| !t.is_empty());
+    let query_token = query.next().cloned();
+    if query.next().is_some() {
+        return Err(AuthError::Ambiguous(
+            "token query parameter repeated".into(),
+        ));
     }
-    if let Some(token) = query_token.filter(|t| !t.is_empty()) {
-        return Some((token, TokenSource::Query));
-    }
-    protocols
+    let mut entries = protocols
         .iter()
-        .find_map(|p| p.strip_prefix(TOKEN_PROTOCOL_PREFIX))
-        .filter(|t| !t.is_empty())
-        .map(|t| (t.to_owned(), TokenSource::Subprotocol))
+        .filter_map(|p| p.strip_prefix(TOKEN_PROTOCOL_PREFIX))
+        .filter(|t| !t.is_empty());
+    let protocol_token = entries.next().map(str::to_owned);
+    if entries.next().is_some() {
+        return Err(AuthError::Ambiguous(
+            "more than one tether.token. subprotocol entry".into(),
+        ));
+    }
+    let found = [
+        header.map(|t| (t, TokenSource::Header)),
+        query_token.map(|t| (t, TokenSource::Query)),
+        protocol_token.map(|t| (t, TokenSource::Subprotocol)),
+    ];
+    let mut found = found.into_iter().flatten();
+    let first = found.next();
+    if found.next().is_some() {
+        return Err(AuthError::Ambiguous(
+            "a token in more than one of Authorization, ?token= and the subprotocol".into(),
+        ));
+    }
+    Ok(first)
 }
 
 /// Chooses the subprotocol to answer: `Ok(Some("tether.v1"))` when offered, `Ok(None)` when the
@@ -442,21 +539,54 @@ mod tests {
     }
 
     #[test]
-    fn token_sources_in_order() {
-        let protos = vec!["tether.v1".to_string(), "tether.token.P".to_string()];
+    fn token_sources_and_ambiguity() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let protos = s(&["tether.v1", "tether.token.P"]);
         assert_eq!(
-            extract_token(Some("Bearer H"), Some("Q".into()), &protos),
-            Some(("H".into(), TokenSource::Header))
+            extract_token(&s(&["Bearer H"]), &[], &s(&["tether.v1"])),
+            Ok(Some(("H".into(), TokenSource::Header)))
         );
         assert_eq!(
-            extract_token(Some("Basic x"), Some("Q".into()), &protos),
-            Some(("Q".into(), TokenSource::Query))
+            extract_token(&s(&["Basic x"]), &s(&["Q"]), &[]),
+            Ok(Some(("Q".into(), TokenSource::Query)))
         );
         assert_eq!(
-            extract_token(None, None, &protos),
-            Some(("P".into(), TokenSource::Subprotocol))
+            extract_token(&[], &[], &protos),
+            Ok(Some(("P".into(), TokenSource::Subprotocol)))
         );
-        assert_eq!(extract_token(None, Some(String::new()), &[]), None);
+        assert_eq!(extract_token(&[], &s(&[""]), &[]), Ok(None));
+        let ambiguous = |r: Result<_, AuthError>| matches!(r, Err(AuthError::Ambiguous(_)));
+        // Two Authorization headers, first bad and second good: refused whatever they hold.
+        assert!(ambiguous(extract_token(
+            &s(&["Bearer bad", "Bearer good"]),
+            &[],
+            &[]
+        )));
+        assert!(ambiguous(extract_token(&s(&["Bearer H"]), &s(&["Q"]), &[])));
+        assert!(ambiguous(extract_token(&s(&["Bearer H"]), &[], &protos)));
+        assert!(ambiguous(extract_token(&[], &s(&["Q"]), &protos)));
+        assert!(ambiguous(extract_token(&[], &s(&["Q", "R"]), &[])));
+        assert!(ambiguous(extract_token(
+            &[],
+            &[],
+            &s(&["tether.token.A", "tether.token.B"])
+        )));
+        assert_eq!(AuthError::Ambiguous("x".into()).status(), 400);
+        for (i, label) in AuthError::LABELS.iter().enumerate() {
+            let err = [
+                AuthError::Missing,
+                AuthError::Ambiguous(String::new()),
+                AuthError::Invalid(String::new()),
+                AuthError::Expired,
+                AuthError::NotYetValid,
+                AuthError::Denied(String::new()),
+                AuthError::Unavailable,
+            ]
+            .into_iter()
+            .find(|e| e.metric_index() == i)
+            .expect("every label has its error");
+            assert_eq!(err.metric_label(), *label);
+        }
     }
 
     #[test]

@@ -162,15 +162,28 @@ struct DeviceEndpoint {
     stats: Arc<DeviceStats>,
 }
 
-fn refuse(err: AuthError) -> Rejected {
-    Rejected::new(err.status(), err.body())
+impl DeviceEndpoint {
+    /// Counts and logs a refused device, and builds its HTTP answer.
+    fn refuse(&self, info: &ConnInfo, err: AuthError) -> Rejected {
+        self.stats.auth_failures.count(&err);
+        match &err {
+            AuthError::Ambiguous(what) => {
+                tracing::info!(peer = %info.peer, reason = err.metric_label(), %what, "device refused: ambiguous credentials")
+            }
+            AuthError::Invalid(why) => {
+                tracing::info!(peer = %info.peer, reason = err.metric_label(), %why, "device refused")
+            }
+            _ => tracing::debug!(peer = %info.peer, reason = err.metric_label(), "device refused"),
+        }
+        Rejected::new(err.status(), err.body())
+    }
 }
 
 impl Endpoint for DeviceEndpoint {
     fn accept<'a>(
         &'a self,
         req: &'a UpgradeRequest,
-        _info: &'a ConnInfo,
+        info: &'a ConnInfo,
     ) -> LocalFuture<'a, Result<Accepted, Rejected>> {
         Box::pin(async move {
             let hub = self
@@ -193,13 +206,12 @@ impl Endpoint for DeviceEndpoint {
                     Claims::insecure(&device)
                 }
                 AuthMode::Jwt(verifier) => {
-                    let (token, _) = auth::extract_token(
-                        req.authorization.as_deref(),
-                        req.query_param("token"),
-                        &req.protocols,
-                    )
-                    .ok_or_else(|| refuse(AuthError::Missing))?;
-                    verifier.verify(&token).map_err(refuse)?
+                    let query_tokens: Vec<String> = req.query_params("token").collect();
+                    let (token, _) =
+                        auth::extract_token(&req.authorization, &query_tokens, &req.protocols)
+                            .and_then(|found| found.ok_or(AuthError::Missing))
+                            .map_err(|e| self.refuse(info, e))?;
+                    verifier.verify(&token).map_err(|e| self.refuse(info, e))?
                 }
             };
             if let Some(subject) = &self.config.auth_subject {
@@ -208,18 +220,20 @@ impl Endpoint for DeviceEndpoint {
                     node: &self.config.node_id,
                     claims: &claims,
                 };
-                let payload =
-                    serde_json::to_vec(&request).map_err(|_| refuse(AuthError::Unavailable))?;
+                let payload = serde_json::to_vec(&request)
+                    .map_err(|_| self.refuse(info, AuthError::Unavailable))?;
                 let reply = hub.borrow_mut().bus().request(
                     subject,
                     payload.into(),
                     self.config.auth_timeout,
                 );
                 match reply.await {
-                    Ok(answer) => auth::parse_auth_reply(&answer).map_err(refuse)?,
+                    Ok(answer) => {
+                        auth::parse_auth_reply(&answer).map_err(|e| self.refuse(info, e))?
+                    }
                     Err(err) => {
                         tracing::warn!(?err, device = %claims.sub, "backend authorisation unavailable");
-                        return Err(refuse(AuthError::Unavailable));
+                        return Err(self.refuse(info, AuthError::Unavailable));
                     }
                 }
             }

@@ -70,6 +70,8 @@ pub struct DeviceStats {
     pub acks_timed_out_total: AtomicU64,
     pub ready_failures_total: AtomicU64,
     pub insecure_sessions_total: AtomicU64,
+    /// Refused /ws upgrades by reason.
+    pub auth_failures: crate::auth::AuthFailureStats,
 }
 
 impl DeviceStats {
@@ -130,6 +132,7 @@ impl DeviceStats {
                 v.load(Ordering::Relaxed)
             );
         }
+        self.auth_failures.render_prometheus(out);
     }
 }
 

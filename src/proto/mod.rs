@@ -156,31 +156,94 @@ where
     <&'de RawValue>::deserialize(de).map(Some)
 }
 
+/// The envelope with every field raw, so that a field of the wrong type is reported as that
+/// field's `bad_field` (with the `id` echoed) rather than as unreadable JSON.
 #[derive(Deserialize)]
 struct RawEnvelope<'a> {
     #[serde(borrow, default)]
-    op: Option<Cow<'a, str>>,
+    op: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
+    id: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    to: Option<Cow<'a, str>>,
+    to: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    topic: Option<Cow<'a, str>>,
+    topic: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    service: Option<Cow<'a, str>>,
+    service: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    rid: Option<Cow<'a, str>>,
-    #[serde(default)]
-    ack: Option<bool>,
+    rid: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    ack: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "raw_some")]
     data: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "raw_some")]
     b64: Option<&'a RawValue>,
 }
 
+/// A field of the wrong JSON type.
+struct WrongType {
+    field: &'static str,
+    expected: &'static str,
+}
+
+impl WrongType {
+    fn error(&self, id: Option<&str>) -> ProtoError {
+        ProtoError::new(
+            id,
+            ErrorCode::BadField,
+            format!("{} must be {}", self.field, self.expected),
+        )
+    }
+}
+
+/// A string field: absent (or `null`) is `None`; any other type is [`WrongType`]. Borrows
+/// from the input unless the string has escapes.
+fn str_field<'a>(
+    field: &'static str,
+    raw: Option<&'a RawValue>,
+) -> Result<Option<Cow<'a, str>>, WrongType> {
+    let Some(raw) = raw.filter(|r| r.get() != "null") else {
+        return Ok(None);
+    };
+    let wrong = WrongType {
+        field,
+        expected: "a string",
+    };
+    if !raw.get().starts_with('"') {
+        return Err(wrong);
+    }
+    if let Ok(s) = serde_json::from_str::<&'a str>(raw.get()) {
+        return Ok(Some(Cow::Borrowed(s)));
+    }
+    serde_json::from_str::<String>(raw.get())
+        .map(|s| Some(Cow::Owned(s)))
+        .map_err(|_| wrong)
+}
+
+/// A boolean field: absent (or `null`) is `None`.
+fn bool_field(field: &'static str, raw: Option<&RawValue>) -> Result<Option<bool>, WrongType> {
+    match raw.map(RawValue::get) {
+        None | Some("null") => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(_) => Err(WrongType {
+            field,
+            expected: "true or false",
+        }),
+    }
+}
+
 /// Parses one text frame from a device. Never panics; every rejection names its field.
-pub fn parse_client(text: &str) -> Result<ClientFrame<'_>, ProtoError> {
-    let env: RawEnvelope<'_> = match serde_json::from_str(text) {
+pub fn parse_client<'a>(text: &'a str) -> Result<ClientFrame<'a>, ProtoError> {
+    // serde would also read a JSON array into the envelope, field by field.
+    if !text.trim_start().starts_with('{') {
+        return Err(ProtoError::new(
+            None,
+            ErrorCode::BadJson,
+            "not a v1 JSON object",
+        ));
+    }
+    let env: RawEnvelope<'a> = match serde_json::from_str(text) {
         Ok(env) => env,
         Err(err) => {
             return Err(ProtoError::new(
@@ -190,7 +253,7 @@ pub fn parse_client(text: &str) -> Result<ClientFrame<'_>, ProtoError> {
             ))
         }
     };
-    let id = env.id;
+    let id = str_field("id", env.id).map_err(|w| w.error(None))?;
     if let Some(id) = &id {
         if id.len() > CLIENT_ID_BYTES_MAX {
             return Err(ProtoError::new(
@@ -201,6 +264,11 @@ pub fn parse_client(text: &str) -> Result<ClientFrame<'_>, ProtoError> {
         }
     }
     let idr = id.as_deref();
+    let field = |name: &'static str,
+                 raw: Option<&'a RawValue>|
+     -> Result<Option<Cow<'a, str>>, ProtoError> {
+        str_field(name, raw).map_err(|w| w.error(idr))
+    };
     let payload = || -> Result<Payload<'_>, ProtoError> {
         match (env.data, env.b64) {
             (Some(data), None) => Ok(Payload::Data(data)),
@@ -218,9 +286,10 @@ pub fn parse_client(text: &str) -> Result<ClientFrame<'_>, ProtoError> {
             (None, None) => Err(ProtoError::new(idr, ErrorCode::BadField, "data missing")),
         }
     };
-    let op = match env.op.as_deref() {
+    let op_name = field("op", env.op)?;
+    let op = match op_name.as_deref() {
         Some("send") => {
-            let to = required("to", env.to, idr)?;
+            let to = required("to", field("to", env.to)?, idr)?;
             if !valid_device_id(&to) {
                 return Err(ProtoError::new(
                     idr,
@@ -228,7 +297,9 @@ pub fn parse_client(text: &str) -> Result<ClientFrame<'_>, ProtoError> {
                     "to is not a valid device id",
                 ));
             }
-            let ack = env.ack.unwrap_or(false);
+            let ack = bool_field("ack", env.ack)
+                .map_err(|w| w.error(idr))?
+                .unwrap_or(false);
             if ack && idr.is_none() {
                 return Err(ProtoError::new(idr, ErrorCode::BadField, "ack needs an id"));
             }
@@ -239,7 +310,7 @@ pub fn parse_client(text: &str) -> Result<ClientFrame<'_>, ProtoError> {
             }
         }
         Some(kind @ ("sub" | "unsub" | "pub")) => {
-            let topic = required("topic", env.topic, idr)?;
+            let topic = required("topic", field("topic", env.topic)?, idr)?;
             if let Err(why) = check_topic(&topic) {
                 return Err(ProtoError::new(idr, ErrorCode::BadField, why));
             }
@@ -253,7 +324,7 @@ pub fn parse_client(text: &str) -> Result<ClientFrame<'_>, ProtoError> {
             }
         }
         Some("up") => {
-            let service = required("service", env.service, idr)?;
+            let service = required("service", field("service", env.service)?, idr)?;
             if !valid_service(&service) {
                 return Err(ProtoError::new(
                     idr,
@@ -267,7 +338,7 @@ pub fn parse_client(text: &str) -> Result<ClientFrame<'_>, ProtoError> {
             }
         }
         Some("reply") => {
-            let rid = required("rid", env.rid, idr)?;
+            let rid = required("rid", field("rid", env.rid)?, idr)?;
             ClientOp::Reply {
                 rid,
                 payload: payload()?,
@@ -617,6 +688,69 @@ mod tests {
         assert_eq!(err.code, ErrorCode::BadField);
         let long = format!(r#"{{"op":"ping","id":"{}"}}"#, "i".repeat(65));
         assert_eq!(parse_client(&long).unwrap_err().code, ErrorCode::BadField);
+    }
+
+    #[test]
+    fn wrong_typed_fields_are_bad_field_with_the_id() {
+        // (field named in the message, frame): each once gave bad_json without the id.
+        let cases: &[(&str, &str)] = &[
+            ("to", r#"{"op":"send","to":5,"data":1,"id":"w1"}"#),
+            ("to", r#"{"op":"send","to":["a"],"data":1,"id":"w1"}"#),
+            (
+                "ack",
+                r#"{"op":"send","to":"a","ack":"yes","data":1,"id":"w1"}"#,
+            ),
+            (
+                "ack",
+                r#"{"op":"send","to":"a","ack":1,"data":1,"id":"w1"}"#,
+            ),
+            ("topic", r#"{"op":"sub","topic":7,"id":"w1"}"#),
+            (
+                "topic",
+                r#"{"op":"pub","topic":{"a":1},"data":1,"id":"w1"}"#,
+            ),
+            (
+                "service",
+                r#"{"op":"up","service":false,"data":1,"id":"w1"}"#,
+            ),
+            ("rid", r#"{"op":"reply","rid":12,"data":1,"id":"w1"}"#),
+            ("op", r#"{"op":1,"id":"w1"}"#),
+            ("op", r#"{"op":["send"],"to":"a","data":1,"id":"w1"}"#),
+        ];
+        for (field, text) in cases {
+            let err = parse_client(text).unwrap_err();
+            assert_eq!(err.code, ErrorCode::BadField, "{text}");
+            assert_eq!(err.id.as_deref(), Some("w1"), "{text}");
+            assert!(
+                err.message.starts_with(&format!("{field} must be")),
+                "{text}: {}",
+                err.message
+            );
+            assert_eq!(json(&err.encode())["id"], "w1");
+        }
+        // A wrong-typed id cannot be echoed: bad_field without an id.
+        for text in [
+            r#"{"op":"ping","id":5}"#,
+            r#"{"op":"send","to":"a","data":1,"id":{"x":1}}"#,
+        ] {
+            let err = parse_client(text).unwrap_err();
+            assert_eq!(
+                (err.code, err.id.as_deref()),
+                (ErrorCode::BadField, None),
+                "{text}"
+            );
+            assert_eq!(err.message, "id must be a string");
+        }
+        // null stays "absent", as before; a well-typed ack still works.
+        let err = parse_client(r#"{"op":"send","to":null,"data":1,"id":"w1"}"#).unwrap_err();
+        assert_eq!(
+            (err.code, err.message.as_str()),
+            (ErrorCode::BadField, "to missing")
+        );
+        let f = parse_client(r#"{"op":"send","to":"a","ack":true,"data":1,"id":"w1"}"#).unwrap();
+        assert!(matches!(f.op, ClientOp::Send { ack: true, .. }));
+        // Not an object at all is still bad_json.
+        assert_eq!(parse_client("5").unwrap_err().code, ErrorCode::BadJson);
     }
 
     #[test]

@@ -50,8 +50,9 @@ pub struct UpgradeRequest {
     pub protocols: Vec<String>,
     /// Sec-WebSocket-Extensions offers (raw, comma-separated items trimmed); informational.
     pub extensions: Vec<String>,
-    /// Authorization header value.
-    pub authorization: Option<String>,
+    /// Every Authorization header value, in order. HTTP allows the header once; a request that
+    /// repeats it is passed on as is so the endpoint can refuse it as ambiguous.
+    pub authorization: Vec<String>,
     /// Origin header value.
     pub origin: Option<String>,
 }
@@ -59,11 +60,20 @@ pub struct UpgradeRequest {
 impl UpgradeRequest {
     /// The first query parameter called `name`, percent-decoded (`+` decodes to a space).
     pub fn query_param(&self, name: &str) -> Option<String> {
-        let query = self.query.as_deref()?;
-        query.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k) == name).then(|| percent_decode(v))
-        })
+        self.query_params(name).next()
+    }
+
+    /// Every query parameter called `name`, in order, percent-decoded.
+    pub fn query_params<'a>(&'a self, name: &'a str) -> impl Iterator<Item = String> + 'a {
+        self.query
+            .as_deref()
+            .unwrap_or("")
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .filter_map(move |pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (percent_decode(k) == name).then(|| percent_decode(v))
+            })
     }
 
     /// The Sec-WebSocket-Accept value for this request.
@@ -248,7 +258,7 @@ pub fn parse_request(
     let mut connection = false;
     let mut protocols = Vec::new();
     let mut extensions = Vec::new();
-    let mut authorization = None;
+    let mut authorization = Vec::new();
     let mut origin = None;
     for h in req.headers.iter() {
         let name = h.name;
@@ -280,7 +290,7 @@ pub fn parse_request(
                 header_str(h.value, "Sec-WebSocket-Extensions is not UTF-8")?,
             );
         } else if name.eq_ignore_ascii_case("authorization") {
-            authorization = Some(header_str(h.value, "Authorization is not UTF-8")?.to_owned());
+            authorization.push(header_str(h.value, "Authorization is not UTF-8")?.to_owned());
         } else if name.eq_ignore_ascii_case("origin") {
             origin = Some(header_str(h.value, "Origin is not UTF-8")?.to_owned());
         }
@@ -836,8 +846,26 @@ mod tests {
         assert_eq!(n, request.len());
         assert_eq!(req.key, hs.key());
         assert_eq!(req.protocols, vec!["v1", "v2"]);
-        assert_eq!(req.authorization.as_deref(), Some("Bearer t"));
+        assert_eq!(req.authorization, vec!["Bearer t".to_string()]);
         assert_eq!(req.query_param("token").as_deref(), Some("abc"));
+        // A repeated Authorization header and a repeated query parameter are all kept, in order.
+        let (_, repeated) = ClientHandshake::new(
+            "h:1",
+            "/ws?token=a&x=1&token=b",
+            &[],
+            &[
+                ("Authorization", "Bearer bad"),
+                ("authorization", "Bearer good"),
+            ],
+        );
+        let (req2, _) = parse_request(&repeated, &HandshakeLimits::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(req2.authorization, vec!["Bearer bad", "Bearer good"]);
+        assert_eq!(
+            req2.query_params("token").collect::<Vec<_>>(),
+            vec!["a", "b"]
+        );
         let mut resp = server_answer(&request, Some("v2"));
         let head = resp.len();
         for cut in 0..head {

@@ -14,6 +14,14 @@ use tether::ws::{
     encode_frame, ClientHandshake, Decoder, DecoderLimits, Event, MessageKind, OpCode, Role,
 };
 
+/// The binary under test: `$TETHER_BIN` when set (as in the Python suites), else the one cargo
+/// built for this test run.
+pub fn tether_bin() -> std::path::PathBuf {
+    std::env::var_os("TETHER_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_tether").into())
+}
+
 /// A running `tether serve` process.
 pub struct Server {
     pub child: Child,
@@ -57,7 +65,7 @@ impl Server {
     }
 
     fn command(args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
+        let mut cmd = Command::new(tether_bin());
         cmd.arg("serve")
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .args(args)
@@ -242,12 +250,32 @@ impl Client {
         Client::upgrade(stream, path)
     }
 
-    pub fn upgrade(mut stream: TcpStream, path: &str) -> Result<Client, u16> {
+    pub fn upgrade(stream: TcpStream, path: &str) -> Result<Client, u16> {
+        Client::upgrade_with(stream, path, &[], &[])
+    }
+
+    /// Connects and upgrades offering `protocols` and sending the extra `headers`.
+    pub fn try_connect_with(
+        port: u16,
+        path: &str,
+        protocols: &[&str],
+        headers: &[(&str, &str)],
+    ) -> Result<Client, u16> {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        Client::upgrade_with(stream, path, protocols, headers)
+    }
+
+    pub fn upgrade_with(
+        mut stream: TcpStream,
+        path: &str,
+        protocols: &[&str],
+        headers: &[(&str, &str)],
+    ) -> Result<Client, u16> {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
         stream.set_nodelay(true).unwrap();
-        let (hs, req) = ClientHandshake::new("127.0.0.1", path, &[], &[]);
+        let (hs, req) = ClientHandshake::new("127.0.0.1", path, protocols, headers);
         stream.write_all(&req).unwrap();
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
