@@ -6,12 +6,15 @@
 //! tether-bench report target/bench/handshake-saturation/results.json
 //! tether-bench check bench-harness/scenarios/*.toml
 //! ```
+//!
+//! `run` exits with status 99 when a `[[target]]` of the scenario is missed on a tether row
+//! (after writing the report, which says which and by how much), 1 on an error, 0 otherwise.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tether_bench::report;
+use tether_bench::report::{self, TargetOutcome};
 use tether_bench::results::Results;
 use tether_bench::runner::{self, RunConfig};
 use tether_bench::scenario::Scenario;
@@ -70,6 +73,24 @@ fn target_dir(repo: &Path) -> PathBuf {
     }
 }
 
+/// Exit status of a run in which a declared target was missed (as `tether-loadgen` uses for a
+/// crossed threshold).
+const EXIT_TARGET_MISSED: u8 = 99;
+
+/// Prints the targets' outcomes; true if one was missed.
+fn print_targets(outcomes: &[TargetOutcome]) -> bool {
+    for o in outcomes {
+        println!(
+            "target {}: {} on {}: {}",
+            if o.met { "met" } else { "MISSED" },
+            o.description,
+            o.server,
+            o.detail
+        );
+    }
+    outcomes.iter().any(|o| !o.met)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -102,7 +123,8 @@ fn main() -> ExitCode {
             };
             let dir = runner::run(&sc, &cfg)?;
             println!("{}", dir.join("report.md").display());
-            Ok(())
+            let results = Results::load(&dir.join("results.json"))?;
+            Ok(print_targets(&report::check_targets(&results)))
         })(),
         Cmd::Report { results } => (|| {
             let r = Results::load(&results)?;
@@ -110,7 +132,9 @@ fn main() -> ExitCode {
             for f in report::write_report(&r, dir)? {
                 println!("{}", f.display());
             }
-            Ok(())
+            // Re-rendering reports the targets but does not judge them again.
+            print_targets(&report::check_targets(&r));
+            Ok(false)
         })(),
         Cmd::Check { scenarios } => (|| {
             for path in &scenarios {
@@ -124,11 +148,15 @@ fn main() -> ExitCode {
                     sc.repetitions
                 );
             }
-            Ok(())
+            Ok(false)
         })(),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::SUCCESS,
+        Ok(true) => {
+            eprintln!("tether-bench: a declared target was missed (see the report)");
+            ExitCode::from(EXIT_TARGET_MISSED)
+        }
         Err(e) => {
             eprintln!("tether-bench: {e}");
             ExitCode::FAILURE

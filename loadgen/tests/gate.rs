@@ -38,7 +38,10 @@ fn a_crossed_threshold_exits_99_with_a_table() {
     let v = run.json();
     assert_eq!(u(v, "schema_version"), 1);
     assert_eq!(u(v, "handshakes_ok"), 40, "{v:#}");
-    assert_eq!(u(v, "handshake_errors.status_503"), 60, "{v:#}");
+    // Each refused client reads the 503 (or, past the node's lingering budget for refused
+    // sockets, may see the connection reset under it).
+    assert_eq!(u(v, "handshake_errors_total"), 60, "{v:#}");
+    assert!(u(v, "handshake_errors.status_503") > 0, "{v:#}");
     let t = v["thresholds"]
         .as_array()
         .expect("thresholds in the report");

@@ -563,6 +563,17 @@ def cmd_summary(run):
     }
     if c.get("messaging_skipped"):
         summary["messaging_skipped"] = c["messaging_skipped"]
+    # The run's verdict: every client held, no failed handshake, no lost message.
+    problems = []
+    if peak_conn < c["clients"]:
+        problems.append(f"held {peak_conn} of {c['clients']}")
+    if handshake_errors_total != 0:
+        problems.append(f"{handshake_errors_total} handshake errors")
+    if summary["messages_lost"]:
+        problems.append(f"{summary['messages_lost']} messages lost")
+    if not lg:
+        problems.append("no loadgen report")
+    summary["verdict"] = {"passed": not problems, "problems": problems}
     with open(os.path.join(run, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     s = summary
@@ -578,6 +589,7 @@ def cmd_summary(run):
         f"messages: {s['messages_delivered']} delivered, {s['messages_lost']} lost of {s['messages_sent']}\n"
         f"cpu: nodes {s['cpu_s']['nodes']} s, loadgen {s['cpu_s']['loadgen']} s, nats {s['cpu_s']['nats_server']} s "
         f"over {s['cpu_s']['wall_s']} s wall\n"
+        f"verdict: {'passed' if s['verdict']['passed'] else 'FAILED: ' + '; '.join(s['verdict']['problems'])}\n"
     )
 
 

@@ -4,18 +4,30 @@
 # nodes. The held clients are devices on /ws, each with its own token minted by loadgen, as in
 # the real run (PROVE_ENDPOINT=echo holds them on /echo instead). Asserts that the summary shows
 # every client held on the nodes on that endpoint, no failed handshake and no lost message, and
-# that no process of the run is left behind.
+# that no process of the run is left behind. The `max` run is asked for too, with a probe ladder
+# no machine keeps (1,000,000/s): it is reported as not run, separately from the seed run, and
+# does not decide the exit status, which the seed run's verdict does.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 endpoint=${PROVE_ENDPOINT:-ws}
-scripts/prove-300k.sh --no-tune --endpoint "$endpoint" --clients 2000 --nodes 2 --rate 2000 --hold 10s \
+scripts/prove-300k.sh --no-tune --endpoint "$endpoint" --clients 2000 --nodes 2 --rate 2000,max --hold 10s \
+    --probe-rates 1000000 --probe-clients 200 \
     --sample 40 --messages 2 --out "$out" >"$out/log" 2>&1 || { cat "$out/log"; exit 1; }
+grep -E '^prove-300k: (seed|highest-rate|PASSED)' "$out/log"
+grep -q '^prove-300k: seed run (2000/s): held 2000 of 2000, .* -> passed \[decides the exit status\]$' "$out/log" ||
+    { echo "prove smoke: no passing seed-run line"; cat "$out/log"; exit 1; }
+grep -q '^prove-300k: highest-rate run not run: no probe rate kept its schedule .*\[reported only\]$' "$out/log" ||
+    { echo "prove smoke: no separate highest-rate line"; cat "$out/log"; exit 1; }
 python3 - "$out/summary.json" "$endpoint" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
 problems = []
+if s["verdict"] != {"passed": True, "decided_by": ["fixed-rate runs"]}:
+    problems.append(f"verdict {s['verdict']}")
+if s["seed_run"]["verdict"]["passed"] is not True or "not_run" not in s["max_run"]:
+    problems.append(f"seed {s['seed_run']['verdict']}, max {s['max_run']}")
 if s["endpoint"] != "/" + sys.argv[2]:
     problems.append(f"endpoint {s['endpoint']} != /{sys.argv[2]}")
 if s["concurrent_clients_peak"] != 2000:
