@@ -1,5 +1,7 @@
 //! Hostile clients against the connection path (issue 12): over capacity, a complete request
-//! gets 503 promptly however many silent sockets came first (defect 5).
+//! gets 503 promptly however many silent sockets came first (defect 5); one device token
+//! cannot hold more than `--sessions-per-device-max` sessions, so one message to it is copied
+//! a bounded number of times (defect 2).
 
 mod server_support;
 
@@ -71,4 +73,67 @@ fn over_capacity_a_complete_request_gets_503_promptly_despite_silent_sockets() {
     assert!(srv.metric("tether_handshakes_total{result=\"over_capacity\"}") >= 3);
     assert!(srv.log().contains("at connection capacity"));
     drop((held, silent));
+}
+
+const SECRET: &str = "hostile-test-secret-0123456789";
+
+/// A device token minted by `tether token`.
+fn token(device: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["token", "--sub", device, "--jwt-secret", SECRET])
+        .output()
+        .expect("tether token");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Connects a device session and waits for its `hello`.
+fn device(port: u16, token: &str) -> Client {
+    let mut c = Client::connect(port, &format!("/ws?token={token}"));
+    match c.recv(Duration::from_secs(10)) {
+        Got::Text(t) if t.contains("\"hello\"") => c,
+        other => panic!("expected hello, got {other:?}"),
+    }
+}
+
+#[test]
+fn one_device_holds_at_most_its_session_cap_and_the_oldest_is_replaced() {
+    let srv = Server::start(&[
+        "--shards",
+        "2",
+        "--jwt-secret",
+        SECRET,
+        "--sessions-per-device-max",
+        "3",
+    ]);
+    let tv = token("tv");
+    // Ten sessions of one device (on both shards), none of which reads after its hello.
+    let mut sessions: Vec<Client> = (0..10).map(|_| device(srv.port, &tv)).collect();
+    // The seven oldest are closed with 4409, the three newest stay.
+    for (i, c) in sessions.iter_mut().enumerate() {
+        let got = c.recv(Duration::from_millis(if i < 7 { 5000 } else { 300 }));
+        if i < 7 {
+            assert_eq!(got, Got::Close(Some(4409)), "session {i}");
+        } else {
+            assert_eq!(got, Got::Timeout, "session {i}");
+        }
+    }
+    assert_eq!(srv.metric("tether_device_sessions_replaced_total"), 7);
+
+    // A message to the device is copied to the three live sessions only.
+    let sent_before = srv.metric("tether_messages_sent_total");
+    let mut phone = device(srv.port, &token("phone"));
+    let data = "x".repeat(100_000);
+    phone.send_text(&format!(r#"{{"op":"send","to":"tv","data":"{data}"}}"#));
+    for c in &mut sessions[7..] {
+        match c.recv(Duration::from_secs(5)) {
+            Got::Text(t) => assert!(t.contains(&data), "{}", &t[..80]),
+            other => panic!("expected the message, got {other:?}"),
+        }
+    }
+    // hello to the phone + three copies.
+    assert!(eventually(Duration::from_secs(2), || srv
+        .metric("tether_messages_sent_total")
+        - sent_before
+        == 4));
 }

@@ -237,6 +237,9 @@ settings! {
     /// Topics one connection may subscribe to.
     /// A remote, a room, a few feeds; bounds the interest one device can create.
     topics_per_connection_max: usize = 64, env "TETHER_TOPICS_PER_CONNECTION_MAX", value "N";
+    /// Sessions one device may hold on this node; one more closes its oldest with 4409.
+    /// The current session, stale ones a network change leaves until silence_timeout, a second app.
+    sessions_per_device_max: usize = 4, env "TETHER_SESSIONS_PER_DEVICE_MAX", value "N";
 }
 
 /// Where a setting's value came from.

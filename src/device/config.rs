@@ -25,6 +25,8 @@ pub struct MessagingConfig {
     pub auth_timeout: Duration,
     pub bus_queue_len: usize,
     pub limits: HubLimits,
+    /// Sessions one device may hold on this node (see [`crate::device::sessions`]).
+    pub sessions_per_device_max: usize,
 }
 
 impl MessagingConfig {
@@ -115,6 +117,9 @@ impl MessagingConfig {
         if s.bus_queue_len == 0 {
             return Err(invalid("bus_queue_len", "must be at least 1"));
         }
+        if s.sessions_per_device_max == 0 {
+            return Err(invalid("sessions_per_device_max", "must be at least 1"));
+        }
         Ok(Some(MessagingConfig {
             auth,
             nats: s.nats.clone(),
@@ -123,6 +128,7 @@ impl MessagingConfig {
             auth_timeout: s.auth_timeout,
             bus_queue_len: s.bus_queue_len,
             limits,
+            sessions_per_device_max: s.sessions_per_device_max,
         }))
     }
 }

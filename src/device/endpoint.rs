@@ -8,11 +8,12 @@
 
 use super::config::{AuthMode, MessagingConfig};
 use super::hub::{DeviceStats, Hub, Outlet};
+use super::sessions::{DeviceSessions, REPLACED_CLOSE_CODE, REPLACED_CLOSE_REASON};
 use crate::auth::{self, AuthError, AuthRequest, Claims};
 use crate::bus::{self, BusConfig, BusNode, ShardBus};
 use crate::server::conn::ConnHandle;
 use crate::server::endpoint::{Accepted, ConnInfo, Endpoint, LocalFuture, Rejected, Session};
-use crate::server::shard::ShardCtx;
+use crate::server::shard::{ShardCtx, ShardMsg};
 use crate::server::Server;
 use crate::ws::{MessageKind, UpgradeRequest};
 use std::cell::RefCell;
@@ -85,6 +86,8 @@ pub fn install(
     let slots: Arc<Mutex<Vec<Option<ShardBus>>>> =
         Arc::new(Mutex::new(links.into_iter().map(Some).collect()));
     let devices = Arc::new(DeviceStats::default());
+    let sessions = Arc::new(DeviceSessions::new(config.sessions_per_device_max));
+    let sessions_metrics = sessions.clone();
     let config = Arc::new(config);
     let stats = devices.clone();
     let server = server
@@ -106,8 +109,10 @@ pub fn install(
                 hub,
                 config: config.clone(),
                 stats: stats.clone(),
+                sessions: sessions.clone(),
             })
         })
+        .metrics_source(move |out| sessions_metrics.render_prometheus(out))
         .service(|ctx: &Rc<ShardCtx>| {
             let hub = SHARD_HUB
                 .with(|slot| slot.borrow_mut().take())
@@ -160,6 +165,7 @@ struct DeviceEndpoint {
     hub: Option<ShardHub>,
     config: Arc<MessagingConfig>,
     stats: Arc<DeviceStats>,
+    sessions: Arc<DeviceSessions>,
 }
 
 impl DeviceEndpoint {
@@ -242,7 +248,8 @@ impl Endpoint for DeviceEndpoint {
                 session: Box::new(DeviceSession {
                     shard: self.shard.clone(),
                     hub,
-                    claims: Some(Rc::new(claims)),
+                    claims: Rc::new(claims),
+                    sessions: self.sessions.clone(),
                 }),
             })
         })
@@ -252,17 +259,26 @@ impl Endpoint for DeviceEndpoint {
 struct DeviceSession {
     shard: Rc<ShardCtx>,
     hub: ShardHub,
-    /// Handed to the hub at open.
-    claims: Option<Rc<Claims>>,
+    /// Shared with the hub at open.
+    claims: Rc<Claims>,
+    sessions: Arc<DeviceSessions>,
 }
 
 impl Session for DeviceSession {
     fn on_open(&mut self, conn: &ConnHandle) {
-        if let Some(claims) = self.claims.take() {
-            let now = self.shard.now_ms();
-            self.hub
-                .borrow_mut()
-                .open(conn.id(), conn.clone(), claims, now);
+        let now = self.shard.now_ms();
+        self.hub
+            .borrow_mut()
+            .open(conn.id(), conn.clone(), self.claims.clone(), now);
+        if let Some(oldest) = self.sessions.open(&self.claims.sub, conn.id()) {
+            tracing::info!(
+                device = %self.claims.sub,
+                conn = oldest,
+                new_conn = conn.id(),
+                max = self.sessions.max(),
+                "too many sessions of this device: closing its oldest with {REPLACED_CLOSE_CODE}"
+            );
+            close_replaced(&self.shard, oldest);
         }
     }
 
@@ -276,5 +292,31 @@ impl Session for DeviceSession {
 
     fn on_close(&mut self, conn: &ConnHandle, _code: u16) {
         self.hub.borrow_mut().close(conn.id());
+        self.sessions.close(&self.claims.sub, conn.id());
+    }
+}
+
+/// Closes the replaced session `id` with [`REPLACED_CLOSE_CODE`], on whichever shard holds it.
+fn close_replaced(ctx: &Rc<ShardCtx>, id: u64) {
+    let close = move |ctx: &Rc<ShardCtx>| {
+        if let Some(c) = ctx.conn(id) {
+            c.close(REPLACED_CLOSE_CODE, REPLACED_CLOSE_REASON);
+        }
+    };
+    let shard = ShardCtx::shard_of(id);
+    if shard == ctx.index {
+        close(ctx);
+        return;
+    }
+    let sent = ctx
+        .mesh()
+        .try_send_to(shard, ShardMsg::Run(Box::new(close)));
+    if let Err(tether_shards::MeshSendError::Full(msg)) = sent {
+        // The mesh is busy: deliver it when there is room.
+        let ctx = ctx.clone();
+        glommio::spawn_local(async move {
+            let _ = ctx.mesh().send_to(shard, msg).await;
+        })
+        .detach();
     }
 }
