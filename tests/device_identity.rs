@@ -115,3 +115,268 @@ fn wrong_typed_fields_get_bad_field_with_the_id() {
     c.send_text(r#"{"op":"ping","id":"p"}"#);
     assert_eq!(next_json(&mut c)["op"], "pong");
 }
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/tests/fixtures/jwt/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+/// A token from the test "identity provider": RS256 with fixture key `a` or `b`, with `kid`.
+fn idp_token(key: &str, kid: &str, claims: &serde_json::Value) -> String {
+    let pem = fixture(match key {
+        "a" => "rs256-private.pem",
+        _ => "rs256-b-private.pem",
+    });
+    tether::auth::mint_pem_kid(jsonwebtoken::Algorithm::RS256, Some(kid), &pem, claims).unwrap()
+}
+
+fn idp_claims(sub: &str) -> serde_json::Value {
+    serde_json::json!({
+        "sub": sub,
+        "exp": tether::auth::now_secs() + 300,
+        "aud": ["tether", "account"],
+        "iss": "https://id.example/realms/fleet",
+    })
+}
+
+fn status_with(port: u16, token: &str) -> Result<(), u16> {
+    let bearer = format!("Bearer {token}");
+    Client::try_connect_with(port, "/ws", &[], &[("Authorization", &bearer)]).map(|_| ())
+}
+
+/// A scratch directory for one test (removed at the end).
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("tether-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) -> String {
+        let path = self.0.join(name);
+        let tmp = self.0.join(format!("{name}.tmp"));
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        path.to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn audience_and_issuer_of_an_identity_provider() {
+    let secret_claims = |aud: Option<&str>| {
+        let mut c = serde_json::json!({"sub": "tv-5", "exp": tether::auth::now_secs() + 60,
+            "iss": "https://id.example/"});
+        if let Some(aud) = aud {
+            c["aud"] = aud.into();
+        }
+        mint_hs256(SECRET.as_bytes(), &c).unwrap()
+    };
+    // Without jwt_audience a token with aud is refused (documented), one without is fine.
+    let plain = Server::start(&["--shards", "1", "--jwt-secret", SECRET]);
+    assert_eq!(
+        status_with(plain.port, &secret_claims(Some("tether"))),
+        Err(401)
+    );
+    assert_eq!(status_with(plain.port, &secret_claims(None)), Ok(()));
+    drop(plain);
+    let node = Server::start(&[
+        "--shards",
+        "1",
+        "--jwt-secret",
+        SECRET,
+        "--jwt-audience",
+        "tether",
+        "--jwt-issuer",
+        "https://id.example/",
+    ]);
+    assert_eq!(
+        status_with(node.port, &secret_claims(Some("tether"))),
+        Ok(())
+    );
+    assert_eq!(
+        status_with(node.port, &secret_claims(Some("other"))),
+        Err(401)
+    );
+    assert_eq!(status_with(node.port, &secret_claims(None)), Err(401));
+    let wrong_iss = mint_hs256(
+        SECRET.as_bytes(),
+        &serde_json::json!({"sub": "tv-5", "exp": tether::auth::now_secs() + 60,
+            "aud": "tether", "iss": "https://evil.example/"}),
+    )
+    .unwrap();
+    assert_eq!(status_with(node.port, &wrong_iss), Err(401));
+    // Leeway: a token expired 3 s ago passes with --jwt-leeway 30s.
+    let late = mint_hs256(
+        SECRET.as_bytes(),
+        &Claims {
+            exp: tether::auth::now_secs() - 3,
+            ..Claims::device("tv-6", 0)
+        },
+    )
+    .unwrap();
+    assert_eq!(status_with(node.port, &late), Err(401));
+    let lenient = Server::start(&[
+        "--shards",
+        "1",
+        "--jwt-secret",
+        SECRET,
+        "--jwt-leeway",
+        "30s",
+    ]);
+    assert_eq!(status_with(lenient.port, &late), Ok(()));
+}
+
+#[test]
+fn jwks_file_keys_by_kid_reloaded_on_sighup() {
+    let dir = Scratch::new("jwks-file");
+    let path = dir.write("jwks.json", &fixture("jwks-a.json"));
+    let node = Server::start(&[
+        "--shards",
+        "1",
+        "--jwt-jwks-file",
+        &path,
+        "--jwt-audience",
+        "tether",
+    ]);
+    let claims = idp_claims("stb-7");
+    let a = idp_token("a", "rsa-a", &claims);
+    let b = idp_token("b", "rsa-b", &claims);
+    assert_eq!(status_with(node.port, &a), Ok(()));
+    assert_eq!(status_with(node.port, &b), Err(401));
+    assert_eq!(node.metric("tether_jwks_keys"), 2);
+    // Rotation: the provider publishes a and b, then only b.
+    dir.write("jwks.json", &fixture("jwks-ab.json"));
+    node.signal(libc::SIGHUP);
+    assert!(eventually(Duration::from_secs(10), || node
+        .metric(r#"tether_jwks_reloads_total{result="ok"}"#)
+        == 1));
+    assert_eq!(status_with(node.port, &a), Ok(()));
+    assert_eq!(status_with(node.port, &b), Ok(()));
+    dir.write("jwks.json", &fixture("jwks-b.json"));
+    node.signal(libc::SIGHUP);
+    assert!(eventually(Duration::from_secs(10), || node
+        .metric(r#"tether_jwks_reloads_total{result="ok"}"#)
+        == 2));
+    assert_eq!(status_with(node.port, &a), Err(401));
+    assert_eq!(status_with(node.port, &b), Ok(()));
+    // A broken document keeps the keys in use; the node still runs.
+    dir.write("jwks.json", b"{\"keys\": [");
+    node.signal(libc::SIGHUP);
+    assert!(eventually(Duration::from_secs(10), || node
+        .metric(r#"tether_jwks_reloads_total{result="failed"}"#)
+        == 1));
+    assert_eq!(status_with(node.port, &b), Ok(()));
+    assert!(node.log().contains("JWKS reload failed"), "{}", node.log());
+}
+
+/// `python3 -m http.server` on a free port serving `dir`; killed on drop.
+struct HttpServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl HttpServer {
+    fn start(dir: &std::path::Path) -> HttpServer {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("python3")
+            .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1"])
+            .current_dir(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 -m http.server");
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        // "Serving HTTP on 127.0.0.1 port 40123 (http://127.0.0.1:40123/) ..."
+        let port = line
+            .split(" port ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("http.server said {line:?}"));
+        std::thread::spawn(move || for _ in out.lines() {});
+        HttpServer { child, port }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn jwks_url_fetched_at_start_and_refreshed() {
+    let dir = Scratch::new("jwks-url");
+    dir.write("jwks.json", &fixture("jwks-a.json"));
+    let http = HttpServer::start(&dir.0);
+    let url = format!("http://127.0.0.1:{}/jwks.json", http.port);
+    let node = Server::start(&[
+        "--shards",
+        "1",
+        "--jwt-jwks-url",
+        &url,
+        "--jwt-jwks-refresh",
+        "1s",
+        "--jwt-audience",
+        "tether",
+        "--jwt-issuer",
+        "https://id.example/realms/fleet",
+    ]);
+    let claims = idp_claims("phone-8");
+    let a = idp_token("a", "rsa-a", &claims);
+    let b = idp_token("b", "rsa-b", &claims);
+    assert_eq!(status_with(node.port, &a), Ok(()));
+    assert_eq!(status_with(node.port, &b), Err(401));
+    dir.write("jwks.json", &fixture("jwks-b.json"));
+    assert!(
+        eventually(Duration::from_secs(15), || status_with(node.port, &b)
+            .is_ok()),
+        "key b never arrived: {}",
+        node.log()
+    );
+    assert_eq!(status_with(node.port, &a), Err(401));
+    assert!(node.metric(r#"tether_jwks_reloads_total{result="ok"}"#) >= 1);
+    // The provider goes away: refreshes fail, the keys in use stay.
+    drop(http);
+    assert!(eventually(Duration::from_secs(15), || node
+        .metric(r#"tether_jwks_reloads_total{result="failed"}"#)
+        >= 1));
+    assert_eq!(status_with(node.port, &b), Ok(()));
+}
+
+#[test]
+fn jwks_url_that_does_not_answer_stops_the_start() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let out = std::process::Command::new(tether_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args([
+            "--jwt-jwks-url",
+            &format!("http://127.0.0.1:{port}/jwks.json"),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("jwks.json") && err.contains("connect"),
+        "{err}"
+    );
+}

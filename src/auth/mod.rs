@@ -1,17 +1,21 @@
 //! Device authentication at the handshake (section 2 of `docs/protocol.md`), sans-IO.
 //!
-//! This module owns: finding the token in an upgrade request (`Authorization: Bearer`, the
-//! `token` query parameter, or a `tether.token.<jwt>` subprotocol entry), choosing the
-//! subprotocol, verifying the JWT (HS256 with a shared secret, or RS256/ES256 with a PEM public
-//! key; `exp` and `sub` required, no leeway), the claims (device id and topic/service
-//! permissions), and minting development tokens for `tether token`. The optional backend
-//! authorisation over NATS (`--auth-subject`) is done by the device endpoint with the bus; its
-//! request and reply payloads are defined here.
+//! This module owns: finding the one token of an upgrade request (`Authorization: Bearer`, the
+//! `token` query parameter, or a `tether.token.<jwt>` subprotocol entry; more than one is
+//! ambiguous), choosing the subprotocol, verifying the JWT against a [`KeySet`] (one HS256
+//! secret, one RS256/ES256 PEM public key, or the keys of a JWKS document selected by `kid`)
+//! and the [`ClaimRules`] (`aud`, `iss`, leeway on `exp`/`nbf`; `exp` and `sub` required), the
+//! claims (device id and topic/service permissions), the refusal counters, and minting tokens
+//! for `tether token` and tests. Loading and refreshing a JWKS is `device::keys`' job; the
+//! optional backend authorisation over NATS (`--auth-subject`) is done by the device endpoint
+//! with the bus; its request and reply payloads are defined here.
 
 use crate::proto::{self, PROTOCOL_V1, TOKEN_PROTOCOL_PREFIX};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The claims tether reads from a device token.
@@ -220,16 +224,28 @@ impl std::fmt::Display for KeyError {
 
 impl std::error::Error for KeyError {}
 
-/// Verifies device tokens. Cheap to clone (one per shard).
+/// One verification key: its `kid` (when it has one), the one algorithm it verifies, the key.
 #[derive(Clone)]
-pub struct Verifier {
+pub struct VerifyKey {
+    kid: Option<String>,
+    alg: Algorithm,
     key: DecodingKey,
-    validation: Validation,
 }
 
-impl Verifier {
-    /// Builds a verifier; an empty secret or an unreadable PEM key is an error.
-    pub fn new(config: &KeyConfig) -> Result<Verifier, KeyError> {
+/// The keys a node trusts at one moment. Several keys at once (selected by the token's `kid`)
+/// let an identity provider rotate keys without downtime: it publishes the new key before it
+/// signs with it, and the old one stays until its tokens have expired.
+#[derive(Clone, Default)]
+pub struct KeySet {
+    keys: Vec<VerifyKey>,
+}
+
+/// Most keys one JWKS document may hold (identity providers publish two or three).
+pub const JWKS_KEYS_MAX: usize = 64;
+
+impl KeySet {
+    /// The one key of a secret or a PEM public key (no `kid`: every token is checked with it).
+    pub fn single(config: &KeyConfig) -> Result<KeySet, KeyError> {
         let (key, alg) = match config {
             KeyConfig::Hs256 { secret } => {
                 if secret.len() < 16 {
@@ -256,28 +272,250 @@ impl Verifier {
                 Algorithm::ES256,
             ),
         };
-        let mut validation = Validation::new(alg);
-        validation.leeway = 0;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        Ok(Verifier { key, validation })
+        Ok(KeySet {
+            keys: vec![VerifyKey {
+                kid: None,
+                alg,
+                key,
+            }],
+        })
+    }
+
+    /// The signing keys of a JWKS document (RFC 7517): RSA (RS256/384/512, PS256/384/512), EC
+    /// P-256/P-384 (ES256/ES384) and Ed25519 (EdDSA) public keys. Keys marked for encryption
+    /// (`"use":"enc"`) and symmetric (`oct`) keys are left out; a document without any usable
+    /// key, or with more than [`JWKS_KEYS_MAX`], is an error.
+    pub fn from_jwks(document: &[u8]) -> Result<KeySet, KeyError> {
+        use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, PublicKeyUse};
+        let set: JwkSet = serde_json::from_slice(document)
+            .map_err(|e| KeyError(format!("not a JWKS document: {e}")))?;
+        if set.keys.len() > JWKS_KEYS_MAX {
+            return Err(KeyError(format!(
+                "the JWKS document has {} keys, at most {JWKS_KEYS_MAX}",
+                set.keys.len()
+            )));
+        }
+        let mut keys = Vec::new();
+        for jwk in &set.keys {
+            if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+                continue;
+            }
+            let declared = jwk
+                .common
+                .key_algorithm
+                .and_then(|a| Algorithm::from_str(&format!("{a:?}")).ok());
+            let alg = match (&jwk.algorithm, declared) {
+                (AlgorithmParameters::OctetKey(_), _) => continue,
+                (_, Some(alg)) => alg,
+                (AlgorithmParameters::RSA(_), None) => Algorithm::RS256,
+                (AlgorithmParameters::EllipticCurve(p), None) => match p.curve {
+                    EllipticCurve::P256 => Algorithm::ES256,
+                    EllipticCurve::P384 => Algorithm::ES384,
+                    _ => continue,
+                },
+                (AlgorithmParameters::OctetKeyPair(_), None) => Algorithm::EdDSA,
+            };
+            if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+                continue;
+            }
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| {
+                KeyError(format!(
+                    "JWKS key {:?} is unusable: {e}",
+                    jwk.common.key_id.as_deref().unwrap_or("(no kid)")
+                ))
+            })?;
+            keys.push(VerifyKey {
+                kid: jwk.common.key_id.clone(),
+                alg,
+                key,
+            });
+        }
+        if keys.is_empty() {
+            return Err(KeyError(
+                "the JWKS document holds no public signing key".into(),
+            ));
+        }
+        Ok(KeySet { keys })
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// True when there is no key.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The `kid`s of the keys (those that have one).
+    pub fn kids(&self) -> Vec<&str> {
+        self.keys.iter().filter_map(|k| k.kid.as_deref()).collect()
+    }
+
+    /// The key for a token: by `kid` when the token names one (and its algorithm must be the
+    /// key's), else the keys without a `kid` whose algorithm is the token's.
+    fn candidates<'a>(
+        &'a self,
+        header: &'a Header,
+    ) -> Result<impl Iterator<Item = &'a VerifyKey> + 'a, AuthError> {
+        let matching = self.keys.iter().filter(move |k| {
+            k.alg == header.alg
+                && match (&header.kid, &k.kid) {
+                    (Some(want), Some(have)) => want == have,
+                    (Some(_), None) => false,
+                    (None, have) => have.is_none() || self.keys.len() == 1,
+                }
+        });
+        if matching.clone().next().is_none() {
+            return Err(match &header.kid {
+                Some(kid) if !self.keys.iter().any(|k| k.kid.as_deref() == Some(kid)) => {
+                    AuthError::Invalid(format!("unknown kid {:?}", truncate(kid, 64)))
+                }
+                _ => AuthError::Invalid(format!("no key for algorithm {:?}", header.alg)),
+            });
+        }
+        Ok(matching)
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// The checks on a verified token's claims besides its signature.
+#[derive(Clone, Debug, Default)]
+pub struct ClaimRules {
+    /// Accepted `aud` values. Empty: a token that carries `aud` is refused (it was issued for
+    /// some audience, and this node was not told it is that audience).
+    pub audience: Vec<String>,
+    /// Accepted `iss` values. Empty: `iss` is not checked.
+    pub issuer: Vec<String>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
+}
+
+/// Verifies device tokens. Cheap to clone (one per shard); the clones share the key set, which
+/// [`Verifier::publish`] replaces for all of them at once (JWKS reload and refresh).
+#[derive(Clone)]
+pub struct Verifier {
+    keys: Arc<RwLock<Arc<KeySet>>>,
+    rules: Arc<ClaimRules>,
+    /// Asks the key refresher (if any) for an early refresh: a token named an unknown `kid`.
+    unknown_kid: Option<flume::Sender<()>>,
+}
+
+impl Verifier {
+    /// A verifier with one key and the default rules (no audience, no issuer, no leeway); an
+    /// empty or short secret or an unreadable PEM key is an error.
+    pub fn new(config: &KeyConfig) -> Result<Verifier, KeyError> {
+        Ok(Verifier::with_keys(
+            KeySet::single(config)?,
+            ClaimRules::default(),
+        ))
+    }
+
+    /// A verifier with these keys and rules.
+    pub fn with_keys(keys: KeySet, rules: ClaimRules) -> Verifier {
+        Verifier {
+            keys: Arc::new(RwLock::new(Arc::new(keys))),
+            rules: Arc::new(rules),
+            unknown_kid: None,
+        }
+    }
+
+    /// Tokens with an unknown `kid` send `()` on `tx` (without blocking; a full channel means a
+    /// refresh is already asked for).
+    pub fn on_unknown_kid(&mut self, tx: flume::Sender<()>) {
+        self.unknown_kid = Some(tx);
+    }
+
+    /// Replaces the key set of this verifier and all its clones.
+    pub fn publish(&self, keys: KeySet) {
+        let keys = Arc::new(keys);
+        match self.keys.write() {
+            Ok(mut slot) => *slot = keys,
+            Err(poisoned) => *poisoned.into_inner() = keys,
+        }
+    }
+
+    /// The key set in use.
+    pub fn keys(&self) -> Arc<KeySet> {
+        match self.keys.read() {
+            Ok(slot) => slot.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The rules on claims.
+    pub fn rules(&self) -> &ClaimRules {
+        &self.rules
     }
 
     /// Verifies a token and checks that `sub` is a valid device id.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         use jsonwebtoken::errors::ErrorKind;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
-            |e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-                _ => AuthError::Invalid(e.to_string()),
-            },
-        )?;
-        if !proto::valid_device_id(&data.claims.sub) {
-            return Err(AuthError::Invalid("sub is not a valid device id".into()));
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let keys = self.keys();
+        let candidates = match keys.candidates(&header) {
+            Ok(c) => c,
+            Err(err) => {
+                if header.kid.is_some() {
+                    if let Some(tx) = &self.unknown_kid {
+                        let _ = tx.try_send(());
+                    }
+                }
+                return Err(err);
+            }
+        };
+        let mut last = AuthError::Invalid("no key".into());
+        for key in candidates {
+            let validation = self.validation(key.alg);
+            match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
+                Ok(data) => {
+                    if !proto::valid_device_id(&data.claims.sub) {
+                        return Err(AuthError::Invalid("sub is not a valid device id".into()));
+                    }
+                    return Ok(data.claims);
+                }
+                Err(e) => {
+                    last = match e.kind() {
+                        ErrorKind::ExpiredSignature => return Err(AuthError::Expired),
+                        ErrorKind::ImmatureSignature => return Err(AuthError::NotYetValid),
+                        ErrorKind::InvalidAudience if self.rules.audience.is_empty() => {
+                            AuthError::Invalid(
+                                "the token has an aud claim and no jwt_audience is configured"
+                                    .into(),
+                            )
+                        }
+                        _ => AuthError::Invalid(e.to_string()),
+                    }
+                }
+            }
         }
-        Ok(data.claims)
+        Err(last)
+    }
+
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut validation = Validation::new(alg);
+        validation.leeway = self.rules.leeway_secs;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        if !self.rules.audience.is_empty() {
+            validation.set_audience(&self.rules.audience);
+            required.push("aud");
+        }
+        if !self.rules.issuer.is_empty() {
+            validation.set_issuer(&self.rules.issuer);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
+        validation
     }
 }
 
@@ -393,7 +631,7 @@ pub fn parse_ttl_secs(text: &str) -> Result<u64, String> {
 }
 
 /// Signs `claims` with HS256 (development tokens: `tether token`, tests, examples).
-pub fn mint_hs256(secret: &[u8], claims: &Claims) -> Result<String, KeyError> {
+pub fn mint_hs256(secret: &[u8], claims: &impl Serialize) -> Result<String, KeyError> {
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         claims,
@@ -403,14 +641,31 @@ pub fn mint_hs256(secret: &[u8], claims: &Claims) -> Result<String, KeyError> {
 }
 
 /// Signs `claims` with RS256 or ES256 from a PEM private key.
-pub fn mint_pem(alg: Algorithm, private_pem: &[u8], claims: &Claims) -> Result<String, KeyError> {
+pub fn mint_pem(
+    alg: Algorithm,
+    private_pem: &[u8],
+    claims: &impl Serialize,
+) -> Result<String, KeyError> {
+    mint_pem_kid(alg, None, private_pem, claims)
+}
+
+/// Signs `claims` with RS256 or ES256 from a PEM private key, naming `kid` in the header (tests
+/// and examples that stand in for an identity provider).
+pub fn mint_pem_kid(
+    alg: Algorithm,
+    kid: Option<&str>,
+    private_pem: &[u8],
+    claims: &impl Serialize,
+) -> Result<String, KeyError> {
     let key = match alg {
         Algorithm::RS256 => EncodingKey::from_rsa_pem(private_pem),
         Algorithm::ES256 => EncodingKey::from_ec_pem(private_pem),
         other => return Err(KeyError(format!("unsupported algorithm {other:?}"))),
     }
     .map_err(|e| KeyError(format!("bad private key: {e}")))?;
-    jsonwebtoken::encode(&Header::new(alg), claims, &key)
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, claims, &key)
         .map_err(|e| KeyError(format!("cannot sign token: {e}")))
 }
 
@@ -536,6 +791,127 @@ mod tests {
             public_pem: b"not a key".to_vec()
         })
         .is_err());
+    }
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwt/");
+        std::fs::read(format!("{dir}{name}")).expect("fixture")
+    }
+
+    #[test]
+    fn jwks_keys_are_selected_by_kid() {
+        let set = KeySet::from_jwks(&fixture("jwks-ab.json")).unwrap();
+        assert_eq!(set.kids(), vec!["rsa-a", "rsa-b", "ec-a"]);
+        let v = Verifier::with_keys(set, ClaimRules::default());
+        let c = claims("tv-3", now_secs() + 60);
+        let a = fixture("rs256-private.pem");
+        let b = fixture("rs256-b-private.pem");
+        let ec = fixture("es256-private.pem");
+        for (alg, kid, pem) in [
+            (Algorithm::RS256, "rsa-a", &a),
+            (Algorithm::RS256, "rsa-b", &b),
+            (Algorithm::ES256, "ec-a", &ec),
+        ] {
+            let t = mint_pem_kid(alg, Some(kid), pem, &c).unwrap();
+            assert_eq!(v.verify(&t).unwrap().sub, "tv-3", "{kid}");
+        }
+        // Signed with key b but naming a: the signature does not verify.
+        let wrong = mint_pem_kid(Algorithm::RS256, Some("rsa-a"), &b, &c).unwrap();
+        assert!(matches!(v.verify(&wrong), Err(AuthError::Invalid(_))));
+        // An unknown kid is refused and asks for an early refresh.
+        let (tx, rx) = flume::bounded(1);
+        let mut v2 = v.clone();
+        v2.on_unknown_kid(tx);
+        let unknown = mint_pem_kid(Algorithm::RS256, Some("rsa-z"), &a, &c).unwrap();
+        assert_eq!(
+            v2.verify(&unknown),
+            Err(AuthError::Invalid("unknown kid \"rsa-z\"".into()))
+        );
+        assert!(rx.try_recv().is_ok());
+        // The algorithm must be the key's: an HS256 token naming an RSA kid is refused.
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("rsa-a".into());
+        let confused = jsonwebtoken::encode(
+            &header,
+            &c,
+            &EncodingKey::from_secret(&fixture("rs256-public.pem")),
+        )
+        .unwrap();
+        assert!(matches!(v.verify(&confused), Err(AuthError::Invalid(_))));
+        // Publishing a new set reaches every clone: after rotation to b only, a's tokens fail.
+        v.publish(KeySet::from_jwks(&fixture("jwks-b.json")).unwrap());
+        let ta = mint_pem_kid(Algorithm::RS256, Some("rsa-a"), &a, &c).unwrap();
+        assert!(matches!(v2.verify(&ta), Err(AuthError::Invalid(_))));
+        let tb = mint_pem_kid(Algorithm::RS256, Some("rsa-b"), &b, &c).unwrap();
+        assert_eq!(v2.verify(&tb).unwrap().sub, "tv-3");
+        // Bad documents.
+        assert!(KeySet::from_jwks(b"{}").is_err());
+        assert!(KeySet::from_jwks(br#"{"keys":[]}"#).is_err());
+        assert!(KeySet::from_jwks(br#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#).is_err());
+    }
+
+    #[test]
+    fn audience_issuer_and_leeway() {
+        let key = KeyConfig::Hs256 {
+            secret: SECRET.to_vec(),
+        };
+        let now = now_secs();
+        let token = |extra: serde_json::Value| {
+            let mut v = serde_json::json!({"sub": "tv-4", "exp": now + 60});
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            mint_hs256(SECRET, &v).unwrap()
+        };
+        let plain = Verifier::new(&key).unwrap();
+        // No audience configured: a token with aud is refused, with the reason.
+        let with_aud = token(serde_json::json!({"aud": "tether"}));
+        assert_eq!(
+            plain.verify(&with_aud),
+            Err(AuthError::Invalid(
+                "the token has an aud claim and no jwt_audience is configured".into()
+            ))
+        );
+        let rules = ClaimRules {
+            audience: vec!["tether".into(), "tether-eu".into()],
+            issuer: vec!["https://id.example/".into()],
+            leeway_secs: 0,
+        };
+        let strict = Verifier::with_keys(KeySet::single(&key).unwrap(), rules);
+        let iss = "https://id.example/";
+        assert!(strict
+            .verify(&token(serde_json::json!({"aud": "tether", "iss": iss})))
+            .is_ok());
+        assert!(strict
+            .verify(&token(
+                serde_json::json!({"aud": ["other", "tether-eu"], "iss": iss})
+            ))
+            .is_ok());
+        for bad in [
+            serde_json::json!({"aud": "other", "iss": iss}),
+            serde_json::json!({"iss": iss}),
+            serde_json::json!({"aud": "tether", "iss": "https://evil.example/"}),
+            serde_json::json!({"aud": "tether"}),
+        ] {
+            assert!(
+                matches!(
+                    strict.verify(&token(bad.clone())),
+                    Err(AuthError::Invalid(_))
+                ),
+                "{bad}"
+            );
+        }
+        // Leeway: expired 5 s ago passes with 10 s of leeway, not with none.
+        let late = mint_hs256(SECRET, &claims("tv-4", now - 5)).unwrap();
+        assert_eq!(plain.verify(&late), Err(AuthError::Expired));
+        let lenient = Verifier::with_keys(
+            KeySet::single(&key).unwrap(),
+            ClaimRules {
+                leeway_secs: 10,
+                ..ClaimRules::default()
+            },
+        );
+        assert!(lenient.verify(&late).is_ok());
     }
 
     #[test]

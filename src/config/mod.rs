@@ -208,6 +208,25 @@ settings! {
     /// Algorithm of jwt_public_key: RS256 or ES256.
     /// RS256 is what most identity providers sign with.
     jwt_alg: JwtAlg = JwtAlg::Rs256, env "TETHER_JWT_ALG", value "ALG";
+    /// JWKS document (file) with the keys device tokens are signed with; read again on SIGHUP.
+    /// Several keys at once, chosen by the token's `kid`: an identity provider rotates keys
+    /// without downtime. Instead of a secret or jwt_public_key.
+    jwt_jwks_file: Option<PathBuf> = None, env "TETHER_JWT_JWKS_FILE", value "FILE", example "\"/etc/tether/jwks.json\"";
+    /// JWKS URL (http or https) of an identity provider, fetched at start and every jwt_jwks_refresh.
+    /// Instead of a secret, jwt_public_key or jwt_jwks_file; the start fails if the first fetch does.
+    jwt_jwks_url: Option<String> = None, env "TETHER_JWT_JWKS_URL", value "URL", example "\"https://id.example.com/.well-known/jwks.json\"";
+    /// How often jwt_jwks_url is fetched again (also, at most every 30 s, when a token names an unknown kid).
+    /// Providers publish a new key well before signing with it; 5 minutes bounds how long a withdrawn key stays trusted.
+    jwt_jwks_refresh: Duration = Duration::from_secs(300), env "TETHER_JWT_JWKS_REFRESH", value "DURATION";
+    /// Accepted `aud` values of device tokens (a token must name one of them).
+    /// Unset: a token that carries `aud` is refused, since it was issued for some other audience.
+    jwt_audience: Vec<String> = Vec::new(), env "TETHER_JWT_AUDIENCE", value "AUD[,AUD...]", example "[\"tether\"]";
+    /// Accepted `iss` values of device tokens (a token must name one of them).
+    /// Unset: `iss` is not checked (a node with its own secret has one issuer by construction).
+    jwt_issuer: Vec<String> = Vec::new(), env "TETHER_JWT_ISSUER", value "ISS[,ISS...]", example "[\"https://id.example.com/\"]";
+    /// Clock skew tolerated on a token's `exp` and `nbf`.
+    /// 0: nodes and the token issuer keep time with NTP; raise it to the skew you tolerate.
+    jwt_leeway: Duration = Duration::ZERO, env "TETHER_JWT_LEEWAY", value "DURATION";
     /// Accept devices without a token (device id from the `device` query parameter).
     /// Never in production: logged as a warning at start.
     insecure_no_auth: bool = false, env "TETHER_INSECURE_NO_AUTH", value "true|false";

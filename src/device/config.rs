@@ -3,9 +3,10 @@
 //! defaults and their reasons) are in [`crate::config`]; this module turns the resolved values
 //! into a [`MessagingConfig`], reading key and secret files, and checks them.
 
-use crate::auth::{KeyConfig, Verifier};
+use crate::auth::{ClaimRules, KeyConfig, KeySet, Verifier};
 use crate::config::{invalid, ConfigError, JwtAlg, Secret, Settings};
 use crate::device::hub::HubLimits;
+use crate::device::keys::JwksSource;
 use std::time::Duration;
 
 /// How devices are authenticated.
@@ -19,6 +20,8 @@ pub enum AuthMode {
 #[derive(Clone)]
 pub struct MessagingConfig {
     pub auth: AuthMode,
+    /// Where the verification keys come from when they are a JWKS document.
+    pub jwks: Option<JwksSource>,
     pub nats: Vec<String>,
     pub node_id: String,
     pub auth_subject: Option<String>,
@@ -38,6 +41,8 @@ impl MessagingConfig {
         let configured = s.jwt_secret.is_some()
             || s.jwt_secret_file.is_some()
             || s.jwt_public_key.is_some()
+            || s.jwt_jwks_file.is_some()
+            || s.jwt_jwks_url.is_some()
             || s.insecure_no_auth
             || !s.nats.is_empty()
             || s.auth_subject.is_some();
@@ -57,14 +62,57 @@ impl MessagingConfig {
             }
             (None, None) => None,
         };
+        let jwks = match (&s.jwt_jwks_file, &s.jwt_jwks_url) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "jwt_jwks_url",
+                    "give either jwt_jwks_file or jwt_jwks_url, not both",
+                ))
+            }
+            (Some(path), None) => Some(JwksSource::File(path.clone())),
+            (None, Some(url)) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(invalid("jwt_jwks_url", "use an http:// or https:// URL"));
+                }
+                if s.jwt_jwks_refresh < Duration::from_secs(1) {
+                    return Err(invalid("jwt_jwks_refresh", "must be at least 1s"));
+                }
+                Some(JwksSource::Url {
+                    url: url.clone(),
+                    refresh: s.jwt_jwks_refresh,
+                })
+            }
+            (None, None) => None,
+        };
+        let rules = ClaimRules {
+            audience: s.jwt_audience.clone(),
+            issuer: s.jwt_issuer.clone(),
+            leeway_secs: s.jwt_leeway.as_secs(),
+        };
+        let static_key = secret.is_some() || s.jwt_public_key.is_some();
         let auth = match (secret, &s.jwt_public_key, s.insecure_no_auth) {
             (_, _, true) => AuthMode::Insecure,
-            (Some(secret), None, false) => AuthMode::Jwt(Box::new(
-                Verifier::new(&KeyConfig::Hs256 {
+            _ if jwks.is_some() && static_key => {
+                return Err(invalid(
+                    if s.jwt_jwks_file.is_some() {
+                        "jwt_jwks_file"
+                    } else {
+                        "jwt_jwks_url"
+                    },
+                    "give one key source: a JWKS, a secret or jwt_public_key",
+                ))
+            }
+            // The JWKS is loaded by `device::keys::start` at install; until then, no key.
+            (None, None, false) if jwks.is_some() => {
+                AuthMode::Jwt(Box::new(Verifier::with_keys(KeySet::default(), rules)))
+            }
+            (Some(secret), None, false) => AuthMode::Jwt(Box::new(Verifier::with_keys(
+                KeySet::single(&KeyConfig::Hs256 {
                     secret: secret.expose().as_bytes().to_vec(),
                 })
                 .map_err(|e| invalid("jwt_secret", e.to_string()))?,
-            )),
+                rules,
+            ))),
             (None, Some(path), false) => {
                 let pem = std::fs::read(path)
                     .map_err(|e| invalid("jwt_public_key", format!("{}: {e}", path.display())))?;
@@ -72,9 +120,10 @@ impl MessagingConfig {
                     JwtAlg::Rs256 => KeyConfig::Rs256 { public_pem: pem },
                     JwtAlg::Es256 => KeyConfig::Es256 { public_pem: pem },
                 };
-                AuthMode::Jwt(Box::new(
-                    Verifier::new(&key).map_err(|e| invalid("jwt_public_key", e.to_string()))?,
-                ))
+                AuthMode::Jwt(Box::new(Verifier::with_keys(
+                    KeySet::single(&key).map_err(|e| invalid("jwt_public_key", e.to_string()))?,
+                    rules,
+                )))
             }
             (Some(_), Some(_), false) => {
                 return Err(invalid(
@@ -86,8 +135,8 @@ impl MessagingConfig {
                 return Err(invalid(
                     "jwt_secret",
                     "device authentication needs --jwt-secret-file, --jwt-secret (or \
-                     TETHER_JWT_SECRET) or --jwt-public-key; for a closed test network only, \
-                     --insecure-no-auth",
+                     TETHER_JWT_SECRET), --jwt-public-key, --jwt-jwks-file or --jwt-jwks-url; \
+                     for a closed test network only, --insecure-no-auth",
                 ));
             }
         };
@@ -122,6 +171,7 @@ impl MessagingConfig {
         }
         Ok(Some(MessagingConfig {
             auth,
+            jwks,
             nats: s.nats.clone(),
             node_id,
             auth_subject: s.auth_subject.clone(),

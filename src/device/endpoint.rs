@@ -8,6 +8,7 @@
 
 use super::config::{AuthMode, MessagingConfig};
 use super::hub::{DeviceStats, Hub, Outlet};
+use super::keys;
 use super::sessions::{DeviceSessions, REPLACED_CLOSE_CODE, REPLACED_CLOSE_REASON};
 use crate::auth::{self, AuthError, AuthRequest, Claims};
 use crate::bus::{self, BusConfig, BusNode, ShardBus};
@@ -61,9 +62,18 @@ impl MessagingNode {
 /// Starts the bus for `shards` shards and registers `/ws` and the per-shard bus service.
 pub fn install(
     server: Server,
-    config: MessagingConfig,
+    mut config: MessagingConfig,
     shards: usize,
 ) -> Result<(Server, MessagingNode), String> {
+    let devices = Arc::new(DeviceStats::default());
+    if let (Some(source), AuthMode::Jwt(verifier)) = (config.jwks.clone(), &mut config.auth) {
+        if matches!(source, keys::JwksSource::File(_)) {
+            // Before any thread starts (the bus bridge just below, the shards later), so that
+            // all inherit the mask and SIGHUP reaches only the JWKS thread.
+            keys::block_sighup()?;
+        }
+        keys::start(source, verifier, devices.clone())?;
+    }
     let (links, bus_node) = bus::start(&BusConfig {
         node: config.node_id.clone(),
         shards,
@@ -85,7 +95,6 @@ pub fn install(
     );
     let slots: Arc<Mutex<Vec<Option<ShardBus>>>> =
         Arc::new(Mutex::new(links.into_iter().map(Some).collect()));
-    let devices = Arc::new(DeviceStats::default());
     let sessions = Arc::new(DeviceSessions::new(config.sessions_per_device_max));
     let sessions_metrics = sessions.clone();
     let config = Arc::new(config);

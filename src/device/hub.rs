@@ -72,6 +72,8 @@ pub struct DeviceStats {
     pub insecure_sessions_total: AtomicU64,
     /// Refused /ws upgrades by reason.
     pub auth_failures: crate::auth::AuthFailureStats,
+    /// JWKS reloads and keys in use (all zero without a JWKS).
+    pub jwks: crate::device::keys::JwksStats,
 }
 
 impl DeviceStats {
@@ -133,6 +135,7 @@ impl DeviceStats {
             );
         }
         self.auth_failures.render_prometheus(out);
+        self.jwks.render_prometheus(out);
     }
 }
 
