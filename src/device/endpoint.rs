@@ -72,7 +72,7 @@ pub fn install(
             // all inherit the mask and SIGHUP reaches only the JWKS thread.
             keys::block_sighup()?;
         }
-        keys::start(source, verifier, devices.clone())?;
+        keys::start(source, verifier, devices.jwks.clone())?;
     }
     let (links, bus_node) = bus::start(&BusConfig {
         node: config.node_id.clone(),

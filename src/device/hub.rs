@@ -73,7 +73,7 @@ pub struct DeviceStats {
     /// Refused /ws upgrades by reason.
     pub auth_failures: crate::auth::AuthFailureStats,
     /// JWKS reloads and keys in use (all zero without a JWKS).
-    pub jwks: crate::device::keys::JwksStats,
+    pub jwks: std::sync::Arc<crate::device::keys::JwksStats>,
 }
 
 impl DeviceStats {

@@ -10,7 +10,6 @@
 //! every shard with [`Verifier::publish`].
 
 use crate::auth::{KeySet, Verifier};
-use crate::device::hub::DeviceStats;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -129,11 +128,11 @@ fn wait_sighup() -> bool {
 pub fn start(
     source: JwksSource,
     verifier: &mut Verifier,
-    stats: Arc<DeviceStats>,
+    stats: Arc<JwksStats>,
 ) -> Result<(), String> {
     let keys = load(&source)?;
     tracing::info!(source = %source, keys = keys.len(), kids = ?keys.kids(), "JWKS loaded");
-    stats.jwks.keys.store(keys.len() as u64, Ordering::Relaxed);
+    stats.keys.store(keys.len() as u64, Ordering::Relaxed);
     verifier.publish(keys);
     let (early_tx, early_rx) = flume::bounded::<()>(1);
     if matches!(source, JwksSource::Url { .. }) {
@@ -147,13 +146,7 @@ pub fn start(
         .map_err(|e| format!("cannot start the JWKS thread: {e}"))
 }
 
-fn run(
-    source: JwksSource,
-    verifier: Verifier,
-    stats: Arc<DeviceStats>,
-    early: flume::Receiver<()>,
-) {
-    let stats = &stats.jwks;
+fn run(source: JwksSource, verifier: Verifier, stats: Arc<JwksStats>, early: flume::Receiver<()>) {
     let mut last_fetch = Instant::now();
     loop {
         let why = match &source {
