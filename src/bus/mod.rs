@@ -27,6 +27,7 @@ use crate::proto::subject;
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -160,6 +161,26 @@ pub struct BusConfig {
     pub nats_urls: Vec<String>,
 }
 
+/// How the node logs in to NATS and protects the connection (`docs/operations.md`, "Security").
+/// At most one of user and password, token, NKey seed and `.creds` file; TLS with any of them.
+#[derive(Clone, Debug, Default)]
+pub struct NatsAuth {
+    /// User and password.
+    pub user_password: Option<(String, String)>,
+    /// Authentication token.
+    pub token: Option<String>,
+    /// File holding an NKey user seed (`SU...`).
+    pub nkey_seed_file: Option<PathBuf>,
+    /// A `.creds` file (user JWT and NKey seed, as `nsc` writes it).
+    pub creds_file: Option<PathBuf>,
+    /// PEM file of the certificate authorities that signed the server's certificate.
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate and its key, for servers that verify clients.
+    pub tls_client: Option<(PathBuf, PathBuf)>,
+    /// TLS before any NATS protocol (servers with `handshake_first`).
+    pub tls_first: bool,
+}
+
 /// The node-level handle of the bus: statistics and the bridge thread's lifecycle.
 pub struct BusNode {
     stats: Arc<BusStats>,
@@ -184,6 +205,11 @@ impl BusNode {
 /// With NATS URLs this starts the bridge thread, which connects in the background and keeps
 /// trying forever.
 pub fn start(config: &BusConfig) -> Result<(Vec<ShardBus>, BusNode), String> {
+    start_with(config, &NatsAuth::default())
+}
+
+/// [`start`] with NATS credentials and TLS options (ignored by the embedded bus).
+pub fn start_with(config: &BusConfig, auth: &NatsAuth) -> Result<(Vec<ShardBus>, BusNode), String> {
     if config.shards == 0 {
         return Err("the bus needs at least one shard".into());
     }
@@ -203,7 +229,7 @@ pub fn start(config: &BusConfig) -> Result<(Vec<ShardBus>, BusNode), String> {
         ))
     } else {
         let stats = Arc::new(BusStats::new("nats"));
-        let (links, bridge) = nats::start(config, stats.clone())?;
+        let (links, bridge) = nats::start(config, auth, stats.clone())?;
         Ok((
             links,
             BusNode {

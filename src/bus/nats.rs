@@ -22,13 +22,15 @@
 //! so all interest is restored. State and drops are counted in [`BusStats`].
 
 use super::{
-    Backlog, BusConfig, BusError, BusMessage, BusStats, Ctrl, Link, RequestError, ShardBus,
+    Backlog, BusConfig, BusError, BusMessage, BusStats, Ctrl, Link, NatsAuth, RequestError,
+    ShardBus,
 };
 use crate::proto::subject;
 use ahash::AHashMap;
 use bytes::Bytes;
 use futures::StreamExt;
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -173,10 +175,80 @@ struct ShardTx {
     data: Vec<flume::Sender<BusMessage>>,
 }
 
+/// The connect options that carry `auth`: credentials and TLS. Files are read and checked here,
+/// at start, so that a typo stops the start with the setting's name instead of an endless
+/// reconnect loop.
+fn auth_options(auth: &NatsAuth) -> Result<async_nats::ConnectOptions, String> {
+    let given = [
+        auth.user_password.is_some(),
+        auth.token.is_some(),
+        auth.nkey_seed_file.is_some(),
+        auth.creds_file.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() > 1 {
+        return Err("give one NATS login: nats_user/nats_password, nats_token, \
+                    nats_nkey_seed_file or nats_creds_file"
+            .into());
+    }
+    let mut options = async_nats::ConnectOptions::new();
+    if let Some((user, password)) = &auth.user_password {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(token) = &auth.token {
+        options = options.token(token.clone());
+    }
+    if let Some(path) = &auth.nkey_seed_file {
+        let seed = std::fs::read_to_string(path)
+            .map_err(|e| format!("nats_nkey_seed_file {}: {e}", path.display()))?;
+        let seed = seed.trim().to_owned();
+        nkeys::KeyPair::from_seed(&seed).map_err(|e| {
+            format!(
+                "nats_nkey_seed_file {}: not an NKey seed: {e}",
+                path.display()
+            )
+        })?;
+        options = options.nkey(seed);
+    }
+    if let Some(path) = &auth.creds_file {
+        let creds = std::fs::read_to_string(path)
+            .map_err(|e| format!("nats_creds_file {}: {e}", path.display()))?;
+        options = options.credentials(&creds).map_err(|e| {
+            format!(
+                "nats_creds_file {}: not a NATS credentials file: {e}",
+                path.display()
+            )
+        })?;
+    }
+    let readable = |setting: &str, path: &PathBuf| {
+        std::fs::metadata(path)
+            .map(|_| ())
+            .map_err(|e| format!("{setting} {}: {e}", path.display()))
+    };
+    let mut tls = false;
+    if let Some(ca) = &auth.tls_ca {
+        readable("nats_tls_ca", ca)?;
+        options = options.add_root_certificates(ca.clone());
+        tls = true;
+    }
+    if let Some((cert, key)) = &auth.tls_client {
+        readable("nats_tls_cert", cert)?;
+        readable("nats_tls_key", key)?;
+        options = options.add_client_certificate(cert.clone(), key.clone());
+        tls = true;
+    }
+    if auth.tls_first {
+        options = options.tls_first();
+        tls = true;
+    }
+    Ok(options.require_tls(tls))
+}
+
 pub(crate) fn start(
     config: &BusConfig,
+    auth: &NatsAuth,
     stats: Arc<BusStats>,
 ) -> Result<(Vec<ShardBus>, BridgeHandle), String> {
+    let options = auth_options(auth)?;
     let mut addrs = Vec::new();
     for url in &config.nats_urls {
         let addr: async_nats::ServerAddr = url
@@ -232,7 +304,7 @@ pub(crate) fn start(
                 }
             };
             runtime.block_on(bridge_main(
-                addrs, node_name, tx, cmd_rx, pub_rx, stop_rx, stats,
+                options, addrs, node_name, tx, cmd_rx, pub_rx, stop_rx, stats,
             ));
         })
         .map_err(|e| format!("cannot spawn the NATS bridge thread: {e}"))?;
@@ -301,7 +373,9 @@ async fn subscribe_forwarding(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn bridge_main(
+    options: async_nats::ConnectOptions,
     addrs: Vec<async_nats::ServerAddr>,
     node: String,
     tx: ShardTx,
@@ -312,7 +386,7 @@ async fn bridge_main(
 ) {
     let events_stats = stats.clone();
     let connected_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let options = async_nats::ConnectOptions::new()
+    let options = options
         .name(format!("tether node {node}"))
         .retry_on_initial_connect()
         .max_reconnects(None::<usize>)

@@ -234,6 +234,33 @@ settings! {
     /// NATS server URLs; without any, the node runs the embedded bus.
     /// A single node needs nothing else to run.
     nats: Vec<String> = Vec::new(), env "TETHER_NATS", value "URL[,URL...]", example "[\"nats://127.0.0.1:4222\"]";
+    /// NATS user name (with nats_password), for servers that require a login.
+    /// Unset: no user and password are sent.
+    nats_user: Option<String> = None, env "TETHER_NATS_USER", value "USER", example "\"tether-node\"";
+    /// NATS password of nats_user (prefer the environment variable: a flag is visible in the process list).
+    /// Unset: no password.
+    nats_password: Option<Secret> = None, env "TETHER_NATS_PASSWORD", value "PASSWORD", example "\"change-me\"";
+    /// NATS authentication token (instead of a user and password).
+    /// Unset: no token.
+    nats_token: Option<Secret> = None, env "TETHER_NATS_TOKEN", value "TOKEN", example "\"change-me\"";
+    /// File holding the node's NKey user seed (`SU...`), for servers that list NKey users.
+    /// Unset: no NKey.
+    nats_nkey_seed_file: Option<PathBuf> = None, env "TETHER_NATS_NKEY_SEED_FILE", value "FILE", example "\"/etc/tether/nats.nk\"";
+    /// NATS `.creds` file (user JWT and seed), for servers in operator (decentralised JWT) mode.
+    /// Unset: no credentials file.
+    nats_creds_file: Option<PathBuf> = None, env "TETHER_NATS_CREDS_FILE", value "FILE", example "\"/etc/tether/node.creds\"";
+    /// PEM file of the authorities that signed the NATS server's certificate; TLS is then required.
+    /// Unset: the system's authorities (when the server offers TLS or the URL is tls://).
+    nats_tls_ca: Option<PathBuf> = None, env "TETHER_NATS_TLS_CA", value "FILE", example "\"/etc/tether/nats-ca.pem\"";
+    /// PEM client certificate for NATS servers that verify clients (with nats_tls_key).
+    /// Unset: no client certificate.
+    nats_tls_cert: Option<PathBuf> = None, env "TETHER_NATS_TLS_CERT", value "FILE", example "\"/etc/tether/node-cert.pem\"";
+    /// PEM private key of nats_tls_cert.
+    /// Unset: no client certificate.
+    nats_tls_key: Option<PathBuf> = None, env "TETHER_NATS_TLS_KEY", value "FILE", example "\"/etc/tether/node-key.pem\"";
+    /// Start TLS before any NATS protocol, for servers configured with `handshake_first`.
+    /// Off: the server's INFO comes first, as with every server not configured otherwise.
+    nats_tls_first: bool = false, env "TETHER_NATS_TLS_FIRST", value "true|false";
     /// This node's id in presence answers and inbox subjects.
     /// Unset: `n-` and 8 random hex digits, new at every start.
     node_id: Option<String> = None, env "TETHER_NODE_ID", value "ID", example "\"edge-1\"";

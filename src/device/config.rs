@@ -4,6 +4,7 @@
 //! into a [`MessagingConfig`], reading key and secret files, and checks them.
 
 use crate::auth::{ClaimRules, KeyConfig, KeySet, Verifier};
+use crate::bus::NatsAuth;
 use crate::config::{invalid, ConfigError, JwtAlg, Secret, Settings};
 use crate::device::hub::HubLimits;
 use crate::device::keys::JwksSource;
@@ -20,6 +21,8 @@ pub enum AuthMode {
 #[derive(Clone)]
 pub struct MessagingConfig {
     pub auth: AuthMode,
+    /// The node's NATS login and TLS options.
+    pub nats_auth: NatsAuth,
     /// Where the verification keys come from when they are a JWKS document.
     pub jwks: Option<JwksSource>,
     pub nats: Vec<String>,
@@ -169,8 +172,16 @@ impl MessagingConfig {
         if s.sessions_per_device_max == 0 {
             return Err(invalid("sessions_per_device_max", "must be at least 1"));
         }
+        let nats_auth = nats_auth(s)?;
+        if s.nats.is_empty() && nats_auth_given(s) {
+            return Err(invalid(
+                "nats",
+                "NATS credentials or TLS options are set but no NATS URL: give nats too",
+            ));
+        }
         Ok(Some(MessagingConfig {
             auth,
+            nats_auth,
             jwks,
             nats: s.nats.clone(),
             node_id,
@@ -181,6 +192,46 @@ impl MessagingConfig {
             sessions_per_device_max: s.sessions_per_device_max,
         }))
     }
+}
+
+fn nats_auth_given(s: &Settings) -> bool {
+    s.nats_user.is_some()
+        || s.nats_password.is_some()
+        || s.nats_token.is_some()
+        || s.nats_nkey_seed_file.is_some()
+        || s.nats_creds_file.is_some()
+        || s.nats_tls_ca.is_some()
+        || s.nats_tls_cert.is_some()
+        || s.nats_tls_key.is_some()
+        || s.nats_tls_first
+}
+
+/// The NATS login and TLS settings, checked for pairs that belong together (the files are read
+/// when the bus starts).
+fn nats_auth(s: &Settings) -> Result<NatsAuth, ConfigError> {
+    let user_password = match (&s.nats_user, &s.nats_password) {
+        (Some(user), Some(password)) => Some((user.clone(), password.expose().to_owned())),
+        (None, None) => None,
+        (Some(_), None) => return Err(invalid("nats_password", "nats_user needs nats_password")),
+        (None, Some(_)) => return Err(invalid("nats_user", "nats_password needs nats_user")),
+    };
+    let tls_client = match (&s.nats_tls_cert, &s.nats_tls_key) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        (None, None) => None,
+        (Some(_), None) => return Err(invalid("nats_tls_key", "nats_tls_cert needs nats_tls_key")),
+        (None, Some(_)) => {
+            return Err(invalid("nats_tls_cert", "nats_tls_key needs nats_tls_cert"))
+        }
+    };
+    Ok(NatsAuth {
+        user_password,
+        token: s.nats_token.as_ref().map(|t| t.expose().to_owned()),
+        nkey_seed_file: s.nats_nkey_seed_file.clone(),
+        creds_file: s.nats_creds_file.clone(),
+        tls_ca: s.nats_tls_ca.clone(),
+        tls_client,
+        tls_first: s.nats_tls_first,
+    })
 }
 
 /// `tether token`: mints a development device token.

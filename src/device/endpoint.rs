@@ -74,12 +74,15 @@ pub fn install(
         }
         keys::start(source, verifier, devices.jwks.clone())?;
     }
-    let (links, bus_node) = bus::start(&BusConfig {
-        node: config.node_id.clone(),
-        shards,
-        queue_len: config.bus_queue_len,
-        nats_urls: config.nats.clone(),
-    })?;
+    let (links, bus_node) = bus::start_with(
+        &BusConfig {
+            node: config.node_id.clone(),
+            shards,
+            queue_len: config.bus_queue_len,
+            nats_urls: config.nats.clone(),
+        },
+        &config.nats_auth,
+    )?;
     match &config.auth {
         AuthMode::Insecure => tracing::warn!(
             "INSECURE: --insecure-no-auth is set; /ws accepts any device without a token. \
