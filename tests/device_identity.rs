@@ -380,3 +380,71 @@ fn jwks_url_that_does_not_answer_stops_the_start() {
         "{err}"
     );
 }
+
+fn short_token(sub: &str, ttl_secs: u64) -> String {
+    mint_hs256(SECRET.as_bytes(), &Claims::device(sub, ttl_secs)).unwrap()
+}
+
+#[test]
+fn a_session_ends_with_4001_when_its_token_expires() {
+    let server = Server::start(&["--shards", "1", "--jwt-secret", SECRET]);
+    let path = format!("/ws?token={}", short_token("tv-exp", 2));
+    let mut c = Client::try_connect_with(server.port, &path, &[], &[]).unwrap();
+    hello(&mut c);
+    // A token for another device and a broken token are refused, and change nothing.
+    let other = short_token("tv-other", 60);
+    c.send_text(&format!(
+        r#"{{"op":"refresh","token":"{other}","id":"r1"}}"#
+    ));
+    let e = next_json(&mut c);
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_str()),
+        (Some("bad_token"), Some("r1")),
+        "{e}"
+    );
+    c.send_text(r#"{"op":"refresh","token":"not.a.jwt","id":"r2"}"#);
+    let e = next_json(&mut c);
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_str()),
+        (Some("bad_token"), Some("r2")),
+        "{e}"
+    );
+    // The token (2 s) runs out: close 4001 (the tick looks every 100 ms).
+    assert_eq!(c.recv_close(Duration::from_secs(8)), Got::Close(Some(4001)));
+    assert!(eventually(Duration::from_secs(5), || server
+        .metric("tether_device_sessions_expired_total")
+        == 1));
+    assert_eq!(
+        server.metric("tether_device_token_refresh_failures_total"),
+        2
+    );
+}
+
+#[test]
+fn a_refreshed_session_outlives_its_first_token() {
+    let server = Server::start(&["--shards", "1", "--jwt-secret", SECRET]);
+    let first = Claims::device("tv-ref", 2);
+    let path = format!(
+        "/ws?token={}",
+        mint_hs256(SECRET.as_bytes(), &first).unwrap()
+    );
+    let mut c = Client::try_connect_with(server.port, &path, &[], &[]).unwrap();
+    hello(&mut c);
+    let fresh = Claims::device("tv-ref", 60);
+    let token = mint_hs256(SECRET.as_bytes(), &fresh).unwrap();
+    c.send_text(&format!(r#"{{"op":"refresh","token":"{token}","id":"r"}}"#));
+    let r = next_json(&mut c);
+    assert_eq!(
+        (r["op"].as_str(), r["id"].as_str()),
+        (Some("refreshed"), Some("r")),
+        "{r}"
+    );
+    assert_eq!(r["exp"].as_u64(), Some(fresh.exp));
+    // Watch past the first token's expiry (plus the 100 ms tick): no close arrives.
+    let until_s = first.exp + 2 - tether::auth::now_secs();
+    assert_eq!(c.recv(Duration::from_secs(until_s)), Got::Timeout);
+    c.send_text(r#"{"op":"ping","id":"p"}"#);
+    assert_eq!(next_json(&mut c)["op"], "pong");
+    assert_eq!(server.metric("tether_device_sessions_expired_total"), 0);
+    assert_eq!(server.metric("tether_device_token_refreshes_total"), 1);
+}

@@ -164,6 +164,7 @@ impl MessagingConfig {
             ack_timeout_ms: ms(s.ack_timeout),
             request_lifetime_ms: ms(s.request_lifetime),
             topics_per_connection_max: s.topics_per_connection_max,
+            token_leeway_secs: s.jwt_leeway.as_secs(),
             ..HubLimits::default()
         };
         if s.bus_queue_len == 0 {

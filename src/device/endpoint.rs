@@ -109,11 +109,12 @@ pub fn install(
                 .ok()
                 .and_then(|mut s| s.get_mut(ctx.index).and_then(Option::take));
             let hub = bus.map(|bus| {
-                Rc::new(RefCell::new(Hub::new(
-                    bus,
-                    config.limits.clone(),
-                    stats.clone(),
-                )))
+                let mut hub = Hub::new(bus, config.limits.clone(), stats.clone());
+                if let AuthMode::Jwt(verifier) = &config.auth {
+                    let verifier = verifier.clone();
+                    hub.set_token_check(Box::new(move |token| verifier.verify(token)));
+                }
+                Rc::new(RefCell::new(hub))
             });
             SHARD_HUB.with(|slot| *slot.borrow_mut() = hub.clone());
             Rc::new(DeviceEndpoint {

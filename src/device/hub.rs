@@ -7,11 +7,12 @@
 //! requests waiting for a device's `reply`. It is `!Send`, lives on its shard, never blocks, and
 //! talks to sockets only through [`Outlet`], so it is tested without a server.
 
-use crate::auth::Claims;
+use crate::auth::{AuthError, Claims};
 use crate::bus::{BusError, BusEvent, BusMessage, ShardBus};
 use crate::proto::{self, subject, ClientOp, Delivery, ErrorCode};
 use ahash::AHashMap;
 use bytes::Bytes;
+use std::collections::BTreeSet;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,6 +44,8 @@ pub struct HubLimits {
     /// How long a new session may wait for its interest to be registered before it is closed
     /// with 1013 (default 10000 ms).
     pub ready_timeout_ms: u64,
+    /// Seconds past its token's `exp` a session lives (the node's `jwt_leeway`, default 0).
+    pub token_leeway_secs: u64,
 }
 
 impl Default for HubLimits {
@@ -54,6 +57,7 @@ impl Default for HubLimits {
             ack_timeout_ms: 2_000,
             request_lifetime_ms: 30_000,
             ready_timeout_ms: 10_000,
+            token_leeway_secs: 0,
         }
     }
 }
@@ -70,6 +74,9 @@ pub struct DeviceStats {
     pub acks_timed_out_total: AtomicU64,
     pub ready_failures_total: AtomicU64,
     pub insecure_sessions_total: AtomicU64,
+    pub sessions_expired_total: AtomicU64,
+    pub token_refreshes_total: AtomicU64,
+    pub token_refresh_failures_total: AtomicU64,
     /// Refused /ws upgrades by reason.
     pub auth_failures: crate::auth::AuthFailureStats,
     /// JWKS reloads and keys in use (all zero without a JWKS).
@@ -80,7 +87,7 @@ impl DeviceStats {
     /// Appends the device metrics in Prometheus text format.
     pub fn render_prometheus(&self, out: &mut String) {
         use std::fmt::Write as _;
-        let rows: [(&str, &str, &AtomicU64); 9] = [
+        let rows: [(&str, &str, &AtomicU64); 12] = [
             (
                 "tether_device_sessions_opened_total",
                 "Device sessions opened on /ws.",
@@ -125,6 +132,21 @@ impl DeviceStats {
                 "tether_device_insecure_sessions_total",
                 "Sessions accepted with --insecure-no-auth.",
                 &self.insecure_sessions_total,
+            ),
+            (
+                "tether_device_sessions_expired_total",
+                "Sessions closed with 4001 because their token expired without a refresh.",
+                &self.sessions_expired_total,
+            ),
+            (
+                "tether_device_token_refreshes_total",
+                "refresh operations accepted (a fresh token for the same device).",
+                &self.token_refreshes_total,
+            ),
+            (
+                "tether_device_token_refresh_failures_total",
+                "refresh operations refused with bad_token.",
+                &self.token_refresh_failures_total,
             ),
         ];
         for (name, help, v) in rows {
@@ -181,7 +203,20 @@ pub struct Hub<O: Outlet> {
     waiting: AHashMap<u64, (Waiting, u64)>,
     acks: AHashMap<u64, PendingAck>,
     next_seq: u64,
+    /// (expiry in seconds since the epoch, session): the sessions whose token runs out, soonest
+    /// first (tokens without a real `exp`, as in insecure mode, are not in it).
+    expiries: BTreeSet<(u64, ConnId)>,
+    /// Verifies the token of a `refresh` (absent: `refresh` is refused with `bad_token`).
+    token_check: Option<TokenCheck>,
 }
+
+/// Verifies a token presented in a `refresh` (the node's `Verifier`).
+pub type TokenCheck = Box<dyn Fn(&str) -> Result<Claims, AuthError>>;
+
+/// Close code of a session whose token expired without a `refresh` (`docs/protocol.md`).
+pub const TOKEN_EXPIRED_CLOSE_CODE: u16 = 4001;
+/// Close reason sent with [`TOKEN_EXPIRED_CLOSE_CODE`].
+pub const TOKEN_EXPIRED_CLOSE_REASON: &str = "token expired";
 
 impl<O: Outlet> Hub<O> {
     /// A hub for the shard that owns `bus`.
@@ -201,7 +236,20 @@ impl<O: Outlet> Hub<O> {
             waiting: AHashMap::new(),
             acks: AHashMap::new(),
             next_seq: 1,
+            expiries: BTreeSet::new(),
+            token_check: None,
         }
+    }
+
+    /// Lets devices present a fresh token with `refresh`, checked by `check`.
+    pub fn set_token_check(&mut self, check: TokenCheck) {
+        self.token_check = Some(check);
+    }
+
+    /// When a session with these claims must end: `exp` plus the leeway; `None` for claims
+    /// that do not expire (insecure mode).
+    fn expiry_of(&self, claims: &Claims) -> Option<u64> {
+        (claims.exp != u64::MAX).then(|| claims.exp.saturating_add(self.limits.token_leeway_secs))
     }
 
     /// The shard's bus link (for requests, the inbox, maintenance).
@@ -236,6 +284,9 @@ impl<O: Outlet> Hub<O> {
     pub fn open(&mut self, conn: ConnId, out: O, claims: Rc<Claims>, now_ms: u64) {
         bump(&self.stats.sessions_opened_total);
         let device = claims.sub.clone();
+        if let Some(at) = self.expiry_of(&claims) {
+            self.expiries.insert((at, conn));
+        }
         let first = {
             let list = self.devices.entry(device.clone()).or_default();
             list.push(conn);
@@ -278,6 +329,9 @@ impl<O: Outlet> Hub<O> {
             return;
         };
         bump(&self.stats.sessions_closed_total);
+        if let Some(at) = self.expiry_of(&session.claims) {
+            self.expiries.remove(&(at, conn));
+        }
         let device = &session.claims.sub;
         if let Some(list) = self.devices.get_mut(device) {
             list.retain(|c| *c != conn);
@@ -493,6 +547,40 @@ impl<O: Outlet> Hub<O> {
             ClientOp::Ping => {
                 session.out.send_text(&proto::encode_pong(id));
             }
+            ClientOp::Refresh { token } => {
+                let checked = match &self.token_check {
+                    Some(check) => check(&token).map_err(|e| e.body()),
+                    None => Err("this node does not verify tokens".into()),
+                };
+                match checked {
+                    Ok(fresh) if fresh.sub == claims.sub => {
+                        bump(&self.stats.token_refreshes_total);
+                        let exp = fresh.exp;
+                        if let Some(at) = self.expiry_of(&claims) {
+                            self.expiries.remove(&(at, conn));
+                        }
+                        if let Some(at) = self.expiry_of(&fresh) {
+                            self.expiries.insert((at, conn));
+                        }
+                        if let Some(s) = self.sessions.get_mut(&conn) {
+                            s.claims = Rc::new(fresh);
+                            s.out.send_text(&proto::encode_refreshed(id, exp));
+                        }
+                    }
+                    Ok(fresh) => {
+                        bump(&self.stats.token_refresh_failures_total);
+                        let msg = format!(
+                            "the token is for {:?}, this session is {:?}",
+                            fresh.sub, claims.sub
+                        );
+                        self.error(conn, id, ErrorCode::BadToken, &msg);
+                    }
+                    Err(why) => {
+                        bump(&self.stats.token_refresh_failures_total);
+                        self.error(conn, id, ErrorCode::BadToken, &why);
+                    }
+                }
+            }
         }
         self.drain_local(now_ms);
     }
@@ -658,10 +746,28 @@ impl<O: Outlet> Hub<O> {
         }
     }
 
+    /// Closes, with 4001, every session whose token (plus leeway) ran out by `now_secs` and was
+    /// not refreshed. The session leaves the hub when its close completes ([`Hub::close`]).
+    pub fn expire_tokens(&mut self, now_secs: u64) {
+        while let Some(&(at, conn)) = self.expiries.first() {
+            if at > now_secs {
+                break;
+            }
+            self.expiries.remove(&(at, conn));
+            if let Some(s) = self.sessions.get(&conn) {
+                bump(&self.stats.sessions_expired_total);
+                tracing::debug!(device = %s.claims.sub, exp = s.claims.exp, "token expired: closing the session");
+                s.out
+                    .close(TOKEN_EXPIRED_CLOSE_CODE, TOKEN_EXPIRED_CLOSE_REASON);
+            }
+        }
+    }
+
     /// Periodic work (call every ~100 ms): ack and request expiry, readiness timeouts, bus
     /// backlog retries.
     pub fn tick(&mut self, now_ms: u64) {
         self.bus.maintain();
+        self.expire_tokens(crate::auth::now_secs());
         let expired: Vec<u64> = self
             .acks
             .iter()

@@ -26,6 +26,9 @@ pub const TOPIC_BYTES_MAX: usize = 200;
 pub const TOPIC_TOKENS_MAX: usize = 8;
 /// Longest service name, in bytes.
 pub const SERVICE_BYTES_MAX: usize = 64;
+/// Longest token in a `refresh`, in bytes (the handshake head is 8 KiB by default; a token
+/// that could not be presented at the handshake cannot be presented here either).
+pub const TOKEN_BYTES_MAX: usize = 8192;
 /// Longest `rid`, in bytes (server-chosen, so anything longer is certainly unknown).
 pub const RID_BYTES_MAX: usize = 32;
 
@@ -43,6 +46,7 @@ pub enum ErrorCode {
     TooManyPending,
     BusUnavailable,
     NoBackend,
+    BadToken,
 }
 
 impl ErrorCode {
@@ -60,6 +64,7 @@ impl ErrorCode {
             ErrorCode::TooManyPending => "too_many_pending",
             ErrorCode::BusUnavailable => "bus_unavailable",
             ErrorCode::NoBackend => "no_backend",
+            ErrorCode::BadToken => "bad_token",
         }
     }
 }
@@ -139,6 +144,10 @@ pub enum ClientOp<'a> {
         payload: Payload<'a>,
     },
     Ping,
+    /// A fresh token for this session (same `sub`), before the current one expires.
+    Refresh {
+        token: Cow<'a, str>,
+    },
 }
 
 /// A parsed device frame: the optional client `id` and the operation.
@@ -174,6 +183,8 @@ struct RawEnvelope<'a> {
     rid: Option<&'a RawValue>,
     #[serde(borrow, default)]
     ack: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    token: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "raw_some")]
     data: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "raw_some")]
@@ -345,6 +356,17 @@ pub fn parse_client<'a>(text: &'a str) -> Result<ClientFrame<'a>, ProtoError> {
             }
         }
         Some("ping") => ClientOp::Ping,
+        Some("refresh") => {
+            let token = required("token", field("token", env.token)?, idr)?;
+            if token.len() > TOKEN_BYTES_MAX {
+                return Err(ProtoError::new(
+                    idr,
+                    ErrorCode::BadField,
+                    format!("token is {} bytes, at most {TOKEN_BYTES_MAX}", token.len()),
+                ));
+            }
+            ClientOp::Refresh { token }
+        }
         Some(other) => {
             let shown: String = other.chars().take(32).collect();
             return Err(ProtoError::new(
@@ -449,6 +471,18 @@ pub fn encode_ack(id: &str, delivered: bool) -> String {
         out.push_str(",\"delivered\":true");
     }
     out.push('}');
+    out
+}
+
+/// `{"op":"refreshed","id":ID,"exp":EXP}`: the session now lives until `exp` (seconds since the
+/// epoch) of the new token.
+pub fn encode_refreshed(id: Option<&str>, exp: u64) -> String {
+    let mut out = String::from("{\"op\":\"refreshed\"");
+    if let Some(id) = id {
+        out.push_str(",\"id\":");
+        push_json_str(&mut out, id);
+    }
+    let _ = write!(out, ",\"exp\":{exp}}}");
     out
 }
 
@@ -751,6 +785,39 @@ mod tests {
         assert!(matches!(f.op, ClientOp::Send { ack: true, .. }));
         // Not an object at all is still bad_json.
         assert_eq!(parse_client("5").unwrap_err().code, ErrorCode::BadJson);
+    }
+
+    #[test]
+    fn refresh_carries_a_token() {
+        let f = parse_client(r#"{"op":"refresh","token":"a.b.c","id":"r1"}"#).unwrap();
+        assert!(matches!(f.op, ClientOp::Refresh { ref token } if token == "a.b.c"));
+        for (text, message) in [
+            (r#"{"op":"refresh","id":"r1"}"#, "token missing".to_string()),
+            (
+                r#"{"op":"refresh","token":5,"id":"r1"}"#,
+                "token must be a string".into(),
+            ),
+            (
+                &*format!(
+                    r#"{{"op":"refresh","token":"{}","id":"r1"}}"#,
+                    "t".repeat(8193)
+                ),
+                "token is 8193 bytes, at most 8192".into(),
+            ),
+        ] {
+            let err = parse_client(text).unwrap_err();
+            assert_eq!(
+                (err.code, err.id.as_deref()),
+                (ErrorCode::BadField, Some("r1"))
+            );
+            assert_eq!(err.message, message);
+        }
+        let r = json(&encode_refreshed(Some("r1"), 1_800_000_000));
+        assert_eq!(
+            (r["op"].as_str(), r["id"].as_str(), r["exp"].as_u64()),
+            (Some("refreshed"), Some("r1"), Some(1_800_000_000))
+        );
+        assert_eq!(ErrorCode::BadToken.as_str(), "bad_token");
     }
 
     #[test]
