@@ -289,9 +289,17 @@ struct HttpServer {
 
 impl HttpServer {
     fn start(dir: &std::path::Path) -> HttpServer {
+        HttpServer::start_with(
+            dir,
+            &["-u", "-m", "http.server", "0", "--bind", "127.0.0.1"],
+        )
+    }
+
+    /// `python3 ARGS` in `dir`, which prints "... port N ..." on its first line.
+    fn start_with(dir: &std::path::Path, args: &[&str]) -> HttpServer {
         use std::io::BufRead;
         let mut child = std::process::Command::new("python3")
-            .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1"])
+            .args(args)
             .current_dir(dir)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -447,4 +455,112 @@ fn a_refreshed_session_outlives_its_first_token() {
     assert_eq!(next_json(&mut c)["op"], "pong");
     assert_eq!(server.metric("tether_device_sessions_expired_total"), 0);
     assert_eq!(server.metric("tether_device_token_refreshes_total"), 1);
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn jwks_url_over_https_is_verified_against_the_trusted_cas() {
+    let dir = Scratch::new("jwks-https");
+    dir.write("jwks.json", &fixture("jwks-a.json"));
+    dir.write("san.ext", b"subjectAltName=IP:127.0.0.1\n");
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend_from_slice(&ec);
+    ca.extend_from_slice(&[
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=jwks-test-ca",
+    ]);
+    openssl(&dir.0, &ca);
+    let mut csr = vec!["req"];
+    csr.extend_from_slice(&ec);
+    csr.extend_from_slice(&[
+        "-keyout",
+        "server-key.pem",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=idp",
+    ]);
+    openssl(&dir.0, &csr);
+    openssl(
+        &dir.0,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+        ],
+    );
+    let server_py = "import http.server, ssl\n\
+        s = http.server.ThreadingHTTPServer(('127.0.0.1', 0), http.server.SimpleHTTPRequestHandler)\n\
+        c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n\
+        c.load_cert_chain('server.pem', 'server-key.pem')\n\
+        s.socket = c.wrap_socket(s.socket, server_side=True)\n\
+        print('Serving HTTPS on 127.0.0.1 port', s.server_address[1], flush=True)\n\
+        s.serve_forever()\n";
+    let https = HttpServer::start_with(&dir.0, &["-u", "-c", server_py]);
+    let url = format!("https://127.0.0.1:{}/jwks.json", https.port);
+    // The provider's CA is trusted (SSL_CERT_FILE is read like the system store): it starts.
+    let ca_file = dir.0.join("ca.pem").to_string_lossy().into_owned();
+    let node = Server::start_with_env(
+        &[
+            "--shards",
+            "1",
+            "--jwt-jwks-url",
+            &url,
+            "--jwt-audience",
+            "tether",
+        ],
+        &[("SSL_CERT_FILE", &ca_file)],
+    );
+    let a = idp_token("a", "rsa-a", &idp_claims("tv-tls"));
+    assert_eq!(status_with(node.port, &a), Ok(()));
+    drop(node);
+    // An untrusted certificate stops the start, naming TLS.
+    let empty = dir.write("empty.pem", b"");
+    let out = std::process::Command::new(tether_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(["--jwt-jwks-url", &url])
+        .env("SSL_CERT_FILE", dir.0.join("server.pem"))
+        .env("SSL_CERT_DIR", &empty)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("TLS"), "{err}");
 }

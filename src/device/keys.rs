@@ -130,6 +130,11 @@ pub fn start(
     verifier: &mut Verifier,
     stats: Arc<JwksStats>,
 ) -> Result<(), String> {
+    if let JwksSource::Url { url, .. } = &source {
+        if url.starts_with("http://") {
+            tracing::warn!(%url, "the JWKS URL is plain http: whoever is on the path can replace the keys; use https");
+        }
+    }
     let keys = load(&source)?;
     tracing::info!(source = %source, keys = keys.len(), kids = ?keys.kids(), "JWKS loaded");
     stats.keys.store(keys.len() as u64, Ordering::Relaxed);
