@@ -174,6 +174,12 @@ settings! {
     /// Largest received message (all fragments together), in bytes.
     /// Bounds reassembly of fragmented messages the same way (1009).
     message_bytes_max: usize = 1 << 20, env "TETHER_MESSAGE_BYTES_MAX", value "BYTES";
+    /// Bytes of incomplete frames and messages one shard holds for all its connections.
+    /// Bounds what clients parked mid-frame pin (1013 beyond): 64 connections mid-way through a 1 MiB message.
+    shard_partial_bytes_max: usize = 64 << 20, env "TETHER_SHARD_PARTIAL_BYTES_MAX", value "BYTES";
+    /// Time a peer has to complete a frame or fragmented message once its first byte arrived.
+    /// 1 MiB at 280 kbit/s; a trickling peer cannot hold its partial message for longer (1008).
+    message_timeout: Duration = Duration::from_secs(30), env "TETHER_MESSAGE_TIMEOUT", value "DURATION";
     /// Unsent bytes a connection may queue before the slow-consumer policy closes it (1008).
     /// Bounds the memory a slow or stalled reader can pin.
     outbound_bytes_max: usize = 1 << 20, env "TETHER_OUTBOUND_BYTES_MAX", value "BYTES";

@@ -9,6 +9,7 @@ use tether_shards::ShardCount;
 
 use crate::config::{invalid, Settings};
 pub use crate::config::{ConfigError, LogFormat};
+use crate::ws::MAX_HEADER_BYTES;
 
 /// The resolved settings of a node's server (each field's default and reason: the setting of
 /// the same name in [`crate::config::SETTINGS`]).
@@ -38,6 +39,10 @@ pub struct ServerConfig {
     pub frame_bytes_max: usize,
     /// Largest received message.
     pub message_bytes_max: usize,
+    /// Bytes of incomplete frames and messages one shard holds for all its connections.
+    pub shard_partial_bytes_max: usize,
+    /// Time a peer has to complete a frame or message once its first byte arrived.
+    pub message_timeout: Duration,
     /// Unsent bytes a connection may queue.
     pub outbound_bytes_max: usize,
     /// Silence before a ping.
@@ -77,6 +82,8 @@ impl ServerConfig {
             headers_max: s.headers_max,
             frame_bytes_max: s.frame_bytes_max,
             message_bytes_max: s.message_bytes_max,
+            shard_partial_bytes_max: s.shard_partial_bytes_max,
+            message_timeout: s.message_timeout,
             outbound_bytes_max: s.outbound_bytes_max,
             ping_idle: s.ping_idle,
             silence_timeout: s.silence_timeout,
@@ -111,6 +118,17 @@ impl ServerConfig {
                 "frame_bytes_max and message_bytes_max must be at least 125 bytes",
             ));
         }
+        let one_message = self.frame_bytes_max + self.message_bytes_max + MAX_HEADER_BYTES;
+        if self.shard_partial_bytes_max < one_message {
+            return Err(invalid(
+                "shard_partial_bytes_max",
+                format!(
+                    "{} bytes cannot hold one connection's largest message: at least \
+                     frame_bytes_max + message_bytes_max + {MAX_HEADER_BYTES} = {one_message}",
+                    self.shard_partial_bytes_max
+                ),
+            ));
+        }
         if self.outbound_bytes_max < 1024 {
             return Err(invalid("outbound_bytes_max", "must be at least 1024 bytes"));
         }
@@ -118,6 +136,7 @@ impl ServerConfig {
             ("handshake_timeout", self.handshake_timeout),
             ("ping_idle", self.ping_idle),
             ("close_timeout", self.close_timeout),
+            ("message_timeout", self.message_timeout),
         ] {
             if d < Duration::from_millis(10) {
                 return Err(invalid(name, "must be at least 10ms"));

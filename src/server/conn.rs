@@ -16,7 +16,9 @@
 //! **Liveness.** The shard's sweeper (see [`super::tasks::sweeper`]) calls [`Conn::sweep`]: a
 //! connection whose peer has been silent for `ping_idle` is pinged, and after
 //! `silence_timeout` of silence it is dropped (no close frame: the peer is presumed gone;
-//! counted as 1006 and in `tether_silence_timeouts_total`).
+//! counted as 1006 and in `tether_silence_timeouts_total`). A connection with a frame or
+//! message incomplete for `message_timeout` is closed with 1008
+//! (`tether_message_timeouts_total`; see [`super::conn_task`]).
 //!
 //! The handle holds its shard's metrics and its limit, not the shard: the socket, the
 //! handshake and the frame loop are the connection task's ([`super::conn_task`]), which writes
@@ -73,7 +75,13 @@ pub(super) enum ExitRequest {
     Close(CloseRequest),
     /// Drop without a close handshake: silent past `silence_timeout`.
     Silence,
+    /// Close with 1008: a message was started more than `message_timeout` ago and is not
+    /// complete.
+    MessageTimeout,
 }
+
+/// `ConnState::partial_since_ms` when no frame or message is incomplete.
+const NOT_PARTIAL: u64 = u64::MAX;
 
 struct ConnState {
     out: Outbound,
@@ -84,6 +92,11 @@ struct ConnState {
     abort: bool,
     /// Liveness clock (the shard's `now_ms`) of the last bytes received.
     last_rx_ms: u64,
+    /// Since when (`now_ms`) a received frame or message is incomplete; [`NOT_PARTIAL`] when
+    /// none is.
+    partial_since_ms: u64,
+    /// The sweeper found a message incomplete past `message_timeout`.
+    message_timed_out: bool,
     ping_outstanding: bool,
     /// `outbound_bytes_max`, saturated at 4 GiB (it sits in this struct's padding, where a
     /// `usize` field of [`Conn`] would add 16 bytes to each connection's allocation).
@@ -120,6 +133,8 @@ impl Conn {
                 close_req: None,
                 abort: false,
                 last_rx_ms: now_ms,
+                partial_since_ms: NOT_PARTIAL,
+                message_timed_out: false,
                 ping_outstanding: false,
                 outbound_bytes_max: u32::try_from(outbound_bytes_max).unwrap_or(u32::MAX),
                 in_poll: false,
@@ -218,15 +233,26 @@ impl Conn {
     }
 
     /// Called by the shard's sweeper: ping after `ping_idle_ms` of silence, drop after
-    /// `silence_ms`.
-    pub(super) fn sweep(&self, now_ms: u64, ping_idle_ms: u64, silence_ms: u64) {
+    /// `silence_ms`, close after `message_ms` with a message incomplete.
+    pub(super) fn sweep(&self, now_ms: u64, ping_idle_ms: u64, silence_ms: u64, message_ms: u64) {
         {
             let mut st = self.st.borrow_mut();
-            if st.closing || st.abort {
+            if st.closing || st.abort || st.message_timed_out {
                 return;
             }
             let silent = now_ms.saturating_sub(st.last_rx_ms);
-            if silent >= silence_ms {
+            if st.partial_since_ms != NOT_PARTIAL
+                && now_ms.saturating_sub(st.partial_since_ms) >= message_ms
+            {
+                st.message_timed_out = true;
+                metrics::add(&self.metrics.message_timeouts, 1);
+                tracing::info!(
+                    conn = self.id,
+                    peer = %self.peer,
+                    message_timeout_ms = message_ms,
+                    "message not completed within message_timeout: closing with 1008"
+                );
+            } else if silent >= silence_ms {
                 st.abort = true;
                 metrics::add(&self.metrics.silence_timeouts, 1);
             } else if silent >= ping_idle_ms && !st.ping_outstanding {
@@ -280,7 +306,23 @@ impl Conn {
         if st.abort {
             return Some(ExitRequest::Silence);
         }
+        if st.message_timed_out {
+            st.message_timed_out = false;
+            st.closing = true;
+            return Some(ExitRequest::MessageTimeout);
+        }
         st.close_req.take().map(ExitRequest::Close)
+    }
+
+    /// Records whether a received frame or message is incomplete now (the sweeper closes the
+    /// connection when one stays incomplete past `message_timeout`).
+    pub(super) fn set_partial(&self, partial: bool, now_ms: u64) {
+        let mut st = self.st.borrow_mut();
+        if !partial {
+            st.partial_since_ms = NOT_PARTIAL;
+        } else if st.partial_since_ms == NOT_PARTIAL {
+            st.partial_since_ms = now_ms;
+        }
     }
 
     /// Queues our close frame (after the queued data, or instead of it).

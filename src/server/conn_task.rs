@@ -18,6 +18,16 @@
 //! stream, the decoder, the [`Conn`] with its (empty) queues, and the task: see
 //! `docs/benchmarks.md` for the measured RSS.
 //!
+//! **Incomplete messages are budgeted per shard.** What a connection keeps of an incomplete
+//! frame (`leftover`) and of a fragmented message (the decoder's reassembly buffer) is taken
+//! from the shard's `shard_partial_bytes_max` before the buffer grows; a connection whose
+//! growth the budget cannot cover is closed with 1013 (try again later), counted in
+//! `tether_partial_budget_closes_total` and logged, and its bytes go back at once. So clients
+//! parked mid-frame pin at most the budget per shard, whatever their number. A frame or
+//! message must also be complete within `message_timeout` of its first byte (the sweeper
+//! closes it with 1008, `tether_message_timeouts_total`), so a peer trickling a byte now and
+//! then cannot hold its part of the budget for long.
+//!
 //! **Close.** Each protocol violation is answered with a close frame carrying
 //! [`crate::ws::ProtocolError::close_code`]. Whoever starts it, the close handshake is bounded:
 //! after our close frame we wait at most `close_timeout` (less when the drain deadline is
@@ -69,6 +79,9 @@ enum Exit {
     Gone,
     /// Silent past `silence_timeout`.
     Silence,
+    /// A shard limit on what a connection may hold or how long it may take (1013, 1008): our
+    /// close frame, then input is discarded, not decoded.
+    Limit { code: u16, reason: &'static str },
 }
 
 /// Reading state of an upgraded connection.
@@ -76,32 +89,121 @@ struct FrameIo {
     decoder: Decoder,
     /// Bytes of an incomplete frame; empty (no allocation) between frames.
     leftover: Vec<u8>,
+    /// Bytes of `leftover` and of the decoder's reassembly buffer taken from the shard's
+    /// budget (`shard_partial_bytes_max`).
+    charged: usize,
 }
 
 impl FrameIo {
     /// Decodes every complete frame of `leftover ++ new`, dispatching events; keeps the rest.
+    /// Growth of what the connection holds is taken from the shard's budget first; when the
+    /// budget cannot cover it the connection ends with [`Exit::Limit`] (1013).
     fn feed(
         &mut self,
         new: &mut [u8],
         conn: &ConnHandle,
         session: &mut dyn Session,
-        m: &ShardMetrics,
+        shard: &ShardCtx,
     ) -> Option<Exit> {
-        if self.leftover.is_empty() {
+        let m = &shard.metrics;
+        let exit = if self.leftover.is_empty() {
             let (used, exit) = decode_all(&mut self.decoder, new, conn, session, m);
             if exit.is_none() && used < new.len() {
+                if !self.grow_leftover(shard, new.len() - used) {
+                    return Some(self.over_budget(shard, conn));
+                }
                 self.leftover.extend_from_slice(&new[used..]);
             }
             exit
         } else {
+            if !self.grow_leftover(shard, new.len()) {
+                return Some(self.over_budget(shard, conn));
+            }
             self.leftover.extend_from_slice(new);
             let (used, exit) = decode_all(&mut self.decoder, &mut self.leftover, conn, session, m);
             if used == self.leftover.len() {
                 self.leftover = Vec::new();
             } else {
                 self.leftover.drain(..used);
+                // The rest is the start of the next frame: do not keep a large buffer for it.
+                if self.leftover.capacity() > 4 * self.leftover.len().max(1024) {
+                    self.leftover.shrink_to(self.leftover.len());
+                }
             }
             exit
+        };
+        self.decoder.release_delivered();
+        if exit.is_none() && !self.settle(shard) {
+            return Some(self.over_budget(shard, conn));
+        }
+        conn.set_partial(
+            !self.leftover.is_empty() || !self.decoder.is_idle(),
+            shard.now_ms(),
+        );
+        exit
+    }
+
+    /// Makes room in `leftover` for `add` more bytes, taking the growth from the shard's budget
+    /// before allocating; false (nothing allocated) when the budget cannot cover it. The
+    /// buffer grows by doubling, but never past the frame its front belongs to.
+    fn grow_leftover(&mut self, shard: &ShardCtx, add: usize) -> bool {
+        let len = self.leftover.len();
+        let cap = self.leftover.capacity();
+        let need = len + add;
+        if need <= cap {
+            return true;
+        }
+        let target = match self.decoder.frame_bytes_needed(&self.leftover) {
+            Some(frame) if frame > need => need.max((2 * cap).min(frame)),
+            _ => need,
+        };
+        if !shard.partial_take(target - cap) {
+            return false;
+        }
+        self.charged += target - cap;
+        self.leftover.reserve_exact(target - len);
+        true
+    }
+
+    /// Brings the budget in line with what the connection holds now (the decoder's reassembly
+    /// buffer grows and shrinks inside `decode`); false when the budget cannot cover it.
+    fn settle(&mut self, shard: &ShardCtx) -> bool {
+        let held = self.leftover.capacity() + self.decoder.buffered_bytes();
+        if held > self.charged {
+            if !shard.partial_take(held - self.charged) {
+                return false;
+            }
+        } else {
+            shard.partial_give(self.charged - held);
+        }
+        self.charged = held;
+        true
+    }
+
+    /// Frees what the connection holds and returns it to the shard's budget.
+    fn release(&mut self, shard: &ShardCtx) {
+        self.leftover = Vec::new();
+        self.decoder.reset();
+        shard.partial_give(self.charged);
+        self.charged = 0;
+    }
+
+    /// The budget is used up: count, log, and end the connection with 1013.
+    fn over_budget(&mut self, shard: &ShardCtx, conn: &Conn) -> Exit {
+        let held = self.leftover.capacity() + self.decoder.buffered_bytes();
+        metrics::add(&shard.metrics.partial_budget_closes, 1);
+        tracing::info!(
+            conn = conn.id(),
+            peer = %conn.peer(),
+            held_bytes = held,
+            shard_partial_bytes = shard.partial_bytes(),
+            shard_partial_bytes_max = shard.config.shard_partial_bytes_max,
+            "partial-message budget of the shard used up: closing with 1013"
+        );
+        self.release(shard);
+        Exit::Limit {
+            code: 1013,
+            reason: "server busy: too many incomplete messages, try again later",
         }
     }
 }
@@ -169,6 +271,12 @@ fn poll_open(
         match conn.take_exit_request() {
             Some(ExitRequest::Close(req)) => return Poll::Ready(Exit::Local(req)),
             Some(ExitRequest::Silence) => return Poll::Ready(Exit::Silence),
+            Some(ExitRequest::MessageTimeout) => {
+                return Poll::Ready(Exit::Limit {
+                    code: 1008,
+                    reason: "message not completed within message_timeout",
+                })
+            }
             None => {}
         }
         if let Poll::Ready(Err(_)) = poll_flush(conn, stream, cx) {
@@ -183,7 +291,7 @@ fn poll_open(
             metrics::add(&shard.metrics.bytes_received, data.len() as u64);
             conn.touch(shard.now_ms());
             conn.set_in_poll(true);
-            let exit = io.feed(data, conn, session, &shard.metrics);
+            let exit = io.feed(data, conn, session, shard);
             conn.set_in_poll(false);
             exit
         });
@@ -265,13 +373,14 @@ pub(super) async fn run(
             },
         ),
         leftover: Vec::new(),
+        charged: 0,
     };
     let early = {
         let mut first = leftover;
         if first.is_empty() {
             None
         } else {
-            io.feed(&mut first, &conn, &mut *session, &shard.metrics)
+            io.feed(&mut first, &conn, &mut *session, &shard)
         }
     };
     let exit = if let Some(exit) = early {
@@ -280,6 +389,7 @@ pub(super) async fn run(
         poll_fn(|cx| poll_open(&shard, &conn, &mut stream, &mut io, &mut *session, cx)).await
     };
     let code = Box::pin(close(&shard, &conn, &mut stream, &mut io, exit)).await;
+    io.release(&shard);
     conn.discard_all();
     shard.deregister(conn.id());
     shard.metrics.close(code);
@@ -320,6 +430,12 @@ async fn close(
             finish_close(shard, conn, stream, wait).await;
             e.close_code()
         }
+        Exit::Limit { code, reason } => {
+            io.release(shard);
+            conn.queue_close_frame(Some(code), reason, false);
+            finish_close(shard, conn, stream, wait).await;
+            code
+        }
         Exit::Local(req) => {
             conn.queue_close_frame(Some(req.code), req.reason, req.discard_queued);
             let _ = glommio::timer::timeout(wait, async {
@@ -328,7 +444,7 @@ async fn close(
                     let flushed = poll_flush(conn, stream, cx)?;
                     loop {
                         let r = poll_read_scratch(shard, stream, cx, usize::MAX, |data| {
-                            closing_feed(io, data)
+                            closing_feed(shard, io, data)
                         });
                         match r {
                             Poll::Pending => break,
@@ -371,8 +487,9 @@ async fn finish_close(shard: &ShardCtx, conn: &Conn, stream: &mut TcpStream, wai
 }
 
 /// Decodes frames while waiting for the peer's close; data and pings are ignored (we already
-/// sent our close). True once the peer's close frame (or a violation) is seen.
-fn closing_feed(io: &mut FrameIo, data: &mut [u8]) -> bool {
+/// sent our close). True once the peer's close frame (or a violation) is seen, or when what
+/// is kept of an incomplete frame would exceed the shard's budget (then we stop waiting).
+fn closing_feed(shard: &ShardCtx, io: &mut FrameIo, data: &mut [u8]) -> bool {
     let mut owned;
     let buf: &mut [u8] = if io.leftover.is_empty() {
         data
@@ -393,7 +510,8 @@ fn closing_feed(io: &mut FrameIo, data: &mut [u8]) -> bool {
     if off < buf.len() {
         io.leftover = buf[off..].to_vec();
     }
-    false
+    io.decoder.release_delivered();
+    !io.settle(shard)
 }
 
 /// Reads and drops input until EOF (bounded by the caller's timeout).

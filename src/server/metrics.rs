@@ -102,6 +102,13 @@ pub struct ShardMetrics {
     pub accept_errors: AtomicU64,
     /// Bytes queued for sending and not yet written, over all connections (gauge).
     pub outbound_queued_bytes: AtomicU64,
+    /// Bytes of incomplete frames and messages held for this shard's connections (gauge).
+    pub partial_bytes: AtomicU64,
+    /// Connections closed with 1013 because the shard's `shard_partial_bytes_max` was used up.
+    pub partial_budget_closes: AtomicU64,
+    /// Connections closed with 1008 because a message was not completed within
+    /// `message_timeout`.
+    pub message_timeouts: AtomicU64,
 }
 
 /// Adds to a counter that only the calling shard writes.
@@ -189,7 +196,7 @@ pub fn render(shards: &[&ShardMetrics], node: NodeGauges) -> String {
         let v = sum(shards, |m| &m.handshakes[k]);
         let _ = writeln!(o, "tether_handshakes_total{{result=\"{}\"}} {v}", r.label());
     }
-    let counters: [(&str, &str, Field); 9] = [
+    let counters: [(&str, &str, Field); 11] = [
         (
             "tether_messages_received_total",
             "Complete data messages received.",
@@ -219,6 +226,16 @@ pub fn render(shards: &[&ShardMetrics], node: NodeGauges) -> String {
             "tether_silence_timeouts_total",
             "Connections dropped after silence_timeout without any frame from the peer.",
             |m| &m.silence_timeouts,
+        ),
+        (
+            "tether_partial_budget_closes_total",
+            "Connections closed with 1013: the shard's shard_partial_bytes_max of incomplete frames and messages was used up.",
+            |m| &m.partial_budget_closes,
+        ),
+        (
+            "tether_message_timeouts_total",
+            "Connections closed with 1008: a message was not completed within message_timeout of its first byte.",
+            |m| &m.message_timeouts,
         ),
         (
             "tether_pings_sent_total",
@@ -269,6 +286,19 @@ pub fn render(shards: &[&ShardMetrics], node: NodeGauges) -> String {
         "tether_outbound_queued_bytes {}",
         sum(shards, |m| &m.outbound_queued_bytes)
     );
+    head(
+        &mut o,
+        "tether_partial_bytes",
+        "gauge",
+        "Bytes of incomplete frames and fragmented messages held per shard (bounded by shard_partial_bytes_max).",
+    );
+    for (i, m) in shards.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "tether_partial_bytes{{shard=\"{i}\"}} {}",
+            m.partial_bytes.load(Relaxed)
+        );
+    }
     head(
         &mut o,
         "tether_capacity_connections",

@@ -62,6 +62,9 @@ pub struct ShardCtx {
     draining: Cell<bool>,
     deadline: Cell<Option<Instant>>,
     handshaking: Cell<usize>,
+    /// Bytes of incomplete frames and messages held for this shard's connections, at most
+    /// `shard_partial_bytes_max`.
+    partial_bytes: Cell<usize>,
     /// When "at capacity" was last logged (`now_ms`), to log it at most once a second.
     over_capacity_logged_ms: Cell<Option<u64>>,
     epoch: Instant,
@@ -92,6 +95,7 @@ impl ShardCtx {
             draining: Cell::new(false),
             deadline: Cell::new(None),
             handshaking: Cell::new(0),
+            partial_bytes: Cell::new(0),
             over_capacity_logged_ms: Cell::new(None),
             epoch: Instant::now(),
             routes: OnceCell::new(),
@@ -196,6 +200,30 @@ impl ShardCtx {
         for c in self.conns.borrow().values() {
             f(c);
         }
+    }
+
+    /// Takes `n` bytes from the shard's budget for incomplete frames and messages; false
+    /// (nothing taken) when that would exceed `shard_partial_bytes_max`.
+    pub(super) fn partial_take(&self, n: usize) -> bool {
+        let held = self.partial_bytes.get();
+        if held + n > self.config.shard_partial_bytes_max {
+            return false;
+        }
+        self.partial_bytes.set(held + n);
+        metrics::add(&self.metrics.partial_bytes, n as u64);
+        true
+    }
+
+    /// Returns `n` bytes to the shard's budget.
+    pub(super) fn partial_give(&self, n: usize) {
+        self.partial_bytes
+            .set(self.partial_bytes.get().saturating_sub(n));
+        metrics::sub(&self.metrics.partial_bytes, n as u64);
+    }
+
+    /// Bytes of the budget in use.
+    pub fn partial_bytes(&self) -> usize {
+        self.partial_bytes.get()
     }
 
     /// Logs a 503 for lack of capacity, at most once a second per shard (every one is counted

@@ -64,17 +64,23 @@ pub(super) async fn accept_loop(
     tracing::info!(shard = ctx.index, "listener closed");
 }
 
-/// Pings silent connections and drops those silent past `silence_timeout`.
+/// Pings silent connections, drops those silent past `silence_timeout`, and closes those that
+/// started a message more than `message_timeout` ago without completing it.
 pub(super) async fn sweeper(ctx: Rc<ShardCtx>) {
     let cfg = &ctx.config;
     let ping_ms = cfg.ping_idle.as_millis() as u64;
     let silence_ms = cfg.silence_timeout.as_millis() as u64;
-    let tick = (cfg.ping_idle.min(cfg.silence_timeout - cfg.ping_idle) / 4)
-        .clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let message_ms = cfg.message_timeout.as_millis() as u64;
+    let tick = (cfg
+        .ping_idle
+        .min(cfg.silence_timeout - cfg.ping_idle)
+        .min(cfg.message_timeout)
+        / 4)
+    .clamp(Duration::from_millis(10), Duration::from_secs(1));
     loop {
         glommio::timer::sleep(tick).await;
         let now = ctx.now_ms();
-        ctx.for_each_connection(|conn| conn.sweep(now, ping_ms, silence_ms));
+        ctx.for_each_connection(|conn| conn.sweep(now, ping_ms, silence_ms, message_ms));
     }
 }
 

@@ -279,6 +279,31 @@ impl Decoder {
         self.fragmented.is_none()
     }
 
+    /// Bytes the decoder holds: the reassembly buffer of a fragmented message (in progress, or
+    /// the last one delivered until [`Decoder::release_delivered`] or the next `decode`).
+    pub fn buffered_bytes(&self) -> usize {
+        self.reassembly.capacity()
+    }
+
+    /// Forgets a fragmented message in progress and frees its buffer (the connection is being
+    /// closed and will not read on).
+    pub fn reset(&mut self) {
+        self.reassembly = Vec::new();
+        self.fragmented = None;
+        self.delivered = false;
+        self.utf8 = Utf8Validator::new();
+        self.partial_checked_bytes = 0;
+    }
+
+    /// Frees the buffer of the message the last `decode` delivered, once the caller is done
+    /// with it (else it is freed at the next `decode`).
+    pub fn release_delivered(&mut self) {
+        if self.delivered {
+            self.delivered = false;
+            self.reassembly = Vec::new();
+        }
+    }
+
     /// Total bytes (header + payload) of the frame at the front of `buf` once its header is
     /// complete and within limits; `None` while the header is incomplete or invalid.
     pub fn frame_bytes_needed(&self, buf: &[u8]) -> Option<usize> {
