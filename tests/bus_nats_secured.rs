@@ -435,36 +435,41 @@ fn node_and_backend_permission_sets() {
             .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
         assert_eq!(v["from"], "tv-perm");
-        // The backend cannot publish upstream as a device: the server refuses and says so.
-        backend
-            .publish(
-                "tether.up.billing",
-                r#"{"from":"tv-perm","data":"forged"}"#.into(),
-            )
-            .await
-            .unwrap();
-        backend.flush().await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let event = tokio::time::timeout(left, err_rx.recv_async())
+        // The backend cannot publish as a device, upstream or device to device: the server
+        // refuses and says so.
+        for subject in ["tether.up.billing", "tether.peer.tv-perm"] {
+            backend
+                .publish(subject, r#"{"from":"phone-x","data":"forged"}"#.into())
                 .await
-                .expect("a permissions violation reported within 10 s")
-                .expect("the backend's event channel is open");
-            if event.contains("Permissions Violation for Publish to \"tether.up.billing\"") {
-                break;
+                .unwrap();
+            backend.flush().await.unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let event = tokio::time::timeout(left, err_rx.recv_async())
+                    .await
+                    .expect("a permissions violation reported within 10 s")
+                    .expect("the backend's event channel is open");
+                if event.contains(&format!(
+                    "Permissions Violation for Publish to \"{subject}\""
+                )) {
+                    break;
+                }
             }
         }
-        // A backend push to the device still works (on the subject it is allowed).
-        backend
-            .publish(
-                "tether.dev.tv-perm",
-                r#"{"from":"svc:billing","data":2}"#.into(),
-            )
-            .await
-            .unwrap();
+        // On the push subject it may publish, a device's `from` is dropped by the node; its own
+        // `svc:` identity goes through.
+        for payload in [
+            r#"{"from":"phone-x","data":"forged"}"#,
+            r#"{"from":"svc:billing","data":2}"#,
+        ] {
+            backend
+                .publish("tether.dev.tv-perm", payload.into())
+                .await
+                .unwrap();
+        }
         backend.flush().await.unwrap();
-        // The forged message never reached the subscriber; the next one there is none.
+        // The forged upstream message never reached the subscriber.
         assert!(
             tokio::time::timeout(Duration::from_millis(500), up.next())
                 .await
@@ -472,6 +477,8 @@ fn node_and_backend_permission_sets() {
             "the forged upstream message was delivered"
         );
     });
+    // The first message the device gets is the backend's own (same publisher, same subject:
+    // NATS keeps the order, so the forged one was dropped, not late).
     match dev.recv(Duration::from_secs(10)) {
         Got::Text(t) => {
             let v: serde_json::Value = serde_json::from_str(&t).unwrap();
@@ -482,5 +489,20 @@ fn node_and_backend_permission_sets() {
             );
         }
         other => panic!("no push: {other:?}"),
+    }
+    assert_eq!(n.metric("tether_device_forged_from_total"), 1);
+    // Device to device through NATS with the node's permission set, stamped by the node.
+    let mut phone = assert_hello(&n, "phone-q");
+    phone.send_text(r#"{"op":"send","to":"tv-perm","data":3,"id":"s","ack":true}"#);
+    match dev.recv(Duration::from_secs(10)) {
+        Got::Text(t) => {
+            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+            assert_eq!(
+                (v["op"].as_str(), v["from"].as_str()),
+                (Some("msg"), Some("phone-q")),
+                "{t}"
+            );
+        }
+        other => panic!("no device-to-device message: {other:?}"),
     }
 }

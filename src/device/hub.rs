@@ -75,6 +75,7 @@ pub struct DeviceStats {
     pub ready_failures_total: AtomicU64,
     pub insecure_sessions_total: AtomicU64,
     pub sessions_expired_total: AtomicU64,
+    pub forged_from_total: AtomicU64,
     pub token_refreshes_total: AtomicU64,
     pub token_refresh_failures_total: AtomicU64,
     /// Refused /ws upgrades by reason.
@@ -87,7 +88,7 @@ impl DeviceStats {
     /// Appends the device metrics in Prometheus text format.
     pub fn render_prometheus(&self, out: &mut String) {
         use std::fmt::Write as _;
-        let rows: [(&str, &str, &AtomicU64); 12] = [
+        let rows: [(&str, &str, &AtomicU64); 13] = [
             (
                 "tether_device_sessions_opened_total",
                 "Device sessions opened on /ws.",
@@ -137,6 +138,11 @@ impl DeviceStats {
                 "tether_device_sessions_expired_total",
                 "Sessions closed with 4001 because their token expired without a refresh.",
                 &self.sessions_expired_total,
+            ),
+            (
+                "tether_device_forged_from_total",
+                "Backend pushes on tether.dev.* dropped because their from was not svc:... (only nodes speak for devices).",
+                &self.forged_from_total,
             ),
             (
                 "tether_device_token_refreshes_total",
@@ -385,7 +391,7 @@ impl<O: Outlet> Hub<O> {
         match frame.op {
             ClientOp::Send { to, payload, ack } => {
                 let body = Bytes::from(proto::encode_bus_from(me, &payload));
-                let subj = subject::device(&to);
+                let subj = subject::peer(&to);
                 if ack {
                     let Some(id) = id else { return };
                     if session.pending_acks >= self.limits.pending_acks_per_connection_max {
@@ -645,6 +651,11 @@ impl<O: Outlet> Hub<O> {
                 let Some(conns) = self.devices.get(device) else {
                     return;
                 };
+                if subject::is_backend_push(&msg.subject) && !proto::from_is_backend(&msg.payload) {
+                    // Only nodes speak for devices (on `tether.peer.*`).
+                    tracing::debug!(subject = %msg.subject, "dropped: a backend push with a device's from");
+                    return bump(&self.stats.forged_from_total);
+                }
                 let text = match proto::encode_delivery(&msg.payload, Delivery::Direct) {
                     Ok(text) => text,
                     Err(_) => return bump(&self.stats.bad_bus_payloads_total),

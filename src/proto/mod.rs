@@ -579,12 +579,22 @@ struct RawBusPayload<'a> {
 /// What a device receives for a bus message: which envelope to build.
 #[derive(Clone, Copy, Debug)]
 pub enum Delivery<'a> {
-    /// A direct message (`tether.dev.*`).
+    /// A direct message (`tether.dev.*` from backends, `tether.peer.*` from devices).
     Direct,
     /// A topic message (`tether.topic.<topic>`).
     Topic(&'a str),
     /// A backend request (`tether.req.*`) registered under this rid.
     Request(&'a str),
+}
+
+/// May a backend have published this payload? Its `from` must be absent (the device sees
+/// `backend`) or start with `svc:`: device ids never contain `:`, so anything else would make a
+/// backend look like a device. Unreadable payloads are left to [`encode_delivery`] to refuse.
+pub fn from_is_backend(bus_payload: &[u8]) -> bool {
+    match serde_json::from_slice::<RawBusPayload<'_>>(bus_payload) {
+        Ok(raw) => raw.from.as_deref().is_none_or(|f| f.starts_with("svc:")),
+        Err(_) => true,
+    }
 }
 
 /// Turns a bus payload into the device envelope (`msg` or `request`). Payloads that are not a

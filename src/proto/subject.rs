@@ -9,6 +9,20 @@ pub fn device(device: &str) -> String {
     format!("tether.dev.{device}")
 }
 
+/// Direct messages one device `send`s to another, published by nodes only (nodes stamp `from`
+/// with the sender's authenticated id; NATS permissions keep backends off this subject, see
+/// `docs/operations.md`, "Security"). Received exactly like [`device`]: [`parse`] gives
+/// [`Parsed::Device`] for both.
+pub fn peer(device: &str) -> String {
+    format!("tether.peer.{device}")
+}
+
+/// True for a subject backends publish on with a `from` of their own choosing: a node delivers
+/// what arrives there only with a backend `from` (`svc:...` or none), never as a device.
+pub fn is_backend_push(subject: &str) -> bool {
+    subject.starts_with("tether.dev.")
+}
+
 /// Backend requests to a device (NATS request/reply).
 pub fn request(device: &str) -> String {
     format!("tether.req.{device}")
@@ -19,9 +33,15 @@ pub fn presence(device: &str) -> String {
     format!("tether.presence.{device}")
 }
 
-/// The three exact subjects addressed to a device (direct, request, presence).
-pub fn device_all(device: &str) -> [String; 3] {
-    [self::device(device), request(device), presence(device)]
+/// The exact subjects addressed to a device (direct from backends, direct from devices,
+/// request, presence).
+pub fn device_all(device: &str) -> [String; 4] {
+    [
+        self::device(device),
+        peer(device),
+        request(device),
+        presence(device),
+    ]
 }
 
 /// One NATS subscription covering [`device_all`]: `tether.*.<device>`. NATS also matches it
@@ -83,7 +103,10 @@ pub enum Parsed<'a> {
 
 /// Classifies a subject.
 pub fn parse(subject: &str) -> Parsed<'_> {
-    if let Some(rest) = subject.strip_prefix("tether.dev.") {
+    if let Some(rest) = subject
+        .strip_prefix("tether.dev.")
+        .or_else(|| subject.strip_prefix("tether.peer."))
+    {
         Parsed::Device(rest)
     } else if let Some(rest) = subject.strip_prefix("tether.req.") {
         Parsed::Request(rest)
@@ -112,6 +135,8 @@ mod tests {
     #[test]
     fn round_trips() {
         assert_eq!(parse(&device("tv-1")), Parsed::Device("tv-1"));
+        assert_eq!(parse(&peer("tv-1")), Parsed::Device("tv-1"));
+        assert!(is_backend_push(&device("tv-1")) && !is_backend_push(&peer("tv-1")));
         assert_eq!(parse(&request("tv-1")), Parsed::Request("tv-1"));
         assert_eq!(parse(&presence("tv-1")), Parsed::Presence("tv-1"));
         assert_eq!(parse(&topic("news.a")), Parsed::Topic("news.a"));
