@@ -158,6 +158,15 @@ settings! {
     /// Listen backlog per shard socket (the kernel caps it at net.core.somaxconn).
     /// A reconnect storm arrives faster than one accept loop drains it.
     backlog: u32 = 65_535, env "TETHER_BACKLOG", value "N";
+    /// Address of the `wss://` listeners (TLS; needs tls_cert and tls_key); unset: no TLS.
+    /// Off: a node behind a TLS-terminating proxy, or serving plain ws:// only, needs none.
+    tls_listen: Option<SocketAddr> = None, env "TETHER_TLS_LISTEN", value "ADDR", example "\"0.0.0.0:8443\"";
+    /// PEM certificate chain (leaf first) of the wss:// listener; reloaded on SIGHUP.
+    /// No default: a certificate names the operator's host.
+    tls_cert: Option<PathBuf> = None, env "TETHER_TLS_CERT", value "FILE", example "\"/etc/tether/tls/cert.pem\"";
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of tls_cert; reloaded on SIGHUP.
+    /// No default, as for tls_cert.
+    tls_key: Option<PathBuf> = None, env "TETHER_TLS_KEY", value "FILE", example "\"/etc/tether/tls/key.pem\"";
     // ---- limits of one connection ----
     /// Time a client has from TCP accept to a complete, accepted upgrade request.
     /// Long enough for a slow mobile link, short enough for slow-head clients (408).

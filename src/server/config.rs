@@ -7,6 +7,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use tether_shards::ShardCount;
 
+use super::tls::TlsFiles;
 use crate::config::{invalid, Settings};
 pub use crate::config::{ConfigError, LogFormat};
 use crate::ws::MAX_HEADER_BYTES;
@@ -17,6 +18,8 @@ use crate::ws::MAX_HEADER_BYTES;
 pub struct ServerConfig {
     /// Address the WebSocket listeners bind.
     pub listen: SocketAddr,
+    /// Address of the `wss://` listeners and their certificate (`None`: no TLS).
+    pub tls: Option<TlsListen>,
     /// Address of the admin HTTP endpoint.
     pub admin: SocketAddr,
     /// Number of shards.
@@ -60,6 +63,15 @@ pub struct ServerConfig {
     pub log_format: LogFormat,
 }
 
+/// A `wss://` listener: its address and certificate files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsListen {
+    /// Address the `wss://` listeners bind (one `SO_REUSEPORT` socket per shard).
+    pub listen: SocketAddr,
+    /// Certificate and key, reloaded on SIGHUP.
+    pub files: TlsFiles,
+}
+
 impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig::from_settings(&Settings::default())
@@ -71,6 +83,13 @@ impl ServerConfig {
     pub fn from_settings(s: &Settings) -> ServerConfig {
         ServerConfig {
             listen: s.listen,
+            tls: s.tls_listen.map(|listen| TlsListen {
+                listen,
+                files: TlsFiles {
+                    cert: s.tls_cert.clone().unwrap_or_default(),
+                    key: s.tls_key.clone().unwrap_or_default(),
+                },
+            }),
             admin: s.admin,
             shards: s.shards,
             cpus: s.cpus.as_ref().map(|c| c.cpus().to_vec()),
@@ -96,6 +115,21 @@ impl ServerConfig {
 
     /// [`Self::from_settings`], checked.
     pub fn resolve(s: &Settings) -> Result<ServerConfig, ConfigError> {
+        match (s.tls_listen, &s.tls_cert, &s.tls_key) {
+            (Some(_), Some(_), Some(_)) | (None, None, None) => {}
+            (Some(_), None, _) => {
+                return Err(invalid("tls_cert", "tls_listen needs tls_cert and tls_key"))
+            }
+            (Some(_), _, None) => {
+                return Err(invalid("tls_key", "tls_listen needs tls_cert and tls_key"))
+            }
+            (None, _, _) => {
+                return Err(invalid(
+                    "tls_listen",
+                    "tls_cert and tls_key are used only with tls_listen (the wss:// address)",
+                ))
+            }
+        }
         let cfg = ServerConfig::from_settings(s);
         cfg.validate()?;
         Ok(cfg)

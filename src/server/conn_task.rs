@@ -44,7 +44,6 @@ use std::{
 };
 
 use futures_lite::{future::poll_fn, io::AsyncRead, io::AsyncWrite, AsyncWriteExt};
-use glommio::net::TcpStream;
 
 use crate::ws::{
     parse_request, write_accept_response, write_error_response, write_handshake_error, Decoder,
@@ -57,6 +56,7 @@ use super::{
     metrics::{self, HandshakeResult, ShardMetrics},
     node::NodeShared,
     shard::ShardCtx,
+    tls::ConnStream,
 };
 
 /// How long a rejected client's socket lingers for its FIN after our response.
@@ -242,7 +242,7 @@ fn decode_all(
 /// Reads once into the shard's scratch buffer and hands the bytes to `f`.
 fn poll_read_scratch<R>(
     shard: &ShardCtx,
-    stream: &mut TcpStream,
+    stream: &mut ConnStream,
     cx: &mut Context<'_>,
     limit: usize,
     f: impl FnOnce(&mut [u8]) -> R,
@@ -260,7 +260,7 @@ fn poll_read_scratch<R>(
 fn poll_open(
     shard: &ShardCtx,
     conn: &ConnHandle,
-    stream: &mut TcpStream,
+    stream: &mut ConnStream,
     io: &mut FrameIo,
     session: &mut dyn Session,
     cx: &mut Context<'_>,
@@ -333,7 +333,7 @@ impl Drop for Handshaking {
 /// capacity at accept time (the client then gets 503).
 pub(super) async fn run(
     shard: Rc<ShardCtx>,
-    mut stream: TcpStream,
+    mut stream: ConnStream,
     peer: SocketAddr,
     admitted: bool,
 ) {
@@ -397,7 +397,7 @@ pub(super) async fn run(
 }
 
 /// Writes what the connection's queue holds (control frames at frame boundaries, then data).
-fn poll_flush(conn: &Conn, stream: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+fn poll_flush(conn: &Conn, stream: &mut ConnStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
     conn.poll_write_queued(|buf| Pin::new(&mut *stream).poll_write(cx, buf))
 }
 
@@ -405,7 +405,7 @@ fn poll_flush(conn: &Conn, stream: &mut TcpStream, cx: &mut Context<'_>) -> Poll
 async fn close(
     shard: &ShardCtx,
     conn: &ConnHandle,
-    stream: &mut TcpStream,
+    stream: &mut ConnStream,
     io: &mut FrameIo,
     exit: Exit,
 ) -> u16 {
@@ -476,7 +476,7 @@ async fn close(
 
 /// After the peer's close or a violation: flush our close frame, shut down our side, and
 /// discard input until the peer's FIN, all within `wait`.
-async fn finish_close(shard: &ShardCtx, conn: &Conn, stream: &mut TcpStream, wait: Duration) {
+async fn finish_close(shard: &ShardCtx, conn: &Conn, stream: &mut ConnStream, wait: Duration) {
     let _ = glommio::timer::timeout(wait, async {
         poll_fn(|cx| poll_flush(conn, stream, cx)).await?;
         let _ = stream.shutdown(Shutdown::Write).await;
@@ -515,7 +515,7 @@ fn closing_feed(shard: &ShardCtx, io: &mut FrameIo, data: &mut [u8]) -> bool {
 }
 
 /// Reads and drops input until EOF (bounded by the caller's timeout).
-async fn discard_until_eof(shard: &ShardCtx, stream: &mut TcpStream) {
+async fn discard_until_eof(shard: &ShardCtx, stream: &mut ConnStream) {
     loop {
         let r = poll_fn(|cx| poll_read_scratch(shard, stream, cx, usize::MAX, |_| ())).await;
         match r {
@@ -526,7 +526,7 @@ async fn discard_until_eof(shard: &ShardCtx, stream: &mut TcpStream) {
 }
 
 /// Writes an HTTP error response, then lingers briefly so it is not lost to a reset.
-async fn reject(shard: &ShardCtx, stream: &mut TcpStream, response: &[u8]) {
+async fn reject(shard: &ShardCtx, stream: &mut ConnStream, response: &[u8]) {
     let _ = glommio::timer::timeout(LINGER_TIMEOUT, async {
         stream.write_all(response).await?;
         let _ = stream.shutdown(Shutdown::Write).await;
@@ -551,7 +551,7 @@ enum HandshakeOutcome {
 /// Reads and answers the upgrade request. `Some((session, leftover))` once the 101 is sent.
 async fn handshake(
     shard: &Rc<ShardCtx>,
-    stream: &mut TcpStream,
+    stream: &mut ConnStream,
     info: &ConnInfo,
     admitted: bool,
 ) -> Option<(Box<dyn Session>, Vec<u8>)> {
@@ -590,7 +590,7 @@ async fn handshake(
 
 async fn handshake_inner(
     shard: &Rc<ShardCtx>,
-    stream: &mut TcpStream,
+    stream: &mut ConnStream,
     info: &ConnInfo,
 ) -> HandshakeOutcome {
     let cfg = &shard.config;
@@ -668,7 +668,7 @@ async fn handshake_inner(
 /// complete request unanswered in the kernel's queue. At most [`super::node::REFUSING_MAX`] refused
 /// sockets linger for the client's FIN at once; beyond that the answer is written and the
 /// socket closed at once.
-async fn refuse_over_capacity(shard: &Rc<ShardCtx>, stream: &mut TcpStream, info: &ConnInfo) {
+async fn refuse_over_capacity(shard: &Rc<ShardCtx>, stream: &mut ConnStream, info: &ConnInfo) {
     shard.metrics.handshake(HandshakeResult::OverCapacity);
     shard.log_over_capacity(info.peer);
     let response = error_response(503, "node at connection capacity");
@@ -716,12 +716,12 @@ mod tests {
             let addr = listener.local_addr().unwrap();
             let _client = std::net::TcpStream::connect(addr).unwrap();
             let stream = listener.accept().await.unwrap();
-            let task = run(ctx, stream, addr, true);
+            let task = run(ctx, ConnStream::Plain(stream), addr, true);
             let task_bytes = std::mem::size_of_val(&task);
             let conn_bytes = std::mem::size_of::<Conn>();
-            let stream_bytes = std::mem::size_of::<TcpStream>();
+            let stream_bytes = std::mem::size_of::<ConnStream>();
             eprintln!(
-                "task future {task_bytes} B, Conn {conn_bytes} B, TcpStream {stream_bytes} B"
+                "task future {task_bytes} B, Conn {conn_bytes} B, ConnStream {stream_bytes} B"
             );
             assert!(
                 task_bytes <= 768,

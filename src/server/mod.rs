@@ -52,6 +52,7 @@ pub mod node;
 pub mod outbound;
 pub mod shard;
 pub mod tasks;
+pub mod tls;
 
 use std::{
     future::Future,
@@ -94,6 +95,8 @@ pub enum ServeError {
     Signals(std::io::Error),
     #[error("{0}")]
     Shards(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// A node about to run: configuration, endpoints and per-shard services.
@@ -182,6 +185,26 @@ impl Server {
         let listen_addr = listeners[0]
             .local_addr()
             .map_err(|e| ServeError::Shards(format!("listener address: {e}")))?;
+        let tls = match &cfg.tls {
+            None => None,
+            Some(t) => {
+                let certs = Arc::new(tls::TlsCerts::load(t.files.clone())?);
+                let ls = listener::bind_reuseport_group(t.listen, n, cfg.backlog)?;
+                let addr = ls[0]
+                    .local_addr()
+                    .map_err(|e| ServeError::Shards(format!("wss:// listener address: {e}")))?;
+                Some((certs, ls, addr))
+            }
+        };
+        let tls_addr = tls.as_ref().map(|(_, _, a)| *a);
+        let mut tls_listeners: Vec<Option<std::net::TcpListener>> = match &tls {
+            None => (0..n).map(|_| None).collect(),
+            Some(_) => Vec::new(),
+        };
+        let tls_certs = tls.map(|(certs, ls, _)| {
+            tls_listeners = ls.into_iter().map(Some).collect();
+            certs
+        });
         let admin_listener =
             std::net::TcpListener::bind(cfg.admin).map_err(|source| ServeError::Admin {
                 addr: cfg.admin,
@@ -200,26 +223,40 @@ impl Server {
         let mut controls = Vec::with_capacity(n);
         let mut pings = Vec::with_capacity(n);
         let mut payloads = Vec::with_capacity(n);
-        for (l, m) in listeners.into_iter().zip(&metrics) {
+        for ((l, tl), m) in listeners.into_iter().zip(tls_listeners).zip(&metrics) {
             let (tx, rx) = flume::bounded::<ShardControl>(4);
             let (ping_tx, ping_rx) = flume::bounded::<admin::ShardPing>(admin::SHARD_PING_QUEUE);
             controls.push(tx);
             pings.push(ping_tx);
-            payloads.push((l, m.clone(), rx, ping_rx));
+            payloads.push(((l, tl), m.clone(), rx, ping_rx));
         }
 
         let endpoints = self.endpoints;
         let services = self.services;
-        let metrics_sources = self.metrics_sources;
+        let mut metrics_sources = self.metrics_sources;
+        if let Some(certs) = &tls_certs {
+            let certs = certs.clone();
+            metrics_sources.push(Arc::new(move |out: &mut String| certs.metrics.render(out)));
+        }
+        let shard_tls = tls_certs.clone();
         let readiness = self.readiness;
         let shared = node_shared.clone();
         let cfg2 = cfg.clone();
         let node = Node::start::<ShardMsg, _, _, _>(
             NodeConfig::new(placement.clone()),
             payloads,
-            move |shard, (std_listener, metrics, control, pings)| {
+            move |shard, ((std_listener, tls_listener), metrics, control, pings)| {
                 let listener = listener::into_glommio(std_listener)
                     .map_err(|e| format!("cannot make the listener non-blocking: {e}"))?;
+                let tls_listener = match (tls_listener, &shard_tls) {
+                    (Some(l), Some(certs)) => Some((
+                        listener::into_glommio(l).map_err(|e| {
+                            format!("cannot make the wss:// listener non-blocking: {e}")
+                        })?,
+                        certs.clone(),
+                    )),
+                    _ => None,
+                };
                 let ctx = Rc::new(ShardCtx::new(
                     shard.index,
                     shard.count,
@@ -238,7 +275,14 @@ impl Server {
                 for f in &services {
                     started.push(f(&ctx)?);
                 }
-                Ok(run_shard(ctx, listener, control, pings, started))
+                Ok(run_shard(
+                    ctx,
+                    listener,
+                    tls_listener,
+                    control,
+                    pings,
+                    started,
+                ))
             },
         )?;
 
@@ -251,6 +295,7 @@ impl Server {
         node_shared.set_capacity(capacity);
         tracing::info!(
             listen = %listen_addr,
+            tls_listen = %tls_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
             admin = %admin_addr,
             shards = n,
             cpus = %format_cpu_list(&placement.cpus),
@@ -280,6 +325,25 @@ impl Server {
             },
         )
         .map_err(|e| ServeError::Shards(format!("cannot start the admin thread: {e}")))?;
+
+        // SIGHUP reloads the TLS certificate (new connections get the new one); without TLS
+        // it is logged and ignored.
+        std::thread::Builder::new()
+            .name("tether-reload".to_string())
+            .spawn(move || {
+                while Signals::wait_hangup().is_ok() {
+                    let Some(certs) = &tls_certs else {
+                        tracing::info!("SIGHUP: no TLS listener, nothing to reload");
+                        continue;
+                    };
+                    let files = certs.files();
+                    match certs.reload() {
+                        Ok(()) => tracing::info!(cert = %files.cert.display(), key = %files.key.display(), "SIGHUP: TLS certificate reloaded; new connections get it"),
+                        Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; the certificate in use stays"),
+                    }
+                }
+            })
+            .map_err(|e| ServeError::Shards(format!("cannot start the reload thread: {e}")))?;
 
         // Signals: the first makes the node unready, then (after `drain_delay`) starts the
         // drain; a second stops at once.
@@ -336,6 +400,7 @@ impl Server {
 async fn run_shard(
     ctx: Rc<ShardCtx>,
     listener: tether_shards::listener::ShardListener,
+    tls_listener: Option<(tether_shards::listener::ShardListener, Arc<tls::TlsCerts>)>,
     control: flume::Receiver<ShardControl>,
     pings: flume::Receiver<admin::ShardPing>,
     services: Vec<Pin<Box<dyn Future<Output = ()>>>>,
@@ -344,12 +409,23 @@ async fn run_shard(
         glommio::spawn_local(s).detach();
     }
     glommio::spawn_local(tasks::answer_pings(pings)).detach();
-    let (stop_accept, stop_rx) = flume::bounded::<()>(1);
-    glommio::spawn_local(tasks::accept_loop(ctx.clone(), listener, stop_rx)).detach();
+    let (stop_accept, stop_rx) = flume::bounded::<()>(2);
+    glommio::spawn_local(tasks::accept_loop(
+        ctx.clone(),
+        listener,
+        None,
+        stop_rx.clone(),
+    ))
+    .detach();
+    if let Some((l, certs)) = tls_listener {
+        glommio::spawn_local(tasks::accept_loop(ctx.clone(), l, Some(certs), stop_rx)).detach();
+    }
     glommio::spawn_local(tasks::sweeper(ctx.clone())).detach();
     glommio::spawn_local(tasks::mesh_loop(ctx.clone())).detach();
     match control.recv_async().await {
         Ok(ShardControl::Drain { deadline }) => {
+            // One stop per accept loop (the channel holds two).
+            let _ = stop_accept.try_send(());
             let _ = stop_accept.try_send(());
             tasks::drain(ctx, deadline).await;
         }
@@ -377,12 +453,35 @@ impl Signals {
             libc::sigaddset(&mut set, libc::SIGTERM);
             libc::sigaddset(&mut set, libc::SIGINT);
         }
-        // SAFETY: `set` is initialised; the old mask is not needed.
-        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+        // SIGHUP (certificate reload) is blocked too, and awaited by its own thread
+        // ([`Signals::wait_hangup`]).
+        let mut blocked = set;
+        // SAFETY: `blocked` is an initialised sigset_t; SIGHUP is a valid signal number.
+        unsafe { libc::sigaddset(&mut blocked, libc::SIGHUP) };
+        // SAFETY: `blocked` is initialised; the old mask is not needed.
+        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &blocked, std::ptr::null_mut()) };
         if rc != 0 {
             return Err(std::io::Error::from_raw_os_error(rc));
         }
         Ok(Signals { set })
+    }
+
+    /// Waits for the next SIGHUP (blocked in every thread by [`Signals::block`]).
+    fn wait_hangup() -> std::io::Result<()> {
+        // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a valid sigset_t; SIGHUP is a valid signal number.
+        unsafe {
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGHUP);
+        }
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` is initialised and SIGHUP is blocked; `sig` is writable.
+        let rc = unsafe { libc::sigwait(&set, &mut sig) };
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+        Ok(())
     }
 
     /// Waits for the next SIGTERM/SIGINT; returns its number.

@@ -4,6 +4,7 @@
 
 use std::{
     rc::Rc,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -13,6 +14,7 @@ use super::{
     conn::ConnId,
     conn_task, metrics,
     shard::{ShardCtx, ShardMsg},
+    tls::{ConnStream, TlsCerts, TlsStream},
 };
 
 /// Connections accepted back to back before the accept loop lets other tasks run.
@@ -21,10 +23,12 @@ const ACCEPT_BURST: u32 = 16;
 /// Longest pause of the accept loop after an accept error (e.g. EMFILE).
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(10);
 
-/// Accepts until `stop` fires; each socket gets its own task.
+/// Accepts until `stop` fires; each socket gets its own task (with TLS over it when `tls` is
+/// set: a `wss://` listener).
 pub(super) async fn accept_loop(
     ctx: Rc<ShardCtx>,
     listener: ShardListener,
+    tls: Option<Arc<TlsCerts>>,
     stop: flume::Receiver<()>,
 ) {
     let accepting = async {
@@ -35,7 +39,17 @@ pub(super) async fn accept_loop(
             // when it is empty. TCP_NODELAY comes from the listener.
             let next = listener.accept().await;
             match next {
-                Ok((stream, peer)) => {
+                Ok((tcp, peer)) => {
+                    let stream = match &tls {
+                        None => ConnStream::Plain(tcp),
+                        Some(certs) => match TlsStream::accept(tcp, certs.clone()) {
+                            Ok(s) => ConnStream::Tls(Box::new(s)),
+                            Err(e) => {
+                                tracing::warn!(shard = ctx.index, error = %e, "cannot start a TLS session");
+                                continue;
+                            }
+                        },
+                    };
                     let admitted = ctx.node.try_admit();
                     glommio::spawn_local(conn_task::run(ctx.clone(), stream, peer, admitted))
                         .detach();

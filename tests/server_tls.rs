@@ -1,0 +1,279 @@
+//! `wss://`: the TLS listener beside the `ws://` one, certificate reload on SIGHUP (new clients
+//! get the new certificate, connected clients stay), a malformed certificate on reload keeps the
+//! old one. Certificates are made by `openssl` in a temporary directory, never committed.
+
+mod server_support;
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::Arc,
+    time::Duration,
+};
+
+use rustls::{
+    pki_types::{pem::PemObject, CertificateDer, ServerName},
+    ClientConfig, ClientConnection, RootCertStore, StreamOwned,
+};
+use server_support::*;
+
+type Tls = StreamOwned<ClientConnection, TcpStream>;
+
+/// A temporary directory with a CA and a `localhost` leaf it signed.
+struct Pki {
+    dir: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl (Debian package) must be installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let dir = std::env::temp_dir().join(format!("tether-tls-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Pki { dir }
+    }
+
+    /// Makes `ca<tag>.pem` and a leaf `cert<tag>.pem`/`key<tag>.pem` for localhost.
+    fn issue(&self, tag: &str) {
+        let d = &self.dir;
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        let ca = format!("ca{tag}.pem");
+        let cakey = format!("ca{tag}.key");
+        let mut a = vec!["req", "-x509"];
+        a.extend(ec);
+        a.extend(["-keyout", &cakey, "-out", &ca, "-days", "2", "-subj"]);
+        let subj = format!("/CN=tether test CA {tag}");
+        a.push(&subj);
+        openssl(d, &a);
+        let key = format!("key{tag}.pem");
+        let csr = format!("leaf{tag}.csr");
+        let mut a = vec!["req"];
+        a.extend(ec);
+        a.extend(["-keyout", &key, "-out", &csr, "-subj", "/CN=localhost"]);
+        openssl(d, &a);
+        std::fs::write(d.join("ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+        let cert = format!("cert{tag}.pem");
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca,
+                "-CAkey",
+                &cakey,
+                "-CAcreateserial",
+                "-out",
+                &cert,
+                "-days",
+                "2",
+                "-extfile",
+                "ext",
+            ],
+        );
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).to_str().unwrap().to_string()
+    }
+
+    fn der(&self, name: &str) -> CertificateDer<'static> {
+        CertificateDer::from_pem_file(self.dir.join(name)).unwrap()
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn tls_port(srv: &Server) -> u16 {
+    let log = srv.log();
+    let at = log
+        .find(" tls_listen=")
+        .expect("tls_listen in the start line");
+    let addr = log[at + 12..].split_whitespace().next().unwrap();
+    addr.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// Connects over TLS trusting the CAs given, upgrades to `/echo`.
+fn connect(port: u16, cas: &[CertificateDer<'static>]) -> Result<Tls, String> {
+    let mut roots = RootCertStore::empty();
+    for ca in cas {
+        roots.add(ca.clone()).unwrap();
+    }
+    let mut config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let conn = ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
+        .unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut s = StreamOwned::new(conn, tcp);
+    s.write_all(&upgrade_request("/echo"))
+        .map_err(|e| e.to_string())?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).map_err(|e| e.to_string())?;
+        head.push(byte[0]);
+    }
+    let (status, _) = parse_status(&head);
+    assert_eq!(status, 101, "{}", String::from_utf8_lossy(&head));
+    assert_eq!(s.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    Ok(s)
+}
+
+/// Sends a short text message and returns the echo.
+fn echo(s: &mut Tls, text: &str) -> String {
+    assert!(text.len() < 126);
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    let mut frame = vec![0x81, 0x80 | text.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    s.write_all(&frame).unwrap();
+    let mut head = [0u8; 2];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(head[0], 0x81);
+    let mut body = vec![0u8; head[1] as usize];
+    s.read_exact(&mut body).unwrap();
+    String::from_utf8(body).unwrap()
+}
+
+fn leaf(s: &Tls) -> CertificateDer<'static> {
+    s.conn.peer_certificates().unwrap()[0].clone().into_owned()
+}
+
+fn start(pki: &Pki) -> (Server, u16) {
+    let (cert, key) = (pki.path("cert.pem"), pki.path("key.pem"));
+    let srv = Server::start(&[
+        "--shards",
+        "2",
+        "--echo",
+        "--tls-listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ]);
+    let port = tls_port(&srv);
+    (srv, port)
+}
+
+#[test]
+fn ws_and_wss_side_by_side() {
+    let pki = Pki::new("side");
+    pki.issue("A");
+    std::fs::copy(pki.dir.join("certA.pem"), pki.dir.join("cert.pem")).unwrap();
+    std::fs::copy(pki.dir.join("keyA.pem"), pki.dir.join("key.pem")).unwrap();
+    let (srv, port) = start(&pki);
+    let mut tls = connect(port, &[pki.der("caA.pem")]).unwrap();
+    assert_eq!(echo(&mut tls, "over tls"), "over tls");
+    let mut plain = Client::connect(srv.port, "/echo");
+    plain.send_text("plain");
+    assert_eq!(
+        plain.recv(Duration::from_secs(5)),
+        Got::Text("plain".into())
+    );
+    // A client that does not trust the CA fails its handshake, counted.
+    let other = Pki::new("side-other");
+    other.issue("X");
+    assert!(connect(port, &[other.der("caX.pem")]).is_err());
+    assert!(eventually(Duration::from_secs(5), || srv
+        .metric("tether_tls_handshakes_total{result=\"failed\"}")
+        == 1));
+    assert!(srv.metric("tether_tls_handshakes_total{result=\"full\"}") >= 1);
+}
+
+#[test]
+fn sighup_serves_the_new_certificate_to_new_clients_and_keeps_connected_ones() {
+    let pki = Pki::new("reload");
+    pki.issue("A");
+    pki.issue("B");
+    std::fs::copy(pki.dir.join("certA.pem"), pki.dir.join("cert.pem")).unwrap();
+    std::fs::copy(pki.dir.join("keyA.pem"), pki.dir.join("key.pem")).unwrap();
+    let (srv, port) = start(&pki);
+    let both = [pki.der("caA.pem"), pki.der("caB.pem")];
+    let mut old = connect(port, &both).unwrap();
+    assert_eq!(leaf(&old), pki.der("certA.pem"));
+    assert_eq!(echo(&mut old, "before"), "before");
+
+    std::fs::copy(pki.dir.join("certB.pem"), pki.dir.join("cert.pem")).unwrap();
+    std::fs::copy(pki.dir.join("keyB.pem"), pki.dir.join("key.pem")).unwrap();
+    srv.signal(libc::SIGHUP);
+    assert!(eventually(Duration::from_secs(10), || srv
+        .metric("tether_tls_reloads_total{result=\"ok\"}")
+        == 1));
+    let mut new = connect(port, &both).unwrap();
+    assert_eq!(leaf(&new), pki.der("certB.pem"));
+    assert_eq!(echo(&mut new, "new"), "new");
+    // The client connected before the reload is still served, on its old session.
+    assert_eq!(echo(&mut old, "after"), "after");
+    assert!(
+        connect(port, &[pki.der("caA.pem")]).is_err(),
+        "CA A no longer verifies"
+    );
+}
+
+#[test]
+fn malformed_certificate_on_sighup_keeps_the_old_one() {
+    let pki = Pki::new("bad");
+    pki.issue("A");
+    std::fs::copy(pki.dir.join("certA.pem"), pki.dir.join("cert.pem")).unwrap();
+    std::fs::copy(pki.dir.join("keyA.pem"), pki.dir.join("key.pem")).unwrap();
+    let (srv, port) = start(&pki);
+    let mut old = connect(port, &[pki.der("caA.pem")]).unwrap();
+
+    std::fs::write(
+        pki.dir.join("cert.pem"),
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    srv.signal(libc::SIGHUP);
+    assert!(eventually(Duration::from_secs(10), || srv
+        .metric("tether_tls_reloads_total{result=\"failed\"}")
+        == 1));
+    assert!(srv.log().contains("TLS reload failed"), "{}", srv.log());
+    let mut new = connect(port, &[pki.der("caA.pem")]).unwrap();
+    assert_eq!(leaf(&new), pki.der("certA.pem"));
+    assert_eq!(echo(&mut new, "still A"), "still A");
+    assert_eq!(echo(&mut old, "old"), "old");
+
+    // An unreadable key on reload is refused the same way.
+    std::fs::copy(pki.dir.join("certA.pem"), pki.dir.join("cert.pem")).unwrap();
+    std::fs::write(pki.dir.join("key.pem"), "garbage").unwrap();
+    srv.signal(libc::SIGHUP);
+    assert!(eventually(Duration::from_secs(10), || srv
+        .metric("tether_tls_reloads_total{result=\"failed\"}")
+        == 2));
+    let mut again = connect(port, &[pki.der("caA.pem")]).unwrap();
+    assert_eq!(echo(&mut again, "A"), "A");
+}
