@@ -111,10 +111,12 @@ impl Drop for Pki {
 }
 
 fn tls_port(srv: &Server) -> u16 {
+    // The start line reaches the log just after `Server::start` returns.
+    assert!(eventually(Duration::from_secs(5), || srv
+        .log()
+        .contains(" tls_listen=")));
     let log = srv.log();
-    let at = log
-        .find(" tls_listen=")
-        .expect("tls_listen in the start line");
+    let at = log.find(" tls_listen=").unwrap();
     let addr = log[at + 12..].split_whitespace().next().unwrap();
     addr.rsplit(':').next().unwrap().parse().unwrap()
 }
@@ -261,7 +263,13 @@ fn malformed_certificate_on_sighup_keeps_the_old_one() {
     assert!(eventually(Duration::from_secs(10), || srv
         .metric("tether_tls_reloads_total{result=\"failed\"}")
         == 1));
-    assert!(srv.log().contains("TLS reload failed"), "{}", srv.log());
+    assert!(
+        eventually(Duration::from_secs(5), || srv
+            .log()
+            .contains("TLS reload failed")),
+        "{}",
+        srv.log()
+    );
     let mut new = connect(port, &[pki.der("caA.pem")]).unwrap();
     assert_eq!(leaf(&new), pki.der("certA.pem"));
     assert_eq!(echo(&mut new, "still A"), "still A");
