@@ -4,7 +4,11 @@
 It talks to devices only through NATS subjects:
 
   push DEVICE JSON          publish {"from": "svc:NAME", "data": JSON} on tether.dev.DEVICE
-                            as a request, and report how many sessions received it
+                            as a request: answered once a session of the device acknowledged it
+  events [-n N] [--for S]   follow tether.event.> and tether.node.>: print each connection event
+                            and keep who is online, declaring a node dead (and every device whose
+                            last event was a connect on it gone) after its heartbeat's
+                            dead_after_ms of silence
   topic TOPIC JSON          publish on tether.topic.TOPIC
   listen SERVICE [-n N]     receive upstream messages on tether.up.SERVICE (queue group SERVICE),
                             print one JSON line each; stop after N messages
@@ -38,8 +42,12 @@ async def push(nc, args):
     except NoRespondersError:
         return fail(f"{args.device} is offline (no session anywhere)")
     except NatsTimeout:
-        return fail(f"no confirmation from {args.device} within {args.timeout}s")
-    return {"pushed": args.device, **json.loads(reply.data)}
+        return fail(f"no acknowledgement from {args.device} within {args.timeout}s")
+    receipt = json.loads(reply.data)
+    if not receipt.get("delivered"):
+        # e.g. {"delivered": 0, "reason": "closed"}: the session closed before acknowledging.
+        return fail(f"not delivered to {args.device}: {receipt.get('reason')}")
+    return {"pushed": args.device, **receipt}
 
 
 async def topic(nc, args):
@@ -99,6 +107,74 @@ async def presence(nc, args):
     return {"device": args.device, "online": bool(sessions), "sessions": sessions}
 
 
+class Presence:
+    """Who is online, from connection events and node heartbeats (docs/protocol.md, section 8).
+
+    A device is online while its last event on some node is a connect (a session id per node);
+    a node that stays silent for its heartbeat's dead_after_ms is dead, and so is every session
+    whose last event was a connect on it; a new started_at means the node restarted, so its
+    older sessions are gone as well."""
+
+    def __init__(self):
+        self.sessions = {}  # (node, session) -> device
+        self.nodes = {}  # node -> {"started_at", "seen" (monotonic s), "dead_after_s"}
+
+    def on_event(self, e):
+        key = (e["node"], e["session"])
+        if e["event"] == "connect":
+            self.sessions[key] = e["device"]
+        else:
+            self.sessions.pop(key, None)
+
+    def on_heartbeat(self, h, now):
+        known = self.nodes.get(h["node"])
+        if known and known["started_at"] != h["started_at"]:
+            self.forget(h["node"])
+        self.nodes[h["node"]] = {"started_at": h["started_at"], "seen": now, "dead_after_s": h["dead_after_ms"] / 1000}
+
+    def forget(self, node):
+        for key in [k for k in self.sessions if k[0] == node]:
+            del self.sessions[key]
+
+    def expire(self, now):
+        """Declares silent nodes dead; returns their names."""
+        dead = [n for n, s in self.nodes.items() if now - s["seen"] > s["dead_after_s"]]
+        for node in dead:
+            del self.nodes[node]
+            self.forget(node)
+        return dead
+
+    def online(self):
+        return sorted(set(self.sessions.values()))
+
+
+async def events(nc, args):
+    presence = Presence()
+    loop = asyncio.get_running_loop()
+    seen = 0
+
+    async def on_event(msg):
+        nonlocal seen
+        e = json.loads(msg.data)
+        presence.on_event(e)
+        print(json.dumps({**e, "online": presence.online()}), flush=True)
+        seen += 1
+
+    async def on_heartbeat(msg):
+        presence.on_heartbeat(json.loads(msg.data), loop.time())
+
+    await nc.subscribe("tether.event.>", cb=on_event)
+    await nc.subscribe("tether.node.>", cb=on_heartbeat)
+    await nc.flush()
+    print(json.dumps({"listening": ["tether.event.>", "tether.node.>"]}), flush=True)
+    end = loop.time() + args.duration if args.duration else None
+    while (not args.count or seen < args.count) and (end is None or loop.time() < end):
+        await asyncio.sleep(0.1)
+        for node in presence.expire(loop.time()):
+            print(json.dumps({"node_dead": node, "online": presence.online()}), flush=True)
+    return {"events": seen, "online": presence.online()}
+
+
 def fail(reason):
     print(reason, file=sys.stderr)
     sys.exit(1)
@@ -122,6 +198,9 @@ async def main():
     c = sub.add_parser("request")
     c.add_argument("device")
     c.add_argument("json")
+    c = sub.add_parser("events")
+    c.add_argument("-n", "--count", type=int, default=0, help="stop after N events")
+    c.add_argument("--for", dest="duration", type=float, default=0, help="stop after S seconds")
     c = sub.add_parser("presence")
     c.add_argument("device")
     c.add_argument("--wait", type=float, default=0.5, help="seconds to collect answers")
@@ -129,7 +208,8 @@ async def main():
 
     nc = await nats.connect(args.nats, name=f"tether backend example ({args.name})")
     try:
-        handler = {"push": push, "topic": topic, "listen": listen, "request": request, "presence": presence}[args.command]
+        handler = {"push": push, "topic": topic, "listen": listen, "request": request, "presence": presence,
+                   "events": events}[args.command]
         result = await handler(nc, args)
         print(json.dumps(result), flush=True)
     finally:

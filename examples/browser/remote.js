@@ -34,6 +34,8 @@ function connect() {
         // `from` is set by the server: the authenticated sender, never what a client claimed.
         if (msg.data && msg.data.key) log(`${msg.from} pressed ${msg.data.key}`);
         else log(`${msg.from}${msg.topic ? " on " + msg.topic : ""}: ${JSON.stringify(msg.data ?? msg.b64)}`);
+        // The sender waits for this: acknowledge once the message is handled.
+        if (msg.ack_id) ws.send(JSON.stringify({ op: "ack", ack_id: msg.ack_id }));
         break;
       case "request":
         // A backend asks; this demo answers with what it knows about itself.
@@ -41,7 +43,8 @@ function connect() {
         log(`${msg.from} asked ${JSON.stringify(msg.data)}; replied`);
         break;
       case "ack":
-        log(`delivered (${msg.id})`);
+        if (msg.delivered === false) log(`${msg.id} not delivered: ${msg.reason}`);
+        else if (msg.delivered) log(`delivered (${msg.id})`);
         break;
       case "error":
         log(`error ${msg.code}${msg.id ? " (" + msg.id + ")" : ""}: ${msg.message}`);

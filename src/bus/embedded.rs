@@ -41,6 +41,7 @@ pub(crate) fn build(config: &BusConfig, stats: Arc<BusStats>) -> Vec<ShardBus> {
         .enumerate()
         .map(|(shard, (ctrl_rx, data_rx))| ShardBus {
             shard,
+            shards: n,
             node: node.clone(),
             link: Link::Embedded(EmbeddedLink {
                 shard,
@@ -147,16 +148,19 @@ impl EmbeddedLink {
                 }
             }
             Ctrl::Ready(token) => Some(BusEvent::Ready(token)),
+            Ctrl::NoResponders(reply) => Some(BusEvent::NoResponders(reply)),
         }
     }
 
-    pub(crate) fn publish(&mut self, msg: BusMessage, stats: &BusStats) -> Result<(), BusError> {
+    /// Routes a message; `Ok(n)`: the number of shards it reached.
+    pub(crate) fn publish(&mut self, msg: BusMessage, stats: &BusStats) -> Result<usize, BusError> {
         if let subject::Parsed::Inbox { node, shard, .. } = subject::parse(&msg.subject) {
             if node != &*self.node || shard >= self.data_tx.len() {
-                return Ok(());
+                return Ok(0);
             }
             return match self.data_tx[shard].try_send(msg) {
-                Ok(()) | Err(flume::TrySendError::Disconnected(_)) => Ok(()),
+                Ok(()) => Ok(1),
+                Err(flume::TrySendError::Disconnected(_)) => Ok(0),
                 Err(flume::TrySendError::Full(_)) => {
                     stats.dropped_outbound_total.fetch_add(1, Ordering::Relaxed);
                     Err(BusError::Full)
@@ -164,7 +168,7 @@ impl EmbeddedLink {
             };
         }
         let Some(shards) = self.table.get(&msg.subject) else {
-            return Ok(());
+            return Ok(0);
         };
         let mut sent = 0usize;
         let mut dropped = 0usize;
@@ -183,7 +187,7 @@ impl EmbeddedLink {
                 return Err(BusError::Full);
             }
         }
-        Ok(())
+        Ok(sent)
     }
 
     pub(crate) fn flush_backlog(&mut self) {

@@ -50,6 +50,9 @@ pub enum BusEvent {
     Message(BusMessage),
     /// Every interest change made before [`ShardBus::barrier`] with this token is in effect.
     Ready(u64),
+    /// A message this shard published with this reply subject reached no subscriber at all
+    /// (NATS "no responders"; on the embedded bus, no shard was interested).
+    NoResponders(String),
     /// The barrier with this token could not be started (its control queue and backlog are
     /// full). A barrier during a NATS outage does not fail: it completes after the reconnect, and
     /// the hub bounds the wait with its readiness timeout.
@@ -255,6 +258,8 @@ pub(crate) enum Ctrl {
     BarrierAck { token: u64 },
     /// Barrier complete.
     Ready(u64),
+    /// A publish with this reply subject reached nobody.
+    NoResponders(String),
 }
 
 enum Link {
@@ -266,6 +271,7 @@ enum Link {
 /// shard.
 pub struct ShardBus {
     shard: usize,
+    shards: usize,
     node: Arc<str>,
     link: Link,
     ctrl_rx: flume::Receiver<Ctrl>,
@@ -280,6 +286,11 @@ impl ShardBus {
         self.shard
     }
 
+    /// The node's number of shards.
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
     /// The node id.
     pub fn node(&self) -> &str {
         &self.node
@@ -288,6 +299,13 @@ impl ShardBus {
     /// True when backends can be reached (NATS).
     pub fn has_backends(&self) -> bool {
         matches!(self.link, Link::Nats(_))
+    }
+
+    /// True while the bus can carry messages now (always on the embedded bus; on NATS, while
+    /// the connection is up: what is published during an outage waits in client buffers and
+    /// may arrive much later).
+    pub fn is_connected(&self) -> bool {
+        self.stats.connected.load(Ordering::Relaxed) == 1
     }
 
     /// The shared statistics.
@@ -364,7 +382,8 @@ impl ShardBus {
         }
     }
 
-    /// Publishes a message. `Err(Full)`: dropped on a full queue (counted).
+    /// Publishes a message. `Err(Full)`: dropped on a full queue (counted). A message with a
+    /// reply subject that reaches no subscriber produces [`BusEvent::NoResponders`] later.
     pub fn publish(
         &mut self,
         subject: &str,
@@ -377,7 +396,14 @@ impl ShardBus {
             payload,
         };
         let result = match &mut self.link {
-            Link::Embedded(l) => l.publish(msg, &self.stats),
+            Link::Embedded(l) => {
+                let reply = msg.reply.clone();
+                let reached = l.publish(msg, &self.stats);
+                if let (Ok(0), Some(reply)) = (&reached, reply) {
+                    self.local.push_back(BusEvent::NoResponders(reply));
+                }
+                reached.map(|_| ())
+            }
             Link::Nats(l) => l.publish(msg, &self.stats),
         };
         if result.is_ok() {
@@ -441,6 +467,7 @@ impl ShardBus {
                 Some(BusEvent::Message(msg))
             }
             Raw::Ctrl(Ctrl::Ready(token)) => Some(BusEvent::Ready(token)),
+            Raw::Ctrl(Ctrl::NoResponders(reply)) => Some(BusEvent::NoResponders(reply)),
             Raw::Ctrl(other) => match &mut self.link {
                 Link::Embedded(l) => l.on_ctrl(other, &self.stats),
                 Link::Nats(_) => None,

@@ -43,6 +43,10 @@ const BATCH_MAX: usize = 1024;
 /// every waiting barrier. One second is far above a loopback or LAN round trip and well inside
 /// the hub's 10 s readiness timeout.
 const PROBE_RESEND: Duration = Duration::from_millis(1_000);
+/// How long a barrier may wait for a probe (during a NATS outage) before the bridge forgets
+/// it: six times the hub's 10 s readiness timeout, after which nobody waits for it any more.
+/// Keeps the barrier queue bounded by the sessions opened in one minute.
+const BARRIER_WAIT_MAX: Duration = Duration::from_secs(60);
 /// Capacity of each async-nats subscription channel (messages held per subscription before
 /// async-nats reports a slow consumer and drops).
 const SUBSCRIPTION_CAPACITY: usize = 1024;
@@ -271,6 +275,7 @@ pub(crate) fn start(
         .enumerate()
         .map(|(shard, (ctrl_rx, data_rx))| ShardBus {
             shard,
+            shards: n,
             node: node.clone(),
             link: Link::Nats(NatsLink {
                 shard,
@@ -342,16 +347,28 @@ fn forward(msg: async_nats::Message) -> BusMessage {
 /// subscription is that device's wildcard and only its own subjects are forwarded
 /// ([`subject::is_device_subject`]): the rest also matches the wildcard on the server but is
 /// addressed to a topic, a service or a backend, and another subscription (or nobody) takes it.
+///
+/// With `no_responders` (the shard's inbox), a "no responders" status (a publish of the shard
+/// with that reply subject reached nobody) goes to the shard's control channel as
+/// [`Ctrl::NoResponders`] instead of as an empty message.
 async fn subscribe_forwarding(
     client: &async_nats::Client,
     subject: String,
     device: Option<String>,
     to: flume::Sender<BusMessage>,
+    no_responders: Option<flume::Sender<Ctrl>>,
     stats: Arc<BusStats>,
 ) -> Option<tokio::task::JoinHandle<()>> {
     match client.subscribe(subject.clone()).await {
         Ok(mut sub) => Some(tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
+                if let Some(ctrl) = &no_responders {
+                    if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                        // The sender times out instead when its control queue is full.
+                        let _ = ctrl.try_send(Ctrl::NoResponders(msg.subject.to_string()));
+                        continue;
+                    }
+                }
                 if let Some(device) = &device {
                     if !subject::is_device_subject(msg.subject.as_str(), device) {
                         continue;
@@ -428,8 +445,15 @@ async fn bridge_main(
     let mut subs: AHashMap<(usize, String), tokio::task::JoinHandle<()>> = AHashMap::new();
     for (shard, data) in tx.data.iter().enumerate() {
         let inbox = format!("{}*", subject::inbox_prefix(&node, shard));
-        if let Some(task) =
-            subscribe_forwarding(&client, inbox.clone(), None, data.clone(), stats.clone()).await
+        if let Some(task) = subscribe_forwarding(
+            &client,
+            inbox.clone(),
+            None,
+            data.clone(),
+            Some(tx.ctrl[shard].clone()),
+            stats.clone(),
+        )
+        .await
         {
             subs.insert((shard, inbox), task);
         }
@@ -528,6 +552,7 @@ async fn handle_command(
                 key.1.clone(),
                 device,
                 tx.data[shard].clone(),
+                None,
                 stats.clone(),
             )
             .await
@@ -541,7 +566,7 @@ async fn handle_command(
                 task.abort();
             }
         }
-        Command::Barrier { shard, token } => barriers.add(shard, token),
+        Command::Barrier { shard, token } => barriers.add(shard, token, std::time::Instant::now()),
         Command::Request {
             subject,
             payload,
@@ -574,8 +599,8 @@ async fn handle_command(
 struct Barriers {
     subject: String,
     nonce: u64,
-    /// (shard, token, first generation that covers it), in generation order.
-    queue: VecDeque<(usize, u64, u64)>,
+    /// (shard, token, first generation that covers it, when added), in generation order.
+    queue: VecDeque<(usize, u64, u64, std::time::Instant)>,
     next_generation: u64,
     last_sent: Option<std::time::Instant>,
 }
@@ -595,14 +620,22 @@ impl Barriers {
         !self.queue.is_empty()
     }
 
-    fn add(&mut self, shard: usize, token: u64) {
-        self.queue.push_back((shard, token, self.next_generation));
+    fn add(&mut self, shard: usize, token: u64, now: std::time::Instant) {
+        self.queue
+            .push_back((shard, token, self.next_generation, now));
     }
 
     /// The probe to publish now, if one is due: a waiting barrier is not covered by a sent
-    /// probe yet, or the last probe has been out for [`PROBE_RESEND`].
+    /// probe yet, or the last probe has been out for [`PROBE_RESEND`]. Forgets barriers older
+    /// than [`BARRIER_WAIT_MAX`].
     fn probe_due(&mut self, now: std::time::Instant) -> Option<Bytes> {
-        let &(_, _, newest) = self.queue.back()?;
+        while let Some(&(_, _, _, added)) = self.queue.front() {
+            if now.duration_since(added) < BARRIER_WAIT_MAX {
+                break;
+            }
+            self.queue.pop_front();
+        }
+        let &(_, _, newest, _) = self.queue.back()?;
         let stale = self
             .last_sent
             .is_none_or(|sent| now.duration_since(sent) >= PROBE_RESEND);
@@ -626,7 +659,7 @@ impl Barriers {
             return Vec::new();
         };
         let mut done = Vec::new();
-        while let Some(&(shard, token, needs)) = self.queue.front() {
+        while let Some(&(shard, token, needs, _)) = self.queue.front() {
             if needs > generation {
                 break;
             }
@@ -650,10 +683,10 @@ mod tests {
         let mut b = Barriers::new("tether.barrier.n1".into());
         let t0 = Instant::now();
         assert!(b.probe_due(t0).is_none(), "nothing waiting, no probe");
-        b.add(0, 10);
+        b.add(0, 10, t0);
         let p0 = b.probe_due(t0).expect("probe for the first barrier");
         assert!(b.probe_due(t0).is_none(), "covered, not stale yet");
-        b.add(1, 11);
+        b.add(1, 11, t0);
         let p1 = b.probe_due(t0).expect("a new barrier needs a new probe");
         // The first probe completes only the barrier added before it was sent.
         assert_eq!(b.on_probe(&p0), vec![(0, 10)]);
@@ -670,11 +703,15 @@ mod tests {
     fn a_lost_probe_is_sent_again() {
         let mut b = Barriers::new("s".into());
         let t0 = Instant::now();
-        b.add(0, 1);
+        b.add(0, 1, t0);
         let lost = b.probe_due(t0).unwrap();
         assert!(b.probe_due(t0 + PROBE_RESEND / 2).is_none());
         let again = b.probe_due(t0 + PROBE_RESEND).expect("resent");
         assert_ne!(lost, again);
         assert_eq!(b.on_probe(&again), vec![(0, 1)]);
+        // During a long outage, barriers nobody waits for any more are forgotten.
+        b.add(0, 2, t0);
+        assert!(b.probe_due(t0 + BARRIER_WAIT_MAX).is_none());
+        assert!(!b.waiting());
     }
 }

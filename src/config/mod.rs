@@ -289,9 +289,12 @@ settings! {
     /// About 1.5 s of traffic at 40k msg/s per shard before anything is dropped.
     bus_queue_len: usize = 65_536, env "TETHER_BUS_QUEUE_LEN", value "N";
     // ---- device protocol limits ----
-    /// How long a `send` with `ack` waits for a delivery confirmation.
+    /// How long a `send` with `ack` waits for the receiving device's ack; also the delivery deadline the message carries.
     /// A device on a live link answers within milliseconds; 2 s covers a slow mobile link.
     ack_timeout: Duration = Duration::from_secs(2), env "TETHER_ACK_TIMEOUT", value "DURATION";
+    /// How often the node publishes its heartbeat on tether.node.<node> (NATS only; 100ms to 60s).
+    /// Backends declare a node dead after 2.5 intervals of silence: within 3 s at 1 s.
+    heartbeat_interval: Duration = Duration::from_secs(1), env "TETHER_HEARTBEAT_INTERVAL", value "DURATION";
     /// How long a backend request stays answerable by the device.
     /// Long enough for a person to react to a prompt on the device.
     request_lifetime: Duration = Duration::from_secs(30), env "TETHER_REQUEST_LIFETIME", value "DURATION";

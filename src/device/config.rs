@@ -165,8 +165,17 @@ impl MessagingConfig {
             request_lifetime_ms: ms(s.request_lifetime),
             topics_per_connection_max: s.topics_per_connection_max,
             token_leeway_secs: s.jwt_leeway.as_secs(),
+            heartbeat_interval_ms: ms(s.heartbeat_interval),
             ..HubLimits::default()
         };
+        if s.heartbeat_interval < Duration::from_millis(100)
+            || s.heartbeat_interval > Duration::from_secs(60)
+        {
+            return Err(invalid(
+                "heartbeat_interval",
+                "use 100ms to 60s (the hub ticks every 100 ms)",
+            ));
+        }
         if s.bus_queue_len == 0 {
             return Err(invalid("bus_queue_len", "must be at least 1"));
         }

@@ -65,7 +65,7 @@ pub fn install(
     mut config: MessagingConfig,
     shards: usize,
 ) -> Result<(Server, MessagingNode), String> {
-    let devices = Arc::new(DeviceStats::default());
+    let devices = Arc::new(DeviceStats::starting_now());
     if let (Some(source), AuthMode::Jwt(verifier)) = (config.jwks.clone(), &mut config.auth) {
         if matches!(source, keys::JwksSource::File(_)) {
             // Before any thread starts (the bus bridge just below, the shards later), so that
@@ -303,8 +303,10 @@ impl Session for DeviceSession {
         }
     }
 
-    fn on_close(&mut self, conn: &ConnHandle, _code: u16) {
-        self.hub.borrow_mut().close(conn.id());
+    fn on_close(&mut self, conn: &ConnHandle, code: u16) {
+        self.hub
+            .borrow_mut()
+            .close(conn.id(), code, self.shard.now_ms());
         self.sessions.close(&self.claims.sub, conn.id());
     }
 }

@@ -3,13 +3,19 @@
 //! The hub owns the shard's view of messaging: which devices and topics have sessions here
 //! (refcounted, so the shard holds one bus subscription per subject however many sessions share
 //! it), the operations devices ask for (protocol v1, [`crate::proto`]), deliveries arriving from
-//! the bus, `send` acknowledgements waiting for a confirmation on the shard's inbox, and backend
-//! requests waiting for a device's `reply`. It is `!Send`, lives on its shard, never blocks, and
-//! talks to sockets only through [`Outlet`], so it is tested without a server.
+//! the bus, `send` acknowledgements waiting for a receipt on the shard's inbox, messages
+//! delivered to its sessions that wait for the device's `ack` (receipts, `docs/protocol.md`
+//! section 9), backend requests waiting for a device's `reply`, and the connection events and
+//! node heartbeat it publishes for backends. It is `!Send`, lives on its shard, never blocks,
+//! and talks to sockets only through [`Outlet`], so it is tested without a server.
+//!
+//! Two clocks: `now_ms` (monotonic, from the shard) times everything local; the wall clock
+//! (unix ms) only stamps what crosses nodes: the delivery deadline of a `send` with `ack` and
+//! the `at` of events and heartbeats.
 
 use crate::auth::{AuthError, Claims};
 use crate::bus::{BusError, BusEvent, BusMessage, ShardBus};
-use crate::proto::{self, subject, ClientOp, Delivery, ErrorCode};
+use crate::proto::{self, subject, AckRef, ClientOp, Delivery, ErrorCode, EventKind, NotDelivered};
 use ahash::AHashMap;
 use bytes::Bytes;
 use std::collections::BTreeSet;
@@ -46,6 +52,13 @@ pub struct HubLimits {
     pub ready_timeout_ms: u64,
     /// Seconds past its token's `exp` a session lives (the node's `jwt_leeway`, default 0).
     pub token_leeway_secs: u64,
+    /// Messages delivered to one connection that wait for its `ack` (default 256, like the
+    /// sends a connection may have waiting: a device that keeps up acknowledges within a round
+    /// trip, so more only means it is not keeping up).
+    pub unacked_per_connection_max: usize,
+    /// How often the node publishes its heartbeat on NATS (default 1000 ms; a backend then
+    /// declares a silent node dead after 2.5 intervals, within 3 s).
+    pub heartbeat_interval_ms: u64,
 }
 
 impl Default for HubLimits {
@@ -58,6 +71,8 @@ impl Default for HubLimits {
             request_lifetime_ms: 30_000,
             ready_timeout_ms: 10_000,
             token_leeway_secs: 0,
+            unacked_per_connection_max: 256,
+            heartbeat_interval_ms: 1_000,
         }
     }
 }
@@ -74,6 +89,13 @@ pub struct DeviceStats {
     pub acks_timed_out_total: AtomicU64,
     pub ready_failures_total: AtomicU64,
     pub insecure_sessions_total: AtomicU64,
+    pub receipts_acked_total: AtomicU64,
+    pub sends_offline_total: AtomicU64,
+    pub deliveries_expired_total: AtomicU64,
+    pub events_published_total: AtomicU64,
+    /// When the node started (unix ms; set by [`DeviceStats::starting_now`]), carried by
+    /// events and heartbeats.
+    pub node_started_at_unix_ms: u64,
     pub sessions_expired_total: AtomicU64,
     pub forged_from_total: AtomicU64,
     pub token_refreshes_total: AtomicU64,
@@ -84,11 +106,32 @@ pub struct DeviceStats {
     pub jwks: std::sync::Arc<crate::device::keys::JwksStats>,
 }
 
+/// The wall clock, in unix milliseconds.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 impl DeviceStats {
+    /// Counters at zero and the node's start time set to now.
+    pub fn starting_now() -> DeviceStats {
+        DeviceStats {
+            node_started_at_unix_ms: unix_ms(),
+            ..DeviceStats::default()
+        }
+    }
+
+    /// Device sessions open on the node now.
+    pub fn sessions_open(&self) -> u64 {
+        let opened = self.sessions_opened_total.load(Ordering::Relaxed);
+        opened.saturating_sub(self.sessions_closed_total.load(Ordering::Relaxed))
+    }
+
     /// Appends the device metrics in Prometheus text format.
     pub fn render_prometheus(&self, out: &mut String) {
         use std::fmt::Write as _;
-        let rows: [(&str, &str, &AtomicU64); 13] = [
+        let rows: [(&str, &str, &AtomicU64); 17] = [
             (
                 "tether_device_sessions_opened_total",
                 "Device sessions opened on /ws.",
@@ -121,8 +164,28 @@ impl DeviceStats {
             ),
             (
                 "tether_device_acks_timed_out_total",
-                "send acks that got no confirmation in time.",
+                "sends with ack answered delivered:false at their deadline (timeout or closed).",
                 &self.acks_timed_out_total,
+            ),
+            (
+                "tether_device_sends_offline_total",
+                "sends with ack answered delivered:false at once: no session anywhere (offline).",
+                &self.sends_offline_total,
+            ),
+            (
+                "tether_device_receipts_acked_total",
+                "Messages a device acknowledged with ack_id (receipt sent to the sender).",
+                &self.receipts_acked_total,
+            ),
+            (
+                "tether_device_deliveries_expired_total",
+                "Messages that reached this node at or after their deadline_ms (dropped).",
+                &self.deliveries_expired_total,
+            ),
+            (
+                "tether_device_events_published_total",
+                "Connection events and heartbeats published for backends.",
+                &self.events_published_total,
             ),
             (
                 "tether_device_ready_failures_total",
@@ -178,6 +241,8 @@ struct Session<O> {
     pending_acks: usize,
     /// rid -> (reply subject, deadline ms)
     requests: AHashMap<u64, (String, u64)>,
+    /// ack_id -> (receipt subject, deadline ms): delivered, waiting for the device's `ack`.
+    unacked: AHashMap<u64, (String, u64)>,
     ready: bool,
 }
 
@@ -189,8 +254,14 @@ enum Waiting {
 struct PendingAck {
     conn: ConnId,
     id: String,
-    to: String,
     deadline_ms: u64,
+    /// Why not, if a receiving shard said so before the deadline.
+    reason: Option<NotDelivered>,
+}
+
+struct HeartbeatClock {
+    seq: u64,
+    next_due_ms: u64,
 }
 
 /// The hub of one shard.
@@ -214,6 +285,14 @@ pub struct Hub<O: Outlet> {
     expiries: BTreeSet<(u64, ConnId)>,
     /// Verifies the token of a `refresh` (absent: `refresh` is refused with `bad_token`).
     token_check: Option<TokenCheck>,
+    /// Unix ms now (a function so tests can move it).
+    wall_clock: fn() -> u64,
+    /// Events and heartbeats go out (NATS only: on the embedded bus there is no backend).
+    events: bool,
+    /// Shard 0 of a NATS node publishes the node heartbeat.
+    heartbeat: Option<HeartbeatClock>,
+    /// The bus reconnections already answered with a resync of this shard's sessions.
+    reconnects_seen: u64,
 }
 
 /// Verifies a token presented in a `refresh` (the node's `Verifier`).
@@ -229,6 +308,12 @@ impl<O: Outlet> Hub<O> {
     pub fn new(bus: ShardBus, limits: HubLimits, stats: Arc<DeviceStats>) -> Hub<O> {
         let node: Arc<str> = Arc::from(bus.node());
         let shard = bus.shard();
+        let events = bus.has_backends();
+        let heartbeat =
+            (events && shard == 0 && limits.heartbeat_interval_ms > 0).then_some(HeartbeatClock {
+                seq: 0,
+                next_due_ms: 0,
+            });
         Hub {
             inbox_prefix: subject::inbox_prefix(&node, shard),
             bus,
@@ -244,7 +329,16 @@ impl<O: Outlet> Hub<O> {
             next_seq: 1,
             expiries: BTreeSet::new(),
             token_check: None,
+            wall_clock: unix_ms,
+            events,
+            heartbeat,
+            reconnects_seen: 0,
         }
+    }
+
+    /// Replaces the wall clock (tests).
+    pub fn set_wall_clock(&mut self, clock: fn() -> u64) {
+        self.wall_clock = clock;
     }
 
     /// Lets devices present a fresh token with `refresh`, checked by `check`.
@@ -280,9 +374,43 @@ impl<O: Outlet> Hub<O> {
         }
     }
 
-    fn reply_ack(&self, conn: ConnId, id: Option<&str>, delivered: bool) {
+    fn reply_ack(&self, conn: ConnId, id: Option<&str>) {
         if let (Some(s), Some(id)) = (self.sessions.get(&conn), id) {
-            s.out.send_text(&proto::encode_ack(id, delivered));
+            s.out.send_text(&proto::encode_ack(id, None));
+        }
+    }
+
+    /// Answers a `send` with `ack` once and for all.
+    fn settle(&mut self, seq: u64, outcome: Result<(), NotDelivered>) {
+        let Some(ack) = self.acks.remove(&seq) else {
+            return;
+        };
+        if let Some(s) = self.sessions.get_mut(&ack.conn) {
+            s.pending_acks = s.pending_acks.saturating_sub(1);
+            s.out.send_text(&proto::encode_ack(&ack.id, Some(outcome)));
+        }
+    }
+
+    /// Publishes a connection event for backends (NATS only).
+    fn publish_event(&mut self, kind: EventKind, device: &str, conn: ConnId) {
+        if !self.events {
+            return;
+        }
+        let text = proto::encode_event(&proto::Event {
+            kind,
+            device,
+            node: &self.node,
+            shard: self.shard,
+            session: conn,
+            node_started_at_ms: self.stats.node_started_at_unix_ms,
+            at_ms: (self.wall_clock)(),
+        });
+        if self
+            .bus
+            .publish(&subject::event(device), None, Bytes::from(text))
+            .is_ok()
+        {
+            bump(&self.stats.events_published_total);
         }
     }
 
@@ -306,6 +434,7 @@ impl<O: Outlet> Hub<O> {
                 topics: Vec::new(),
                 pending_acks: 0,
                 requests: AHashMap::new(),
+                unacked: AHashMap::new(),
                 ready: false,
             },
         );
@@ -329,8 +458,10 @@ impl<O: Outlet> Hub<O> {
         }
     }
 
-    /// A session ended: its interest goes with it.
-    pub fn close(&mut self, conn: ConnId) {
+    /// A session ended (with this close code): its interest goes with it, every message it
+    /// received without acknowledging is reported `closed` to its sender, and backends get a
+    /// `disconnect` event if they had a `connect`.
+    pub fn close(&mut self, conn: ConnId, code: u16, now_ms: u64) {
         let Some(session) = self.sessions.remove(&conn) else {
             return;
         };
@@ -338,7 +469,16 @@ impl<O: Outlet> Hub<O> {
         if let Some(at) = self.expiry_of(&session.claims) {
             self.expiries.remove(&(at, conn));
         }
+        let closed = Bytes::from(proto::encode_receipt(Err(NotDelivered::Closed)));
+        for (reply, deadline_ms) in session.unacked.values() {
+            if *deadline_ms >= now_ms {
+                let _ = self.bus.publish(reply, None, closed.clone());
+            }
+        }
         let device = &session.claims.sub;
+        if session.ready {
+            self.publish_event(EventKind::Disconnect(code), device, conn);
+        }
         if let Some(list) = self.devices.get_mut(device) {
             list.retain(|c| *c != conn);
             if list.is_empty() {
@@ -390,7 +530,6 @@ impl<O: Outlet> Hub<O> {
         let me = claims.sub.as_str();
         match frame.op {
             ClientOp::Send { to, payload, ack } => {
-                let body = Bytes::from(proto::encode_bus_from(me, &payload));
                 let subj = subject::peer(&to);
                 if ack {
                     let Some(id) = id else { return };
@@ -402,6 +541,24 @@ impl<O: Outlet> Hub<O> {
                         self.error(conn, Some(id), ErrorCode::TooManyPending, &msg);
                         return;
                     }
+                    if !self.bus.is_connected() {
+                        // Published now, it would wait in the NATS client's buffer and arrive
+                        // whenever the connection comes back: refuse instead.
+                        self.error(
+                            conn,
+                            Some(id),
+                            ErrorCode::BusUnavailable,
+                            "the node is disconnected from NATS: not sent",
+                        );
+                        return;
+                    }
+                    let timeout_ms = self.limits.ack_timeout_ms;
+                    let deadline_unix_ms = (self.wall_clock)() + timeout_ms;
+                    let body = Bytes::from(proto::encode_bus_from_until(
+                        me,
+                        &payload,
+                        Some(deadline_unix_ms),
+                    ));
                     let seq = self.seq();
                     let reply = format!("{}{seq}", self.inbox_prefix);
                     match self.bus.publish(&subj, Some(&reply), body) {
@@ -411,8 +568,8 @@ impl<O: Outlet> Hub<O> {
                                 PendingAck {
                                     conn,
                                     id: id.to_owned(),
-                                    to: to.into_owned(),
-                                    deadline_ms: now_ms + self.limits.ack_timeout_ms,
+                                    deadline_ms: now_ms + timeout_ms,
+                                    reason: None,
                                 },
                             );
                             if let Some(s) = self.sessions.get_mut(&conn) {
@@ -421,8 +578,11 @@ impl<O: Outlet> Hub<O> {
                         }
                         Err(err) => self.bus_error(conn, Some(id), err),
                     }
-                } else if let Err(err) = self.bus.publish(&subj, None, body) {
-                    self.bus_error(conn, id, err);
+                } else {
+                    let body = Bytes::from(proto::encode_bus_from(me, &payload));
+                    if let Err(err) = self.bus.publish(&subj, None, body) {
+                        self.bus_error(conn, id, err);
+                    }
                 }
             }
             ClientOp::Sub { topic } => {
@@ -436,7 +596,7 @@ impl<O: Outlet> Hub<O> {
                     return;
                 }
                 if session.topics.iter().any(|t| *t == topic) {
-                    self.reply_ack(conn, id, false);
+                    self.reply_ack(conn, id);
                     return;
                 }
                 if session.topics.len() >= self.limits.topics_per_connection_max {
@@ -485,7 +645,7 @@ impl<O: Outlet> Hub<O> {
                         self.leave_topic(conn, &topic);
                     }
                 }
-                self.reply_ack(conn, id, false);
+                self.reply_ack(conn, id);
             }
             ClientOp::Pub { topic, payload } => {
                 if !claims.may_publish(&topic) {
@@ -499,7 +659,7 @@ impl<O: Outlet> Hub<O> {
                 }
                 let body = Bytes::from(proto::encode_bus_from(me, &payload));
                 match self.bus.publish(&subject::topic(&topic), None, body) {
-                    Ok(()) => self.reply_ack(conn, id, false),
+                    Ok(()) => self.reply_ack(conn, id),
                     Err(err) => self.bus_error(conn, id, err),
                 }
             }
@@ -524,7 +684,7 @@ impl<O: Outlet> Hub<O> {
                 }
                 let body = Bytes::from(proto::encode_bus_up(me, &self.node, self.shard, &payload));
                 match self.bus.publish(&subject::upstream(&service), None, body) {
-                    Ok(()) => self.reply_ack(conn, id, false),
+                    Ok(()) => self.reply_ack(conn, id),
                     Err(err) => self.bus_error(conn, id, err),
                 }
             }
@@ -538,7 +698,7 @@ impl<O: Outlet> Hub<O> {
                     Some((reply, deadline)) if deadline >= now_ms => {
                         let body = Bytes::from(proto::encode_bus_from(me, &payload));
                         match self.bus.publish(&reply, None, body) {
-                            Ok(()) => self.reply_ack(conn, id, false),
+                            Ok(()) => self.reply_ack(conn, id),
                             Err(err) => self.bus_error(conn, id, err),
                         }
                     }
@@ -549,6 +709,40 @@ impl<O: Outlet> Hub<O> {
                         self.error(conn, id, ErrorCode::UnknownRequest, &msg);
                     }
                 }
+            }
+            ClientOp::Ack(AckRef::Ephemeral(ack_id)) => {
+                let waiting = ack_id.parse::<u64>().ok().and_then(|token| {
+                    self.sessions
+                        .get_mut(&conn)
+                        .and_then(|s| s.unacked.remove(&token))
+                });
+                match waiting {
+                    Some((reply, deadline_ms)) if deadline_ms >= now_ms => {
+                        let receipt = Bytes::from(proto::encode_receipt(Ok(())));
+                        match self.bus.publish(&reply, None, receipt) {
+                            Ok(()) => {
+                                bump(&self.stats.receipts_acked_total);
+                                self.reply_ack(conn, id);
+                            }
+                            Err(err) => self.bus_error(conn, id, err),
+                        }
+                    }
+                    _ => {
+                        let shown: String = ack_id.chars().take(proto::ACK_ID_BYTES_MAX).collect();
+                        let msg = format!(
+                            "no message {shown:?} waits for an ack (unknown, acknowledged, or past \
+                             its deadline: its sender was told it was not delivered)"
+                        );
+                        self.error(conn, id, ErrorCode::UnknownAck, &msg);
+                    }
+                }
+            }
+            ClientOp::Ack(AckRef::Durable(seq)) => {
+                let msg = format!(
+                    "no durable message {seq} waits for an ack: durable delivery is not enabled \
+                     on this node"
+                );
+                self.error(conn, id, ErrorCode::UnknownAck, &msg);
             }
             ClientOp::Ping => {
                 session.out.send_text(&proto::encode_pong(id));
@@ -626,11 +820,21 @@ impl<O: Outlet> Hub<O> {
                             &self.node,
                             self.shard,
                         ));
+                        let claims = s.claims.clone();
+                        self.publish_event(EventKind::Connect, &claims.sub, conn);
                     }
                 }
-                Some((Waiting::SubAck(conn, id), _)) => self.reply_ack(conn, Some(&id), false),
+                Some((Waiting::SubAck(conn, id), _)) => self.reply_ack(conn, Some(&id)),
                 None => {}
             },
+            BusEvent::NoResponders(reply) => {
+                if let subject::Parsed::Inbox { seq, .. } = subject::parse(&reply) {
+                    if self.acks.contains_key(&seq) {
+                        bump(&self.stats.sends_offline_total);
+                        self.settle(seq, Err(NotDelivered::Offline));
+                    }
+                }
+            }
             BusEvent::Failed(token) => match self.waiting.remove(&token) {
                 Some((Waiting::Hello(conn), _)) => self.fail_session(conn, "bus unavailable"),
                 Some((Waiting::SubAck(conn, id), _)) => self.error(
@@ -647,36 +851,40 @@ impl<O: Outlet> Hub<O> {
 
     fn on_message(&mut self, msg: BusMessage, now_ms: u64) {
         match subject::parse(&msg.subject) {
-            subject::Parsed::Device(device) => {
-                let Some(conns) = self.devices.get(device) else {
-                    return;
-                };
-                if subject::is_backend_push(&msg.subject) && !proto::from_is_backend(&msg.payload) {
+            subject::Parsed::Device(device) => match msg.reply {
+                _ if subject::is_backend_push(&msg.subject)
+                    && !proto::from_is_backend(&msg.payload) =>
+                {
                     // Only nodes speak for devices (on `tether.peer.*`).
                     tracing::debug!(subject = %msg.subject, "dropped: a backend push with a device's from");
-                    return bump(&self.stats.forged_from_total);
+                    bump(&self.stats.forged_from_total);
                 }
-                let text = match proto::encode_delivery(&msg.payload, Delivery::Direct) {
-                    Ok(text) => text,
-                    Err(_) => return bump(&self.stats.bad_bus_payloads_total),
-                };
-                let mut delivered = 0usize;
-                for conn in conns {
-                    if let Some(s) = self.sessions.get(conn) {
-                        if s.out.send_text(&text) {
-                            delivered += 1;
-                            bump(&self.stats.deliveries_total);
+                None => {
+                    let Some(conns) = self.devices.get(device) else {
+                        return;
+                    };
+                    let text = match proto::encode_delivery(&msg.payload, Delivery::Direct, None) {
+                        Ok(encoded) => match encoded.deadline_unix_ms {
+                            Some(d) if d <= (self.wall_clock)() => {
+                                return bump(&self.stats.deliveries_expired_total)
+                            }
+                            _ => encoded.text,
+                        },
+                        Err(_) => return bump(&self.stats.bad_bus_payloads_total),
+                    };
+                    for conn in conns {
+                        if let Some(s) = self.sessions.get(conn) {
+                            if s.out.send_text(&text) {
+                                bump(&self.stats.deliveries_total);
+                            }
                         }
                     }
                 }
-                if let (Some(reply), true) = (msg.reply.as_deref(), delivered > 0) {
-                    let _ = self.bus.publish(
-                        reply,
-                        None,
-                        Bytes::from(proto::encode_delivered(delivered)),
-                    );
+                Some(reply) => {
+                    let device = device.to_owned();
+                    self.deliver_for_receipt(&device, &msg.payload, reply, now_ms);
                 }
-            }
+            },
             subject::Parsed::Request(device) => {
                 let Some(conns) = self.devices.get(device).cloned() else {
                     return;
@@ -694,11 +902,14 @@ impl<O: Outlet> Hub<O> {
                         continue;
                     }
                     let rid_text = rid.to_string();
-                    let text =
-                        match proto::encode_delivery(&msg.payload, Delivery::Request(&rid_text)) {
-                            Ok(text) => text,
-                            Err(_) => return bump(&self.stats.bad_bus_payloads_total),
-                        };
+                    let text = match proto::encode_delivery(
+                        &msg.payload,
+                        Delivery::Request(&rid_text),
+                        None,
+                    ) {
+                        Ok(encoded) => encoded.text,
+                        Err(_) => return bump(&self.stats.bad_bus_payloads_total),
+                    };
                     if s.out.send_text(&text) {
                         s.requests.insert(rid, (reply.clone(), now_ms + lifetime));
                         delivered += 1;
@@ -726,8 +937,9 @@ impl<O: Outlet> Hub<O> {
                 let Some(conns) = self.topics.get(topic) else {
                     return;
                 };
-                let text = match proto::encode_delivery(&msg.payload, Delivery::Topic(topic)) {
-                    Ok(text) => text,
+                let text = match proto::encode_delivery(&msg.payload, Delivery::Topic(topic), None)
+                {
+                    Ok(encoded) => encoded.text,
                     Err(_) => return bump(&self.stats.bad_bus_payloads_total),
                 };
                 for conn in conns {
@@ -738,21 +950,17 @@ impl<O: Outlet> Hub<O> {
                     }
                 }
             }
-            subject::Parsed::Inbox { seq, .. } => {
-                let delivered = serde_json::from_slice::<serde_json::Value>(&msg.payload)
-                    .ok()
-                    .and_then(|v| v.get("delivered").and_then(|d| d.as_u64()))
-                    .unwrap_or(0);
-                if delivered == 0 {
-                    return;
-                }
-                if let Some(ack) = self.acks.remove(&seq) {
-                    if let Some(s) = self.sessions.get_mut(&ack.conn) {
-                        s.pending_acks = s.pending_acks.saturating_sub(1);
+            subject::Parsed::Inbox { seq, .. } => match proto::parse_receipt(&msg.payload) {
+                Some(Ok(())) => self.settle(seq, Ok(())),
+                // Another session of the target may still acknowledge: remember why, answer at
+                // the deadline.
+                Some(Err(reason)) => {
+                    if let Some(ack) = self.acks.get_mut(&seq) {
+                        ack.reason = Some(reason);
                     }
-                    self.reply_ack(ack.conn, Some(&ack.id), true);
                 }
-            }
+                None => bump(&self.stats.bad_bus_payloads_total),
+            },
             subject::Parsed::Other => {}
         }
     }
@@ -774,35 +982,79 @@ impl<O: Outlet> Hub<O> {
         }
     }
 
-    /// Periodic work (call every ~100 ms): ack and request expiry, readiness timeouts, bus
-    /// backlog retries.
+    /// A message on the device's subject that asks for a receipt (a `send` with `ack`, or a
+    /// backend push made as a request): each session gets it with its own `ack_id` and keeps
+    /// it until it acknowledges, closes, or the deadline passes. A message that arrives at or
+    /// after its `deadline_ms` is dropped: its sender has been (or is being) told it was not
+    /// delivered.
+    fn deliver_for_receipt(&mut self, device: &str, payload: &[u8], reply: String, now_ms: u64) {
+        let Some(conns) = self.devices.get(device).cloned() else {
+            return;
+        };
+        let now_unix_ms = (self.wall_clock)();
+        let max = self.limits.unacked_per_connection_max;
+        let mut delivered = 0usize;
+        let mut refused = None;
+        for conn in conns {
+            let token = self.seq();
+            let ack_id = token.to_string();
+            let encoded = match proto::encode_delivery(payload, Delivery::Direct, Some(&ack_id)) {
+                Ok(encoded) => encoded,
+                Err(_) => return bump(&self.stats.bad_bus_payloads_total),
+            };
+            let deadline_ms = match encoded.deadline_unix_ms {
+                Some(d) if d <= now_unix_ms => return bump(&self.stats.deliveries_expired_total),
+                Some(d) => now_ms + (d - now_unix_ms),
+                None => now_ms + self.limits.ack_timeout_ms,
+            };
+            let Some(s) = self.sessions.get_mut(&conn) else {
+                continue;
+            };
+            if s.unacked.len() >= max {
+                refused = Some(NotDelivered::Busy);
+            } else if s.out.send_text(&encoded.text) {
+                s.unacked.insert(token, (reply.clone(), deadline_ms));
+                delivered += 1;
+                bump(&self.stats.deliveries_total);
+            } else {
+                refused = Some(NotDelivered::Closed);
+            }
+        }
+        if let (0, Some(reason)) = (delivered, refused) {
+            let _ = self.bus.publish(
+                &reply,
+                None,
+                Bytes::from(proto::encode_receipt(Err(reason))),
+            );
+        }
+    }
+
+    /// Periodic work (call every ~100 ms): ack, receipt and request expiry, readiness
+    /// timeouts, bus backlog retries, the node heartbeat, and a resync of this shard's
+    /// sessions after a NATS reconnect.
     pub fn tick(&mut self, now_ms: u64) {
         self.bus.maintain();
         self.expire_tokens(crate::auth::now_secs());
-        let expired: Vec<u64> = self
+        let expired: Vec<(u64, Option<NotDelivered>)> = self
             .acks
             .iter()
             .filter(|(_, a)| a.deadline_ms < now_ms)
-            .map(|(k, _)| *k)
+            .map(|(k, a)| (*k, a.reason))
             .collect();
-        for seq in expired {
-            if let Some(ack) = self.acks.remove(&seq) {
-                bump(&self.stats.acks_timed_out_total);
-                if let Some(s) = self.sessions.get_mut(&ack.conn) {
-                    s.pending_acks = s.pending_acks.saturating_sub(1);
-                }
-                let msg = format!(
-                    "no live session of {} confirmed within {} ms",
-                    ack.to, self.limits.ack_timeout_ms
-                );
-                self.error(ack.conn, Some(&ack.id), ErrorCode::NotDelivered, &msg);
-            }
+        for (seq, reason) in expired {
+            bump(&self.stats.acks_timed_out_total);
+            self.settle(seq, Err(reason.unwrap_or(NotDelivered::Timeout)));
         }
         for s in self.sessions.values_mut() {
             if !s.requests.is_empty() {
                 s.requests.retain(|_, (_, deadline)| *deadline >= now_ms);
             }
+            if !s.unacked.is_empty() {
+                s.unacked.retain(|_, (_, deadline)| *deadline >= now_ms);
+            }
         }
+        self.heartbeat(now_ms);
+        self.resync_after_reconnect();
         let late: Vec<u64> = self
             .waiting
             .iter()
@@ -811,6 +1063,57 @@ impl<O: Outlet> Hub<O> {
             .collect();
         for token in late {
             self.on_bus(BusEvent::Failed(token), now_ms);
+        }
+    }
+
+    /// Shard 0 of a NATS node: the node heartbeat on `tether.node.<node>`, every
+    /// `heartbeat_interval_ms`.
+    fn heartbeat(&mut self, now_ms: u64) {
+        let interval_ms = self.limits.heartbeat_interval_ms;
+        let Some(clock) = self.heartbeat.as_mut() else {
+            return;
+        };
+        if now_ms < clock.next_due_ms {
+            return;
+        }
+        clock.seq += 1;
+        clock.next_due_ms = now_ms + interval_ms;
+        let text = proto::encode_heartbeat(&proto::Heartbeat {
+            node: &self.node,
+            node_started_at_ms: self.stats.node_started_at_unix_ms,
+            seq: clock.seq,
+            at_ms: (self.wall_clock)(),
+            sessions: self.stats.sessions_open(),
+            shards: self.bus.shards(),
+            interval_ms,
+            dead_after_ms: interval_ms * 5 / 2,
+        });
+        let subject = subject::node_heartbeat(&self.node);
+        if self.bus.publish(&subject, None, Bytes::from(text)).is_ok() {
+            bump(&self.stats.events_published_total);
+        }
+    }
+
+    /// After a NATS reconnect, re-announces every routable session of this shard (`connect`
+    /// with reason `resync`): a backend that declared the node dead during the outage learns
+    /// what it still holds.
+    fn resync_after_reconnect(&mut self) {
+        if !self.events {
+            return;
+        }
+        let reconnects = self.bus.stats().reconnects_total.load(Ordering::Relaxed);
+        if reconnects == self.reconnects_seen {
+            return;
+        }
+        self.reconnects_seen = reconnects;
+        let ready: Vec<(ConnId, Rc<Claims>)> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.ready)
+            .map(|(c, s)| (*c, s.claims.clone()))
+            .collect();
+        for (conn, claims) in ready {
+            self.publish_event(EventKind::Resync, &claims.sub, conn);
         }
     }
 
@@ -895,9 +1198,25 @@ mod tests {
         })
     }
 
+    thread_local! {
+        /// The wall clock the hubs of one test see (unix ms).
+        static WALL_MS: std::cell::Cell<u64> = const { std::cell::Cell::new(1_000_000) };
+    }
+
+    fn wall() -> u64 {
+        WALL_MS.with(|w| w.get())
+    }
+
+    fn set_wall(ms: u64) {
+        WALL_MS.with(|w| w.set(ms));
+    }
+
     #[test]
-    fn send_across_shards_with_ack_and_server_set_sender() {
+    fn send_with_ack_is_delivered_only_once_a_receiver_acks() {
         let mut h = hubs(2);
+        for hub in h.iter_mut() {
+            hub.set_wall_clock(wall);
+        }
         let (a, b, b2) = (Fake::default(), Fake::default(), Fake::default());
         h[0].open(1, a.clone(), claims("phone"), 0);
         h[1].open(2, b.clone(), claims("tv"), 0);
@@ -912,31 +1231,105 @@ mod tests {
             0,
         );
         pump(&mut h, 0);
+        let mut ack_ids = Vec::new();
         for s in [&b, &b2] {
             let got = s.take();
             assert_eq!(got.len(), 1);
+            let ack_id = got[0]["ack_id"].as_str().expect("ack_id").to_owned();
             assert_eq!(
                 got[0],
-                serde_json::json!({"op":"msg","from":"phone","data":{"k":1}})
+                serde_json::json!({"op":"msg","from":"phone","ack_id":ack_id,"data":{"k":1}})
             );
+            ack_ids.push(ack_id);
         }
+        // Queued on both sessions is not delivered: nothing until one acknowledges.
+        h[0].tick(1_000);
+        assert!(a.take().is_empty());
+        let ack = format!(r#"{{"op":"ack","ack_id":"{}","id":"a1"}}"#, ack_ids[1]);
+        h[1].text(3, &ack, 1_000);
+        assert_eq!(b2.take(), vec![serde_json::json!({"op":"ack","id":"a1"})]);
+        pump(&mut h, 1_000);
         assert_eq!(
             a.take(),
             vec![serde_json::json!({"op":"ack","id":"m1","delivered":true})]
         );
-        // To nobody: not delivered once the ack timeout passes.
+        // Acknowledging twice, or something unknown: unknown_ack.
+        h[1].text(3, &ack, 1_000);
+        assert_eq!(b2.take()[0]["code"], "unknown_ack");
+        // To nobody: offline at once (no shard is interested).
         h[0].text(
             1,
             r#"{"op":"send","to":"ghost","data":1,"id":"m2","ack":true}"#,
+            1_000,
+        );
+        pump(&mut h, 1_000);
+        assert_eq!(
+            a.take(),
+            vec![serde_json::json!({"op":"ack","id":"m2","delivered":false,"reason":"offline"})]
+        );
+        // Received by both, one closes, the other never acks: closed, at the deadline.
+        h[0].text(
+            1,
+            r#"{"op":"send","to":"tv","data":3,"id":"m3","ack":true}"#,
+            1_000,
+        );
+        pump(&mut h, 1_000);
+        let late_id = b.take()[0]["ack_id"].as_str().unwrap().to_owned();
+        b2.take();
+        h[1].close(3, 1008, 1_500);
+        pump(&mut h, 1_500);
+        assert!(a.take().is_empty(), "another session may still acknowledge");
+        h[0].tick(3_001);
+        set_wall(wall() + 2_001);
+        assert_eq!(
+            a.take(),
+            vec![serde_json::json!({"op":"ack","id":"m3","delivered":false,"reason":"closed"})]
+        );
+        // Its receiver acknowledges too late: refused, and nothing reaches the sender.
+        h[1].tick(3_001);
+        h[1].text(
+            2,
+            &format!(r#"{{"op":"ack","ack_id":"{late_id}","id":"a2"}}"#),
+            3_001,
+        );
+        assert_eq!(b.take()[0]["code"], "unknown_ack");
+        pump(&mut h, 3_001);
+        assert!(a.take().is_empty());
+    }
+
+    #[test]
+    fn a_message_past_its_deadline_is_dropped_where_it_arrives() {
+        let mut h = hubs(2);
+        for hub in h.iter_mut() {
+            hub.set_wall_clock(wall);
+        }
+        let (a, b) = (Fake::default(), Fake::default());
+        h[0].open(1, a.clone(), claims("phone"), 0);
+        h[1].open(2, b.clone(), claims("tv"), 0);
+        pump(&mut h, 0);
+        a.take();
+        b.take();
+        h[0].text(
+            1,
+            r#"{"op":"send","to":"tv","data":1,"id":"m","ack":true}"#,
             0,
         );
+        // The message is late (a NATS buffer flushed after an outage): the receiving node's
+        // clock has passed the deadline when it arrives.
+        set_wall(wall() + 2_000);
         pump(&mut h, 0);
-        h[0].tick(1_000);
-        assert!(a.take().is_empty());
+        assert!(b.take().is_empty());
         h[0].tick(2_001);
-        let got = a.take();
-        assert_eq!(got[0]["code"], "not_delivered");
-        assert_eq!(got[0]["id"], "m2");
+        assert_eq!(
+            a.take(),
+            vec![serde_json::json!({"op":"ack","id":"m","delivered":false,"reason":"timeout"})]
+        );
+        let mut text = String::new();
+        h[1].stats.render_prometheus(&mut text);
+        assert!(
+            text.contains("tether_device_deliveries_expired_total 1"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -970,7 +1363,7 @@ mod tests {
             b.take(),
             vec![serde_json::json!({"op":"msg","from":"phone","topic":"news.sports","b64":"AAE="})]
         );
-        h[1].close(2);
+        h[1].close(2, 1000, 0);
         pump(&mut h, 0);
         h[0].text(1, r#"{"op":"pub","topic":"news.sports","data":2}"#, 0);
         h[0].text(
@@ -980,8 +1373,7 @@ mod tests {
         );
         pump(&mut h, 0);
         assert!(b.take().is_empty());
-        h[0].tick(5_000);
-        assert_eq!(a.take()[0]["code"], "not_delivered");
+        assert_eq!(a.take()[0]["reason"], "offline");
     }
 
     #[test]

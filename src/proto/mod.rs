@@ -31,6 +31,8 @@ pub const SERVICE_BYTES_MAX: usize = 64;
 pub const TOKEN_BYTES_MAX: usize = 8192;
 /// Longest `rid`, in bytes (server-chosen, so anything longer is certainly unknown).
 pub const RID_BYTES_MAX: usize = 32;
+/// Longest `ack_id`, in bytes (server-chosen like `rid`).
+pub const ACK_ID_BYTES_MAX: usize = 32;
 
 /// Stable error codes (section 7 of `docs/protocol.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,8 +42,8 @@ pub enum ErrorCode {
     BadField,
     BinaryUnsupported,
     Forbidden,
-    NotDelivered,
     UnknownRequest,
+    UnknownAck,
     TooManyTopics,
     TooManyPending,
     BusUnavailable,
@@ -58,8 +60,8 @@ impl ErrorCode {
             ErrorCode::BadField => "bad_field",
             ErrorCode::BinaryUnsupported => "binary_unsupported",
             ErrorCode::Forbidden => "forbidden",
-            ErrorCode::NotDelivered => "not_delivered",
             ErrorCode::UnknownRequest => "unknown_request",
+            ErrorCode::UnknownAck => "unknown_ack",
             ErrorCode::TooManyTopics => "too_many_topics",
             ErrorCode::TooManyPending => "too_many_pending",
             ErrorCode::BusUnavailable => "bus_unavailable",
@@ -143,11 +145,23 @@ pub enum ClientOp<'a> {
         rid: Cow<'a, str>,
         payload: Payload<'a>,
     },
+    /// The device acknowledges a message it received.
+    Ack(AckRef<'a>),
     Ping,
     /// A fresh token for this session (same `sub`), before the current one expires.
     Refresh {
         token: Cow<'a, str>,
     },
+}
+
+/// What an `ack` from a device acknowledges.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AckRef<'a> {
+    /// An ephemeral message that carried `"ack_id"` (a `send` with `ack`, or a backend push
+    /// made as a request): `{"op":"ack","ack_id":"..."}`.
+    Ephemeral(Cow<'a, str>),
+    /// Durable messages up to this stream sequence (cumulative): `{"op":"ack","seq":N}`.
+    Durable(u64),
 }
 
 /// A parsed device frame: the optional client `id` and the operation.
@@ -185,6 +199,10 @@ struct RawEnvelope<'a> {
     ack: Option<&'a RawValue>,
     #[serde(borrow, default)]
     token: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    ack_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    seq: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "raw_some")]
     data: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "raw_some")]
@@ -240,6 +258,17 @@ fn bool_field(field: &'static str, raw: Option<&RawValue>) -> Result<Option<bool
         Some(_) => Err(WrongType {
             field,
             expected: "true or false",
+        }),
+    }
+}
+
+/// A non-negative integer field: absent (or `null`) is `None`.
+fn u64_field(field: &'static str, raw: Option<&RawValue>) -> Result<Option<u64>, WrongType> {
+    match raw.map(RawValue::get) {
+        None | Some("null") => Ok(None),
+        Some(text) => text.parse().map(Some).map_err(|_| WrongType {
+            field,
+            expected: "a non-negative integer",
         }),
     }
 }
@@ -355,6 +384,27 @@ pub fn parse_client<'a>(text: &'a str) -> Result<ClientFrame<'a>, ProtoError> {
                 payload: payload()?,
             }
         }
+        Some("ack") => match (
+            field("ack_id", env.ack_id)?,
+            u64_field("seq", env.seq).map_err(|w| w.error(idr))?,
+        ) {
+            (Some(ack_id), None) => ClientOp::Ack(AckRef::Ephemeral(ack_id)),
+            (None, Some(seq)) => ClientOp::Ack(AckRef::Durable(seq)),
+            (Some(_), Some(_)) => {
+                return Err(ProtoError::new(
+                    idr,
+                    ErrorCode::BadField,
+                    "give ack_id or seq, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(ProtoError::new(
+                    idr,
+                    ErrorCode::BadField,
+                    "ack needs ack_id (ephemeral) or seq (durable)",
+                ))
+            }
+        },
         Some("ping") => ClientOp::Ping,
         Some("refresh") => {
             let token = required("token", field("token", env.token)?, idr)?;
@@ -462,13 +512,58 @@ pub fn encode_hello(device: &str, node: &str, shard: usize) -> String {
     out
 }
 
-/// `{"op":"ack","id":ID}` with `"delivered":true` for a confirmed `send`.
-pub fn encode_ack(id: &str, delivered: bool) -> String {
-    let mut out = String::with_capacity(48);
+/// Why a `send` with `ack` was not delivered (the `reason` of `"delivered":false`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotDelivered {
+    /// No session of the target existed when the message was published (no interest anywhere).
+    Offline,
+    /// No receiving session acknowledged it before the deadline.
+    Timeout,
+    /// A session received it and closed before acknowledging (and no other acknowledged).
+    Closed,
+    /// The receiving sessions already hold their maximum of unacknowledged messages.
+    Busy,
+}
+
+impl NotDelivered {
+    /// The reason as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotDelivered::Offline => "offline",
+            NotDelivered::Timeout => "timeout",
+            NotDelivered::Closed => "closed",
+            NotDelivered::Busy => "busy",
+        }
+    }
+
+    fn parse(s: &str) -> Option<NotDelivered> {
+        [
+            NotDelivered::Offline,
+            NotDelivered::Timeout,
+            NotDelivered::Closed,
+            NotDelivered::Busy,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+}
+
+/// `{"op":"ack","id":ID}`; for a `send` with `ack`, with its outcome: `"delivered":true`, or
+/// `"delivered":false,"reason":...`.
+pub fn encode_ack(id: &str, outcome: Option<Result<(), NotDelivered>>) -> String {
+    let mut out = String::with_capacity(64);
     out.push_str("{\"op\":\"ack\",\"id\":");
     push_json_str(&mut out, id);
-    if delivered {
-        out.push_str(",\"delivered\":true");
+    match outcome {
+        None => {}
+        Some(Ok(())) => out.push_str(",\"delivered\":true"),
+        Some(Err(reason)) => {
+            let _ = write!(
+                out,
+                ",\"delivered\":false,\"reason\":\"{}\"",
+                reason.as_str()
+            );
+        }
     }
     out.push('}');
     out
@@ -517,9 +612,23 @@ pub fn encode_pong(id: Option<&str>) -> String {
 /// The payload a shard publishes on `tether.dev.*`, `tether.req.*` or `tether.topic.*` for a
 /// device sender, and on reply subjects for a device `reply`: `{"from":DEVICE,"data":RAW}`.
 pub fn encode_bus_from(from: &str, payload: &Payload<'_>) -> String {
-    let mut out = String::with_capacity(32 + raw_len(payload));
+    encode_bus_from_until(from, payload, None)
+}
+
+/// [`encode_bus_from`] with a delivery deadline (a `send` with `ack`):
+/// `{"from":DEVICE,"deadline_ms":UNIX_MS,"data":RAW}`. A node that receives it at or after
+/// `deadline_ms` (by its own clock) drops it.
+pub fn encode_bus_from_until(
+    from: &str,
+    payload: &Payload<'_>,
+    deadline_unix_ms: Option<u64>,
+) -> String {
+    let mut out = String::with_capacity(56 + raw_len(payload));
     out.push_str("{\"from\":");
     push_json_str(&mut out, from);
+    if let Some(deadline) = deadline_unix_ms {
+        let _ = write!(out, ",\"deadline_ms\":{deadline}");
+    }
     out.push(',');
     payload.write_field(&mut out);
     out.push('}');
@@ -550,9 +659,133 @@ pub fn encode_presence(device: &str, node: &str, shard: usize, sessions: usize) 
     out
 }
 
-/// The delivery confirmation a shard sends to a reply subject: `{"delivered":N}`.
-pub fn encode_delivered(sessions: usize) -> String {
-    format!("{{\"delivered\":{sessions}}}")
+/// The receipt a shard sends to the reply subject of a message that asked for one:
+/// `{"delivered":1}` once a session acknowledged it, `{"delivered":0,"reason":R}` when it will
+/// not be (the sessions it reached closed first, or could hold no more unacknowledged messages).
+pub fn encode_receipt(outcome: Result<(), NotDelivered>) -> String {
+    match outcome {
+        Ok(()) => "{\"delivered\":1}".to_owned(),
+        Err(reason) => format!("{{\"delivered\":0,\"reason\":\"{}\"}}", reason.as_str()),
+    }
+}
+
+/// Reads a receipt ([`encode_receipt`]); `None` when it is not one.
+pub fn parse_receipt(payload: &[u8]) -> Option<Result<(), NotDelivered>> {
+    #[derive(Deserialize)]
+    struct Receipt<'a> {
+        delivered: u64,
+        #[serde(borrow, default)]
+        reason: Option<Cow<'a, str>>,
+    }
+    let r: Receipt<'_> = serde_json::from_slice(payload).ok()?;
+    if r.delivered > 0 {
+        return Some(Ok(()));
+    }
+    Some(Err(r
+        .reason
+        .as_deref()
+        .and_then(NotDelivered::parse)
+        .unwrap_or(NotDelivered::Timeout)))
+}
+
+/// What a connection event says happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A session got its `hello` (it is routable).
+    Connect,
+    /// A session that had its `hello` ended; carries the WebSocket close code.
+    Disconnect(u16),
+    /// The node re-announces a session it still holds after it reconnected to NATS (backends
+    /// that declared the node dead meanwhile learn the session is there).
+    Resync,
+}
+
+/// Everything a connection event carries.
+#[derive(Clone, Copy, Debug)]
+pub struct Event<'a> {
+    pub kind: EventKind,
+    pub device: &'a str,
+    pub node: &'a str,
+    pub shard: usize,
+    /// The node-unique id of the session (pairs a connect with its disconnect).
+    pub session: u64,
+    /// When the node started (unix ms): tells a restarted node from its previous run.
+    pub node_started_at_ms: u64,
+    /// When it happened (unix ms, the node's clock).
+    pub at_ms: u64,
+}
+
+/// The name a close code is reported under in a disconnect event.
+pub fn close_reason(code: u16) -> &'static str {
+    match code {
+        1000 => "normal",
+        1001 => "going_away",
+        1002 => "protocol_error",
+        1006 => "abnormal",
+        1007 | 1009 => "bad_data",
+        1008 => "policy",
+        1011 => "server_error",
+        1013 => "try_again_later",
+        _ => "other",
+    }
+}
+
+/// The payload on `tether.event.<device>`:
+/// `{"event":"connect"|"disconnect","device","node","shard","session","reason","code"?,"at","node_started_at"}`.
+pub fn encode_event(e: &Event<'_>) -> String {
+    let mut out = String::with_capacity(192);
+    let (event, reason, code) = match e.kind {
+        EventKind::Connect => ("connect", "hello", None),
+        EventKind::Resync => ("connect", "resync", None),
+        EventKind::Disconnect(code) => ("disconnect", close_reason(code), Some(code)),
+    };
+    let _ = write!(out, "{{\"event\":\"{event}\",\"device\":");
+    push_json_str(&mut out, e.device);
+    out.push_str(",\"node\":");
+    push_json_str(&mut out, e.node);
+    let _ = write!(
+        out,
+        ",\"shard\":{},\"session\":\"{}\",\"reason\":\"{reason}\"",
+        e.shard, e.session
+    );
+    if let Some(code) = code {
+        let _ = write!(out, ",\"code\":{code}");
+    }
+    let _ = write!(
+        out,
+        ",\"at\":{},\"node_started_at\":{}}}",
+        e.at_ms, e.node_started_at_ms
+    );
+    out
+}
+
+/// Everything a node heartbeat carries.
+#[derive(Clone, Copy, Debug)]
+pub struct Heartbeat<'a> {
+    pub node: &'a str,
+    pub node_started_at_ms: u64,
+    /// 1, 2, 3, ... from the node's start: a gap means heartbeats were lost.
+    pub seq: u64,
+    pub at_ms: u64,
+    /// Device sessions open on the node.
+    pub sessions: u64,
+    pub shards: usize,
+    pub interval_ms: u64,
+    /// The silence after which a backend declares the node dead.
+    pub dead_after_ms: u64,
+}
+
+/// The payload on `tether.node.<node>`.
+pub fn encode_heartbeat(h: &Heartbeat<'_>) -> String {
+    let mut out = String::with_capacity(192);
+    out.push_str("{\"node\":");
+    push_json_str(&mut out, h.node);
+    let _ = write!(
+        out,
+        ",\"started_at\":{},\"seq\":{},\"at\":{},\"sessions\":{},\"shards\":{},\"interval_ms\":{},\"dead_after_ms\":{}}}",
+        h.node_started_at_ms, h.seq, h.at_ms, h.sessions, h.shards, h.interval_ms, h.dead_after_ms
+    );
+    out
 }
 
 /// A reply a shard sends to a backend when it cannot serve its request: `{"error":CODE}`.
@@ -570,6 +803,8 @@ fn raw_len(payload: &Payload<'_>) -> usize {
 struct RawBusPayload<'a> {
     #[serde(borrow, default)]
     from: Option<Cow<'a, str>>,
+    #[serde(default)]
+    deadline_ms: Option<u64>,
     #[serde(borrow, default, deserialize_with = "raw_some")]
     data: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "raw_some")]
@@ -597,11 +832,24 @@ pub fn from_is_backend(bus_payload: &[u8]) -> bool {
     }
 }
 
-/// Turns a bus payload into the device envelope (`msg` or `request`). Payloads that are not a
-/// JSON object, or whose `b64` is not a string, are rejected (the caller counts and drops them).
-/// A backend that wrote no `from` is shown as `backend`; a payload with neither `data` nor `b64`
-/// is delivered with `"data":null`.
-pub fn encode_delivery(bus_payload: &[u8], delivery: Delivery<'_>) -> Result<String, String> {
+/// A device envelope built from a bus payload, and the payload's delivery deadline.
+#[derive(Debug)]
+pub struct Encoded {
+    pub text: String,
+    /// `deadline_ms` of the bus payload (unix ms): not to be delivered at or after it.
+    pub deadline_unix_ms: Option<u64>,
+}
+
+/// Turns a bus payload into the device envelope (`msg` or `request`); with `ack_id`, the `msg`
+/// carries `"ack_id"` for the device to acknowledge. Payloads that are not a JSON object, or
+/// whose `b64` is not a string, are rejected (the caller counts and drops them). A backend that
+/// wrote no `from` is shown as `backend`; a payload with neither `data` nor `b64` is delivered
+/// with `"data":null`.
+pub fn encode_delivery(
+    bus_payload: &[u8],
+    delivery: Delivery<'_>,
+    ack_id: Option<&str>,
+) -> Result<Encoded, String> {
     let raw: RawBusPayload<'_> =
         serde_json::from_slice(bus_payload).map_err(|err| format!("bus payload: {err}"))?;
     let from = raw.from.as_deref().unwrap_or("backend");
@@ -628,13 +876,20 @@ pub fn encode_delivery(bus_payload: &[u8], delivery: Delivery<'_>) -> Result<Str
             push_json_str(&mut out, rid);
         }
     }
+    if let Some(ack_id) = ack_id {
+        out.push_str(",\"ack_id\":");
+        push_json_str(&mut out, ack_id);
+    }
     out.push(',');
     match payload {
         Some(p) => p.write_field(&mut out),
         None => out.push_str("\"data\":null"),
     }
     out.push('}');
-    Ok(out)
+    Ok(Encoded {
+        text: out,
+        deadline_unix_ms: raw.deadline_ms,
+    })
 }
 
 #[cfg(test)]
@@ -727,6 +982,24 @@ mod tests {
             let e = json(&err.encode());
             assert_eq!(e["op"], "error");
             assert_eq!(e["code"], code.as_str());
+        }
+        for (text, want) in [
+            (
+                r#"{"op":"ack","ack_id":"12"}"#,
+                AckRef::Ephemeral("12".into()),
+            ),
+            (r#"{"op":"ack","seq":7,"id":"x"}"#, AckRef::Durable(7)),
+        ] {
+            match parse_client(text).unwrap().op {
+                ClientOp::Ack(got) => assert_eq!(got, want),
+                other => panic!("{other:?}"),
+            }
+        }
+        for bad in [
+            r#"{"op":"ack","id":"x"}"#,
+            r#"{"op":"ack","id":"x","ack_id":"1","seq":1}"#,
+        ] {
+            assert_eq!(parse_client(bad).unwrap_err().code, ErrorCode::BadField);
         }
         let err = parse_client(r#"{"op":"send","to":"a","data":1,"ack":true}"#).unwrap_err();
         assert_eq!(err.code, ErrorCode::BadField);
@@ -865,39 +1138,92 @@ mod tests {
     #[test]
     fn deliveries_are_valid_json() {
         let bus = br#"{"from":"svc:billing","data":{"x":1}}"#;
+        let text = |bus: &[u8], d| encode_delivery(bus, d, None).unwrap().text;
         assert_eq!(
-            json(&encode_delivery(bus, Delivery::Direct).unwrap()),
+            json(&text(bus, Delivery::Direct)),
             json(r#"{"op":"msg","from":"svc:billing","data":{"x":1}}"#)
         );
         assert_eq!(
-            json(&encode_delivery(br#"{"data":2}"#, Delivery::Topic("news.a")).unwrap()),
+            json(&text(br#"{"data":2}"#, Delivery::Topic("news.a"))),
             json(r#"{"op":"msg","from":"backend","topic":"news.a","data":2}"#)
         );
         assert_eq!(
-            json(
-                &encode_delivery(br#"{"from":"s","b64":"AA=="}"#, Delivery::Request("r1")).unwrap()
-            ),
+            json(&text(
+                br#"{"from":"s","b64":"AA=="}"#,
+                Delivery::Request("r1")
+            )),
             json(r#"{"op":"request","from":"s","rid":"r1","b64":"AA=="}"#)
         );
         assert_eq!(
-            json(&encode_delivery(b"{}", Delivery::Direct).unwrap()),
+            json(&text(b"{}", Delivery::Direct)),
             json(r#"{"op":"msg","from":"backend","data":null}"#)
         );
-        assert!(encode_delivery(b"nope", Delivery::Direct).is_err());
-        assert!(encode_delivery(br#"{"b64":1}"#, Delivery::Direct).is_err());
+        assert!(encode_delivery(b"nope", Delivery::Direct, None).is_err());
+        assert!(encode_delivery(br#"{"b64":1}"#, Delivery::Direct, None).is_err());
+        // A send with ack: the deadline travels on the bus, the ack_id goes to the device.
+        let p = Payload::Data(serde_json::from_str::<&RawValue>("[1]").unwrap());
+        let bus = encode_bus_from_until("phone", &p, Some(1_700_000_000_123));
+        let got = encode_delivery(bus.as_bytes(), Delivery::Direct, Some("77")).unwrap();
+        assert_eq!(got.deadline_unix_ms, Some(1_700_000_000_123));
+        assert_eq!(
+            json(&got.text),
+            json(r#"{"op":"msg","from":"phone","ack_id":"77","data":[1]}"#)
+        );
     }
 
     #[test]
     fn server_envelopes_are_valid_json() {
         assert_eq!(json(&encode_hello("tv", "n1", 1))["shard"], 1);
-        assert_eq!(json(&encode_ack("a\"", true))["delivered"], true);
-        assert!(json(&encode_ack("a", false)).get("delivered").is_none());
+        assert_eq!(json(&encode_ack("a\"", Some(Ok(()))))["delivered"], true);
+        assert!(json(&encode_ack("a", None)).get("delivered").is_none());
+        assert_eq!(
+            json(&encode_ack("a", Some(Err(NotDelivered::Closed)))),
+            json(r#"{"op":"ack","id":"a","delivered":false,"reason":"closed"}"#)
+        );
+        for outcome in [
+            Ok(()),
+            Err(NotDelivered::Offline),
+            Err(NotDelivered::Timeout),
+            Err(NotDelivered::Closed),
+            Err(NotDelivered::Busy),
+        ] {
+            assert_eq!(
+                parse_receipt(encode_receipt(outcome).as_bytes()),
+                Some(outcome)
+            );
+        }
+        assert_eq!(parse_receipt(b"{}"), None);
+        let e = Event {
+            kind: EventKind::Disconnect(1008),
+            device: "tv",
+            node: "n1",
+            shard: 1,
+            session: 42,
+            node_started_at_ms: 5,
+            at_ms: 9,
+        };
+        assert_eq!(
+            json(&encode_event(&e)),
+            json(
+                r#"{"event":"disconnect","device":"tv","node":"n1","shard":1,"session":"42","reason":"policy","code":1008,"at":9,"node_started_at":5}"#
+            )
+        );
+        let h = Heartbeat {
+            node: "n1",
+            node_started_at_ms: 5,
+            seq: 3,
+            at_ms: 9,
+            sessions: 2,
+            shards: 2,
+            interval_ms: 1000,
+            dead_after_ms: 2500,
+        };
+        assert_eq!(json(&encode_heartbeat(&h))["dead_after_ms"], 2500);
         let e = json(&encode_error(None, ErrorCode::Forbidden, "no \"x\""));
         assert_eq!(e["code"], "forbidden");
         let p = Payload::Data(serde_json::from_str::<&RawValue>("[1]").unwrap());
         assert_eq!(json(&encode_bus_up("d", "n", 2, &p))["shard"], 2);
         assert_eq!(json(&encode_presence("d", "n", 0, 3))["sessions"], 3);
-        assert_eq!(json(&encode_delivered(2))["delivered"], 2);
         assert_eq!(
             json(&encode_bus_error(ErrorCode::TooManyPending))["error"],
             "too_many_pending"

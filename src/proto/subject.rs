@@ -81,6 +81,17 @@ pub fn upstream(service: &str) -> String {
     format!("tether.up.{service}")
 }
 
+/// Connection events of a device (`connect` / `disconnect`), published by the node holding
+/// the session: `tether.event.<device>`.
+pub fn event(device: &str) -> String {
+    format!("tether.event.{device}")
+}
+
+/// A node's heartbeat: `tether.node.<node>`.
+pub fn node_heartbeat(node: &str) -> String {
+    format!("tether.node.{node}")
+}
+
 /// Prefix of the inbox subjects of one shard of one node: `tether.inbox.<node>.<shard>.`.
 pub fn inbox_prefix(node: &str, shard: usize) -> String {
     format!("tether.inbox.{node}.{shard}.")

@@ -29,7 +29,7 @@ try {
   await phone.waitForSelector('#status[data-state="ready"]', { timeout: 10000 });
   await phone.click('button[data-key="volume_up"]');
   await tv.waitForFunction(() => document.querySelector("#log").textContent.includes("volume_up"), null, { timeout: 10000 });
-  await phone.waitForFunction(() => document.querySelector("#log").textContent.includes("delivered"), null, { timeout: 10000 });
+  await phone.waitForFunction(() => document.querySelector("#log").textContent.includes("delivered ("), null, { timeout: 10000 });
   if (shot) await tv.screenshot({ path: shot, fullPage: true });
   const result = {
     tvStatus: await tv.$eval("#status", (e) => e.textContent),

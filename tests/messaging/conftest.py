@@ -70,20 +70,33 @@ class NatsServer:
     def __init__(self):
         for _ in range(5):
             self.port, self.monitor_port = free_port(), free_port()
-            self.proc = subprocess.Popen(
-                [nats_server_bin(), "-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.monitor_port)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            deadline = time.time() + 5
-            while time.time() < deadline and self.proc.poll() is None:
-                try:
-                    http_get(f"http://127.0.0.1:{self.monitor_port}/healthz", timeout=1)
-                    return
-                except OSError:
-                    time.sleep(0.05)
-            self.stop()
+            if self._spawn():
+                return
         pytest.fail("nats-server did not start")
+
+    def _spawn(self):
+        self.proc = subprocess.Popen(
+            [nats_server_bin(), "-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.monitor_port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 5
+        while time.time() < deadline and self.proc.poll() is None:
+            try:
+                http_get(f"http://127.0.0.1:{self.monitor_port}/healthz", timeout=1)
+                return True
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        return False
+
+    def restart(self):
+        """Starts the server again on the same ports (after `stop`)."""
+        for _ in range(50):
+            if self._spawn():
+                return
+            time.sleep(0.1)
+        pytest.fail("nats-server did not restart on its ports")
 
     @property
     def url(self):
@@ -236,15 +249,17 @@ class Cluster:
     """Either two nodes joined by NATS (`nats`) or one node with two shards on the embedded bus
     (`embedded`). `a_url` and `b_url` are where the two sides of a cross-route connect."""
 
-    def __init__(self, mode):
+    def __init__(self, mode, *extra):
         self.mode = mode
         self.nats = None
         self.nodes = []
         if mode == "nats":
             self.nats = NatsServer()
-            self.nodes = [Node("--shards", "2", "--nats", self.nats.url, "--node-id", f"node{i}") for i in (1, 2)]
+            self.nodes = [
+                Node("--shards", "2", "--nats", self.nats.url, "--node-id", f"node{i}", *extra) for i in (1, 2)
+            ]
         else:
-            self.nodes = [Node("--shards", "2", "--node-id", "solo")]
+            self.nodes = [Node("--shards", "2", "--node-id", "solo", *extra)]
 
     @property
     def a_url(self):

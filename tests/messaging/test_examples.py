@@ -33,11 +33,14 @@ def test_backend_example(nats_cluster):
     async def body():
         tv = await Device.connect(c.b_url, mint("tv-demo", **ALL_TOPICS))
         phone = await Device.connect(c.a_url, mint("phone-demo"))
-        # push: delivered to the device, confirmed by its shard.
-        out = await asyncio.to_thread(backend, c, "push", "tv-demo", '{"channel": 5}')
-        assert out.returncode == 0, out.stderr
-        assert json.loads(out.stdout) == {"pushed": "tv-demo", "delivered": 1}
-        assert await tv.recv() == {"op": "msg", "from": "svc:demo", "data": {"channel": 5}}
+        # push: delivered to the device, confirmed once the device acknowledged it.
+        pusher = await backend_async(c, "push", "tv-demo", '{"channel": 5}')
+        got = await tv.recv()
+        assert got == {"op": "msg", "from": "svc:demo", "ack_id": got["ack_id"], "data": {"channel": 5}}
+        await tv.send(op="ack", ack_id=got["ack_id"])
+        out, err = await asyncio.wait_for(pusher.communicate(), 10)
+        assert pusher.returncode == 0, err
+        assert json.loads(out) == {"pushed": "tv-demo", "delivered": 1}
         await phone.nothing()
         out = await asyncio.to_thread(backend, c, "push", "tv-nobody", "1")
         assert out.returncode == 1 and "offline" in out.stderr
@@ -75,7 +78,16 @@ def test_backend_example(nats_cluster):
         assert sorted((s["node"], s["shard"]) for s in got["sessions"]) == sorted([("node1", tv2.shard), ("node2", tv.shard)])
         out = await asyncio.to_thread(backend, c, "presence", "tv-gone")
         assert json.loads(out.stdout) == {"device": "tv-gone", "online": False, "sessions": []}
-        for d in (tv, tv2, phone):
+        # events: the connection events a backend follows, with who is online.
+        follower = await backend_async(c, "events", "-n", "1")
+        first = json.loads(await asyncio.wait_for(follower.stdout.readline(), 10))
+        assert first == {"listening": ["tether.event.>", "tether.node.>"]}
+        tv3 = await Device.connect(c.b_url, mint("tv-events"))
+        line = json.loads(await asyncio.wait_for(follower.stdout.readline(), 10))
+        assert line["event"] == "connect" and line["device"] == "tv-events" and line["node"] == "node2", line
+        assert "tv-events" in line["online"]
+        assert await asyncio.wait_for(follower.wait(), 10) == 0
+        for d in (tv, tv2, tv3, phone):
             await d.close()
 
     run(body())

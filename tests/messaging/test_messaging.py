@@ -25,7 +25,11 @@ def test_device_to_device_across_the_route(cluster):
         else:
             assert a.shard != b.shard
         await a.send(op="send", to="tv-livingroom", data={"key": "volume_up"}, id="m1", ack=True)
-        assert await b.recv() == {"op": "msg", "from": "phone-alice", "data": {"key": "volume_up"}}
+        got = await b.recv()
+        assert got == {"op": "msg", "from": "phone-alice", "ack_id": got["ack_id"], "data": {"key": "volume_up"}}
+        # Delivered means acknowledged by the receiver, not queued to it.
+        await a.nothing()
+        await b.send(op="ack", ack_id=got["ack_id"])
         assert await a.recv() == {"op": "ack", "id": "m1", "delivered": True}
         # And back, without ack; binary data as base64.
         await b.send(op="send", to="phone-alice", b64="AAECAw==")
@@ -118,8 +122,10 @@ def test_errors_have_stable_codes(cluster):
         await a.ws.send(b"\x00\x01")
         assert (await a.recv())["code"] == "binary_unsupported"
         await a.send(op="send", to="nobody-home", data=1, id="5", ack=True)
-        got = await a.recv(timeout=5)
-        assert got["code"] == "not_delivered" and got["id"] == "5"
+        assert await a.recv(timeout=5) == {"op": "ack", "id": "5", "delivered": False, "reason": "offline"}
+        await a.send(op="ack", ack_id="12345", id="7")
+        got = await a.recv()
+        assert got["code"] == "unknown_ack" and got["id"] == "7", got
         await a.send(op="ping", id="k")
         assert await a.recv() == {"op": "pong", "id": "k"}
         if cluster.mode == "embedded":
@@ -173,7 +179,9 @@ def test_interest_is_gone_after_disconnect(cluster):
         deadline = time.time() + 5
         while True:
             held = sum(n.metric("tether_bus_subscriptions") for n in cluster.nodes)
-            leaked = [s for s in cluster.nats.subjects() if not s.startswith("tether.inbox.")] if cluster.nats else []
+            # The node's own inbox and barrier-probe subscriptions stay for its lifetime.
+            node_own = ("tether.inbox.", "tether.barrier.")
+            leaked = [s for s in cluster.nats.subjects() if not s.startswith(node_own)] if cluster.nats else []
             if held == 0 and not leaked:
                 break
             assert time.time() < deadline, f"interest left after disconnect: gauge {held}, subjects {leaked}"
@@ -194,10 +202,13 @@ def test_backend_push_reaches_only_the_addressed_device(nats_cluster):
         await nc.publish("tether.dev.stb-7", json.dumps({"from": "svc:epg", "data": {"channel": 5}}).encode())
         assert await target.recv() == {"op": "msg", "from": "svc:epg", "data": {"channel": 5}}
         await bystander.nothing()
-        # As a request: each shard that delivered answers; offline = no responders.
-        reply = await nc.request("tether.dev.stb-7", b'{"data":1}', timeout=5)
-        assert json.loads(reply.data) == {"delivered": 1}
-        assert (await target.recv())["data"] == 1
+        # As a request: answered once the device acknowledged it; offline = no responders.
+        pending = asyncio.ensure_future(nc.request("tether.dev.stb-7", b'{"data":1}', timeout=5))
+        got = await target.recv()
+        assert got["data"] == 1 and got["ack_id"], got
+        assert not pending.done()
+        await target.send(op="ack", ack_id=got["ack_id"])
+        assert json.loads((await pending).data) == {"delivered": 1}
         with pytest.raises(NoRespondersError):
             await nc.request("tether.dev.stb-offline", b'{"data":1}', timeout=5)
         # Topics from a backend reach subscribers only.
