@@ -178,7 +178,7 @@ def test_receiver_closed_as_slow_consumer_halfway(mode):
 
         async def sender_answers():
             while len(outcomes) < total:
-                got = await a.recv(timeout=15)
+                got = await a.recv(timeout=30)
                 assert got["op"] == "ack", got
                 outcomes[got["id"]] = (got["delivered"], got.get("reason"))
                 window.release()
@@ -218,7 +218,7 @@ def test_receiver_closed_as_slow_consumer_halfway(mode):
               f"({sorted(reasons)}), {len(received)} received by the closed receiver")
 
     try:
-        run(body(), timeout=90)
+        run(body(), timeout=150)
     finally:
         c.stop()
 
@@ -299,7 +299,7 @@ def test_nats_outage_nothing_answered_not_delivered_arrives_later(nats_cluster):
         await b.close()
 
     try:
-        run(body(), timeout=90)
+        run(body(), timeout=150)
     except BaseException:
         for n in c.nodes:
             print(n.log()[-6000:])
