@@ -167,10 +167,12 @@ def test_receiver_closed_as_slow_consumer_halfway(mode):
         # 256 sends a connection may have waiting), which a receiver that stopped reading
         # cannot absorb.
         window = asyncio.Semaphore(4)
+        stopped_reading = asyncio.Event()
 
         async def sender():
             for i in range(total):
                 if i == acked_wanted:
+                    await stopped_reading.wait()
                     for _ in range(196):
                         window.release()
                 await window.acquire()
@@ -191,6 +193,7 @@ def test_receiver_closed_as_slow_consumer_halfway(mode):
                 acked.append(got["data"]["i"])
             # Stop reading: the node closes this session as a slow consumer. What the client
             # library had already buffered is still read (received, never acknowledged).
+            stopped_reading.set()
             await asyncio.sleep(1)
             try:
                 while True:
