@@ -511,7 +511,15 @@ async fn bridge_main(
     for (_, task) in subs.drain() {
         task.abort();
     }
-    let _ = tokio::time::timeout(flush_timeout, client.flush()).await;
+    // What the shards queued before the stop (e.g. the disconnect events of a drain) goes out
+    // too, within the same bound.
+    let _ = tokio::time::timeout(flush_timeout, async {
+        while let Ok(msg) = pub_rx.try_recv() {
+            publish(&client, msg, &stats).await;
+        }
+        client.flush().await
+    })
+    .await;
 }
 
 async fn publish(client: &async_nats::Client, msg: BusMessage, stats: &BusStats) {

@@ -351,8 +351,10 @@ def load_backend_example():
     return module
 
 
-def test_connection_events_heartbeats_and_a_killed_node(nats_cluster):
-    c = nats_cluster
+def test_connection_events_heartbeats_and_a_killed_node():
+    from conftest import Cluster
+
+    c = Cluster("nats", "--drain-time", "500ms")
     Presence = load_backend_example().Presence
 
     async def body():
@@ -419,9 +421,16 @@ def test_connection_events_heartbeats_and_a_killed_node(nats_cluster):
         assert detected_at - killed_at <= 3.0
         assert presence.online() == ["ev-stays"]
         assert not any(e["event"] == "disconnect" and e["node"] == "node2" for e in events)
+        # node1 stops normally (SIGTERM, drain): its device's disconnect reaches the backend.
+        c.nodes[0].proc.send_signal(signal.SIGTERM)
+        await until("the drained device's disconnect", lambda: presence.online() == [], timeout=10)
+        bye = [e for e in events if e["device"] == "ev-stays" and e["event"] == "disconnect"]
+        assert len(bye) == 1 and bye[0]["code"] == 1001 and bye[0]["reason"] == "going_away", bye
         for d in doomed:
             await d.ws.close()
-        await stays.close()
         await nc.close()
 
-    run(body())
+    try:
+        run(body())
+    finally:
+        c.stop()
