@@ -41,6 +41,21 @@ pub struct BusMessage {
     pub subject: String,
     pub reply: Option<String>,
     pub payload: Bytes,
+    /// When the message entered the node that took it in: published by a shard of this node,
+    /// or received from NATS (then the publishing tether node's time from the
+    /// [`ARRIVAL_HEADER`] header, if it has one). Wall clock, microseconds since the Unix
+    /// epoch, so that it means the same on every node; 0: unknown.
+    pub arrived_unix_us: u64,
+}
+
+/// NATS header that carries [`BusMessage::arrived_unix_us`] between nodes (decimal).
+pub const ARRIVAL_HEADER: &str = "Tether-Arrival-Us";
+
+/// The wall clock in microseconds since the Unix epoch (0 before 1970).
+pub fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// What a shard receives from the bus.
@@ -394,6 +409,7 @@ impl ShardBus {
             subject: subject.to_owned(),
             reply: reply.map(str::to_owned),
             payload,
+            arrived_unix_us: unix_us(),
         };
         let result = match &mut self.link {
             Link::Embedded(l) => {

@@ -336,10 +336,17 @@ fn block_termination_signals() {
 }
 
 fn forward(msg: async_nats::Message) -> BusMessage {
+    let arrived_unix_us = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(super::ARRIVAL_HEADER))
+        .and_then(|v| v.as_str().parse::<u64>().ok())
+        .unwrap_or_else(super::unix_us);
     BusMessage {
         subject: msg.subject.to_string(),
         reply: msg.reply.map(|r| r.to_string()),
         payload: msg.payload,
+        arrived_unix_us,
     }
 }
 
@@ -523,13 +530,22 @@ async fn bridge_main(
 }
 
 async fn publish(client: &async_nats::Client, msg: BusMessage, stats: &BusStats) {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        super::ARRIVAL_HEADER,
+        msg.arrived_unix_us.to_string().as_str(),
+    );
     let result = match msg.reply {
         Some(reply) => {
             client
-                .publish_with_reply(msg.subject, reply, msg.payload)
+                .publish_with_reply_and_headers(msg.subject, reply, headers, msg.payload)
                 .await
         }
-        None => client.publish(msg.subject, msg.payload).await,
+        None => {
+            client
+                .publish_with_headers(msg.subject, headers, msg.payload)
+                .await
+        }
     };
     if let Err(err) = result {
         stats.dropped_outbound_total.fetch_add(1, Ordering::Relaxed);

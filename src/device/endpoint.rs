@@ -14,6 +14,7 @@ use crate::auth::{self, AuthError, AuthRequest, Claims};
 use crate::bus::{self, BusConfig, BusNode, ShardBus};
 use crate::server::conn::ConnHandle;
 use crate::server::endpoint::{Accepted, ConnInfo, Endpoint, LocalFuture, Rejected, Session};
+use crate::server::metrics::HandshakeResult;
 use crate::server::shard::{ShardCtx, ShardMsg};
 use crate::server::Server;
 use crate::ws::{MessageKind, UpgradeRequest};
@@ -65,7 +66,7 @@ pub fn install(
     mut config: MessagingConfig,
     shards: usize,
 ) -> Result<(Server, MessagingNode), String> {
-    let devices = Arc::new(DeviceStats::starting_now());
+    let devices = Arc::new(DeviceStats::starting_now().with_latency_for(shards));
     if let (Some(source), AuthMode::Jwt(verifier)) = (config.jwks.clone(), &mut config.auth) {
         if matches!(source, keys::JwksSource::File(_)) {
             // Before any thread starts (the bus bridge just below, the shards later), so that
@@ -194,7 +195,16 @@ impl DeviceEndpoint {
             }
             _ => tracing::debug!(peer = %info.peer, reason = err.metric_label(), "device refused"),
         }
-        Rejected::new(err.status(), err.body())
+        let result = match &err {
+            AuthError::Missing => HandshakeResult::MissingToken,
+            AuthError::Ambiguous(_) => HandshakeResult::AmbiguousCredentials,
+            AuthError::Invalid(_) => HandshakeResult::InvalidToken,
+            AuthError::Expired => HandshakeResult::Expired,
+            AuthError::NotYetValid => HandshakeResult::NotYetValid,
+            AuthError::Denied(_) => HandshakeResult::Forbidden,
+            AuthError::Unavailable => HandshakeResult::AuthUnavailable,
+        };
+        Rejected::new(err.status(), err.body()).counted_as(result)
     }
 }
 

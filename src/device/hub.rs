@@ -16,12 +16,14 @@
 use crate::auth::{AuthError, Claims};
 use crate::bus::{BusError, BusEvent, BusMessage, ShardBus};
 use crate::proto::{self, subject, AckRef, ClientOp, Delivery, ErrorCode, EventKind, NotDelivered};
+use crate::server::metrics::{render_histogram, Histogram};
 use ahash::AHashMap;
 use bytes::Bytes;
 use std::collections::BTreeSet;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Connection id (the server's node-unique id).
 pub type ConnId = u64;
@@ -104,6 +106,22 @@ pub struct DeviceStats {
     pub auth_failures: crate::auth::AuthFailureStats,
     /// JWKS reloads and keys in use (all zero without a JWKS).
     pub jwks: std::sync::Arc<crate::device::keys::JwksStats>,
+    /// Latency histograms, one set per shard (written only by that shard's hub); empty: none
+    /// kept (hubs of unit tests).
+    pub latency: Vec<DeviceLatency>,
+}
+
+/// One shard's device latency histograms (see `docs/operations.md`, "Metrics").
+#[repr(align(128))]
+#[derive(Debug, Default)]
+pub struct DeviceLatency {
+    /// From the message's arrival at the first node to its queueing on a receiving `/ws`
+    /// connection.
+    pub delivery: Histogram,
+    /// From a `send` with `ack` to its answer (delivered, not delivered, or the timeout).
+    pub ack_wait: Histogram,
+    /// From an interest change (hello, `sub` with id) to the bus confirming it is in effect.
+    pub bus_round_trip: Histogram,
 }
 
 /// The wall clock, in unix milliseconds.
@@ -119,6 +137,14 @@ impl DeviceStats {
         DeviceStats {
             node_started_at_unix_ms: unix_ms(),
             ..DeviceStats::default()
+        }
+    }
+
+    /// The same stats with latency histograms for `shards` shards.
+    pub fn with_latency_for(self, shards: usize) -> DeviceStats {
+        DeviceStats {
+            latency: (0..shards).map(|_| DeviceLatency::default()).collect(),
+            ..self
         }
     }
 
@@ -227,6 +253,35 @@ impl DeviceStats {
         }
         self.auth_failures.render_prometheus(out);
         self.jwks.render_prometheus(out);
+        let parts = |f: fn(&DeviceLatency) -> &Histogram| -> Vec<&Histogram> {
+            self.latency.iter().map(f).collect()
+        };
+        render_histogram(
+            out,
+            "tether_delivery_latency_seconds",
+            "From a message's arrival at the node that took it in (a device's frame, a backend's \
+             publish) to its queueing on a receiving /ws connection, across nodes included.",
+            &parts(|l| &l.delivery),
+        );
+        render_histogram(
+            out,
+            "tether_ack_wait_seconds",
+            "From a send with ack to its answer (delivered, not delivered, or ack_timeout).",
+            &parts(|l| &l.ack_wait),
+        );
+        render_histogram(
+            out,
+            "tether_bus_round_trip_seconds",
+            "From an interest change (hello, sub with id) to the bus confirming it is in effect.",
+            &parts(|l| &l.bus_round_trip),
+        );
+    }
+}
+
+/// Records one delivery `delay_us` after the message's arrival (`None`: arrival unknown).
+fn observe_delivery(stats: &DeviceStats, shard: usize, delay_us: Option<u64>) {
+    if let (Some(l), Some(us)) = (stats.latency.get(shard), delay_us) {
+        l.delivery.observe_us(us);
     }
 }
 
@@ -257,6 +312,8 @@ struct PendingAck {
     deadline_ms: u64,
     /// Why not, if a receiving shard said so before the deadline.
     reason: Option<NotDelivered>,
+    /// When the send was published (for `tether_ack_wait_seconds`).
+    sent: Instant,
 }
 
 struct HeartbeatClock {
@@ -277,7 +334,8 @@ pub struct Hub<O: Outlet> {
     devices: AHashMap<String, Vec<ConnId>>,
     /// topic -> local subscribed sessions
     topics: AHashMap<String, Vec<ConnId>>,
-    waiting: AHashMap<u64, (Waiting, u64)>,
+    /// token -> (what waits, deadline ms, when the barrier started)
+    waiting: AHashMap<u64, (Waiting, u64, Instant)>,
     acks: AHashMap<u64, PendingAck>,
     next_seq: u64,
     /// (expiry in seconds since the epoch, session): the sessions whose token runs out, soonest
@@ -385,6 +443,9 @@ impl<O: Outlet> Hub<O> {
         let Some(ack) = self.acks.remove(&seq) else {
             return;
         };
+        if let Some(l) = self.stats.latency.get(self.shard) {
+            l.ack_wait.observe(ack.sent.elapsed());
+        }
         if let Some(s) = self.sessions.get_mut(&ack.conn) {
             s.pending_acks = s.pending_acks.saturating_sub(1);
             s.out.send_text(&proto::encode_ack(&ack.id, Some(outcome)));
@@ -445,7 +506,11 @@ impl<O: Outlet> Hub<O> {
         let token = self.seq();
         self.waiting.insert(
             token,
-            (Waiting::Hello(conn), now_ms + self.limits.ready_timeout_ms),
+            (
+                Waiting::Hello(conn),
+                now_ms + self.limits.ready_timeout_ms,
+                Instant::now(),
+            ),
         );
         self.bus.barrier(token);
         self.drain_local(now_ms);
@@ -570,6 +635,7 @@ impl<O: Outlet> Hub<O> {
                                     id: id.to_owned(),
                                     deadline_ms: now_ms + timeout_ms,
                                     reason: None,
+                                    sent: Instant::now(),
                                 },
                             );
                             if let Some(s) = self.sessions.get_mut(&conn) {
@@ -632,6 +698,7 @@ impl<O: Outlet> Hub<O> {
                         (
                             Waiting::SubAck(conn, id.to_owned()),
                             now_ms + self.limits.ready_timeout_ms,
+                            Instant::now(),
                         ),
                     );
                     self.bus.barrier(token);
@@ -812,7 +879,8 @@ impl<O: Outlet> Hub<O> {
     pub fn on_bus(&mut self, event: BusEvent, now_ms: u64) {
         match event {
             BusEvent::Ready(token) => match self.waiting.remove(&token) {
-                Some((Waiting::Hello(conn), _)) => {
+                Some((Waiting::Hello(conn), _, started)) => {
+                    self.observe_round_trip(started);
                     if let Some(s) = self.sessions.get_mut(&conn) {
                         s.ready = true;
                         s.out.send_text(&proto::encode_hello(
@@ -824,7 +892,10 @@ impl<O: Outlet> Hub<O> {
                         self.publish_event(EventKind::Connect, &claims.sub, conn);
                     }
                 }
-                Some((Waiting::SubAck(conn, id), _)) => self.reply_ack(conn, Some(&id)),
+                Some((Waiting::SubAck(conn, id), _, started)) => {
+                    self.observe_round_trip(started);
+                    self.reply_ack(conn, Some(&id));
+                }
                 None => {}
             },
             BusEvent::NoResponders(reply) => {
@@ -836,8 +907,8 @@ impl<O: Outlet> Hub<O> {
                 }
             }
             BusEvent::Failed(token) => match self.waiting.remove(&token) {
-                Some((Waiting::Hello(conn), _)) => self.fail_session(conn, "bus unavailable"),
-                Some((Waiting::SubAck(conn, id), _)) => self.error(
+                Some((Waiting::Hello(conn), _, _)) => self.fail_session(conn, "bus unavailable"),
+                Some((Waiting::SubAck(conn, id), _, _)) => self.error(
                     conn,
                     Some(&id),
                     ErrorCode::BusUnavailable,
@@ -849,7 +920,16 @@ impl<O: Outlet> Hub<O> {
         }
     }
 
+    /// Records how long an interest change took to take effect on the bus.
+    fn observe_round_trip(&self, started: Instant) {
+        if let Some(l) = self.stats.latency.get(self.shard) {
+            l.bus_round_trip.observe(started.elapsed());
+        }
+    }
+
     fn on_message(&mut self, msg: BusMessage, now_ms: u64) {
+        let delay_us = (msg.arrived_unix_us != 0)
+            .then(|| crate::bus::unix_us().saturating_sub(msg.arrived_unix_us));
         match subject::parse(&msg.subject) {
             subject::Parsed::Device(device) => match msg.reply {
                 _ if subject::is_backend_push(&msg.subject)
@@ -876,13 +956,14 @@ impl<O: Outlet> Hub<O> {
                         if let Some(s) = self.sessions.get(conn) {
                             if s.out.send_text(&text) {
                                 bump(&self.stats.deliveries_total);
+                                observe_delivery(&self.stats, self.shard, delay_us);
                             }
                         }
                     }
                 }
                 Some(reply) => {
                     let device = device.to_owned();
-                    self.deliver_for_receipt(&device, &msg.payload, reply, now_ms);
+                    self.deliver_for_receipt(&device, &msg.payload, reply, now_ms, delay_us);
                 }
             },
             subject::Parsed::Request(device) => {
@@ -914,6 +995,7 @@ impl<O: Outlet> Hub<O> {
                         s.requests.insert(rid, (reply.clone(), now_ms + lifetime));
                         delivered += 1;
                         bump(&self.stats.deliveries_total);
+                                observe_delivery(&self.stats, self.shard, delay_us);
                     }
                 }
                 if delivered == 0 {
@@ -946,6 +1028,7 @@ impl<O: Outlet> Hub<O> {
                     if let Some(s) = self.sessions.get(conn) {
                         if s.out.send_text(&text) {
                             bump(&self.stats.deliveries_total);
+                                observe_delivery(&self.stats, self.shard, delay_us);
                         }
                     }
                 }
@@ -987,7 +1070,14 @@ impl<O: Outlet> Hub<O> {
     /// it until it acknowledges, closes, or the deadline passes. A message that arrives at or
     /// after its `deadline_ms` is dropped: its sender has been (or is being) told it was not
     /// delivered.
-    fn deliver_for_receipt(&mut self, device: &str, payload: &[u8], reply: String, now_ms: u64) {
+    fn deliver_for_receipt(
+        &mut self,
+        device: &str,
+        payload: &[u8],
+        reply: String,
+        now_ms: u64,
+        delay_us: Option<u64>,
+    ) {
         let Some(conns) = self.devices.get(device).cloned() else {
             return;
         };
@@ -1016,6 +1106,7 @@ impl<O: Outlet> Hub<O> {
                 s.unacked.insert(token, (reply.clone(), deadline_ms));
                 delivered += 1;
                 bump(&self.stats.deliveries_total);
+                                observe_delivery(&self.stats, self.shard, delay_us);
             } else {
                 refused = Some(NotDelivered::Closed);
             }
@@ -1058,7 +1149,7 @@ impl<O: Outlet> Hub<O> {
         let late: Vec<u64> = self
             .waiting
             .iter()
-            .filter(|(_, (_, d))| *d < now_ms)
+            .filter(|(_, (_, d, _))| *d < now_ms)
             .map(|(k, _)| *k)
             .collect();
         for token in late {

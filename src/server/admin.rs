@@ -175,6 +175,7 @@ async fn respond(
             let shards: Vec<&ShardMetrics> = state.shards.iter().map(|m| m.as_ref()).collect();
             let mut body = metrics::render(&shards, state.node.gauges());
             render_admin(counters, &mut body);
+            metrics::render_process(&mut body);
             for source in &state.extra {
                 source(&mut body);
             }

@@ -574,6 +574,7 @@ async fn handshake(
     match outcome {
         HandshakeOutcome::Upgraded(session, leftover) => {
             shard.metrics.handshake(HandshakeResult::Ok);
+            shard.metrics.handshake_duration.observe(started.elapsed());
             Some((session, leftover))
         }
         HandshakeOutcome::Refused(result, response) => {
@@ -643,10 +644,7 @@ async fn handshake_inner(
     let accepted = match endpoint.accept(&req, info).await {
         Ok(a) => a,
         Err(rej) => {
-            return HandshakeOutcome::Refused(
-                HandshakeResult::Rejected,
-                error_response(rej.status, &rej.body),
-            );
+            return HandshakeOutcome::Refused(rej.result, error_response(rej.status, &rej.body));
         }
     };
     let mut out = Vec::with_capacity(256);

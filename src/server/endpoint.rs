@@ -16,6 +16,7 @@ use std::{future::Future, net::SocketAddr, pin::Pin};
 use crate::ws::{MessageKind, UpgradeRequest};
 
 use super::conn::{ConnHandle, ConnId};
+use super::metrics::HandshakeResult;
 
 /// A future on the shard that may borrow from its caller.
 pub type LocalFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
@@ -42,16 +43,30 @@ pub struct Accepted {
 /// A refused upgrade: the client gets this HTTP status and body, then the socket closes.
 #[derive(Debug, Clone)]
 pub struct Rejected {
+    /// HTTP status of the answer.
     pub status: u16,
+    /// Short body of the answer.
     pub body: String,
+    /// The `result` label it is counted under in `tether_handshakes_total`.
+    pub result: HandshakeResult,
 }
 
 impl Rejected {
+    /// A refusal counted as `rejected` (or `bad_request` for a 400).
     pub fn new(status: u16, body: impl Into<String>) -> Rejected {
         Rejected {
             status,
             body: body.into(),
+            result: match status {
+                400 => HandshakeResult::BadRequest,
+                _ => HandshakeResult::Rejected,
+            },
         }
+    }
+
+    /// The same refusal counted under `result`.
+    pub fn counted_as(self, result: HandshakeResult) -> Rejected {
+        Rejected { result, ..self }
     }
 }
 

@@ -8,30 +8,64 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// Outcomes of an upgrade attempt, the `result` label of `tether_handshakes_total`.
+/// Outcomes of an upgrade attempt, the `result` label of `tether_handshakes_total`. A closed
+/// list, so the label has at most `ALL.len()` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HandshakeResult {
+    /// Upgraded (101).
     Ok,
+    /// 400: a malformed upgrade request.
     BadRequest,
+    /// 404: no endpoint at the path.
     NotFound,
+    /// 405: not GET.
     MethodNotAllowed,
+    /// 426: not WebSocket version 13.
     UnsupportedVersion,
+    /// 431: head or header count over the limit.
     HeadTooLarge,
+    /// 401: the endpoint needs a token and got none.
+    MissingToken,
+    /// 401: the token's signature, claims or format are wrong.
+    InvalidToken,
+    /// 401: the token has expired.
+    Expired,
+    /// 401: the token is not valid yet (`nbf`).
+    NotYetValid,
+    /// 400: credentials given more than once.
+    AmbiguousCredentials,
+    /// 403: the backend authorisation said no.
+    Forbidden,
+    /// 503: the backend authorisation did not answer in time.
+    AuthUnavailable,
+    /// The endpoint refused for another reason (its status in the response).
     Rejected,
+    /// 503: the node is at its connection capacity.
     OverCapacity,
+    /// 503: the node is draining.
     Draining,
+    /// 408: the request did not arrive within `handshake_timeout`.
     Timeout,
+    /// The client went away during the handshake.
     IoError,
 }
 
 impl HandshakeResult {
-    pub const ALL: [HandshakeResult; 11] = [
+    /// Every result, in the order they are rendered.
+    pub const ALL: [HandshakeResult; 18] = [
         HandshakeResult::Ok,
         HandshakeResult::BadRequest,
         HandshakeResult::NotFound,
         HandshakeResult::MethodNotAllowed,
         HandshakeResult::UnsupportedVersion,
         HandshakeResult::HeadTooLarge,
+        HandshakeResult::MissingToken,
+        HandshakeResult::InvalidToken,
+        HandshakeResult::Expired,
+        HandshakeResult::NotYetValid,
+        HandshakeResult::AmbiguousCredentials,
+        HandshakeResult::Forbidden,
+        HandshakeResult::AuthUnavailable,
         HandshakeResult::Rejected,
         HandshakeResult::OverCapacity,
         HandshakeResult::Draining,
@@ -39,6 +73,7 @@ impl HandshakeResult {
         HandshakeResult::IoError,
     ];
 
+    /// The `result` label.
     pub fn label(self) -> &'static str {
         match self {
             HandshakeResult::Ok => "ok",
@@ -47,6 +82,13 @@ impl HandshakeResult {
             HandshakeResult::MethodNotAllowed => "method_not_allowed",
             HandshakeResult::UnsupportedVersion => "unsupported_version",
             HandshakeResult::HeadTooLarge => "head_too_large",
+            HandshakeResult::MissingToken => "missing_token",
+            HandshakeResult::InvalidToken => "invalid_token",
+            HandshakeResult::Expired => "expired",
+            HandshakeResult::NotYetValid => "not_yet_valid",
+            HandshakeResult::AmbiguousCredentials => "ambiguous_credentials",
+            HandshakeResult::Forbidden => "forbidden",
+            HandshakeResult::AuthUnavailable => "auth_unavailable",
             HandshakeResult::Rejected => "rejected",
             HandshakeResult::OverCapacity => "over_capacity",
             HandshakeResult::Draining => "draining",
@@ -109,6 +151,8 @@ pub struct ShardMetrics {
     /// Connections closed with 1008 because a message was not completed within
     /// `message_timeout`.
     pub message_timeouts: AtomicU64,
+    /// From the start of a connection's task (right after accept) to the 101 written.
+    pub handshake_duration: Histogram,
 }
 
 /// Adds to a counter that only the calling shard writes.
@@ -121,6 +165,66 @@ pub fn add(c: &AtomicU64, n: u64) {
 #[inline]
 pub fn sub(c: &AtomicU64, n: u64) {
     c.store(c.load(Relaxed).saturating_sub(n), Relaxed);
+}
+
+/// Upper bounds of the latency histograms' buckets, in microseconds: 100 µs to 10 s in the
+/// 1-2.5-5 steps Prometheus client libraries use, so quantiles over a handshake (about 100 µs on
+/// loopback), a delivery across nodes (about a millisecond) and a timeout (seconds) all land
+/// in a bucket of their own. Fixed: the `le` label has 17 values whatever the traffic.
+pub const LATENCY_BUCKETS_US: [u64; 16] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
+/// A latency histogram of one shard, written only by that shard (plain relaxed load + store,
+/// like the counters) and summed over shards at scrape time. 18 words: 16 buckets, the
+/// `+Inf` bucket and the sum.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative; the last one is above every bound).
+    buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    /// Sum of the observations, in microseconds.
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation. Only the owning shard may call this.
+    #[inline]
+    pub fn observe(&self, d: std::time::Duration) {
+        self.observe_us(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    /// Records one observation in microseconds. Only the owning shard may call this.
+    #[inline]
+    pub fn observe_us(&self, us: u64) {
+        let i = LATENCY_BUCKETS_US.partition_point(|&bound| bound < us);
+        add(&self.buckets[i], 1);
+        add(&self.sum_us, us);
+    }
+}
+
+/// Appends one histogram in Prometheus text format (seconds), summed over `parts` (one per
+/// shard).
+pub fn render_histogram(out: &mut String, name: &str, help: &str, parts: &[&Histogram]) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    let mut cumulative = 0u64;
+    for (i, bound) in LATENCY_BUCKETS_US.iter().enumerate() {
+        cumulative += parts
+            .iter()
+            .map(|h| h.buckets[i].load(Relaxed))
+            .sum::<u64>();
+        let le = *bound as f64 / 1e6;
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+    }
+    cumulative += parts
+        .iter()
+        .map(|h| h.buckets[LATENCY_BUCKETS_US.len()].load(Relaxed))
+        .sum::<u64>();
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+    let sum_us: u64 = parts.iter().map(|h| h.sum_us.load(Relaxed)).sum();
+    let _ = writeln!(out, "{name}_sum {}", sum_us as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count {cumulative}");
 }
 
 impl ShardMetrics {
@@ -331,7 +435,113 @@ pub fn render(shards: &[&ShardMetrics], node: NodeGauges) -> String {
         "Shards (pinned threads) of this node.",
     );
     let _ = writeln!(o, "tether_shards {}", shards.len());
+    let handshakes: Vec<&Histogram> = shards.iter().map(|m| &m.handshake_duration).collect();
+    render_histogram(
+        &mut o,
+        "tether_handshake_duration_seconds",
+        "From accept to the 101 response written, for accepted upgrades.",
+        &handshakes,
+    );
     o
+}
+
+/// Appends the standard `process_*` metrics of this process (read from `/proc/self` at
+/// scrape time; a value that cannot be read is left out) and `tether_build_info`.
+pub fn render_process(out: &mut String) {
+    use std::fmt::Write;
+    let mut gauge = |name: &str, kind: &str, help: &str, value: f64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    // SAFETY: sysconf and getpagesize only read system constants.
+    let (ticks_per_s, page_bytes) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK).max(1) as f64,
+            libc::sysconf(libc::_SC_PAGESIZE).max(1) as f64,
+        )
+    };
+    let stat = std::fs::read_to_string("/proc/self/stat").ok();
+    // Fields after the command name (which may hold spaces), from field 3 (state) on.
+    let fields: Vec<&str> = stat
+        .as_deref()
+        .and_then(|s| s.rsplit_once(')'))
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+    if let (Some(utime), Some(stime)) = (field(14), field(15)) {
+        gauge(
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time spent, in seconds.",
+            (utime + stime) / ticks_per_s,
+        );
+    }
+    if let Some(rss_pages) = field(24) {
+        gauge(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            rss_pages * page_bytes,
+        );
+    }
+    if let Some(vsize) = field(23) {
+        gauge(
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes.",
+            vsize,
+        );
+    }
+    let boot_s = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    });
+    if let (Some(boot_s), Some(start_ticks)) = (boot_s, field(22)) {
+        gauge(
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since the Unix epoch, in seconds.",
+            boot_s + start_ticks / ticks_per_s,
+        );
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        gauge(
+            "process_open_fds",
+            "gauge",
+            "Open file descriptors.",
+            dir.count() as f64,
+        );
+    }
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the rlimit we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        gauge(
+            "process_max_fds",
+            "gauge",
+            "Open-files limit (soft) of the process.",
+            lim.rlim_cur as f64,
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP tether_build_info The running build: version, profile, target. Always 1.\n\
+         # TYPE tether_build_info gauge\n\
+         tether_build_info{{version=\"{}\",profile=\"{}\",arch=\"{}\",os=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        std::env::consts::ARCH,
+        std::env::consts::OS,
+    );
 }
 
 #[cfg(test)]
@@ -365,5 +575,61 @@ mod tests {
         assert!(text.contains("tether_closes_total{code=\"other\"} 1\n"));
         assert!(text.contains("tether_draining 1\n"));
         assert!(text.contains("# TYPE tether_slow_consumer_closes_total counter\n"));
+        assert!(text.contains("tether_handshake_duration_seconds_count 0\n"));
+    }
+
+    #[test]
+    fn process_metrics_are_read() {
+        let mut out = String::new();
+        render_process(&mut out);
+        let value = |name: &str| -> f64 {
+            let prefix = format!("\n{name} ");
+            let at = out
+                .find(&prefix)
+                .unwrap_or_else(|| panic!("{name} in {out}"));
+            out[at + prefix.len()..]
+                .lines()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        assert!(value("process_resident_memory_bytes") > 1e5);
+        assert!(value("process_open_fds") >= 3.0);
+        assert!(value("process_max_fds") >= value("process_open_fds"));
+        assert!(value("process_cpu_seconds_total") >= 0.0);
+        let now_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let start = value("process_start_time_seconds");
+        assert!(
+            start <= now_s + 1.0 && start > now_s - 86_400.0,
+            "{start} vs {now_s}"
+        );
+        assert!(out.contains("tether_build_info{version=\""), "{out}");
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_summed_over_shards() {
+        let (a, b) = (Histogram::default(), Histogram::default());
+        a.observe_us(100); // on the first bound: le="0.0001"
+        a.observe_us(101);
+        b.observe(std::time::Duration::from_millis(3));
+        b.observe(std::time::Duration::from_secs(60)); // above every bound
+        let mut out = String::new();
+        render_histogram(&mut out, "x_seconds", "help", &[&a, &b]);
+        assert!(out.contains("# TYPE x_seconds histogram\n"), "{out}");
+        assert!(out.contains("x_seconds_bucket{le=\"0.0001\"} 1\n"), "{out}");
+        assert!(
+            out.contains("x_seconds_bucket{le=\"0.00025\"} 2\n"),
+            "{out}"
+        );
+        assert!(out.contains("x_seconds_bucket{le=\"0.0025\"} 2\n"), "{out}");
+        assert!(out.contains("x_seconds_bucket{le=\"0.005\"} 3\n"), "{out}");
+        assert!(out.contains("x_seconds_bucket{le=\"10\"} 3\n"), "{out}");
+        assert!(out.contains("x_seconds_bucket{le=\"+Inf\"} 4\n"), "{out}");
+        assert!(out.contains("x_seconds_count 4\n"), "{out}");
+        assert!(out.contains("x_seconds_sum 60.003201\n"), "{out}");
     }
 }
