@@ -207,11 +207,14 @@ try:
     if not sources:
         fail("no dashboard or rule files under deploy/")
     for path in sources:
-        text = open(path).read()
         if path.endswith(".json"):
             exprs = [t.get("expr", "") for p in json.load(open(path))["panels"] for t in p.get("targets", [])]
         else:
-            exprs = re.findall(r"^\s*expr:\s*(.+(?:\n\s{10,}.+)*)", text, re.M)
+            import yaml
+            doc = yaml.safe_load(open(path))
+            if "groups" not in doc:
+                continue  # the scrape configuration
+            exprs = [r["expr"] for g in doc["groups"] for r in g["rules"]]
         if not exprs:
             fail(f"{path}: no queries found")
         for e in exprs:

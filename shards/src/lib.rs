@@ -18,8 +18,10 @@ pub mod cpus;
 pub mod listener;
 pub mod mesh;
 pub mod node;
+pub mod uring;
 
 pub use cpus::{CpuListError, Placement, PlacementError, ShardCount};
 pub use listener::{bind_reuseport, ListenerError};
 pub use mesh::{Mesh, MeshEndpoint, MeshSendError};
 pub use node::{Node, NodeConfig, Shard, StartError};
+pub use uring::IoUringUnavailable;

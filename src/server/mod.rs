@@ -8,7 +8,8 @@
 //! [`endpoint`] (pluggable endpoints and sessions), [`shard`] (per-shard state and the
 //! connection registry), [`conn_task`] (a connection's task: handshake, frame loop, close),
 //! [`tasks`] (the shard's accept loop, sweeper and drain), [`metrics`] and [`admin`]
-//! (Prometheus, health, readiness), and [`Server::run`] (start, signals, drain, exit). The
+//! (Prometheus, health, readiness), [`notify`] (systemd readiness), and [`Server::run`]
+//! (start, signals, drain, exit). The
 //! files import each other in that order only (`tests/import_cycles.rs`).
 //!
 //! # The seam for applications (endpoints, connection registry, per-shard services)
@@ -49,6 +50,7 @@ pub mod conn_task;
 pub mod endpoint;
 pub mod metrics;
 pub mod node;
+pub mod notify;
 pub mod outbound;
 pub mod shard;
 pub mod tasks;
@@ -91,6 +93,9 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Start(#[from] tether_shards::StartError),
+    /// io_uring is refused (seccomp, sysctl) or missing: no shard could start.
+    #[error(transparent)]
+    IoUring(#[from] tether_shards::IoUringUnavailable),
     #[error("signal handling: {0}")]
     Signals(std::io::Error),
     #[error("{0}")]
@@ -170,6 +175,7 @@ impl Server {
     /// (it blocks SIGTERM/SIGINT for every thread and waits for them itself).
     pub fn run(self) -> Result<(), ServeError> {
         let signals = Signals::block().map_err(ServeError::Signals)?;
+        tether_shards::uring::probe()?;
         let cfg = Arc::new(self.config);
 
         let open_files_limit = match node::raise_open_files_limit() {
@@ -325,6 +331,8 @@ impl Server {
             },
         )
         .map_err(|e| ServeError::Shards(format!("cannot start the admin thread: {e}")))?;
+        // Listeners and admin endpoint are up: tell systemd (Type=notify) we are ready.
+        notify::notify_or_log("READY=1");
 
         // SIGHUP reloads the TLS certificate (new connections get the new one); without TLS
         // it is logged and ignored.
@@ -354,6 +362,7 @@ impl Server {
             .spawn(move || {
                 let Ok(sig) = signals.wait() else { return };
                 node_shared.draining.store(true, Ordering::SeqCst);
+                notify::notify_or_log("STOPPING=1");
                 if !drain_delay.is_zero() {
                     tracing::info!(
                         signal = sig,
