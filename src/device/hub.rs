@@ -995,7 +995,7 @@ impl<O: Outlet> Hub<O> {
                         s.requests.insert(rid, (reply.clone(), now_ms + lifetime));
                         delivered += 1;
                         bump(&self.stats.deliveries_total);
-                                observe_delivery(&self.stats, self.shard, delay_us);
+                        observe_delivery(&self.stats, self.shard, delay_us);
                     }
                 }
                 if delivered == 0 {
@@ -1028,7 +1028,7 @@ impl<O: Outlet> Hub<O> {
                     if let Some(s) = self.sessions.get(conn) {
                         if s.out.send_text(&text) {
                             bump(&self.stats.deliveries_total);
-                                observe_delivery(&self.stats, self.shard, delay_us);
+                            observe_delivery(&self.stats, self.shard, delay_us);
                         }
                     }
                 }
@@ -1106,7 +1106,7 @@ impl<O: Outlet> Hub<O> {
                 s.unacked.insert(token, (reply.clone(), deadline_ms));
                 delivered += 1;
                 bump(&self.stats.deliveries_total);
-                                observe_delivery(&self.stats, self.shard, delay_us);
+                observe_delivery(&self.stats, self.shard, delay_us);
             } else {
                 refused = Some(NotDelivered::Closed);
             }
