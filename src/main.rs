@@ -7,7 +7,7 @@ use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 use tether::config::{self, ConfigError, LogFormat, ServeFlags, Settings};
 use tether::device::config::{MessagingConfig, TokenArgs};
-use tether::device::endpoint::{install, MessagingNode};
+use tether::device::endpoint::install;
 use tether::server::{Server, ServerConfig};
 
 #[derive(Parser)]
@@ -140,48 +140,27 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(config.log_format);
-            let Some(messaging) = messaging else {
-                tracing::warn!(
-                    "device endpoint /ws is off: no --jwt-secret (TETHER_JWT_SECRET), \
-                     --jwt-public-key or --insecure-no-auth"
-                );
-                return finish(Server::new(config).run());
+            let server = match Server::new(config) {
+                Ok(s) => s,
+                Err(e) => return finish(Err(e)),
             };
-            let shards =
-                match tether_shards::Placement::discover(config.shards, config.cpus.as_deref()) {
-                    Ok(p) => p.shards(),
+            let server = match messaging {
+                Some(messaging) => match install(server, messaging) {
+                    Ok(s) => s,
                     Err(e) => {
                         eprintln!("tether serve: {e}");
                         return ExitCode::FAILURE;
                     }
-                };
-            let (server, node) = match install(Server::new(config), messaging, shards) {
-                Ok(pair) => pair,
-                Err(e) => {
-                    eprintln!("tether serve: {e}");
-                    return ExitCode::FAILURE;
+                },
+                None => {
+                    tracing::warn!(
+                        "device endpoint /ws is off: no --jwt-secret (TETHER_JWT_SECRET), \
+                         --jwt-public-key or --insecure-no-auth"
+                    );
+                    server
                 }
             };
-            let (bus_stats, device_stats) = (node.bus.stats(), node.devices.clone());
-            let bus_connected = bus_stats.clone();
-            let server = server
-                .metrics_source(move |out| {
-                    MessagingNode::render_prometheus(&bus_stats, &device_stats, out)
-                })
-                .readiness_check(move || {
-                    if bus_connected
-                        .connected
-                        .load(std::sync::atomic::Ordering::Relaxed)
-                        == 1
-                    {
-                        Ok(())
-                    } else {
-                        Err("bus disconnected".to_string())
-                    }
-                });
-            let result = server.run();
-            node.bus.stop(std::time::Duration::from_secs(1));
-            finish(result)
+            finish(server.run())
         }
     }
 }

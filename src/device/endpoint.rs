@@ -1,22 +1,23 @@
 //! The `/ws` endpoint on the server's seam: authentication before the 101, then each session
 //! handed to its shard's [`Hub`], and the shard's bus loop as a per-shard service.
 //!
-//! [`install`] starts the bus (embedded or the NATS bridge), registers `/ws` and the per-shard
-//! service with the [`Server`], and returns the node-level handle. On each shard the endpoint
-//! factory takes that shard's [`ShardBus`] and builds the shard's hub; the service (started right
-//! after, on the same thread) runs the hub's bus loop and its 100 ms tick.
+//! [`install`] starts the bus (embedded or the NATS bridge) for the server's shards and adds one
+//! per-shard service to the [`Server`]: on each shard it takes that shard's [`ShardBus`], builds
+//! the shard's hub, and returns the `/ws` endpoint and the hub's bus loop (with its 100 ms
+//! tick) side by side, sharing the hub. It also registers the bus and device metrics, the
+//! bus's readiness check and the bus's stop at exit, so `main` only parses and runs.
 
 use super::config::{AuthMode, MessagingConfig};
 use super::hub::{DeviceStats, Hub, Outlet};
 use super::keys;
 use super::sessions::{DeviceSessions, REPLACED_CLOSE_CODE, REPLACED_CLOSE_REASON};
 use crate::auth::{self, AuthError, AuthRequest, Claims};
-use crate::bus::{self, BusConfig, BusNode, ShardBus};
+use crate::bus::{self, BusConfig, ShardBus};
 use crate::server::conn::ConnHandle;
 use crate::server::endpoint::{Accepted, ConnInfo, Endpoint, LocalFuture, Rejected, Session};
 use crate::server::metrics::HandshakeResult;
 use crate::server::shard::{ShardCtx, ShardMsg};
-use crate::server::Server;
+use crate::server::{Server, ServiceError, ShardService};
 use crate::ws::{MessageKind, UpgradeRequest};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -31,11 +32,6 @@ const BATCH_MAX: usize = 256;
 
 type ShardHub = Rc<RefCell<Hub<ConnHandle>>>;
 
-thread_local! {
-    /// The hub built by this shard's endpoint factory, picked up by its service factory.
-    static SHARD_HUB: RefCell<Option<ShardHub>> = const { RefCell::new(None) };
-}
-
 impl Outlet for ConnHandle {
     fn send_text(&self, text: &str) -> bool {
         self.send(MessageKind::Text, text.as_bytes()).is_ok()
@@ -46,26 +42,14 @@ impl Outlet for ConnHandle {
     }
 }
 
-/// The node-level messaging handle: bus statistics and shutdown.
-pub struct MessagingNode {
-    pub bus: BusNode,
-    pub devices: Arc<DeviceStats>,
-}
+/// How long the bus gets to flush and close when the node has stopped.
+const BUS_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 
-impl MessagingNode {
-    /// Appends the bus and device metrics (Prometheus text).
-    pub fn render_prometheus(bus: &bus::BusStats, devices: &DeviceStats, out: &mut String) {
-        bus.render_prometheus(out);
-        devices.render_prometheus(out);
-    }
-}
-
-/// Starts the bus for `shards` shards and registers `/ws` and the per-shard bus service.
-pub fn install(
-    server: Server,
-    mut config: MessagingConfig,
-    shards: usize,
-) -> Result<(Server, MessagingNode), String> {
+/// Starts the bus for the server's shards and adds `/ws`, the per-shard hub, the messaging
+/// metrics, the bus's readiness check and the bus's stop. `Err`: the bus or the JWKS refresh
+/// did not start.
+pub fn install(server: Server, mut config: MessagingConfig) -> Result<Server, String> {
+    let shards = server.shard_count();
     let devices = Arc::new(DeviceStats::starting_now().with_latency_for(shards));
     if let (Some(source), AuthMode::Jwt(verifier)) = (config.jwks.clone(), &mut config.auth) {
         if matches!(source, keys::JwksSource::File(_)) {
@@ -103,43 +87,50 @@ pub fn install(
     let sessions_metrics = sessions.clone();
     let config = Arc::new(config);
     let stats = devices.clone();
+    let bus_stats = bus_node.stats();
+    let bus_connected = bus_stats.clone();
+    let device_stats = devices.clone();
     let server = server
-        .endpoint("/ws", move |ctx: &Rc<ShardCtx>| {
+        .per_shard(move |ctx: &Rc<ShardCtx>| {
             let bus = slots
                 .lock()
                 .ok()
-                .and_then(|mut s| s.get_mut(ctx.index).and_then(Option::take));
-            let hub = bus.map(|bus| {
-                let mut hub = Hub::new(bus, config.limits.clone(), stats.clone());
-                if let AuthMode::Jwt(verifier) = &config.auth {
-                    let verifier = verifier.clone();
-                    hub.set_token_check(Box::new(move |token| verifier.verify(token)));
-                }
-                Rc::new(RefCell::new(hub))
-            });
-            SHARD_HUB.with(|slot| *slot.borrow_mut() = hub.clone());
-            Rc::new(DeviceEndpoint {
+                .and_then(|mut s| s.get_mut(ctx.index).and_then(Option::take))
+                .ok_or_else(|| ServiceError {
+                    shard: ctx.index,
+                    reason: "no bus link for the /ws endpoint".to_string(),
+                })?;
+            let mut hub = Hub::new(bus, config.limits.clone(), stats.clone());
+            if let AuthMode::Jwt(verifier) = &config.auth {
+                let verifier = verifier.clone();
+                hub.set_token_check(Box::new(move |token| verifier.verify(token)));
+            }
+            let hub = Rc::new(RefCell::new(hub));
+            let endpoint = Rc::new(DeviceEndpoint {
                 shard: ctx.clone(),
-                hub,
+                hub: hub.clone(),
                 config: config.clone(),
                 stats: stats.clone(),
                 sessions: sessions.clone(),
-            })
+            });
+            Ok(ShardService::new()
+                .endpoint("/ws", endpoint)
+                .task(run_hub(hub, ctx.clone())))
         })
-        .metrics_source(move |out| sessions_metrics.render_prometheus(out))
-        .service(|ctx: &Rc<ShardCtx>| {
-            let hub = SHARD_HUB
-                .with(|slot| slot.borrow_mut().take())
-                .ok_or_else(|| format!("shard {}: no bus link for the /ws endpoint", ctx.index))?;
-            Ok(Box::pin(run_hub(hub, ctx.clone())))
-        });
-    Ok((
-        server,
-        MessagingNode {
-            bus: bus_node,
-            devices,
-        },
-    ))
+        .metrics_source(move |out| {
+            sessions_metrics.render_prometheus(out);
+            bus_stats.render_prometheus(out);
+            device_stats.render_prometheus(out);
+        })
+        .readiness_check(move || {
+            if bus_connected.connected.load(Ordering::Relaxed) == 1 {
+                Ok(())
+            } else {
+                Err("bus disconnected".to_string())
+            }
+        })
+        .on_exit(move || bus_node.stop(BUS_STOP_TIMEOUT));
+    Ok(server)
 }
 
 /// The shard's bus loop: bus inputs to the hub, and a tick every [`TICK`].
@@ -176,7 +167,7 @@ async fn run_hub(hub: ShardHub, ctx: Rc<ShardCtx>) {
 struct DeviceEndpoint {
     /// The shard's context (its liveness clock), handed to each session.
     shard: Rc<ShardCtx>,
-    hub: Option<ShardHub>,
+    hub: ShardHub,
     config: Arc<MessagingConfig>,
     stats: Arc<DeviceStats>,
     sessions: Arc<DeviceSessions>,
@@ -215,10 +206,7 @@ impl Endpoint for DeviceEndpoint {
         info: &'a ConnInfo,
     ) -> LocalFuture<'a, Result<Accepted, Rejected>> {
         Box::pin(async move {
-            let hub = self
-                .hub
-                .clone()
-                .ok_or_else(|| Rejected::new(503, "device endpoint unavailable"))?;
+            let hub = self.hub.clone();
             let protocol =
                 auth::negotiate_protocol(&req.protocols).map_err(|m| Rejected::new(400, m))?;
             let claims = match &self.config.auth {

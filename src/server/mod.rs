@@ -14,8 +14,15 @@
 //!
 //! # The seam for applications (endpoints, connection registry, per-shard services)
 //!
-//! - **Endpoints are pluggable.** [`Server::endpoint`] maps a request path to a factory that
-//!   builds one [`endpoint::Endpoint`] per shard, on that shard. For each upgrade request on
+//! - **Per-shard services.** [`Server::per_shard`] registers a factory (seastar's
+//!   `sharded<Service>`) called on every shard while it starts (before the start latch: an
+//!   error, a [`ServiceError`], fails the whole node). It returns the shard's [`ShardService`]:
+//!   the endpoints it serves and the tasks it runs for the shard's life (e.g. a bus link), built
+//!   side by side so they share state through plain `Rc`s. Node-level work at the end (stopping
+//!   a bus) is a [`Server::on_exit`] hook.
+//! - **Endpoints are pluggable.** [`Server::endpoint`] (a per-shard service with one endpoint)
+//!   maps a request path to a factory that builds one [`endpoint::Endpoint`] per shard, on that
+//!   shard. For each upgrade request on
 //!   the path the endpoint gets the parsed [`crate::ws::UpgradeRequest`] before the 101 and
 //!   answers, possibly asynchronously (e.g. an auth request over NATS), with
 //!   [`endpoint::Rejected`] (any HTTP status, e.g. 401) or [`endpoint::Accepted`] (an optional
@@ -29,9 +36,6 @@
 //!   ([`conn::Conn::close`]). Other shards reach it through the mesh
 //!   ([`shard::ShardMsg::Run`] sent with [`shard::ShardCtx::mesh`]; the shard of an id is
 //!   [`shard::ShardCtx::shard_of`]).
-//! - **Per-shard services.** [`Server::service`] registers a factory called on every shard
-//!   while it starts (before the start latch: an error fails the whole node); the future it
-//!   returns runs on the shard for the shard's life (e.g. a bus link).
 //!
 //! # Drain
 //!
@@ -73,11 +77,51 @@ use metrics::ShardMetrics;
 use node::NodeShared;
 use shard::{ShardControl, ShardCtx, ShardMsg};
 
-/// Builds a shard's endpoint for one path, on that shard.
-pub type EndpointFactory = Arc<dyn Fn(&Rc<ShardCtx>) -> Rc<dyn Endpoint> + Send + Sync>;
-/// Builds a shard's service future, on that shard; `Err` fails the node's start.
+/// Builds one per-shard service on its shard (seastar's `sharded<Service>::start`): called on
+/// every shard while it starts, before the start latch; an error fails the whole node.
 pub type ServiceFactory =
-    Arc<dyn Fn(&Rc<ShardCtx>) -> Result<Pin<Box<dyn Future<Output = ()>>>, String> + Send + Sync>;
+    Arc<dyn Fn(&Rc<ShardCtx>) -> Result<ShardService, ServiceError> + Send + Sync>;
+
+/// A task that runs on its shard for the shard's life.
+pub type ShardTask = Pin<Box<dyn Future<Output = ()>>>;
+
+/// What one per-shard service puts on its shard: the endpoints it serves and the tasks it runs.
+/// Values built together (e.g. an endpoint and the task that feeds it) share state through
+/// plain `Rc`s: the factory builds them side by side on the shard's thread.
+#[derive(Default)]
+pub struct ShardService {
+    routes: Vec<(String, Rc<dyn Endpoint>)>,
+    tasks: Vec<ShardTask>,
+}
+
+impl ShardService {
+    /// A service with no endpoint and no task yet.
+    pub fn new() -> ShardService {
+        ShardService::default()
+    }
+
+    /// Serves upgrade requests for `path` on this shard with `endpoint`.
+    pub fn endpoint(mut self, path: &str, endpoint: Rc<dyn Endpoint>) -> ShardService {
+        self.routes.push((path.to_string(), endpoint));
+        self
+    }
+
+    /// Runs `task` on this shard for the shard's life.
+    pub fn task(mut self, task: impl Future<Output = ()> + 'static) -> ShardService {
+        self.tasks.push(Box::pin(task));
+        self
+    }
+}
+
+/// Why a per-shard service could not start on its shard (the node does not start).
+#[derive(Debug, thiserror::Error)]
+#[error("shard {shard}: {reason}")]
+pub struct ServiceError {
+    /// The shard it could not start on.
+    pub shard: usize,
+    /// What was missing or failed.
+    pub reason: String,
+}
 
 /// Why the server did not run.
 #[derive(Debug, thiserror::Error)]
@@ -104,50 +148,68 @@ pub enum ServeError {
     Tls(#[from] tls::TlsError),
 }
 
-/// A node about to run: configuration, endpoints and per-shard services.
+/// Node-level work run once the node has stopped (e.g. stopping the bus).
+type ExitHook = Box<dyn FnOnce() + Send>;
+
+/// A node about to run: configuration, placement, per-shard services and node-level hooks.
 pub struct Server {
     config: ServerConfig,
-    endpoints: Vec<(String, EndpointFactory)>,
+    placement: Placement,
     services: Vec<ServiceFactory>,
     metrics_sources: Vec<admin::MetricsSource>,
     readiness: Vec<admin::ReadinessCheck>,
+    on_exit: Vec<ExitHook>,
 }
 
 impl Server {
-    /// A server with `/echo` registered when `config.echo` is set.
-    pub fn new(config: ServerConfig) -> Server {
+    /// A server on the placement `config` asks for (discovered here, once), with `/echo`
+    /// registered when `config.echo` is set.
+    pub fn new(config: ServerConfig) -> Result<Server, ServeError> {
+        let placement = Placement::discover(config.shards, config.cpus.as_deref())?;
         let mut s = Server {
             config,
-            endpoints: Vec::new(),
+            placement,
             services: Vec::new(),
             metrics_sources: Vec::new(),
             readiness: Vec::new(),
+            on_exit: Vec::new(),
         };
         if s.config.echo {
             s = s.endpoint("/echo", |_| Rc::new(endpoint::Echo));
         }
-        s
+        Ok(s)
     }
 
-    /// Serves `path` with the endpoint `factory` builds on each shard.
-    pub fn endpoint(
+    /// Shards the node will run (one per CPU of its placement).
+    pub fn shard_count(&self) -> usize {
+        self.placement.shards()
+    }
+
+    /// Adds a per-shard service: `factory` runs on every shard while it starts and returns the
+    /// endpoints and tasks of that shard's instance.
+    pub fn per_shard(
         mut self,
-        path: &str,
-        factory: impl Fn(&Rc<ShardCtx>) -> Rc<dyn Endpoint> + Send + Sync + 'static,
+        factory: impl Fn(&Rc<ShardCtx>) -> Result<ShardService, ServiceError> + Send + Sync + 'static,
     ) -> Server {
-        self.endpoints.push((path.to_string(), Arc::new(factory)));
+        self.services.push(Arc::new(factory));
         self
     }
 
-    /// Runs the future `factory` builds on each shard for the shard's life.
-    pub fn service(
-        mut self,
-        factory: impl Fn(&Rc<ShardCtx>) -> Result<Pin<Box<dyn Future<Output = ()>>>, String>
-            + Send
-            + Sync
-            + 'static,
+    /// Serves `path` with the endpoint `factory` builds on each shard (a per-shard service
+    /// with one endpoint and no task).
+    pub fn endpoint(
+        self,
+        path: &str,
+        factory: impl Fn(&Rc<ShardCtx>) -> Rc<dyn Endpoint> + Send + Sync + 'static,
     ) -> Server {
-        self.services.push(Arc::new(factory));
+        let path = path.to_string();
+        self.per_shard(move |ctx| Ok(ShardService::new().endpoint(&path, factory(ctx))))
+    }
+
+    /// Runs `hook` once the node has stopped, before [`Server::run`] returns (e.g. stopping
+    /// the bus that fed the shards).
+    pub fn on_exit(mut self, hook: impl FnOnce() + Send + 'static) -> Server {
+        self.on_exit.push(Box::new(hook));
         self
     }
 
@@ -185,7 +247,7 @@ impl Server {
                 1024
             }
         };
-        let placement = Placement::discover(cfg.shards, cfg.cpus.as_deref())?;
+        let placement = self.placement;
         let n = placement.shards();
         let listeners = listener::bind_reuseport_group(cfg.listen, n, cfg.backlog)?;
         let listen_addr = listeners[0]
@@ -237,8 +299,8 @@ impl Server {
             payloads.push(((l, tl), m.clone(), rx, ping_rx));
         }
 
-        let endpoints = self.endpoints;
         let services = self.services;
+        let on_exit = self.on_exit;
         let mut metrics_sources = self.metrics_sources;
         if let Some(certs) = &tls_certs {
             let certs = certs.clone();
@@ -272,22 +334,21 @@ impl Server {
                     shared.clone(),
                     shard.mesh,
                 ));
-                let routes: AHashMap<String, Rc<dyn Endpoint>> = endpoints
-                    .iter()
-                    .map(|(path, f)| (path.clone(), f(&ctx)))
-                    .collect();
-                ctx.set_routes(routes);
-                let mut started = Vec::with_capacity(services.len());
+                let mut routes: AHashMap<String, Rc<dyn Endpoint>> = AHashMap::new();
+                let mut tasks = Vec::new();
                 for f in &services {
-                    started.push(f(&ctx)?);
+                    let service = f(&ctx).map_err(|e| e.to_string())?;
+                    routes.extend(service.routes);
+                    tasks.extend(service.tasks);
                 }
+                ctx.set_routes(routes);
                 Ok(run_shard(
                     ctx,
                     listener,
                     tls_listener,
                     control,
                     pings,
-                    started,
+                    tasks,
                 ))
             },
         )?;
@@ -399,7 +460,11 @@ impl Server {
             })
             .map_err(|e| ServeError::Shards(format!("cannot start the signal thread: {e}")))?;
 
-        node.join().map_err(ServeError::Shards)?;
+        let joined = node.join().map_err(ServeError::Shards);
+        for hook in on_exit {
+            hook();
+        }
+        joined?;
         tracing::info!("tether stopped");
         Ok(())
     }
@@ -412,7 +477,7 @@ async fn run_shard(
     tls_listener: Option<(tether_shards::listener::ShardListener, Arc<tls::TlsCerts>)>,
     control: flume::Receiver<ShardControl>,
     pings: flume::Receiver<admin::ShardPing>,
-    services: Vec<Pin<Box<dyn Future<Output = ()>>>>,
+    services: Vec<ShardTask>,
 ) {
     for s in services {
         glommio::spawn_local(s).detach();
