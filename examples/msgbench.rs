@@ -21,7 +21,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tether::auth::{mint_hs256, Claims};
-use tether::ws::{encode_frame, ClientHandshake, Decoder, DecoderLimits, Event, OpCode, Role};
+use tether::ws::{
+    encode_frame, encode_pong, ClientHandshake, Context, DecoderLimits, Ended, Incoming,
+    MessageKind, OpCode, Role,
+};
 
 struct Args {
     send_url: String,
@@ -69,8 +72,8 @@ fn parse_args() -> Args {
 /// An upgraded client connection.
 struct Client {
     stream: TcpStream,
-    buf: Vec<u8>,
-    decoder: Decoder,
+    /// The connection layer shared with the server and loadgen (leftover bytes, owed pongs).
+    ws: Context,
 }
 
 fn connect(url: &str, token: &str) -> Client {
@@ -98,47 +101,50 @@ fn connect(url: &str, token: &str) -> Client {
     }
     let mut client = Client {
         stream,
-        buf,
-        decoder: Decoder::new(Role::Client, DecoderLimits::default()),
+        ws: Context::new(Role::Client, DecoderLimits::default()),
     };
-    let hello = client.next_text();
+    let hello = client.next_text(buf);
     assert!(hello.contains("\"hello\""), "expected hello, got {hello}");
     client
 }
 
 impl Client {
-    /// The next text message (pings answered, others skipped).
-    fn next_text(&mut self) -> String {
-        loop {
-            let mut pong = None;
-            let mut text = None;
-            if let Some((event, consumed)) =
-                self.decoder.decode(&mut self.buf).expect("valid frames")
-            {
-                match event {
-                    Some(Event::Message { data, .. }) => {
-                        text = Some(String::from_utf8_lossy(data).into_owned())
-                    }
-                    Some(Event::Ping(p)) => pong = Some(p.to_vec()),
-                    Some(Event::Close(_)) => panic!("server closed the connection"),
-                    _ => {}
-                }
-                self.buf.drain(..consumed);
-                if let Some(p) = pong {
-                    let mut out = Vec::new();
-                    encode_frame(&mut out, Role::Client, OpCode::Pong, true, &p);
-                    self.stream.write_all(&out).expect("pong");
-                }
-                if let Some(t) = text {
-                    return t;
-                }
-                continue;
-            }
-            let mut chunk = [0u8; 16384];
+    /// Feeds `data` (bytes read from the server) to the context: answers pings, hands each text
+    /// message to `on_text`; panics if the server closes or breaks the protocol.
+    fn feed(&mut self, data: &mut [u8], mut on_text: impl FnMut(&[u8])) {
+        let mut pongs = Vec::new();
+        let ended = self.ws.feed(data, |incoming| match incoming {
+            Incoming::Message {
+                kind: MessageKind::Text,
+                data,
+            } => on_text(data),
+            Incoming::Ping(p) => encode_pong(&mut pongs, Role::Client, p),
+            Incoming::Message { .. } | Incoming::Pong(_) => {}
+        });
+        match ended {
+            None => {}
+            Some(Ended::PeerClosed(code)) => panic!("server closed the connection ({code:?})"),
+            Some(Ended::Violation(e)) => panic!("server broke the protocol: {e}"),
+        }
+        if !pongs.is_empty() {
+            self.stream.write_all(&pongs).expect("pong");
+        }
+    }
+
+    /// The first text message, from the bytes after the 101 (`first`) and then from the socket.
+    fn next_text(&mut self, mut first: Vec<u8>) -> String {
+        let mut text: Option<String> = None;
+        let keep = |text: &mut Option<String>, data: &[u8]| {
+            text.get_or_insert_with(|| String::from_utf8_lossy(data).into_owned());
+        };
+        self.feed(&mut first, |data| keep(&mut text, data));
+        let mut chunk = [0u8; 16384];
+        while text.is_none() {
             let n = self.stream.read(&mut chunk).expect("read");
             assert!(n > 0, "connection closed");
-            self.buf.extend_from_slice(&chunk[..n]);
+            self.feed(&mut chunk[..n], |data| keep(&mut text, data));
         }
+        text.expect("a text message")
     }
 }
 
@@ -189,33 +195,22 @@ fn main() {
     let total = Duration::from_secs(args.secs);
     let padding = "x".repeat(args.payload_bytes);
     let mut threads = Vec::new();
-    for (i, mut rx) in receivers.into_iter().enumerate() {
+    for mut rx in receivers {
         let (hist, received, stop) = (hist.clone(), received.clone(), stop.clone());
         threads.push(std::thread::spawn(move || {
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
             let mut chunk = vec![0u8; 65536];
             while !stop.load(Ordering::Relaxed) {
-                // Drain complete frames, then read more (timeouts let the loop see `stop`).
-                loop {
-                    match rx.decoder.decode(&mut rx.buf) {
-                        Ok(Some((Some(Event::Message { data, .. }), consumed))) => {
-                            let now_us = start.elapsed().as_micros() as u64;
-                            if let Some(t) = field_t(&String::from_utf8_lossy(data)) {
-                                local.saturating_record(now_us.saturating_sub(t).max(1));
-                                received.fetch_add(1, Ordering::Relaxed);
-                            }
-                            rx.buf.drain(..consumed);
-                        }
-                        Ok(Some((_, consumed))) => {
-                            rx.buf.drain(..consumed);
-                        }
-                        Ok(None) => break,
-                        Err(e) => panic!("receiver {i}: {e:?}"),
-                    }
-                }
+                // Read and decode (timeouts let the loop see `stop`).
                 match rx.stream.read(&mut chunk) {
                     Ok(0) => break,
-                    Ok(n) => rx.buf.extend_from_slice(&chunk[..n]),
+                    Ok(n) => rx.feed(&mut chunk[..n], |data| {
+                        let now_us = start.elapsed().as_micros() as u64;
+                        if let Some(t) = field_t(&String::from_utf8_lossy(data)) {
+                            local.saturating_record(now_us.saturating_sub(t).max(1));
+                            received.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }),
                     Err(_) => {}
                 }
             }

@@ -29,7 +29,7 @@ scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
 
 status=0
-for target in handshake_request handshake_response frame_decode; do
+for target in handshake_request handshake_response frame_decode context_feed; do
     mkdir -p "$scratch/$target"
     echo "=== $target: ${seconds}s (sanitizer $sanitizer)" >&2
     log="$scratch/$target.log"

@@ -69,3 +69,11 @@ fn frame_decode_seeds() {
         harness::frame_decode(&data);
     }
 }
+
+/// The connection context replays the frame seeds (same input format) whole and in reads.
+#[test]
+fn context_feed_seeds() {
+    for (_, data) in seeds("context_feed") {
+        harness::context_feed(&data);
+    }
+}

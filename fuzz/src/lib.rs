@@ -4,8 +4,8 @@
 //! whatever the input; a panic is a bug.
 
 use tether::ws::{
-    parse_request, write_accept_response, write_handshake_error, ClientHandshake, Decoder,
-    DecoderLimits, Event, HandshakeLimits, MessageKind, Role,
+    parse_request, write_accept_response, write_handshake_error, ClientHandshake, Context, Decoder,
+    DecoderLimits, Ended, Event, HandshakeLimits, Incoming, MessageKind, Role,
 };
 
 /// The RFC 6455 §1.3 sample key, so seeds can carry the matching accept value.
@@ -105,6 +105,79 @@ pub fn frame_decode(data: &[u8]) {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// An owned copy of what a [`Context`] handed out.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    Message(MessageKind, Vec<u8>),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    End(Ended),
+}
+
+/// Feeds `stream` to `ctx` in reads of `read_bytes`; returns everything handed out.
+fn feed_in_reads(ctx: &mut Context, stream: &[u8], read_bytes: usize) -> Vec<Seen> {
+    let mut seen = Vec::new();
+    for chunk in stream.chunks(read_bytes) {
+        let mut chunk = chunk.to_vec();
+        let ended = ctx.feed(&mut chunk, |incoming| {
+            seen.push(match incoming {
+                Incoming::Message { kind, data } => Seen::Message(kind, data.to_vec()),
+                Incoming::Ping(p) => Seen::Ping(p.to_vec()),
+                Incoming::Pong(p) => Seen::Pong(p.to_vec()),
+            })
+        });
+        if let Some(e) = ended {
+            seen.push(Seen::End(e));
+            break;
+        }
+    }
+    seen
+}
+
+/// The connection context: the stream fed whole and in reads of any size hands out the same
+/// messages, pings, pongs and end; nothing follows the end; an incomplete frame is all it
+/// holds. Byte 0 as in [`frame_decode`].
+pub fn context_feed(data: &[u8]) {
+    let Some((&ctl, stream)) = data.split_first() else {
+        return;
+    };
+    let role = if ctl & 1 == 0 {
+        Role::Server
+    } else {
+        Role::Client
+    };
+    let read_bytes = (((ctl >> 1) & 0x3f) as usize).max(1) * 7;
+    let limits = if ctl & 0x80 != 0 {
+        DecoderLimits {
+            frame_bytes_max: 200,
+            message_bytes_max: 300,
+        }
+    } else {
+        DecoderLimits::default()
+    };
+    let mut whole_ctx = Context::new(role, limits);
+    let whole = feed_in_reads(&mut whole_ctx, stream, stream.len().max(1));
+    let mut split_ctx = Context::new(role, limits);
+    let split = feed_in_reads(&mut split_ctx, stream, read_bytes);
+    assert_eq!(whole, split, "reads of {read_bytes} bytes");
+    assert_eq!(whole_ctx.state(), split_ctx.state());
+    match whole.last() {
+        Some(Seen::End(_)) => {
+            assert_eq!(whole_ctx.buffered_bytes(), 0);
+            assert_eq!(
+                whole_ctx.feed(&mut stream.to_vec(), |_| panic!("after the end")),
+                None
+            );
+        }
+        _ => assert!(whole_ctx.buffered_bytes() <= stream.len()),
+    }
+    for s in &whole {
+        if let Seen::Message(MessageKind::Text, t) = s {
+            assert!(std::str::from_utf8(t).is_ok());
         }
     }
 }

@@ -1,8 +1,9 @@
 //! One worker process: runs its share of the plan on a tokio current-thread runtime, one task
 //! per client, and reports to the coordinator once a second over stdout (JSON lines).
 //!
-//! Per-connection state is kept small: the task, a `Decoder`, and a leftover buffer that holds
-//! bytes only while a frame is incomplete. Reads go into one thread-local scratch buffer.
+//! Per-connection state is kept small: the task and a `tether::ws::Context` (the server's own
+//! connection layer: decoder, a leftover buffer that holds bytes only while a frame is
+//! incomplete, the close handshake). Reads go into one thread-local scratch buffer.
 //!
 //! Timing model (open loop, coordinated-omission-correct): every connect has an *intended* start
 //! time from the schedule; TCP connect latency, and the whole handshake latency, are measured
@@ -20,8 +21,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use tether::ws::{
-    encode_close, encode_frame, ClientHandshake, ClientHandshakeError, Decoder, DecoderLimits,
-    Event, OpCode, Role,
+    encode_close, encode_frame, encode_pong, ClientHandshake, ClientHandshakeError, Context,
+    DecoderLimits, Ended, Incoming, OpCode, Role,
 };
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Notify;
@@ -833,13 +834,11 @@ async fn write_until(stream: &TcpStream, buf: &[u8], deadline: Instant) -> Resul
 
 /// Per-connection protocol state while open.
 struct ConnState {
-    decoder: Decoder,
-    /// Bytes of an incomplete frame; empty (no capacity) otherwise.
-    leftover: Vec<u8>,
+    /// The frames received and the close handshake (shared with the server: `tether::ws`).
+    ws: Context,
     sent: u64,
     received: u64,
     expect_seq: u64,
-    close_sent: bool,
     /// The server's close frame: `Some(code)` (None inside: no code).
     peer_close: Option<Option<u16>>,
     eof: bool,
@@ -867,95 +866,51 @@ impl ConnState {
     }
 }
 
-/// Reads what is available and decodes every complete frame; replies (pong, close) go to `out`.
+/// Reads what is available and feeds it to the connection's context; replies (pong, close) go
+/// to `out`.
 fn read_some(w: &Worker, stream: &TcpStream, st: &mut ConnState, out: &mut Vec<u8>) {
-    if st.leftover.is_empty() {
-        SCRATCH.with(|s| {
-            let mut s = s.borrow_mut();
-            match stream.try_read(&mut s[..]) {
-                Ok(0) => st.eof = true,
-                Ok(n) => {
-                    let used = decode_all(w, st, &mut s[..n], out);
-                    if !st.finished() && used < n {
-                        st.leftover.extend_from_slice(&s[used..n]);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => st.error = Some(io_cause(&e)),
-            }
-        });
-    } else {
-        let mut buf = std::mem::take(&mut st.leftover);
-        let old = buf.len();
-        buf.resize(old + SCRATCH_BYTES, 0);
-        match stream.try_read(&mut buf[old..]) {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        match stream.try_read(&mut s[..]) {
             Ok(0) => st.eof = true,
-            Ok(n) => {
-                buf.truncate(old + n);
-                let used = decode_all(w, st, &mut buf, out);
-                if !st.finished() && used < buf.len() {
-                    buf.drain(..used);
-                    buf.shrink_to_fit();
-                    st.leftover = buf;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                buf.truncate(old);
-                st.leftover = buf;
-            }
+            Ok(n) => feed(w, st, &mut s[..n], out),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => st.error = Some(io_cause(&e)),
         }
-    }
+    });
 }
 
-/// Decodes frames from `buf` until it runs out or the connection finishes; returns bytes used.
-fn decode_all(w: &Worker, st: &mut ConnState, buf: &mut [u8], out: &mut Vec<u8>) -> usize {
-    let mut used = 0;
-    loop {
-        let rest = &mut buf[used..];
-        match st.decoder.decode(rest) {
-            Ok(None) => return used,
-            Ok(Some((event, n))) => {
-                used += n;
-                match event {
-                    None => {}
-                    Some(Event::Message { data, .. }) => {
-                        if w.plan.workload == Workload::Echo {
-                            on_message(w, data, &mut st.received, &mut st.expect_seq)
-                        } else {
-                            on_tether_frame(
-                                w,
-                                data,
-                                &mut st.hello,
-                                &mut st.received,
-                                &mut st.expect_seq,
-                            )
-                        }
-                    }
-                    Some(Event::Ping(payload)) => {
-                        encode_frame(out, Role::Client, OpCode::Pong, true, payload)
-                    }
-                    Some(Event::Pong(_)) => {}
-                    Some(Event::Close(payload)) => {
-                        let code = payload.map(|(c, _)| c);
-                        if !st.close_sent {
-                            encode_close(out, Role::Client, code.unwrap_or(1000), "");
-                            st.close_sent = true;
-                        }
-                        st.peer_close = Some(code);
-                        return used;
-                    }
-                }
+/// Hands the messages in `data` to the workload, answers pings, and records the server's close
+/// (echoed unless ours went first) or a protocol violation (answered with its close code).
+fn feed(w: &Worker, st: &mut ConnState, data: &mut [u8], out: &mut Vec<u8>) {
+    let ConnState {
+        ws,
+        received,
+        expect_seq,
+        hello,
+        ..
+    } = st;
+    let ended = ws.feed(data, |incoming| match incoming {
+        Incoming::Message { data, .. } => {
+            if w.plan.workload == Workload::Echo {
+                on_message(w, data, received, expect_seq)
+            } else {
+                on_tether_frame(w, data, hello, received, expect_seq)
             }
-            Err(e) => {
-                let code = e.close_code();
-                st.error = Some(format!("protocol_error_{code}"));
-                if !st.close_sent {
-                    encode_close(out, Role::Client, code, "");
-                    st.close_sent = true;
-                }
-                return used;
-            }
+        }
+        Incoming::Ping(payload) => encode_pong(out, Role::Client, payload),
+        Incoming::Pong(_) => {}
+    });
+    match ended {
+        None => {}
+        Some(Ended::PeerClosed(code)) => {
+            st.ws.encode_close(out, Some(code.unwrap_or(1000)), "");
+            st.peer_close = Some(code);
+        }
+        Some(Ended::Violation(e)) => {
+            let code = e.close_code();
+            st.error = Some(format!("protocol_error_{code}"));
+            encode_close(out, Role::Client, code, "");
         }
     }
 }
@@ -1048,18 +1003,16 @@ async fn run_open(
 ) -> End {
     let (frame_max, message_max) = w.decoder_limits;
     let mut st = ConnState {
-        decoder: Decoder::new(
+        ws: Context::new(
             Role::Client,
             DecoderLimits {
                 frame_bytes_max: frame_max,
                 message_bytes_max: message_max,
             },
         ),
-        leftover: Vec::new(),
         sent: 0,
         received: 0,
         expect_seq: 0,
-        close_sent: false,
         peer_close: None,
         eof: false,
         error: None,
@@ -1068,11 +1021,7 @@ async fn run_open(
     let mut out = Vec::new();
     if !leftover.is_empty() {
         let mut buf = leftover;
-        let used = decode_all(w, &mut st, &mut buf, &mut out);
-        if !st.finished() && used < buf.len() {
-            buf.drain(..used);
-            st.leftover = buf;
-        }
+        feed(w, &mut st, &mut buf, &mut out);
     }
     let write_timeout = Duration::from_millis(w.plan.handshake_timeout_ms);
     let interval = (w.plan.msg_rate_per_client > 0.0)
@@ -1241,10 +1190,7 @@ fn partner(w: &Worker, global: u64) -> u64 {
 /// Sends our close frame and waits for the server's (counted as clean or timed out).
 async fn close_and_wait(w: &Worker, stream: &TcpStream, st: &mut ConnState, deadline: Instant) {
     let mut out = Vec::new();
-    if !st.close_sent {
-        encode_close(&mut out, Role::Client, 1000, "");
-        st.close_sent = true;
-    }
+    st.ws.encode_close(&mut out, Some(1000), "");
     let mut clean = false;
     if write_until(stream, &out, deadline).await.is_ok() {
         out.clear();

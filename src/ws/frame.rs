@@ -11,7 +11,7 @@
 
 use std::fmt;
 
-use super::close;
+use super::close::{self, CloseState};
 use super::mask::apply_mask;
 use super::utf8::Utf8Validator;
 
@@ -252,6 +252,10 @@ pub struct Decoder {
     partial_checked_bytes: usize,
     /// Validator state after `partial_checked_bytes` of the incomplete text frame.
     partial_utf8: Utf8Validator,
+    /// The close handshake of the [`super::Context`] this decoder belongs to; the decoder
+    /// itself never reads it. It sits here because this struct has padding to spare, where a
+    /// field of `Context` would add 8 bytes to every connection's task.
+    pub(super) close_state: CloseState,
 }
 
 impl Decoder {
@@ -266,6 +270,7 @@ impl Decoder {
             utf8: Utf8Validator::new(),
             partial_checked_bytes: 0,
             partial_utf8: Utf8Validator::new(),
+            close_state: CloseState::Open,
         }
     }
 

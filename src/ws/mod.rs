@@ -4,19 +4,20 @@
 //! Every function here takes bytes and returns results; nothing imports a runtime, so the server
 //! (glommio), the load generator (tokio) and the fuzz targets share exactly this code.
 //!
-//! Deviations from the contract in `WS-API.md` (all additive):
-//! - [`Decoder::frame_bytes_needed`] reports the total size of the frame at the front of a
-//!   buffer once its header is complete (for sizing reads).
-//! - [`ClientHandshake::with_head_bytes_max`] bounds the response head (default 8192 bytes).
-//! - [`ClientHandshake::new_with_key`] takes the key bytes (reproducible tests and fuzzing).
-//! - The error enums implement `Display` and `std::error::Error`.
+//! The layers, bottom up: [`mask`] and [`utf8`] (byte-level helpers), [`frame`] (the frame
+//! codec: [`Decoder`] and the encoders), [`close`] (close codes and the close-handshake state),
+//! [`context`] (one connection's receive state above the decoder: leftover bytes, the pongs and
+//! the close echo owed, RFC 6455 §5.5), and [`handshake`] (the opening handshake, both sides).
 
 pub mod close;
+pub mod context;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
 pub mod utf8;
 
+pub use close::CloseState;
+pub use context::{encode_pong, Context, Ended, Incoming};
 pub use frame::{
     encode_close, encode_frame, write_frame_header, Decoder, DecoderLimits, Event, MessageKind,
     OpCode, ProtocolError, Role, MAX_HEADER_BYTES,
