@@ -2,11 +2,14 @@
 # Runs Autobahn|Testsuite's fuzzingclient against a WebSocket echo endpoint and diffs the
 # per-case outcome (behavior, behaviorClose) against tests/autobahn/expected.json.
 #
-#   scripts/autobahn.sh [--quick] [--out DIR] [--agent NAME] [--no-diff] [URL]
+#   scripts/autobahn.sh [--quick] [--tls] [--out DIR] [--agent NAME] [--no-diff] [URL]
 #
 # Without URL it starts `tether serve --echo` (the release binary under
 # ${CARGO_TARGET_DIR:-target}/release) on free loopback ports and stops it on exit.
 # --quick    cases 1-11 plus 12.1.1 and 13.1.1 (about 20 s); default: every case 1-13.
+# --tls      run over wss:// instead: tether gets a wss:// listener with a certificate made
+#            for the run by scripts/test-pki.sh (wstest does not verify certificates); the
+#            expectation file is the same as for ws://.
 # --out DIR  where the reports go (default ${CARGO_TARGET_DIR:-target}/autobahn/<agent>-<mode>).
 # --no-diff  only print the per-category counts (for reference runs against other servers).
 # Exit status: 0 when every case matches the expectation, 1 on any difference, 2 on a set-up
@@ -24,14 +27,16 @@ out=""
 agent=""
 diff=yes
 url=""
+tls=no
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) mode=quick ;;
+        --tls) tls=yes ;;
         --out) out="$2"; shift ;;
         --agent) agent="$2"; shift ;;
         --no-diff) diff=no ;;
         -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        ws://*) url="$1" ;;
+        ws://*|wss://*) url="$1" ;;
         *) echo "autobahn: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -50,6 +55,7 @@ free_port() {
 
 server_pid=""
 rundir=""
+pki=""
 cleanup() {
     if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
         kill -TERM "$server_pid" 2>/dev/null || true
@@ -57,6 +63,7 @@ cleanup() {
         kill -KILL "$server_pid" 2>/dev/null || true
     fi
     if [ -n "$rundir" ]; then rm -rf --one-file-system "$rundir"; fi
+    if [ -n "$pki" ]; then rm -rf --one-file-system "$pki"; fi
 }
 trap cleanup EXIT
 trap 'exit 2' INT TERM
@@ -72,11 +79,21 @@ if [ -z "$url" ]; then
     # Autobahn's case 9 sends messages and frames of up to 16 MiB and expects them echoed: the
     # run raises the 1 MiB defaults to that (the reference servers in docs/conformance.md allow
     # 32 MiB likewise); the outbound queue must hold one such echo.
-    "$bin" serve --echo --listen "127.0.0.1:$port" --admin "127.0.0.1:$admin" \
+    tls_args=()
+    if [ "$tls" = yes ]; then
+        pki="$(mktemp -d -t tether-autobahn-pki.XXXXXX)"
+        bash scripts/test-pki.sh "$pki" || die "could not make the test certificate"
+        port="$(free_port)"
+        tls_args=(--tls-listen "127.0.0.1:$port" --tls-cert "$pki/cert.pem" --tls-key "$pki/key.pem")
+        plain_port="$(free_port)"
+    else
+        plain_port="$port"
+    fi
+    "$bin" serve --echo --listen "127.0.0.1:$plain_port" --admin "127.0.0.1:$admin" \
         --frame-bytes-max $((16 << 20)) --message-bytes-max $((16 << 20)) \
-        --outbound-bytes-max $((32 << 20)) >"$server_log" 2>&1 &
+        --outbound-bytes-max $((32 << 20)) "${tls_args[@]}" >"$server_log" 2>&1 &
     server_pid=$!
-    url="ws://127.0.0.1:$port/echo"
+    if [ "$tls" = yes ]; then url="wss://127.0.0.1:$port/echo"; else url="ws://127.0.0.1:$port/echo"; fi
     ready=no
     for _ in $(seq 100); do
         if ! kill -0 "$server_pid" 2>/dev/null; then
@@ -91,7 +108,8 @@ if [ -z "$url" ]; then
     [ "$ready" = yes ] || die "tether did not listen on 127.0.0.1:$port within 10 s"
 fi
 agent="${agent:-peer}"
-out="${out:-${CARGO_TARGET_DIR:-target}/autobahn/$agent-$mode}"
+if [ "$tls" = yes ]; then mode_dir="$mode-tls"; else mode_dir="$mode"; fi
+out="${out:-${CARGO_TARGET_DIR:-target}/autobahn/$agent-$mode_dir}"
 
 if [ "$mode" = quick ]; then
     cases='["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "8.*", "9.*", "10.*", "11.*", "12.1.1", "13.1.1"]'

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Opens N idle upgraded WebSocket connections to HOST:PORT/PATH and holds them.
 
-Used by scripts/measure-idle-memory.sh. Prints "ready <n>" on stdout once every connection is
+Used by scripts/measure-idle-memory.sh. With TLS_CA=FILE set it connects with TLS (wss://),
+trusting FILE and checking the name "localhost". Prints "ready <n>" on stdout once every connection is
 upgraded (or "failed <n> <first error>"), then holds them until the process is terminated. One process
 holds at most what its open-files limit allows (raised to the hard limit here), so large
 counts are spread over several processes by the caller. Source addresses rotate over
@@ -12,7 +13,11 @@ import base64
 import os
 import resource
 import socket
+import ssl
 import sys
+
+TLS_CA = os.environ.get("TLS_CA")
+TLS_CTX = ssl.create_default_context(cafile=TLS_CA) if TLS_CA else None
 
 
 async def one(host, port, path, src, sem, errors):
@@ -24,7 +29,12 @@ async def one(host, port, path, src, sem, errors):
             sock.bind((src, 0))
             sock.setblocking(False)
             await asyncio.get_running_loop().sock_connect(sock, (host, port))
-            reader, writer = await asyncio.open_connection(sock=sock)
+            if TLS_CTX is None:
+                reader, writer = await asyncio.open_connection(sock=sock)
+            else:
+                reader, writer = await asyncio.open_connection(
+                    sock=sock, ssl=TLS_CTX, server_hostname="localhost"
+                )
             key = base64.b64encode(os.urandom(16)).decode()
             writer.write(
                 (

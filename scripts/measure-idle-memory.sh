@@ -9,6 +9,8 @@
 #   cargo build --release -p tether --bin tether -p tether-shards --example hold101
 #   scripts/measure-idle-memory.sh
 #   TOTAL=19000 SHARDS=2 PER_PROC=5000 RUNS=3 scripts/measure-idle-memory.sh
+#   TLS=1 scripts/measure-idle-memory.sh   # also tether's wss:// listener (ECDSA P-256 test
+#                                          # certificate from scripts/test-pki.sh; TLS 1.3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +18,7 @@ TARGET="${CARGO_TARGET_DIR:-target}"
 BIN="${TETHER_BIN:-$TARGET/release/tether}"
 BASELINE_BIN="${BASELINE_BIN:-$TARGET/release/examples/hold101}"
 TOTAL=${TOTAL:-19000}
+TLS=${TLS:-0}
 SHARDS=${SHARDS:-2}
 PER_PROC=${PER_PROC:-5000}
 RUNS=${RUNS:-1}
@@ -51,7 +54,7 @@ open_clients() {
         local n=$(( left < PER_PROC ? left : PER_PROC ))
         local out="$tmp/client.$src_next"
         SRC_FIRST=$(( 1 + src_next % 200 )) SRC_ADDRS=1 \
-            python3 scripts/idle-clients.py "$n" 127.0.0.1 "$port" /echo >"$out" 2>&1 &
+            TLS_CA="${tls_ca:-}" python3 scripts/idle-clients.py "$n" 127.0.0.1 "$port" /echo >"$out" 2>&1 &
         client_pids+=($!)
         outs+=("$out")
         src_next=$(( src_next + 1 ))
@@ -105,4 +108,19 @@ for run in $(seq "$RUNS"); do
     port=$(sed -E 's/.* listen=[^ ]*:([0-9]+) .*/\1/' <<<"$line")
     admin=$(sed -E 's/.* admin=[^ ]*:([0-9]+) .*/\1/' <<<"$line")
     measure "tether"
+
+    if [ "$TLS" = 1 ]; then
+        bash scripts/test-pki.sh "$tmp/pki"
+        "$BIN" serve --shards "$SHARDS" --listen 127.0.0.1:0 --admin 127.0.0.1:0 --echo \
+            --tls-listen 127.0.0.1:0 --tls-cert "$tmp/pki/cert.pem" --tls-key "$tmp/pki/key.pem" \
+            --ping-idle 1h --silence-timeout 2h 2>"$tmp/server.log" &
+        server_pid=$!
+        for _ in $(seq 100); do grep -q "tether serving" "$tmp/server.log" && break; sleep 0.1; done
+        line=$(grep "tether serving" "$tmp/server.log") || { cat "$tmp/server.log"; exit 1; }
+        port=$(sed -E 's/.* tls_listen=[^ ]*:([0-9]+) .*/\1/' <<<"$line")
+        admin=$(sed -E 's/.* admin=[^ ]*:([0-9]+) .*/\1/' <<<"$line")
+        tls_ca="$tmp/pki/ca.pem"
+        measure "tether-wss"
+        tls_ca=""
+    fi
 done

@@ -167,3 +167,46 @@ fn pipelined_frames_after_the_head_are_not_lost() {
     }
     assert!(got.starts_with(b"HTTP/1.1 101"));
 }
+
+#[test]
+fn origin_outside_the_allow_list_gets_403_and_no_origin_passes() {
+    let srv = Server::start(&[
+        "--shards",
+        "1",
+        "--echo",
+        "--allowed-origins",
+        "https://app.example.com,https://other.example.com:8443",
+    ]);
+    let with_origin = |origin: &str| {
+        let mut req = upgrade_request("/echo");
+        req.truncate(req.len() - 2);
+        req.extend_from_slice(format!("Origin: {origin}\r\n\r\n").as_bytes());
+        req
+    };
+    let (s, body) = raw_request(srv.port, &with_origin("https://evil.example.com"));
+    assert_eq!((s, body.as_str()), (403, "origin not allowed"));
+    // Same host, other scheme or port: another origin.
+    assert_eq!(
+        raw_request(srv.port, &with_origin("http://app.example.com")).0,
+        403
+    );
+    assert_eq!(
+        raw_request(srv.port, &with_origin("https://other.example.com")).0,
+        403
+    );
+    assert!(eventually(Duration::from_secs(5), || srv.metric(
+        "tether_handshakes_total{result=\"origin_not_allowed\"}"
+    ) == 3));
+
+    let mut ok = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+    ok.write_all(&with_origin("https://app.example.com"))
+        .unwrap();
+    let mut buf = [0u8; 12];
+    ok.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    ok.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 101");
+    // A device sends no Origin: not checked.
+    let mut dev = Client::connect(srv.port, "/echo");
+    dev.send_text("device");
+    assert_eq!(dev.recv(Duration::from_secs(5)), Got::Text("device".into()));
+}

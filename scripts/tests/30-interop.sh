@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Independent clients against tether's /echo: Python `websockets` (pytest) and Node's `ws` and
-# built-in WebSocket (node --test). Starts one tether node (release binary) on free loopback
-# ports and stops it on exit. Fails, never skips, when the binary or a client is missing.
+# built-in WebSocket (node --test), over ws:// and then over wss:// (a test CA made for the run
+# by scripts/test-pki.sh, trusted by the clients through SSL_CERT_FILE and NODE_EXTRA_CA_CERTS;
+# each client verifies the certificate and the host name). Starts one tether node (release
+# binary) with both listeners on free loopback ports and stops it on exit. Fails, never skips,
+# when the binary or a client is missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -19,10 +22,15 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 port="$(free_port)"
+tls_port="$(free_port)"
 admin="$(free_port)"
 log="$(mktemp -t tether-interop.XXXXXX.log)"
+pki="$(mktemp -d -t tether-interop-pki.XXXXXX)"
+bash scripts/test-pki.sh "$pki"
 
-"$bin" serve --shards 2 --echo --listen "127.0.0.1:$port" --admin "127.0.0.1:$admin" >"$log" 2>&1 &
+"$bin" serve --shards 2 --echo --listen "127.0.0.1:$port" --admin "127.0.0.1:$admin" \
+    --tls-listen "127.0.0.1:$tls_port" --tls-cert "$pki/cert.pem" --tls-key "$pki/key.pem" \
+    >"$log" 2>&1 &
 pid=$!
 stop() {
     if kill -0 "$pid" 2>/dev/null; then
@@ -30,6 +38,7 @@ stop() {
         for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$pid" 2>/dev/null || true
     fi
+    rm -rf --one-file-system "$pki"
 }
 trap stop EXIT
 
@@ -51,6 +60,12 @@ status=0
 started=$(date +%s)
 python3 -m pytest -q tests/interop || status=1
 (cd tests/node && node --experimental-websocket --test echo.test.mjs) || status=1
+# The same suites over wss://; the clients trust only the system CAs plus the test CA.
+echo "interop: over wss://localhost:$tls_port/echo"
+TETHER_ECHO_URL="wss://localhost:$tls_port/echo" SSL_CERT_FILE="$pki/ca.pem" \
+    python3 -m pytest -q tests/interop || status=1
+(cd tests/node && TETHER_ECHO_URL="wss://localhost:$tls_port/echo" \
+    NODE_EXTRA_CA_CERTS="$pki/ca.pem" node --experimental-websocket --test echo.test.mjs) || status=1
 if ! kill -0 "$pid" 2>/dev/null; then
     echo "interop: tether died during the tests; its log:" >&2
     tail -50 "$log" >&2

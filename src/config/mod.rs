@@ -167,6 +167,9 @@ settings! {
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) of tls_cert; reloaded on SIGHUP.
     /// No default, as for tls_cert.
     tls_key: Option<PathBuf> = None, env "TETHER_TLS_KEY", value "FILE", example "\"/etc/tether/tls/key.pem\"";
+    /// Origins (scheme://host[:port]) whose browser clients may connect; others get 403.
+    /// Empty: no check (devices send no Origin). A request without Origin is always allowed.
+    allowed_origins: Vec<String> = Vec::new(), env "TETHER_ALLOWED_ORIGINS", value "ORIGIN[,ORIGIN...]", example "[\"https://app.example.com\"]";
     // ---- limits of one connection ----
     /// Time a client has from TCP accept to a complete, accepted upgrade request.
     /// Long enough for a slow mobile link, short enough for slow-head clients (408).

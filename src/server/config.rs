@@ -20,6 +20,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Address of the `wss://` listeners and their certificate (`None`: no TLS).
     pub tls: Option<TlsListen>,
+    /// Origins allowed to upgrade (compared case-insensitively, trailing `/` ignored); empty:
+    /// every origin. A request without `Origin` (a device, not a browser) is allowed.
+    pub allowed_origins: Vec<String>,
     /// Address of the admin HTTP endpoint.
     pub admin: SocketAddr,
     /// Number of shards.
@@ -90,6 +93,11 @@ impl ServerConfig {
                     key: s.tls_key.clone().unwrap_or_default(),
                 },
             }),
+            allowed_origins: s
+                .allowed_origins
+                .iter()
+                .map(|o| o.trim_end_matches('/').to_string())
+                .collect(),
             admin: s.admin,
             shards: s.shards,
             cpus: s.cpus.as_ref().map(|c| c.cpus().to_vec()),
@@ -133,6 +141,20 @@ impl ServerConfig {
         let cfg = ServerConfig::from_settings(s);
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Whether a request with this `Origin` header may upgrade.
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        match origin {
+            _ if self.allowed_origins.is_empty() => true,
+            None => true,
+            Some(o) => {
+                let o = o.trim_end_matches('/');
+                self.allowed_origins
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(o))
+            }
+        }
     }
 
     /// Checks relations between settings.
@@ -192,6 +214,23 @@ impl ServerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origins_are_checked_only_when_listed_and_only_when_sent() {
+        let open = ServerConfig::default();
+        assert!(open.origin_allowed(Some("https://evil.example")));
+        assert!(open.origin_allowed(None));
+        let c = ServerConfig {
+            allowed_origins: vec!["https://app.example.com".into()],
+            ..ServerConfig::default()
+        };
+        assert!(c.origin_allowed(Some("https://app.example.com")));
+        assert!(c.origin_allowed(Some("HTTPS://APP.example.com/")));
+        assert!(!c.origin_allowed(Some("http://app.example.com")));
+        assert!(!c.origin_allowed(Some("https://app.example.com:8443")));
+        assert!(!c.origin_allowed(Some("null")));
+        assert!(c.origin_allowed(None));
+    }
 
     #[test]
     fn defaults_are_valid() {

@@ -629,6 +629,13 @@ async fn handshake_inner(
             }
         }
     };
+    if !cfg.origin_allowed(req.origin.as_deref()) {
+        tracing::debug!(peer = %info.peer, origin = ?req.origin, "origin not allowed");
+        return HandshakeOutcome::Refused(
+            HandshakeResult::OriginNotAllowed,
+            error_response(403, "origin not allowed"),
+        );
+    }
     if shard.is_draining() {
         return HandshakeOutcome::Refused(
             HandshakeResult::Draining,

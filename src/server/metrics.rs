@@ -40,6 +40,8 @@ pub enum HandshakeResult {
     AuthUnavailable,
     /// The endpoint refused for another reason (its status in the response).
     Rejected,
+    /// 403: `Origin` not in `allowed_origins`.
+    OriginNotAllowed,
     /// 503: the node is at its connection capacity.
     OverCapacity,
     /// 503: the node is draining.
@@ -52,7 +54,7 @@ pub enum HandshakeResult {
 
 impl HandshakeResult {
     /// Every result, in the order they are rendered.
-    pub const ALL: [HandshakeResult; 18] = [
+    pub const ALL: [HandshakeResult; 19] = [
         HandshakeResult::Ok,
         HandshakeResult::BadRequest,
         HandshakeResult::NotFound,
@@ -67,6 +69,7 @@ impl HandshakeResult {
         HandshakeResult::Forbidden,
         HandshakeResult::AuthUnavailable,
         HandshakeResult::Rejected,
+        HandshakeResult::OriginNotAllowed,
         HandshakeResult::OverCapacity,
         HandshakeResult::Draining,
         HandshakeResult::Timeout,
@@ -90,6 +93,7 @@ impl HandshakeResult {
             HandshakeResult::Forbidden => "forbidden",
             HandshakeResult::AuthUnavailable => "auth_unavailable",
             HandshakeResult::Rejected => "rejected",
+            HandshakeResult::OriginNotAllowed => "origin_not_allowed",
             HandshakeResult::OverCapacity => "over_capacity",
             HandshakeResult::Draining => "draining",
             HandshakeResult::Timeout => "timeout",
