@@ -10,4 +10,6 @@ pub mod config;
 pub mod device;
 pub mod proto;
 pub mod server;
+// Held to `missing_docs` and `unreachable_pub` (denied in CI through `clippy -D warnings`).
+#[warn(missing_docs, unreachable_pub)]
 pub mod ws;
