@@ -112,8 +112,10 @@ try:
         p, log = start(f"node{i}", [f"{BIN}/tether", "serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
                                     "--shards", "2", "--jwt-secret-file", secret_file, "--nats", nats_url,
                                     "--node-id", f"metrics-{i}"])
-        m = wait_for(f"node {i}", lambda: re.search(r"tether serving.* listen=\S+:(\d+) admin=\S+:(\d+)", open(log).read()))
-        nodes.append({"pid": p.pid, "port": int(m.group(1)), "admin": int(m.group(2))})
+        line = wait_for(f"node {i}", lambda: re.search(r"tether serving.*", open(log).read())).group(0)
+        port = re.search(r" listen=\S+:(\d+)", line).group(1)
+        admin = re.search(r" admin=\S+:(\d+)", line).group(1)
+        nodes.append({"pid": p.pid, "port": int(port), "admin": int(admin)})
     n1, n2 = nodes
     print(f"70-metrics: nats {nats_url}, nodes {n1}, {n2}")
 
@@ -156,7 +158,8 @@ try:
             for i in range(5):
                 await tx.send(json.dumps({"op": "send", "to": "rx-1", "data": {"n": i}, "id": f"m{i}", "ack": True}))
                 got = json.loads(await asyncio.wait_for(rx.recv(), 10))
-                assert got["op"] == "msg", got
+                assert got["op"] == "msg" and "ack_id" in got, got
+                await rx.send(json.dumps({"op": "ack", "ack_id": got["ack_id"]}))
                 ack = json.loads(await asyncio.wait_for(tx.recv(), 10))
                 assert (ack.get("op"), ack.get("id"), ack.get("delivered")) == ("ack", f"m{i}", True), ack
 
