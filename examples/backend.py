@@ -9,6 +9,10 @@ It talks to devices only through NATS subjects:
                             and keep who is online, declaring a node dead (and every device whose
                             last event was a connect on it gone) after its heartbeat's
                             dead_after_ms of silence
+  durable DEVICE JSON       durable push (nodes with --durable): a JetStream publish on
+                            tether.mbox.DEVICE (--key K: collapse key, --ttl 30s: expiry);
+                            prints the stored seq, then waits for the device's receipt on
+                            tether.receipt.DEVICE (--no-wait: do not wait)
   topic TOPIC JSON          publish on tether.topic.TOPIC
   listen SERVICE [-n N]     receive upstream messages on tether.up.SERVICE (queue group SERVICE),
                             print one JSON line each; stop after N messages
@@ -18,6 +22,7 @@ It talks to devices only through NATS subjects:
 Examples:
   python3 examples/backend.py --nats nats://127.0.0.1:4222 push tv-livingroom '{"channel": 5}'
   python3 examples/backend.py --nats nats://127.0.0.1:4222 request tv-livingroom '{"q": "battery"}'
+  python3 examples/backend.py --nats nats://127.0.0.1:4222 durable tv-livingroom '{"badge": 3}' --key badge
 
 Each command prints a JSON result on stdout and exits 0, or exits 1 with a reason on stderr
 (device offline, timeout).
@@ -48,6 +53,36 @@ async def push(nc, args):
         # e.g. {"delivered": 0, "reason": "closed"}: the session closed before acknowledging.
         return fail(f"not delivered to {args.device}: {receipt.get('reason')}")
     return {"pushed": args.device, **receipt}
+
+
+async def durable(nc, args):
+    subject = f"tether.mbox.{args.device}" + (f".{args.key}" if args.key else "")
+    headers = {}
+    if args.key:
+        headers["Nats-Rollup"] = "sub"  # collapse: replaces the unread message with this key
+    if args.ttl:
+        headers["Nats-TTL"] = args.ttl  # expires unread after this long
+    # Subscribe to receipts before publishing, so that a receipt cannot come before we listen.
+    receipts = await nc.subscribe(f"tether.receipt.{args.device}")
+    ack = await nc.jetstream().publish(subject, envelope(args.name, json.loads(args.json)), headers=headers or None)
+    print(json.dumps({"stored": args.device, "stream": ack.stream, "seq": ack.seq}), flush=True)
+    if args.no_wait:
+        return {"seq": ack.seq, "receipt": None}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + args.timeout
+    while True:
+        left = deadline - loop.time()
+        try:
+            msg = await receipts.next_msg(timeout=max(left, 0.001))
+        except NatsTimeout:
+            return fail(
+                f"stored as seq {ack.seq}; no receipt within {args.timeout}s "
+                f"({args.device} gets it when it connects, within the stream's max age)"
+            )
+        receipt = json.loads(msg.data)
+        # Acks are cumulative: one ack can produce receipts for several seqs.
+        if receipt["seq"] == ack.seq:
+            return {"seq": ack.seq, "receipt": receipt}
 
 
 async def topic(nc, args):
@@ -189,6 +224,12 @@ async def main():
     c = sub.add_parser("push")
     c.add_argument("device")
     c.add_argument("json")
+    c = sub.add_parser("durable")
+    c.add_argument("device")
+    c.add_argument("json")
+    c.add_argument("--key", help="collapse key (one token): only the latest unread one is kept")
+    c.add_argument("--ttl", help="time to live, e.g. 30s, 10m (JetStream Nats-TTL)")
+    c.add_argument("--no-wait", action="store_true", help="do not wait for the receipt")
     c = sub.add_parser("topic")
     c.add_argument("topic")
     c.add_argument("json")
@@ -208,7 +249,7 @@ async def main():
 
     nc = await nats.connect(args.nats, name=f"tether backend example ({args.name})")
     try:
-        handler = {"push": push, "topic": topic, "listen": listen, "request": request, "presence": presence,
+        handler = {"push": push, "durable": durable, "topic": topic, "listen": listen, "request": request, "presence": presence,
                    "events": events}[args.command]
         result = await handler(nc, args)
         print(json.dumps(result), flush=True)

@@ -16,6 +16,7 @@ fn node(name: &str, shards: usize, server: &NatsServer) -> (Vec<ShardBus>, BusNo
         shards,
         queue_len: 1024,
         nats_urls: vec![server.url()],
+        durable: None,
     })
     .expect("bus starts")
 }
@@ -203,6 +204,7 @@ fn embedded_bus_has_no_backends() {
         shards: 2,
         queue_len: 16,
         nats_urls: vec![],
+        durable: None,
     })
     .unwrap();
     assert!(!buses[0].has_backends());
@@ -217,6 +219,7 @@ fn bad_nats_url_is_a_clear_start_error() {
         shards: 1,
         queue_len: 16,
         nats_urls: vec!["http://[bad".into()],
+        durable: None,
     })
     .err()
     .expect("refused");

@@ -149,6 +149,7 @@ impl EmbeddedLink {
             }
             Ctrl::Ready(token) => Some(BusEvent::Ready(token)),
             Ctrl::NoResponders(reply) => Some(BusEvent::NoResponders(reply)),
+            Ctrl::Durable(ev) => Some(BusEvent::Durable(ev)),
         }
     }
 
@@ -208,6 +209,7 @@ mod tests {
             shards,
             queue_len,
             nats_urls: vec![],
+            durable: None,
         }
     }
 

@@ -21,6 +21,7 @@
 //! is retried on every [`ShardBus::recv`] and [`ShardBus::maintain`].
 
 pub mod embedded;
+pub mod jetstream;
 pub mod nats;
 
 use crate::proto::subject;
@@ -58,9 +59,44 @@ pub fn unix_us() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
+/// One message of a device mailbox, as a read returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// The stream sequence (what the backend's publish acknowledgement said).
+    pub seq: u64,
+    pub payload: Bytes,
+}
+
+/// The outcome of a durable operation a shard asked for ([`ShardBus::mailbox_read`],
+/// [`ShardBus::publish_upstream`]), under the token it gave.
+#[derive(Debug)]
+pub enum DurableEvent {
+    /// A mailbox read: messages in stream order; `complete` when none were left after them.
+    Read {
+        token: u64,
+        messages: Vec<StoredMessage>,
+        complete: bool,
+    },
+    /// A mailbox read failed (retry later).
+    ReadFailed { token: u64, reason: String },
+    /// A mailbox acknowledgement asked for with a token: applied to the stream, or not.
+    Acked {
+        token: u64,
+        result: Result<(), String>,
+    },
+    /// An upstream publish: `Some(seq)` when a stream stored it, `None` when no stream captures
+    /// its subject (published as a plain message).
+    Upstream {
+        token: u64,
+        result: Result<Option<u64>, String>,
+    },
+}
+
 /// What a shard receives from the bus.
 #[derive(Debug)]
 pub enum BusEvent {
+    /// The answer to a durable operation.
+    Durable(DurableEvent),
     /// A message on a subject this shard is interested in (or on its inbox).
     Message(BusMessage),
     /// Every interest change made before [`ShardBus::barrier`] with this token is in effect.
@@ -81,6 +117,8 @@ pub enum BusError {
     Full,
     /// The operation needs NATS (backends) and this node runs the embedded bus.
     NoBackend,
+    /// The operation needs durable delivery (`--durable` on NATS with JetStream).
+    NoDurable,
 }
 
 /// Why a request over the bus failed.
@@ -111,6 +149,8 @@ pub struct BusStats {
     pub subscriptions: AtomicI64,
     /// Control messages that found their channel full and waited in a backlog.
     pub control_backlogged_total: AtomicU64,
+    /// Durable delivery (JetStream) counters and the mailbox stream's limits.
+    pub mailbox: jetstream::MailboxStats,
 }
 
 impl BusStats {
@@ -163,6 +203,7 @@ impl BusStats {
             g(&self.subscriptions),
             c(&self.control_backlogged_total),
         );
+        self.mailbox.render_prometheus(out);
     }
 }
 
@@ -177,6 +218,8 @@ pub struct BusConfig {
     pub queue_len: usize,
     /// NATS server URLs; empty = embedded bus.
     pub nats_urls: Vec<String>,
+    /// Durable delivery (the mailbox stream on JetStream); NATS only.
+    pub durable: Option<jetstream::DurableConfig>,
 }
 
 /// How the node logs in to NATS and protects the connection (`docs/operations.md`, "Security").
@@ -234,6 +277,9 @@ pub fn start_with(config: &BusConfig, auth: &NatsAuth) -> Result<(Vec<ShardBus>,
     if config.queue_len == 0 {
         return Err("bus queue length must be at least 1".into());
     }
+    if config.nats_urls.is_empty() && config.durable.is_some() {
+        return Err("durable delivery keeps messages in NATS JetStream: give --nats too".into());
+    }
     if config.nats_urls.is_empty() {
         let stats = Arc::new(BusStats::new("embedded"));
         stats.connected.store(1, Ordering::Relaxed);
@@ -275,6 +321,8 @@ pub(crate) enum Ctrl {
     Ready(u64),
     /// A publish with this reply subject reached nobody.
     NoResponders(String),
+    /// NATS: the answer to a durable operation.
+    Durable(DurableEvent),
 }
 
 enum Link {
@@ -321,6 +369,65 @@ impl ShardBus {
     /// may arrive much later).
     pub fn is_connected(&self) -> bool {
         self.stats.connected.load(Ordering::Relaxed) == 1
+    }
+
+    /// True when durable delivery is on (NATS with `--durable`).
+    pub fn has_durable(&self) -> bool {
+        match &self.link {
+            Link::Nats(l) => l.durable(),
+            Link::Embedded(_) => false,
+        }
+    }
+
+    /// Asks for at most `max` mailbox messages of `device` above stream sequence `after`; the
+    /// answer is a [`DurableEvent::Read`] or [`DurableEvent::ReadFailed`] with `token`.
+    pub fn mailbox_read(&mut self, device: &str, after: u64, max: usize, token: u64) {
+        let refused = match &mut self.link {
+            Link::Nats(l) if l.durable() => {
+                l.mailbox_read(device, after, max, token, &self.stats).err()
+            }
+            _ => Some(BusError::NoDurable),
+        };
+        if let Some(err) = refused {
+            self.local
+                .push_back(BusEvent::Durable(DurableEvent::ReadFailed {
+                    token,
+                    reason: format!("{err:?}"),
+                }));
+        }
+    }
+
+    /// Acknowledges `device`'s mailbox through stream sequence `through` (purges it). With a
+    /// token the outcome comes back as [`DurableEvent::Acked`]; without, an acknowledgement
+    /// that does not reach the stream only means redelivery (logged and counted).
+    pub fn mailbox_ack(
+        &mut self,
+        device: &str,
+        through: u64,
+        token: Option<u64>,
+    ) -> Result<(), BusError> {
+        match &mut self.link {
+            Link::Nats(l) if l.durable() => l.mailbox_ack(device, through, token, &self.stats),
+            _ => Err(BusError::NoDurable),
+        }
+    }
+
+    /// Publishes an upstream message: a JetStream publish when a stream captures `subject`
+    /// (answered once stored), else a plain one. The answer is a [`DurableEvent::Upstream`].
+    pub fn publish_upstream(&mut self, subject: &str, payload: Bytes, token: u64) {
+        let refused = match &mut self.link {
+            Link::Nats(l) => l
+                .publish_upstream(subject, payload, token, &self.stats)
+                .err(),
+            Link::Embedded(_) => Some(BusError::NoBackend),
+        };
+        if let Some(err) = refused {
+            self.local
+                .push_back(BusEvent::Durable(DurableEvent::Upstream {
+                    token,
+                    result: Err(format!("{err:?}")),
+                }));
+        }
     }
 
     /// The shared statistics.
@@ -484,6 +591,7 @@ impl ShardBus {
             }
             Raw::Ctrl(Ctrl::Ready(token)) => Some(BusEvent::Ready(token)),
             Raw::Ctrl(Ctrl::NoResponders(reply)) => Some(BusEvent::NoResponders(reply)),
+            Raw::Ctrl(Ctrl::Durable(ev)) => Some(BusEvent::Durable(ev)),
             Raw::Ctrl(other) => match &mut self.link {
                 Link::Embedded(l) => l.on_ctrl(other, &self.stats),
                 Link::Nats(_) => None,

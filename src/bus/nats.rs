@@ -21,8 +21,10 @@
 //! times a random 0.5–1.0), and async-nats re-sends every live subscription after a reconnect,
 //! so all interest is restored. State and drops are counted in [`BusStats`].
 
+use super::jetstream::{self, DurableConfig, JetStream};
 use super::{
-    Backlog, BusConfig, BusError, BusMessage, BusStats, Ctrl, Link, NatsAuth, RequestError,
+    Backlog, BusConfig, BusError, BusMessage, BusStats, Ctrl, DurableEvent, Link, NatsAuth,
+    RequestError,
     ShardBus,
 };
 use crate::proto::subject;
@@ -74,16 +76,90 @@ pub(crate) enum Command {
         timeout: Duration,
         reply: flume::Sender<Result<Bytes, RequestError>>,
     },
+    MailboxRead {
+        shard: usize,
+        device: String,
+        after: u64,
+        max: usize,
+        token: u64,
+    },
+    MailboxAck {
+        shard: usize,
+        device: String,
+        through: u64,
+        token: Option<u64>,
+    },
+    PublishUpstream {
+        shard: usize,
+        subject: String,
+        payload: Bytes,
+        token: u64,
+    },
 }
 
 pub(crate) struct NatsLink {
     shard: usize,
+    durable: bool,
     cmd_tx: flume::Sender<Command>,
     pub_tx: flume::Sender<BusMessage>,
     backlog: Backlog<Command>,
 }
 
 impl NatsLink {
+    pub(crate) fn durable(&self) -> bool {
+        self.durable
+    }
+
+    pub(crate) fn mailbox_read(
+        &mut self,
+        device: &str,
+        after: u64,
+        max: usize,
+        token: u64,
+        stats: &BusStats,
+    ) -> Result<(), BusError> {
+        let cmd = Command::MailboxRead {
+            shard: self.shard,
+            device: device.to_owned(),
+            after,
+            max,
+            token,
+        };
+        self.backlog.send(&self.cmd_tx, cmd, stats)
+    }
+
+    pub(crate) fn mailbox_ack(
+        &mut self,
+        device: &str,
+        through: u64,
+        token: Option<u64>,
+        stats: &BusStats,
+    ) -> Result<(), BusError> {
+        let cmd = Command::MailboxAck {
+            shard: self.shard,
+            device: device.to_owned(),
+            through,
+            token,
+        };
+        self.backlog.send(&self.cmd_tx, cmd, stats)
+    }
+
+    pub(crate) fn publish_upstream(
+        &mut self,
+        subject: &str,
+        payload: Bytes,
+        token: u64,
+        stats: &BusStats,
+    ) -> Result<(), BusError> {
+        let cmd = Command::PublishUpstream {
+            shard: self.shard,
+            subject: subject.to_owned(),
+            payload,
+            token,
+        };
+        self.backlog.send(&self.cmd_tx, cmd, stats)
+    }
+
     pub(crate) fn subscribe(
         &mut self,
         subject: &str,
@@ -279,6 +355,7 @@ pub(crate) fn start(
             node: node.clone(),
             link: Link::Nats(NatsLink {
                 shard,
+                durable: config.durable.is_some(),
                 cmd_tx: cmd_tx.clone(),
                 pub_tx: pub_tx.clone(),
                 backlog: Backlog::new(),
@@ -294,6 +371,7 @@ pub(crate) fn start(
         data: data_tx,
     };
     let node_name = config.node.clone();
+    let durable = config.durable.clone();
     let thread = std::thread::Builder::new()
         .name("tether-nats-bridge".into())
         .spawn(move || {
@@ -309,7 +387,7 @@ pub(crate) fn start(
                 }
             };
             runtime.block_on(bridge_main(
-                options, addrs, node_name, tx, cmd_rx, pub_rx, stop_rx, stats,
+                options, addrs, node_name, durable, tx, cmd_rx, pub_rx, stop_rx, stats,
             ));
         })
         .map_err(|e| format!("cannot spawn the NATS bridge thread: {e}"))?;
@@ -335,7 +413,17 @@ fn block_termination_signals() {
     }
 }
 
+/// A NATS message as a shard sees it. A mailbox announcement (`tether.mboxn.<device>`, headers
+/// only) becomes its stream sequence as decimal text: the one thing a shard needs from it.
 fn forward(msg: async_nats::Message) -> BusMessage {
+    let payload = if msg.subject.starts_with("tether.mboxn.") {
+        match jetstream::announced_seq(&msg) {
+            Some(seq) => Bytes::from(seq.to_string()),
+            None => msg.payload,
+        }
+    } else {
+        msg.payload
+    };
     let arrived_unix_us = msg
         .headers
         .as_ref()
@@ -345,7 +433,7 @@ fn forward(msg: async_nats::Message) -> BusMessage {
     BusMessage {
         subject: msg.subject.to_string(),
         reply: msg.reply.map(|r| r.to_string()),
-        payload: msg.payload,
+        payload,
         arrived_unix_us,
     }
 }
@@ -402,6 +490,7 @@ async fn bridge_main(
     options: async_nats::ConnectOptions,
     addrs: Vec<async_nats::ServerAddr>,
     node: String,
+    durable: Option<DurableConfig>,
     tx: ShardTx,
     cmd_rx: flume::Receiver<Command>,
     pub_rx: flume::Receiver<BusMessage>,
@@ -449,6 +538,7 @@ async fn bridge_main(
             return;
         }
     };
+    let js = JetStream::start(client.clone(), durable, stats.clone()).await;
     let mut subs: AHashMap<(usize, String), tokio::task::JoinHandle<()>> = AHashMap::new();
     for (shard, data) in tx.data.iter().enumerate() {
         let inbox = format!("{}*", subject::inbox_prefix(&node, shard));
@@ -489,10 +579,10 @@ async fn bridge_main(
             () = tokio::time::sleep(PROBE_RESEND), if barriers.waiting() => {}
             cmd = cmd_rx.recv_async() => {
                 let Ok(cmd) = cmd else { break Duration::from_secs(1) };
-                handle_command(&client, cmd, &tx, &mut subs, &mut barriers, &stats).await;
+                handle_command(&client, &js, cmd, &tx, &mut subs, &mut barriers, &stats).await;
                 for _ in 0..BATCH_MAX {
                     match cmd_rx.try_recv() {
-                        Ok(cmd) => handle_command(&client, cmd, &tx, &mut subs, &mut barriers, &stats).await,
+                        Ok(cmd) => handle_command(&client, &js, cmd, &tx, &mut subs, &mut barriers, &stats).await,
                         Err(_) => break,
                     }
                 }
@@ -555,6 +645,7 @@ async fn publish(client: &async_nats::Client, msg: BusMessage, stats: &BusStats)
 
 async fn handle_command(
     client: &async_nats::Client,
+    js: &JetStream,
     cmd: Command,
     tx: &ShardTx,
     subs: &mut AHashMap<(usize, String), tokio::task::JoinHandle<()>>,
@@ -591,6 +682,62 @@ async fn handle_command(
             }
         }
         Command::Barrier { shard, token } => barriers.add(shard, token, std::time::Instant::now()),
+        Command::MailboxRead {
+            shard,
+            device,
+            after,
+            max,
+            token,
+        } => {
+            let (js, ctrl) = (js.clone(), tx.ctrl[shard].clone());
+            tokio::spawn(async move {
+                let ev = match js.read(&device, after, max).await {
+                    Ok((messages, complete)) => DurableEvent::Read {
+                        token,
+                        messages,
+                        complete,
+                    },
+                    Err(reason) => {
+                        tracing::debug!(%device, %reason, "mailbox read failed");
+                        DurableEvent::ReadFailed { token, reason }
+                    }
+                };
+                let _ = ctrl.send_async(Ctrl::Durable(ev)).await;
+            });
+        }
+        Command::MailboxAck {
+            shard,
+            device,
+            through,
+            token,
+        } => {
+            let (js, ctrl) = (js.clone(), tx.ctrl[shard].clone());
+            tokio::spawn(async move {
+                let result = js.purge(&device, through).await;
+                if let Err(why) = &result {
+                    tracing::warn!(%device, through, %why, "acknowledgement not applied to the mailbox stream; the device will get those messages again");
+                }
+                if let Some(token) = token {
+                    let _ = ctrl
+                        .send_async(Ctrl::Durable(DurableEvent::Acked { token, result }))
+                        .await;
+                }
+            });
+        }
+        Command::PublishUpstream {
+            shard,
+            subject,
+            payload,
+            token,
+        } => {
+            let (js, ctrl) = (js.clone(), tx.ctrl[shard].clone());
+            tokio::spawn(async move {
+                let result = js.publish_upstream(subject, payload).await;
+                let _ = ctrl
+                    .send_async(Ctrl::Durable(DurableEvent::Upstream { token, result }))
+                    .await;
+            });
+        }
         Command::Request {
             subject,
             payload,

@@ -307,6 +307,31 @@ settings! {
     /// Sessions one device may hold on this node; one more closes its oldest with 4409.
     /// The current session, stale ones a network change leaves until silence_timeout, a second app.
     sessions_per_device_max: usize = 4, env "TETHER_SESSIONS_PER_DEVICE_MAX", value "N";
+    // ---- durable delivery (JetStream) ----
+    /// Keep pushes to tether.mbox.<device> in a JetStream stream, replay them, take device acks.
+    /// Off: it needs nats and a nats-server 2.11+ with JetStream (-js).
+    durable: bool = false, env "TETHER_DURABLE", value "true|false";
+    /// Name of the mailbox stream, created at start when it is missing.
+    /// One stream for the whole fleet; every node of a fleet uses the same name.
+    durable_stream: String = "TETHER_MBOX".to_owned(), env "TETHER_DURABLE_STREAM", value "NAME";
+    /// Oldest durable message kept (the stream's max_age).
+    /// A device away for a week still gets what was sent meanwhile.
+    durable_max_age: Duration = Duration::from_secs(7 * 24 * 3600), env "TETHER_DURABLE_MAX_AGE", value "DURATION";
+    /// Unacknowledged durable messages kept per device (and per collapse key); the oldest go first.
+    /// Bounds what one absent device costs the store.
+    durable_max_msgs_per_device: usize = 1000, env "TETHER_DURABLE_MAX_MSGS_PER_DEVICE", value "N";
+    /// Bytes the whole mailbox stream may hold; the oldest messages go first.
+    /// A million devices with one 1 KiB message each.
+    durable_max_bytes: usize = 1 << 30, env "TETHER_DURABLE_MAX_BYTES", value "BYTES";
+    /// Replicas of the mailbox stream (1 to 5).
+    /// 1 runs on one nats-server; use 3 on a 3-server cluster to survive the loss of a server.
+    durable_replicas: usize = 1, env "TETHER_DURABLE_REPLICAS", value "N";
+    /// Storage of the mailbox stream: file or memory.
+    /// A file store survives a nats-server restart; memory does not.
+    durable_storage: String = "file".to_owned(), env "TETHER_DURABLE_STORAGE", value "file|memory";
+    /// Durable messages delivered to a session and not yet acknowledged before replay pauses.
+    /// Bounds what one device that never acknowledges keeps in flight.
+    durable_window: usize = 64, env "TETHER_DURABLE_WINDOW", value "N";
 }
 
 /// Where a setting's value came from.

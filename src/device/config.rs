@@ -5,6 +5,7 @@
 
 use crate::auth::{ClaimRules, KeyConfig, KeySet, Verifier};
 use crate::bus::NatsAuth;
+use crate::bus::jetstream::{DurableConfig, Storage};
 use crate::config::{invalid, ConfigError, JwtAlg, Secret, Settings};
 use crate::device::hub::HubLimits;
 use crate::device::keys::JwksSource;
@@ -33,6 +34,8 @@ pub struct MessagingConfig {
     pub limits: HubLimits,
     /// Sessions one device may hold on this node (see [`crate::device::sessions`]).
     pub sessions_per_device_max: usize,
+    /// Durable delivery (`durable`), with the mailbox stream's settings.
+    pub durable: Option<DurableConfig>,
 }
 
 impl MessagingConfig {
@@ -160,7 +163,7 @@ impl MessagingConfig {
             None => format!("n-{:08x}", rand::random::<u32>()),
         };
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let limits = HubLimits {
+        let mut limits = HubLimits {
             ack_timeout_ms: ms(s.ack_timeout),
             request_lifetime_ms: ms(s.request_lifetime),
             topics_per_connection_max: s.topics_per_connection_max,
@@ -176,6 +179,11 @@ impl MessagingConfig {
                 "use 100ms to 60s (the hub ticks every 100 ms)",
             ));
         }
+        if s.durable_window == 0 {
+            return Err(invalid("durable_window", "must be at least 1"));
+        }
+        limits.mailbox.window = s.durable_window;
+        let durable = resolve_durable(s)?;
         if s.bus_queue_len == 0 {
             return Err(invalid("bus_queue_len", "must be at least 1"));
         }
@@ -200,6 +208,7 @@ impl MessagingConfig {
             bus_queue_len: s.bus_queue_len,
             limits,
             sessions_per_device_max: s.sessions_per_device_max,
+            durable,
         }))
     }
 }
@@ -242,6 +251,59 @@ fn nats_auth(s: &Settings) -> Result<NatsAuth, ConfigError> {
         tls_client,
         tls_first: s.nats_tls_first,
     })
+}
+
+fn resolve_durable(s: &Settings) -> Result<Option<DurableConfig>, ConfigError> {
+    if !s.durable {
+        return Ok(None);
+    }
+    if s.nats.is_empty() {
+        return Err(invalid(
+            "durable",
+            "it keeps messages in NATS JetStream: give nats too (the embedded bus has no \
+             store, and tether keeps nothing in memory for an absent device)",
+        ));
+    }
+    if !crate::proto::valid_device_id(&s.durable_stream) {
+        return Err(invalid(
+            "durable_stream",
+            format!("{:?}: use 1-128 of A-Z a-z 0-9 _ -", s.durable_stream),
+        ));
+    }
+    if s.durable_max_age < Duration::from_secs(1) {
+        return Err(invalid("durable_max_age", "must be at least 1s"));
+    }
+    let positive = |key: &'static str, n: usize| -> Result<i64, ConfigError> {
+        match i64::try_from(n) {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err(invalid(key, format!("{n}: must be 1 to {}", i64::MAX))),
+        }
+    };
+    if !(1..=5).contains(&s.durable_replicas) {
+        return Err(invalid("durable_replicas", "JetStream allows 1 to 5"));
+    }
+    let storage = match s.durable_storage.as_str() {
+        "file" => Storage::File,
+        "memory" => Storage::Memory,
+        other => {
+            return Err(invalid(
+                "durable_storage",
+                format!("{other:?}: use file or memory"),
+            ))
+        }
+    };
+    Ok(Some(DurableConfig {
+        stream: s.durable_stream.clone(),
+        max_age: s.durable_max_age,
+        max_msgs_per_device: positive(
+            "durable_max_msgs_per_device",
+            s.durable_max_msgs_per_device,
+        )?,
+        max_bytes: positive("durable_max_bytes", s.durable_max_bytes)?,
+        replicas: s.durable_replicas,
+        storage,
+        ..DurableConfig::default()
+    }))
 }
 
 /// `tether token`: mints a development device token.

@@ -65,6 +65,7 @@ pub fn install(server: Server, mut config: MessagingConfig) -> Result<Server, St
             shards,
             queue_len: config.bus_queue_len,
             nats_urls: config.nats.clone(),
+            durable: config.durable.clone(),
         },
         &config.nats_auth,
     )?;
@@ -254,6 +255,15 @@ impl Endpoint for DeviceEndpoint {
                     }
                 }
             }
+            let last_seq = match req.query_param("last_seq") {
+                None => None,
+                Some(text) => Some(text.parse::<u64>().map_err(|_| {
+                    Rejected::new(
+                        400,
+                        "last_seq must be a durable seq (a non-negative integer)",
+                    )
+                })?),
+            };
             Ok(Accepted {
                 protocol: protocol.map(str::to_owned),
                 session: Box::new(DeviceSession {
@@ -261,6 +271,7 @@ impl Endpoint for DeviceEndpoint {
                     hub,
                     claims: Rc::new(claims),
                     sessions: self.sessions.clone(),
+                    last_seq,
                 }),
             })
         })
@@ -273,14 +284,20 @@ struct DeviceSession {
     /// Shared with the hub at open.
     claims: Rc<Claims>,
     sessions: Arc<DeviceSessions>,
+    /// The durable sequence the device says it processed (`?last_seq=N`).
+    last_seq: Option<u64>,
 }
 
 impl Session for DeviceSession {
     fn on_open(&mut self, conn: &ConnHandle) {
         let now = self.shard.now_ms();
-        self.hub
-            .borrow_mut()
-            .open(conn.id(), conn.clone(), self.claims.clone(), now);
+        self.hub.borrow_mut().open(
+            conn.id(),
+            conn.clone(),
+            self.claims.clone(),
+            self.last_seq,
+            now,
+        );
         if let Some(oldest) = self.sessions.open(&self.claims.sub, conn.id()) {
             tracing::info!(
                 device = %self.claims.sub,

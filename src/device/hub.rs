@@ -6,15 +6,18 @@
 //! the bus, `send` acknowledgements waiting for a receipt on the shard's inbox, messages
 //! delivered to its sessions that wait for the device's `ack` (receipts, `docs/protocol.md`
 //! section 9), backend requests waiting for a device's `reply`, and the connection events and
-//! node heartbeat it publishes for backends. It is `!Send`, lives on its shard, never blocks,
+//! node heartbeat it publishes for backends, and each session's durable mailbox
+//! ([`super::mailbox`]: replay after `hello`, live durable messages, acks, receipts), whose
+//! JetStream reads and purges go through the bus. It is `!Send`, lives on its shard, never blocks,
 //! and talks to sockets only through [`Outlet`], so it is tested without a server.
 //!
 //! Two clocks: `now_ms` (monotonic, from the shard) times everything local; the wall clock
 //! (unix ms) only stamps what crosses nodes: the delivery deadline of a `send` with `ack` and
 //! the `at` of events and heartbeats.
 
+use super::mailbox::{self, Mailbox, MailboxLimits};
 use crate::auth::{AuthError, Claims};
-use crate::bus::{BusError, BusEvent, BusMessage, ShardBus};
+use crate::bus::{BusError, BusEvent, BusMessage, DurableEvent, ShardBus};
 use crate::proto::{self, subject, AckRef, ClientOp, Delivery, ErrorCode, EventKind, NotDelivered};
 use crate::server::metrics::{render_histogram, Histogram};
 use ahash::AHashMap;
@@ -41,7 +44,7 @@ pub trait Outlet {
 pub struct HubLimits {
     /// Topics one connection may hold (default 64: a remote, a room, a few feeds).
     pub topics_per_connection_max: usize,
-    /// `send` with `ack` waiting per connection (default 256).
+    /// `send` with `ack` (and `up` with `id` on NATS) waiting per connection (default 256).
     pub pending_acks_per_connection_max: usize,
     /// Backend requests waiting per connection (default 64).
     pub pending_requests_per_connection_max: usize,
@@ -61,6 +64,8 @@ pub struct HubLimits {
     /// How often the node publishes its heartbeat on NATS (default 1000 ms; a backend then
     /// declares a silent node dead after 2.5 intervals, within 3 s).
     pub heartbeat_interval_ms: u64,
+    /// Durable mailbox limits per session.
+    pub mailbox: MailboxLimits,
 }
 
 impl Default for HubLimits {
@@ -75,6 +80,7 @@ impl Default for HubLimits {
             token_leeway_secs: 0,
             unacked_per_connection_max: 256,
             heartbeat_interval_ms: 1_000,
+            mailbox: MailboxLimits::default(),
         }
     }
 }
@@ -102,6 +108,9 @@ pub struct DeviceStats {
     pub forged_from_total: AtomicU64,
     pub token_refreshes_total: AtomicU64,
     pub token_refresh_failures_total: AtomicU64,
+    pub durable_deliveries_total: AtomicU64,
+    pub durable_acks_total: AtomicU64,
+    pub receipts_total: AtomicU64,
     /// Refused /ws upgrades by reason.
     pub auth_failures: crate::auth::AuthFailureStats,
     /// JWKS reloads and keys in use (all zero without a JWKS).
@@ -157,7 +166,22 @@ impl DeviceStats {
     /// Appends the device metrics in Prometheus text format.
     pub fn render_prometheus(&self, out: &mut String) {
         use std::fmt::Write as _;
-        let rows: [(&str, &str, &AtomicU64); 17] = [
+        let rows: [(&str, &str, &AtomicU64); 20] = [
+            (
+                "tether_device_durable_deliveries_total",
+                "Durable (mailbox) messages queued to devices, replayed or live.",
+                &self.durable_deliveries_total,
+            ),
+            (
+                "tether_device_durable_acks_total",
+                "Durable acknowledgements taken from devices (ack seq or last_seq).",
+                &self.durable_acks_total,
+            ),
+            (
+                "tether_device_receipts_total",
+                "Receipts published on tether.receipt.<device>.",
+                &self.receipts_total,
+            ),
             (
                 "tether_device_sessions_opened_total",
                 "Device sessions opened on /ws.",
@@ -299,6 +323,10 @@ struct Session<O> {
     /// ack_id -> (receipt subject, deadline ms): delivered, waiting for the device's `ack`.
     unacked: AHashMap<u64, (String, u64)>,
     ready: bool,
+    /// The `last_seq` the device presented (0: none).
+    last_seq: u64,
+    /// Durable delivery state, from `hello` on (NATS with `--durable`).
+    mailbox: Option<Mailbox>,
 }
 
 enum Waiting {
@@ -337,6 +365,17 @@ pub struct Hub<O: Outlet> {
     /// token -> (what waits, deadline ms, when the barrier started)
     waiting: AHashMap<u64, (Waiting, u64, Instant)>,
     acks: AHashMap<u64, PendingAck>,
+    /// Mailbox reads in flight: token -> session (one per session at most).
+    reads: AHashMap<u64, ConnId>,
+    /// `up` with `id` waiting for the bus (and JetStream): token -> (session, id).
+    uploads: AHashMap<u64, (ConnId, String)>,
+    /// Durable `ack` with `id` waiting for the stream: token -> (session, id).
+    ack_waits: AHashMap<u64, (ConnId, String)>,
+    /// The bus reconnect count last seen by the mailboxes: a reconnect makes every mailbox
+    /// read again (an announcement published while the link was down is lost).
+    mailbox_reconnects_seen: u64,
+    /// When every mailbox reads again once more after a reconnect.
+    resync_at_ms: Option<u64>,
     next_seq: u64,
     /// (expiry in seconds since the epoch, session): the sessions whose token runs out, soonest
     /// first (tokens without a real `exp`, as in insecure mode, are not in it).
@@ -384,6 +423,11 @@ impl<O: Outlet> Hub<O> {
             topics: AHashMap::new(),
             waiting: AHashMap::new(),
             acks: AHashMap::new(),
+            reads: AHashMap::new(),
+            uploads: AHashMap::new(),
+            ack_waits: AHashMap::new(),
+            mailbox_reconnects_seen: 0,
+            resync_at_ms: None,
             next_seq: 1,
             expiries: BTreeSet::new(),
             token_check: None,
@@ -476,7 +520,15 @@ impl<O: Outlet> Hub<O> {
     }
 
     /// A device session opened: registers its interest; `hello` follows once it is in effect.
-    pub fn open(&mut self, conn: ConnId, out: O, claims: Rc<Claims>, now_ms: u64) {
+    /// `last_seq` is the durable sequence the device says it processed (`?last_seq=`).
+    pub fn open(
+        &mut self,
+        conn: ConnId,
+        out: O,
+        claims: Rc<Claims>,
+        last_seq: Option<u64>,
+        now_ms: u64,
+    ) {
         bump(&self.stats.sessions_opened_total);
         let device = claims.sub.clone();
         if let Some(at) = self.expiry_of(&claims) {
@@ -497,6 +549,8 @@ impl<O: Outlet> Hub<O> {
                 requests: AHashMap::new(),
                 unacked: AHashMap::new(),
                 ready: false,
+                last_seq: last_seq.unwrap_or(0),
+                mailbox: None,
             },
         );
         if first && self.bus.subscribe_device(&device).is_err() {
@@ -750,9 +804,23 @@ impl<O: Outlet> Hub<O> {
                     return;
                 }
                 let body = Bytes::from(proto::encode_bus_up(me, &self.node, self.shard, &payload));
-                match self.bus.publish(&subject::upstream(&service), None, body) {
-                    Ok(()) => self.reply_ack(conn, id),
-                    Err(err) => self.bus_error(conn, id, err),
+                if let Some(id) = id {
+                    // Answered once published, or stored when a stream captures the subject.
+                    if session.pending_acks >= self.limits.pending_acks_per_connection_max {
+                        let msg = format!("{} operations are waiting", session.pending_acks);
+                        self.error(conn, Some(id), ErrorCode::TooManyPending, &msg);
+                        return;
+                    }
+                    let token = self.seq();
+                    self.uploads.insert(token, (conn, id.to_owned()));
+                    if let Some(s) = self.sessions.get_mut(&conn) {
+                        s.pending_acks += 1;
+                    }
+                    self.bus
+                        .publish_upstream(&subject::upstream(&service), body, token);
+                } else if let Err(err) = self.bus.publish(&subject::upstream(&service), None, body)
+                {
+                    self.bus_error(conn, id, err);
                 }
             }
             ClientOp::Reply { rid, payload } => {
@@ -805,11 +873,45 @@ impl<O: Outlet> Hub<O> {
                 }
             }
             ClientOp::Ack(AckRef::Durable(seq)) => {
-                let msg = format!(
-                    "no durable message {seq} waits for an ack: durable delivery is not enabled \
-                     on this node"
-                );
-                self.error(conn, id, ErrorCode::UnknownAck, &msg);
+                let mut actions = Vec::new();
+                let result = match self.sessions.get_mut(&conn).and_then(|s| s.mailbox.as_mut()) {
+                    None => Err((
+                        ErrorCode::DurableUnavailable,
+                        self.durable_missing().to_owned(),
+                    )),
+                    Some(m) => m.ack(seq, now_ms, &mut actions).map_err(|e| match e {
+                        mailbox::AckError::NotDelivered {
+                            seq,
+                            highest_delivered,
+                        } => (
+                            ErrorCode::BadField,
+                            format!(
+                                "seq {seq} was not delivered to this session (highest {highest_delivered})"
+                            ),
+                        ),
+                    }),
+                };
+                match result {
+                    Ok(()) => {
+                        bump(&self.stats.durable_acks_total);
+                        let purges = actions
+                            .iter()
+                            .any(|a| matches!(a, mailbox::Action::Purge { .. }));
+                        match id {
+                            // Confirmed once the stream applied it.
+                            Some(id) if purges => {
+                                let token = self.seq();
+                                self.ack_waits.insert(token, (conn, id.to_owned()));
+                                self.mailbox_actions(conn, actions, Some(token));
+                            }
+                            _ => {
+                                self.mailbox_actions(conn, actions, None);
+                                self.reply_ack(conn, id);
+                            }
+                        }
+                    }
+                    Err((code, msg)) => self.error(conn, id, code, &msg),
+                }
             }
             ClientOp::Ping => {
                 session.out.send_text(&proto::encode_pong(id));
@@ -866,6 +968,156 @@ impl<O: Outlet> Hub<O> {
                 ErrorCode::NoBackend,
                 "no backend bus on this node",
             ),
+            BusError::NoDurable => self.error(
+                conn,
+                id,
+                ErrorCode::DurableUnavailable,
+                self.durable_missing(),
+            ),
+        }
+    }
+
+    fn durable_missing(&self) -> &'static str {
+        if self.bus.has_backends() {
+            "durable delivery is off on this node (tether serve --durable)"
+        } else {
+            "durable delivery needs NATS JetStream; this node runs the embedded bus"
+        }
+    }
+
+    /// Carries out what a session's mailbox asked for; a purge carries `ack_token` when the
+    /// device wants its `ack` confirmed.
+    fn mailbox_actions(
+        &mut self,
+        conn: ConnId,
+        actions: Vec<mailbox::Action>,
+        ack_token: Option<u64>,
+    ) {
+        if actions.is_empty() {
+            return;
+        }
+        let Some(device) = self.sessions.get(&conn).map(|s| s.claims.sub.clone()) else {
+            return;
+        };
+        for action in actions {
+            match action {
+                mailbox::Action::Read { after, max } => {
+                    let token = self.seq();
+                    self.reads.insert(token, conn);
+                    self.bus.mailbox_read(&device, after, max, token);
+                }
+                mailbox::Action::Deliver(msg) => {
+                    let text = match proto::encode_delivery(
+                        &msg.payload,
+                        Delivery::Durable(msg.seq),
+                        None,
+                    ) {
+                        Ok(encoded) => encoded.text,
+                        Err(why) => {
+                            tracing::warn!(%device, seq = msg.seq, %why, "durable message is not a v1 bus payload; skipped (a later ack removes it)");
+                            bump(&self.stats.bad_bus_payloads_total);
+                            continue;
+                        }
+                    };
+                    if let Some(s) = self.sessions.get(&conn) {
+                        if s.out.send_text(&text) {
+                            bump(&self.stats.deliveries_total);
+                            bump(&self.stats.durable_deliveries_total);
+                        }
+                    }
+                }
+                mailbox::Action::Receipt(seq) => {
+                    let at_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(0);
+                    let body = proto::encode_durable_receipt(&device, seq, &self.node, at_ms);
+                    if self
+                        .bus
+                        .publish(&subject::receipt(&device), None, Bytes::from(body))
+                        .is_ok()
+                    {
+                        bump(&self.stats.receipts_total);
+                    }
+                }
+                mailbox::Action::Purge { through } => {
+                    if let Err(err) = self.bus.mailbox_ack(&device, through, ack_token) {
+                        tracing::warn!(%device, through, ?err, "acknowledgement not passed to the bus; the device will get those messages again");
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_durable(&mut self, event: DurableEvent, now_ms: u64) {
+        match event {
+            DurableEvent::Read {
+                token,
+                messages,
+                complete,
+            } => {
+                let Some(conn) = self.reads.remove(&token) else {
+                    return;
+                };
+                let mut actions = Vec::new();
+                if let Some(m) = self
+                    .sessions
+                    .get_mut(&conn)
+                    .and_then(|s| s.mailbox.as_mut())
+                {
+                    m.read_done(messages, complete, now_ms, &mut actions);
+                }
+                self.mailbox_actions(conn, actions, None);
+            }
+            DurableEvent::ReadFailed { token, reason } => {
+                let Some(conn) = self.reads.remove(&token) else {
+                    return;
+                };
+                tracing::debug!(conn, %reason, "mailbox read failed; retrying");
+                if let Some(m) = self
+                    .sessions
+                    .get_mut(&conn)
+                    .and_then(|s| s.mailbox.as_mut())
+                {
+                    m.read_failed(now_ms);
+                }
+            }
+            DurableEvent::Acked { token, result } => {
+                let Some((conn, id)) = self.ack_waits.remove(&token) else {
+                    return;
+                };
+                match result {
+                    Ok(()) => self.reply_ack(conn, Some(&id)),
+                    Err(why) => self.error(
+                        conn,
+                        Some(&id),
+                        ErrorCode::NotStored,
+                        &format!("ack not applied, those messages will come again: {why}"),
+                    ),
+                }
+            }
+            DurableEvent::Upstream { token, result } => {
+                let Some((conn, id)) = self.uploads.remove(&token) else {
+                    return;
+                };
+                if let Some(s) = self.sessions.get_mut(&conn) {
+                    s.pending_acks = s.pending_acks.saturating_sub(1);
+                }
+                match result {
+                    Ok(Some(seq)) => {
+                        if let Some(s) = self.sessions.get(&conn) {
+                            s.out.send_text(&proto::encode_ack_stored(&id, seq));
+                        }
+                    }
+                    Ok(None) => self.reply_ack(conn, Some(&id)),
+                    Err(why) => self.error(
+                        conn,
+                        Some(&id),
+                        ErrorCode::NotStored,
+                        &format!("not stored: {why}"),
+                    ),
+                }
+            }
         }
     }
 
@@ -891,6 +1143,7 @@ impl<O: Outlet> Hub<O> {
                         let claims = s.claims.clone();
                         self.publish_event(EventKind::Connect, &claims.sub, conn);
                     }
+                    self.start_mailbox(conn, now_ms);
                 }
                 Some((Waiting::SubAck(conn, id), _, started)) => {
                     self.observe_round_trip(started);
@@ -917,6 +1170,7 @@ impl<O: Outlet> Hub<O> {
                 None => {}
             },
             BusEvent::Message(msg) => self.on_message(msg, now_ms),
+            BusEvent::Durable(ev) => self.on_durable(ev, now_ms),
         }
     }
 
@@ -925,6 +1179,28 @@ impl<O: Outlet> Hub<O> {
         if let Some(l) = self.stats.latency.get(self.shard) {
             l.bus_round_trip.observe(started.elapsed());
         }
+    }
+
+    /// After `hello`: replay what the device has not acknowledged, then live durable messages.
+    fn start_mailbox(&mut self, conn: ConnId, now_ms: u64) {
+        let durable = self.bus.has_durable();
+        let limits = self.limits.mailbox.clone();
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        if !durable {
+            if s.last_seq > 0 {
+                let msg = self.durable_missing();
+                self.error(conn, None, ErrorCode::DurableUnavailable, msg);
+            }
+            return;
+        }
+        let mut actions = Vec::new();
+        let mut m = Mailbox::new(limits, s.last_seq);
+        m.start(&mut actions);
+        s.mailbox = Some(m);
+        let _ = now_ms;
+        self.mailbox_actions(conn, actions, None);
     }
 
     fn on_message(&mut self, msg: BusMessage, now_ms: u64) {
@@ -1044,6 +1320,28 @@ impl<O: Outlet> Hub<O> {
                 }
                 None => bump(&self.stats.bad_bus_payloads_total),
             },
+            subject::Parsed::MailboxNotify(device) => {
+                let Some(seq) = std::str::from_utf8(&msg.payload)
+                    .ok()
+                    .and_then(|t| t.parse::<u64>().ok())
+                else {
+                    return bump(&self.stats.bad_bus_payloads_total);
+                };
+                let Some(conns) = self.devices.get(device).cloned() else {
+                    return;
+                };
+                for conn in conns {
+                    let mut actions = Vec::new();
+                    if let Some(m) = self
+                        .sessions
+                        .get_mut(&conn)
+                        .and_then(|s| s.mailbox.as_mut())
+                    {
+                        m.announced(seq, now_ms, &mut actions);
+                    }
+                    self.mailbox_actions(conn, actions, None);
+                }
+            }
             subject::Parsed::Other => {}
         }
     }
@@ -1136,13 +1434,38 @@ impl<O: Outlet> Hub<O> {
             bump(&self.stats.acks_timed_out_total);
             self.settle(seq, Err(reason.unwrap_or(NotDelivered::Timeout)));
         }
-        for s in self.sessions.values_mut() {
+        let reconnects = self.bus.stats().reconnects_total.load(Ordering::Relaxed);
+        let mut resync = false;
+        if reconnects != self.mailbox_reconnects_seen {
+            // Read now, and once more a second later (subscriptions are restored meanwhile).
+            self.mailbox_reconnects_seen = reconnects;
+            self.resync_at_ms = Some(now_ms + 1_000);
+            resync = true;
+        } else if self.resync_at_ms.is_some_and(|at| at <= now_ms) {
+            self.resync_at_ms = None;
+            resync = true;
+        }
+        let mut due: Vec<(ConnId, Vec<mailbox::Action>)> = Vec::new();
+        for (conn, s) in self.sessions.iter_mut() {
             if !s.requests.is_empty() {
                 s.requests.retain(|_, (_, deadline)| *deadline >= now_ms);
             }
             if !s.unacked.is_empty() {
                 s.unacked.retain(|_, (_, deadline)| *deadline >= now_ms);
             }
+            if let Some(m) = s.mailbox.as_mut() {
+                let mut actions = Vec::new();
+                if resync {
+                    m.resync(now_ms, &mut actions);
+                }
+                m.tick(now_ms, &mut actions);
+                if !actions.is_empty() {
+                    due.push((*conn, actions));
+                }
+            }
+        }
+        for (conn, actions) in due {
+            self.mailbox_actions(conn, actions, None);
         }
         self.heartbeat(now_ms);
         self.resync_after_reconnect();
@@ -1251,6 +1574,7 @@ mod tests {
             shards,
             queue_len: 64,
             nats_urls: vec![],
+            durable: None,
         })
         .unwrap();
         let stats = Arc::new(DeviceStats::default());
@@ -1309,9 +1633,9 @@ mod tests {
             hub.set_wall_clock(wall);
         }
         let (a, b, b2) = (Fake::default(), Fake::default(), Fake::default());
-        h[0].open(1, a.clone(), claims("phone"), 0);
-        h[1].open(2, b.clone(), claims("tv"), 0);
-        h[1].open(3, b2.clone(), claims("tv"), 0);
+        h[0].open(1, a.clone(), claims("phone"), None, 0);
+        h[1].open(2, b.clone(), claims("tv"), None, 0);
+        h[1].open(3, b2.clone(), claims("tv"), None, 0);
         pump(&mut h, 0);
         assert_eq!(a.take()[0]["op"], "hello");
         assert_eq!(b.take()[0]["shard"], 1);
@@ -1395,8 +1719,8 @@ mod tests {
             hub.set_wall_clock(wall);
         }
         let (a, b) = (Fake::default(), Fake::default());
-        h[0].open(1, a.clone(), claims("phone"), 0);
-        h[1].open(2, b.clone(), claims("tv"), 0);
+        h[0].open(1, a.clone(), claims("phone"), None, 0);
+        h[1].open(2, b.clone(), claims("tv"), None, 0);
         pump(&mut h, 0);
         a.take();
         b.take();
@@ -1427,8 +1751,8 @@ mod tests {
     fn topics_follow_claims_and_interest_ends_with_the_session() {
         let mut h = hubs(2);
         let (a, b) = (Fake::default(), Fake::default());
-        h[0].open(1, a.clone(), claims("phone"), 0);
-        h[1].open(2, b.clone(), claims("tv"), 0);
+        h[0].open(1, a.clone(), claims("phone"), None, 0);
+        h[1].open(2, b.clone(), claims("tv"), None, 0);
         pump(&mut h, 0);
         a.take();
         b.take();
@@ -1471,7 +1795,7 @@ mod tests {
     fn errors_reply_ping_and_embedded_upstream() {
         let mut h = hubs(1);
         let a = Fake::default();
-        h[0].open(1, a.clone(), claims("phone"), 0);
+        h[0].open(1, a.clone(), claims("phone"), None, 0);
         pump(&mut h, 0);
         assert_eq!(a.take()[0]["op"], "hello");
         h[0].text(1, "nope", 0);

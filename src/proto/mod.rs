@@ -49,6 +49,8 @@ pub enum ErrorCode {
     BusUnavailable,
     NoBackend,
     BadToken,
+    DurableUnavailable,
+    NotStored,
 }
 
 impl ErrorCode {
@@ -67,6 +69,8 @@ impl ErrorCode {
             ErrorCode::BusUnavailable => "bus_unavailable",
             ErrorCode::NoBackend => "no_backend",
             ErrorCode::BadToken => "bad_token",
+            ErrorCode::DurableUnavailable => "durable_unavailable",
+            ErrorCode::NotStored => "not_stored",
         }
     }
 }
@@ -788,6 +792,27 @@ pub fn encode_heartbeat(h: &Heartbeat<'_>) -> String {
     out
 }
 
+/// `{"op":"ack","id":ID,"seq":N}`: an `up` stored by JetStream at stream sequence `N`.
+pub fn encode_ack_stored(id: &str, seq: u64) -> String {
+    let mut out = String::with_capacity(48);
+    out.push_str("{\"op\":\"ack\",\"id\":");
+    push_json_str(&mut out, id);
+    let _ = write!(out, ",\"seq\":{seq}}}");
+    out
+}
+
+/// The receipt published on `tether.receipt.<device>` when the device acknowledged the durable
+/// message at `seq`: `{"device":D,"seq":N,"node":NODE,"at_ms":UNIX_MS}`.
+pub fn encode_durable_receipt(device: &str, seq: u64, node: &str, at_ms: u64) -> String {
+    let mut out = String::with_capacity(96);
+    out.push_str("{\"device\":");
+    push_json_str(&mut out, device);
+    let _ = write!(out, ",\"seq\":{seq},\"node\":");
+    push_json_str(&mut out, node);
+    let _ = write!(out, ",\"at_ms\":{at_ms}}}");
+    out
+}
+
 /// A reply a shard sends to a backend when it cannot serve its request: `{"error":CODE}`.
 pub fn encode_bus_error(code: ErrorCode) -> String {
     format!("{{\"error\":\"{}\"}}", code.as_str())
@@ -820,6 +845,8 @@ pub enum Delivery<'a> {
     Topic(&'a str),
     /// A backend request (`tether.req.*`) registered under this rid.
     Request(&'a str),
+    /// A durable message read from the mailbox stream at this stream sequence.
+    Durable(u64),
 }
 
 /// May a backend have published this payload? Its `from` must be absent (the device sees
@@ -861,12 +888,17 @@ pub fn encode_delivery(
     };
     let mut out = String::with_capacity(48 + bus_payload.len());
     match delivery {
-        Delivery::Direct | Delivery::Topic(_) => out.push_str("{\"op\":\"msg\",\"from\":"),
+        Delivery::Direct | Delivery::Topic(_) | Delivery::Durable(_) => {
+            out.push_str("{\"op\":\"msg\",\"from\":")
+        }
         Delivery::Request(_) => out.push_str("{\"op\":\"request\",\"from\":"),
     }
     push_json_str(&mut out, from);
     match delivery {
         Delivery::Direct => {}
+        Delivery::Durable(seq) => {
+            let _ = write!(out, ",\"seq\":{seq}");
+        }
         Delivery::Topic(topic) => {
             out.push_str(",\"topic\":");
             push_json_str(&mut out, topic);
@@ -1168,6 +1200,36 @@ mod tests {
         assert_eq!(
             json(&got.text),
             json(r#"{"op":"msg","from":"phone","ack_id":"77","data":[1]}"#)
+        );
+    }
+
+    #[test]
+    fn durable_ack_and_delivery() {
+        let f = parse_client(r#"{"op":"ack","seq":42}"#).unwrap();
+        assert!(matches!(f.op, ClientOp::Ack(AckRef::Durable(42))));
+        for bad in [
+            r#"{"op":"ack","id":"a"}"#,
+            r#"{"op":"ack","seq":-1,"id":"a"}"#,
+            r#"{"op":"ack","seq":"7","id":"a"}"#,
+        ] {
+            let err = parse_client(bad).unwrap_err();
+            assert!(
+                matches!(err.code, ErrorCode::BadField | ErrorCode::BadJson),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            json(
+                &encode_delivery(br#"{"from":"svc:a","data":[1]}"#, Delivery::Durable(9), None)
+                    .unwrap()
+                    .text
+            ),
+            json(r#"{"op":"msg","from":"svc:a","data":[1],"seq":9}"#)
+        );
+        assert_eq!(json(&encode_ack_stored("u", 5))["seq"], 5);
+        assert_eq!(
+            json(&encode_durable_receipt("tv", 3, "n1", 7)),
+            json(r#"{"device":"tv","seq":3,"node":"n1","at_ms":7}"#)
         );
     }
 

@@ -53,11 +53,14 @@ pub fn device_wildcard(device: &str) -> String {
     format!("tether.*.{device}")
 }
 
-/// True when `subject` is one of [`device_all`]`(device)`: what a message received through
+/// True when `subject` is one of [`device_all`]`(device)` or its mailbox announcement
+/// ([`mailbox_notify`]): what a message received through
 /// [`device_wildcard`]`(device)` must be to be kept.
 pub fn is_device_subject(subject: &str, device: &str) -> bool {
     match parse(subject) {
-        Parsed::Device(d) | Parsed::Request(d) | Parsed::Presence(d) => d == device,
+        Parsed::Device(d) | Parsed::Request(d) | Parsed::Presence(d) | Parsed::MailboxNotify(d) => {
+            d == device
+        }
         _ => false,
     }
 }
@@ -66,6 +69,28 @@ pub fn is_device_subject(subject: &str, device: &str) -> bool {
 /// `docs/protocol.md`): `tether.barrier.<node>`.
 pub fn barrier(node: &str) -> String {
     format!("tether.barrier.{node}")
+}
+
+/// Prefix of the durable mailbox subjects: a backend publishes (with JetStream) to
+/// `tether.mbox.<device>`, or to `tether.mbox.<device>.<collapse-key>`.
+pub const MAILBOX_PREFIX: &str = "tether.mbox.";
+
+/// Every mailbox subject of a device as the stream stores it (the plain subject is stored as
+/// `tether.mbox.<device>._`, see [`crate::bus::jetstream`]): the filter of a replay.
+pub fn mailbox_filter(device: &str) -> String {
+    format!("{MAILBOX_PREFIX}{device}.>")
+}
+
+/// Where the mailbox stream republishes (headers only) each message it stored for `device`.
+/// It matches [`device_wildcard`], so the shard holding the device hears of it without another
+/// subscription.
+pub fn mailbox_notify(device: &str) -> String {
+    format!("tether.mboxn.{device}")
+}
+
+/// Receipts: published when `device` acknowledged a durable message.
+pub fn receipt(device: &str) -> String {
+    format!("tether.receipt.{device}")
 }
 
 /// Prefix of topic subjects.
@@ -104,6 +129,8 @@ pub enum Parsed<'a> {
     Request(&'a str),
     Presence(&'a str),
     Topic(&'a str),
+    /// The mailbox stream stored a message for this device.
+    MailboxNotify(&'a str),
     Inbox {
         node: &'a str,
         shard: usize,
@@ -123,6 +150,8 @@ pub fn parse(subject: &str) -> Parsed<'_> {
         Parsed::Request(rest)
     } else if let Some(rest) = subject.strip_prefix("tether.presence.") {
         Parsed::Presence(rest)
+    } else if let Some(rest) = subject.strip_prefix("tether.mboxn.") {
+        Parsed::MailboxNotify(rest)
     } else if let Some(rest) = subject.strip_prefix(TOPIC_PREFIX) {
         Parsed::Topic(rest)
     } else if let Some(rest) = subject.strip_prefix("tether.inbox.") {
@@ -161,6 +190,12 @@ mod tests {
         );
         assert_eq!(parse("tether.inbox.n1.x.1"), Parsed::Other);
         assert_eq!(parse("other"), Parsed::Other);
+        assert_eq!(
+            parse(&mailbox_notify("tv-1")),
+            Parsed::MailboxNotify("tv-1")
+        );
+        assert_eq!(parse("tether.mbox.tv-1"), Parsed::Other);
+        assert_eq!(mailbox_filter("tv-1"), "tether.mbox.tv-1.>");
         assert_eq!(upstream("billing"), "tether.up.billing");
     }
 
