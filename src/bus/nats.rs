@@ -24,8 +24,7 @@
 use super::jetstream::{self, DurableConfig, JetStream};
 use super::{
     Backlog, BusConfig, BusError, BusMessage, BusStats, Ctrl, DurableEvent, Link, NatsAuth,
-    RequestError,
-    ShardBus,
+    RequestError, ShardBus,
 };
 use crate::proto::subject;
 use ahash::AHashMap;

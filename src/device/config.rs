@@ -4,8 +4,8 @@
 //! into a [`MessagingConfig`], reading key and secret files, and checks them.
 
 use crate::auth::{ClaimRules, KeyConfig, KeySet, Verifier};
-use crate::bus::NatsAuth;
 use crate::bus::jetstream::{DurableConfig, Storage};
+use crate::bus::NatsAuth;
 use crate::config::{invalid, ConfigError, JwtAlg, Secret, Settings};
 use crate::device::hub::HubLimits;
 use crate::device::keys::JwksSource;

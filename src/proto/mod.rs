@@ -1220,9 +1220,13 @@ mod tests {
         }
         assert_eq!(
             json(
-                &encode_delivery(br#"{"from":"svc:a","data":[1]}"#, Delivery::Durable(9), None)
-                    .unwrap()
-                    .text
+                &encode_delivery(
+                    br#"{"from":"svc:a","data":[1]}"#,
+                    Delivery::Durable(9),
+                    None
+                )
+                .unwrap()
+                .text
             ),
             json(r#"{"op":"msg","from":"svc:a","data":[1],"seq":9}"#)
         );
