@@ -28,12 +28,18 @@ fn admin_endpoints_and_metric_names() {
     ] {
         metric_value(&m, name);
     }
+    // Every sample is ours (`tether_`) or the standard process collector's (`process_`), with a
+    // finite value (histogram sums and CPU seconds are fractional).
     for line in m.lines().filter(|l| !l.starts_with('#')) {
         let (name, value) = line.rsplit_once(' ').unwrap();
-        assert!(name.starts_with("tether_"), "{line}");
-        value
-            .parse::<u64>()
+        assert!(
+            name.starts_with("tether_") || name.starts_with("process_"),
+            "{line}"
+        );
+        let value = value
+            .parse::<f64>()
             .unwrap_or_else(|_| panic!("not a number: {line}"));
+        assert!(value.is_finite(), "{line}");
     }
     // Gauges move with connections.
     let c = Client::connect(srv.port, "/echo");
