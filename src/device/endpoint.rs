@@ -48,16 +48,20 @@ const BUS_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 /// Starts the bus for the server's shards and adds `/ws`, the per-shard hub, the messaging
 /// metrics, the bus's readiness check and the bus's stop. `Err`: the bus or the JWKS refresh
 /// did not start.
-pub fn install(server: Server, mut config: MessagingConfig) -> Result<Server, String> {
+pub fn install(mut server: Server, mut config: MessagingConfig) -> Result<Server, String> {
     let shards = server.shard_count();
     let devices = Arc::new(DeviceStats::starting_now().with_latency_for(shards));
+    // Before any thread starts (the JWKS and bus threads just below, the shards later), so that
+    // all inherit the mask and SIGHUP reaches only the server's SIGHUP thread, never the default
+    // action (exit) on a thread that does not block it.
+    keys::block_sighup()?;
     if let (Some(source), AuthMode::Jwt(verifier)) = (config.jwks.clone(), &mut config.auth) {
-        if matches!(source, keys::JwksSource::File(_)) {
-            // Before any thread starts (the bus bridge just below, the shards later), so that
-            // all inherit the mask and SIGHUP reaches only the JWKS thread.
-            keys::block_sighup()?;
+        if let Some(hangup) = keys::start(source, verifier, devices.jwks.clone())? {
+            server = server.on_hangup(move || {
+                // Full: a reload is already pending, which reads the file as it is now.
+                let _ = hangup.try_send(());
+            });
         }
-        keys::start(source, verifier, devices.jwks.clone())?;
     }
     let (links, bus_node) = bus::start_with(
         &BusConfig {

@@ -90,8 +90,8 @@ pub fn load(source: &JwksSource) -> Result<KeySet, String> {
 }
 
 /// Blocks SIGHUP in the calling thread, so that every thread started afterwards inherits the
-/// mask and only the `tether-jwks` thread receives it (with `sigwait`). Call it on the main
-/// thread before any other thread starts.
+/// mask and only the server's SIGHUP thread receives it (with `sigwait`; see
+/// `Server::on_hangup`). Call it on the main thread before any other thread starts.
 pub fn block_sighup() -> Result<(), String> {
     // SAFETY: `set` is a valid sigset_t, initialised by sigemptyset before use; SIGHUP is a
     // valid signal number; the old mask is not wanted (null).
@@ -108,28 +108,14 @@ pub fn block_sighup() -> Result<(), String> {
     }
 }
 
-fn wait_sighup() -> bool {
-    // SAFETY: `set` is a valid sigset_t holding SIGHUP, which every thread has blocked
-    // (block_sighup runs on the main thread before any other starts); `sig` is a valid out
-    // pointer.
-    let rc = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        let mut sig: libc::c_int = 0;
-        libc::sigwait(&set, &mut sig)
-    };
-    rc == 0
-}
-
 /// Loads the keys once (an error stops the start), publishes them to `verifier`, and starts
-/// the `tether-jwks` thread that keeps them current. For a file, SIGHUP must already be
-/// blocked ([`block_sighup`]).
+/// the `tether-jwks` thread that keeps them current. For a file, the returned sender asks for a
+/// reload (the caller sends on it on SIGHUP; a request while one is pending is dropped).
 pub fn start(
     source: JwksSource,
     verifier: &mut Verifier,
     stats: Arc<JwksStats>,
-) -> Result<(), String> {
+) -> Result<Option<flume::Sender<()>>, String> {
     if let JwksSource::Url { url, .. } = &source {
         if url.starts_with("http://") {
             tracing::warn!(%url, "the JWKS URL is plain http: whoever is on the path can replace the keys; use https");
@@ -143,20 +129,29 @@ pub fn start(
     if matches!(source, JwksSource::Url { .. }) {
         verifier.on_unknown_kid(early_tx);
     }
+    let (hangup_tx, hangup_rx) = flume::bounded::<()>(1);
+    let hangup = matches!(source, JwksSource::File(_)).then_some(hangup_tx);
     let shared = verifier.clone();
     std::thread::Builder::new()
         .name("tether-jwks".into())
-        .spawn(move || run(source, shared, stats, early_rx))
-        .map(|_| ())
+        .spawn(move || run(source, shared, stats, early_rx, hangup_rx))
+        .map(|_| hangup)
         .map_err(|e| format!("cannot start the JWKS thread: {e}"))
 }
 
-fn run(source: JwksSource, verifier: Verifier, stats: Arc<JwksStats>, early: flume::Receiver<()>) {
+fn run(
+    source: JwksSource,
+    verifier: Verifier,
+    stats: Arc<JwksStats>,
+    early: flume::Receiver<()>,
+    hangup: flume::Receiver<()>,
+) {
     let mut last_fetch = Instant::now();
     loop {
         let why = match &source {
             JwksSource::File(_) => {
-                if !wait_sighup() {
+                // Every sender is gone: the node is stopping.
+                if hangup.recv().is_err() {
                     return;
                 }
                 "SIGHUP"

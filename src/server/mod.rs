@@ -150,6 +150,8 @@ pub enum ServeError {
 
 /// Node-level work run once the node has stopped (e.g. stopping the bus).
 type ExitHook = Box<dyn FnOnce() + Send>;
+/// Node-level work run on every SIGHUP (e.g. reading a key file again).
+type HangupHook = Box<dyn Fn() + Send>;
 
 /// A node about to run: configuration, placement, per-shard services and node-level hooks.
 pub struct Server {
@@ -159,6 +161,7 @@ pub struct Server {
     metrics_sources: Vec<admin::MetricsSource>,
     readiness: Vec<admin::ReadinessCheck>,
     on_exit: Vec<ExitHook>,
+    on_hangup: Vec<HangupHook>,
 }
 
 impl Server {
@@ -173,6 +176,7 @@ impl Server {
             metrics_sources: Vec::new(),
             readiness: Vec::new(),
             on_exit: Vec::new(),
+            on_hangup: Vec::new(),
         };
         if s.config.echo {
             s = s.endpoint("/echo", |_| Rc::new(endpoint::Echo));
@@ -210,6 +214,14 @@ impl Server {
     /// the bus that fed the shards).
     pub fn on_exit(mut self, hook: impl FnOnce() + Send + 'static) -> Server {
         self.on_exit.push(Box::new(hook));
+        self
+    }
+
+    /// Runs `hook` on every SIGHUP, on the node's one SIGHUP thread, after the TLS certificate
+    /// reload (a process-directed signal reaches one waiting thread only, so nothing else may
+    /// wait for SIGHUP itself).
+    pub fn on_hangup(mut self, hook: impl Fn() + Send + 'static) -> Server {
+        self.on_hangup.push(Box::new(hook));
         self
     }
 
@@ -301,6 +313,7 @@ impl Server {
 
         let services = self.services;
         let on_exit = self.on_exit;
+        let on_hangup = self.on_hangup;
         let mut metrics_sources = self.metrics_sources;
         if let Some(certs) = &tls_certs {
             let certs = certs.clone();
@@ -395,20 +408,23 @@ impl Server {
         // Listeners and admin endpoint are up: tell systemd (Type=notify) we are ready.
         notify::notify_or_log("READY=1");
 
-        // SIGHUP reloads the TLS certificate (new connections get the new one); without TLS
-        // it is logged and ignored.
+        // SIGHUP reloads the TLS certificate (new connections get the new one) and runs the
+        // `on_hangup` hooks; with neither it is logged and ignored.
         std::thread::Builder::new()
             .name("tether-reload".to_string())
             .spawn(move || {
                 while Signals::wait_hangup().is_ok() {
-                    let Some(certs) = &tls_certs else {
-                        tracing::info!("SIGHUP: no TLS listener, nothing to reload");
-                        continue;
-                    };
-                    let files = certs.files();
-                    match certs.reload() {
-                        Ok(()) => tracing::info!(cert = %files.cert.display(), key = %files.key.display(), "SIGHUP: TLS certificate reloaded; new connections get it"),
-                        Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; the certificate in use stays"),
+                    if let Some(certs) = &tls_certs {
+                        let files = certs.files();
+                        match certs.reload() {
+                            Ok(()) => tracing::info!(cert = %files.cert.display(), key = %files.key.display(), "SIGHUP: TLS certificate reloaded; new connections get it"),
+                            Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; the certificate in use stays"),
+                        }
+                    } else if on_hangup.is_empty() {
+                        tracing::info!("SIGHUP: nothing to reload");
+                    }
+                    for hook in &on_hangup {
+                        hook();
                     }
                 }
             })
