@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use server_support::{Client, Got, Server};
+use server_support::{openssl, Client, Got, Server};
 use tether::auth::{mint_hs256, Claims};
 
 const SECRET: &str = "secured-nats-test-secret-0123456789";
@@ -260,19 +260,6 @@ fn creds_file_in_operator_mode() {
     );
     let n = node(&nats.url("nats"), &["--nats-creds-file", &creds]);
     assert_hello(&n, "tv-creds");
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl.

@@ -457,19 +457,6 @@ fn a_refreshed_session_outlives_its_first_token() {
     assert_eq!(server.metric("tether_device_token_refreshes_total"), 1);
 }
 
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn jwks_url_over_https_is_verified_against_the_trusted_cas() {
     let dir = Scratch::new("jwks-https");

@@ -7,8 +7,7 @@ mod server_support;
 use std::{
     io::{Read, Write},
     net::TcpStream,
-    path::{Path, PathBuf},
-    process::Command,
+    path::PathBuf,
     sync::Arc,
     time::Duration,
 };
@@ -24,19 +23,6 @@ type Tls = StreamOwned<ClientConnection, TcpStream>;
 /// A temporary directory with a CA and a `localhost` leaf it signed.
 struct Pki {
     dir: PathBuf,
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl (Debian package) must be installed");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 impl Pki {
