@@ -118,8 +118,8 @@ SERVING = re.compile(r"tether serving.*?listen=(\S+).*?admin=(\S+)")
 class Node:
     """One `tether serve` process. Its stderr is kept (and shown when a test fails)."""
 
-    def __init__(self, *args, secret=SECRET, env_extra=None):
-        cmd = [tether_bin(), "serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", *args]
+    def __init__(self, *args, secret=SECRET, env_extra=None, listen="127.0.0.1:0"):
+        cmd = [tether_bin(), "serve", "--listen", listen, "--admin", "127.0.0.1:0", *args]
         env = dict(os.environ, TETHER_LOG="info")
         env.pop("TETHER_JWT_SECRET", None)
         if secret is not None:

@@ -1,4 +1,5 @@
-"""Durable delivery on JetStream end to end (issue 11, must-show 4, 5 and 7).
+"""Durable delivery on JetStream end to end (issue 11, must-show 4, 5 and 7, with the
+device-to-device half of 7), and the browser example's acknowledgements and reconnects.
 
 Real nats-servers with JetStream and a file store (`-js -sd`), real tether nodes started with
 `--durable`, devices on Python `websockets`, backends on `nats-py` publishing to
@@ -118,8 +119,8 @@ def wait_for(pred, what, timeout=TIMEOUT_S * 2):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def durable_node(urls, node_id, *extra):
-    node = Node("--shards", "2", "--nats", ",".join(urls), "--node-id", node_id, "--durable", *extra)
+def durable_node(urls, node_id, *extra, listen="127.0.0.1:0"):
+    node = Node("--shards", "2", "--nats", ",".join(urls), "--node-id", node_id, "--durable", *extra, listen=listen)
     wait_for(lambda: node.metric("tether_mailbox_stream_ready") == 1, f"{node_id}: mailbox stream ready")
     return node
 
@@ -435,6 +436,71 @@ class DeviceLoop:
         self.task.cancel()
 
 
+class PeerLoop:
+    """A device that sends `send`s with `ack` to a device on the other node while it receives
+    and acknowledges (by `ack_id`) what its peer sends it. Records when each answer and each
+    arrival happened (monotonic clock of this process), to tell a late arrival from an early one."""
+
+    def __init__(self, dev, to):
+        self.dev = dev
+        self.to = to
+        self.sent = 0
+        self.answers = {}  # id -> (time, delivered, reason)
+        self.refused = {}  # id -> time: error bus_unavailable, nothing published
+        self.arrived = {}  # id (of the peer's send) -> time
+        self.errors = []
+        self.reader = asyncio.ensure_future(self.read())
+
+    async def read(self):
+        while True:
+            m = json.loads(await self.dev.ws.recv())
+            now = time.monotonic()
+            if m["op"] == "msg" and "ack_id" in m:
+                self.arrived.setdefault(m["data"]["i"], now)
+                await self.dev.send(op="ack", ack_id=m["ack_id"])
+            elif m["op"] == "ack" and "delivered" in m:
+                self.answers[m["id"]] = (now, m["delivered"], m.get("reason"))
+            elif m["op"] == "error" and m.get("code") == "bus_unavailable":
+                self.refused[m["id"]] = now
+            elif not (m["op"] == "error" and m.get("code") == "unknown_ack"):
+                # unknown_ack: an ack that reached the node after the message's deadline
+                # (its sender was answered delivered:false); anything else is a defect.
+                self.errors.append(m)
+
+    def outstanding(self):
+        return self.sent - len(self.answers) - len(self.refused)
+
+    async def send_until(self, stop):
+        """One `send` with `ack` every 10 ms (at most 50 unanswered) until `stop` is set."""
+        while not stop.is_set():
+            if self.outstanding() < 50:
+                i = f"{self.dev.id}-{self.sent}"
+                await self.dev.send(op="send", to=self.to, data={"i": i}, id=i, ack=True)
+                self.sent += 1
+            await asyncio.sleep(0.01)
+
+    async def all_answered(self):
+        deadline = time.monotonic() + TIMEOUT_S * 3
+        while self.outstanding() > 0:
+            assert time.monotonic() < deadline, f"{self.dev.id}: {self.outstanding()} sends unanswered"
+            await asyncio.sleep(0.05)
+
+
+def check_peer_outcomes(sender, receiver):
+    """Every `delivered: true` arrived; nothing answered `delivered: false` arrived after the
+    answer; nothing refused with `bus_unavailable` arrived at all. Returns the counts."""
+    delivered = [i for i, (_, ok, _) in sender.answers.items() if ok]
+    missing = [i for i in delivered if i not in receiver.arrived]
+    late = [i for i, (t, ok, _) in sender.answers.items() if not ok and i in receiver.arrived and receiver.arrived[i] > t]
+    refused_arrived = [i for i in sender.refused if i in receiver.arrived]
+    assert not missing, f"{sender.dev.id}: delivered:true but never arrived: {missing[:5]}"
+    assert not late, f"{sender.dev.id}: answered delivered:false, arrived afterwards: {late[:5]}"
+    assert not refused_arrived, f"{sender.dev.id}: refused (bus_unavailable) but arrived: {refused_arrived[:5]}"
+    assert not sender.errors, sender.errors
+    reasons = sorted({r for _, ok, r in sender.answers.values() if not ok})
+    return len(delivered), len(sender.answers) - len(delivered), len(sender.refused), reasons
+
+
 def connected_server(servers, node_id):
     for s in servers:
         if f"tether node {node_id}" in s.client_names():
@@ -476,11 +542,19 @@ def test_cluster_failover_keeps_devices_connected_and_loses_nothing_acknowledged
             d1 = await Device.connect(a.url(), mint("stb-c1"))
             d2 = await Device.connect(b.url(), mint("stb-c2"))
             loops = {"stb-c1": DeviceLoop(d1), "stb-c2": DeviceLoop(d2)}
+            # Device-to-device sends with ack across the two nodes, both ways, all along.
+            p1 = await Device.connect(a.url(), mint("ph-c1"))
+            p2 = await Device.connect(b.url(), mint("ph-c2"))
+            peers = [PeerLoop(p1, "ph-c2"), PeerLoop(p2, "ph-c1")]
+            stop_sending = asyncio.Event()
+            senders = [asyncio.ensure_future(p.send_until(stop_sending)) for p in peers]
             published = {"stb-c1": [], "stb-c2": []}
+            killed_at = None
             for i in range(200):
                 device = "stb-c1" if i % 2 == 0 else "stb-c2"
                 if i == 60:
                     victim.kill()
+                    killed_at = time.monotonic()
                 # A backend retries until JetStream acknowledges; the message id makes a retry
                 # of a publish that was stored return the same seq.
                 deadline = time.time() + 30
@@ -498,17 +572,42 @@ def test_cluster_failover_keeps_devices_connected_and_loses_nothing_acknowledged
                 if ack.seq not in published[device]:
                     published[device].append(ack.seq)
                 await asyncio.sleep(0.01)
+            # node1 is back on a surviving server; the sends go on until each way has had
+            # 20 more acknowledged after that.
+            deadline = time.monotonic() + TIMEOUT_S * 3
+            while a.metric("tether_bus_reconnects_total") < 1 or a.metric("tether_bus_connected") != 1:
+                assert time.monotonic() < deadline, "node1 did not reconnect"
+                await asyncio.sleep(0.05)
+            back_at = time.monotonic()
+            while any(sum(1 for t, ok, _ in p.answers.values() if ok and t > back_at) < 20 for p in peers):
+                assert time.monotonic() < deadline, "device-to-device sends not acknowledged after the failover"
+                await asyncio.sleep(0.05)
+            stop_sending.set()
+            await asyncio.gather(*senders)
+            for p in peers:
+                await p.all_answered()
+                before = sum(1 for t, ok, _ in p.answers.values() if ok and t < killed_at)
+                assert before > 0, f"{p.dev.id}: nothing acknowledged before the kill"
             for device, loop in loops.items():
                 await loop.finish(published[device][-1])
                 # At least once, in order: every stored message arrived, duplicates only by seq.
                 assert sorted(set(loop.seqs)) == sorted(published[device]), device
                 assert loop.seqs == sorted(loop.seqs), f"{device}: out of order"
                 assert not loop.errors, loop.errors
-            # Both devices stayed connected the whole time (a closed socket ends the loops).
-            for d in (d1, d2):
-                assert d.ws.state.name == "OPEN"
-            await d1.close()
-            await d2.close()
+            # A message answered delivered:false would arrive within its deadline (the ack
+            # timeout, 2 s) plus the transit: watch 3 s more after the last answer.
+            await asyncio.sleep(3)
+            for p in peers:
+                p.reader.cancel()
+            for sender, receiver in ((peers[0], peers[1]), (peers[1], peers[0])):
+                ok, not_ok, refused, reasons = check_peer_outcomes(sender, receiver)
+                print(f"{sender.dev.id} -> {receiver.dev.id}: {sender.sent} sent, {ok} delivered, "
+                      f"{not_ok} not delivered {reasons}, {refused} refused (bus_unavailable)")
+            # Every device stayed connected the whole time (a closed socket ends the loops).
+            for d in (d1, d2, p1, p2):
+                assert d.ws.state.name == "OPEN", d.id
+            for d in (d1, d2, p1, p2):
+                await d.close()
             # Nothing acknowledged comes back, on either node.
             for node, device in ((b, "stb-c1"), (a, "stb-c2")):
                 d = await Device.connect(node.url(), mint(device))
@@ -556,4 +655,101 @@ def test_backend_example_durable_push_waits_for_the_receipt(store):
         run(body())
     finally:
         node.stop()
+        server.kill()
+
+
+class BrowserPage:
+    """examples/browser/index.html in headless Chromium, driven line by line
+    (tests/messaging/browser_durable.mjs)."""
+
+    @classmethod
+    async def open(cls, ws_url, device):
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        page = "file://" + os.path.join(root, "examples", "browser", "index.html")
+        self = cls()
+        self.proc = await asyncio.create_subprocess_exec(
+            "node", os.path.join(root, "tests", "messaging", "browser_durable.mjs"), page, ws_url, mint(device), device,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        return self
+
+    async def ask(self, **cmd):
+        self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
+        await self.proc.stdin.drain()
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 60)
+        if not line:
+            err = await self.proc.stderr.read()
+            raise AssertionError(f"browser driver exited: {err.decode()[-2000:]}")
+        got = json.loads(line)
+        if got.get("ok") is False:
+            state = await self.ask(dump=True)
+            raise AssertionError(f"{cmd}: {got['error']}; page: {state}")
+        return got
+
+    async def close(self):
+        if self.proc.returncode is None:
+            self.proc.stdin.close()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 20)
+            except asyncio.TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+def test_browser_page_acknowledges_and_reconnects_by_itself(store):
+    """examples/browser against a real node: a durable push while the page is connected is
+    acknowledged (a receipt), a backend's push made as a request is acknowledged by `ack_id`;
+    the node restarts and the page comes back by itself with `?last_seq=`, receives what was
+    published meanwhile and acknowledges it; nothing is acknowledged twice."""
+    server = JsServer(store)
+    listen = f"127.0.0.1:{free_port()}"
+    nodes = [durable_node([server.url], "node1", "--drain-time", "500ms", listen=listen)]
+
+    async def body():
+        nc = await nats.connect(server.url)
+        js = nc.jetstream()
+        receipts = await nc.subscribe("tether.receipt.tv-page")
+        page = await BrowserPage.open(nodes[0].url(), "tv-page")
+        try:
+            await page.ask(ready=True)
+            s1 = await push(js, "tv-page", {"n": 1})
+            await page.ask(wait=f"(durable #{s1})")
+            assert await receipts_until(receipts, [s1]) == [s1]
+            # An ephemeral push with a receipt: answered once the page acknowledged its ack_id.
+            reply = await nc.request("tether.dev.tv-page", json.dumps({"from": "svc:test", "data": "eph"}).encode(), timeout=TIMEOUT_S)
+            assert json.loads(reply.data) == {"delivered": 1}
+
+            # The node restarts (drain: close 1001); meanwhile the backend pushes two more.
+            nodes[0].stop()
+            s2 = await push(js, "tv-page", {"n": 2})
+            s3 = await push(js, "tv-page", {"n": 3})
+            nodes.append(durable_node([server.url], "node1", "--drain-time", "500ms", listen=listen))
+            await page.ask(wait=f"(durable #{s3})")
+            await page.ask(ready=True)
+            assert sorted(await receipts_until(receipts, [s2, s3])) == [s2, s3]
+            # Nothing acknowledged twice: no further receipt, and the page saw each seq once.
+            try:
+                extra = await receipts.next_msg(timeout=1.5)
+                raise AssertionError(f"a second receipt: {extra.data}")
+            except nats.errors.TimeoutError:
+                pass
+            state = await page.ask(dump=True)
+            for seq in (s1, s2, s3):
+                assert state["log"].count(f"(durable #{seq})") == 1, state["log"]
+            assert "svc:test: \"eph\"" in state["log"], state["log"]
+            assert state["lastSeq"] == str(s3)
+            assert len(state["sockets"]) >= 2, state["sockets"]
+            assert "last_seq" not in state["sockets"][0]
+            # Every reconnect attempt presented what the page had processed.
+            assert all(u.endswith(f"/ws?last_seq={s1}") for u in state["sockets"][1:]), state["sockets"]
+            assert nodes[-1].metric("tether_device_durable_deliveries_total") == 2
+        finally:
+            await page.close()
+            await nc.close()
+
+    try:
+        run(body(), timeout=120)
+    finally:
+        for n in nodes:
+            n.stop()
         server.kill()
