@@ -221,6 +221,9 @@ def test_offline_device_gets_unexpired_uncollapsed_in_order_then_the_other_half_
         await d.send(op="ack", seq=want[-1][0] + 1000, id="bad")
         err = await d.recv()
         assert err["op"] == "error" and err["code"] == "bad_field" and err["id"] == "bad"
+        # 0, or at or below an earlier ack: a no-op, answered at once.
+        await d.send(op="ack", seq=0, id="zero")
+        assert await d.recv() == {"op": "ack", "id": "zero"}
         half = want[35][0]
         await d.send(op="ack", seq=half, id="a1")
         assert await d.recv() == {"op": "ack", "id": "a1"}
@@ -255,6 +258,19 @@ def test_offline_device_gets_unexpired_uncollapsed_in_order_then_the_other_half_
         d = await Device.connect(b.url("last_seq=%d" % s1), mint("stb-7"))
         assert await recv_durable(d, 1) == [(s2, {"n": 2})]
         assert sorted(await receipts_until(receipts, [s1])) == [s1]
+        await d.close()
+        # What a device presented with last_seq it may acknowledge, even when this session
+        # never received it; one seq beyond is refused.
+        s3 = await push(js, "stb-7", {"n": 3})
+        d = await Device.connect(a.url("last_seq=%d" % (s3 + 5)), mint("stb-7"))
+        await d.send(op="ack", seq=s3 + 6, id="beyond")
+        err = await d.recv()
+        assert err["code"] == "bad_field" and err["id"] == "beyond", err
+        await d.send(op="ack", seq=s3 + 5, id="presented")
+        assert await d.recv() == {"op": "ack", "id": "presented"}
+        # s2 was received unacknowledged in the session before: skipped now, with s3.
+        assert sorted(await receipts_until(receipts, [s2, s3])) == [s2, s3]
+        await d.nothing()
         await d.close()
         await nc.close()
 
