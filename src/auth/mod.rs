@@ -674,6 +674,9 @@ pub fn mint_pem_kid(
 pub struct AuthRequest<'a> {
     pub device: &'a str,
     pub node: &'a str,
+    /// The device's address (`ip:port`): the socket's peer, or the client a PROXY protocol
+    /// header names on a listener with `proxy_protocol`.
+    pub client_addr: std::net::SocketAddr,
     pub claims: &'a Claims,
 }
 

@@ -27,7 +27,8 @@ use clap::parser::ValueSource;
 use tether_shards::ShardCount;
 
 pub use value::{
-    format_duration, parse_duration, CpuList, FlagKind, JwtAlg, LogFormat, Secret, SettingValue,
+    format_duration, parse_duration, CpuList, FlagKind, JwtAlg, LogFormat, ProxyProtocol, Secret,
+    SettingValue,
 };
 
 /// The description of one setting, for flags, the example file and `config check`.
@@ -167,6 +168,9 @@ settings! {
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) of tls_cert; reloaded on SIGHUP.
     /// No default, as for tls_cert.
     tls_key: Option<PathBuf> = None, env "TETHER_TLS_KEY", value "FILE", example "\"/etc/tether/tls/key.pem\"";
+    /// Listeners that expect a PROXY protocol header (v1 or v2) from an L4 balancer: off|ws|wss|all.
+    /// Off: a header from anyone but a trusted balancer would let a client choose its address.
+    proxy_protocol: ProxyProtocol = ProxyProtocol::Off, env "TETHER_PROXY_PROTOCOL", value "off|ws|wss|all";
     /// Origins (scheme://host[:port]) whose browser clients may connect; others get 403.
     /// Empty: no check (devices send no Origin). A request without Origin is always allowed.
     allowed_origins: Vec<String> = Vec::new(), env "TETHER_ALLOWED_ORIGINS", value "ORIGIN[,ORIGIN...]", example "[\"https://app.example.com\"]";

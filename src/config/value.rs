@@ -386,6 +386,52 @@ impl SettingValue for LogFormat {
     }
 }
 
+/// The listeners that expect a PROXY protocol header (v1 or v2) before the client's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProxyProtocol {
+    /// None: the socket's peer is the client.
+    #[default]
+    Off,
+    /// The `ws://` listener only.
+    Ws,
+    /// The `wss://` listener only (the header comes before the TLS ClientHello).
+    Wss,
+    /// Both listeners.
+    All,
+}
+
+impl ProxyProtocol {
+    /// Whether the `ws://` (`tls == false`) or `wss://` listener expects the header.
+    pub fn expected_on(self, tls: bool) -> bool {
+        matches!(
+            (self, tls),
+            (ProxyProtocol::All, _) | (ProxyProtocol::Ws, false) | (ProxyProtocol::Wss, true)
+        )
+    }
+}
+
+impl SettingValue for ProxyProtocol {
+    fn parse(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "off" => Ok(ProxyProtocol::Off),
+            "ws" => Ok(ProxyProtocol::Ws),
+            "wss" => Ok(ProxyProtocol::Wss),
+            "all" => Ok(ProxyProtocol::All),
+            other => Err(format!(
+                "invalid proxy_protocol {other:?}: use off, ws, wss or all"
+            )),
+        }
+    }
+    fn to_toml(&self) -> Option<String> {
+        Some(quote(match self {
+            ProxyProtocol::Off => "off",
+            ProxyProtocol::Ws => "ws",
+            ProxyProtocol::Wss => "wss",
+            ProxyProtocol::All => "all",
+        }))
+    }
+}
+
 /// Signature algorithm of a public-key device token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JwtAlg {

@@ -240,6 +240,7 @@ impl Endpoint for DeviceEndpoint {
                 let request = AuthRequest {
                     device: &claims.sub,
                     node: &self.config.node_id,
+                    client_addr: info.peer,
                     claims: &claims,
                 };
                 let payload = serde_json::to_vec(&request)

@@ -9,7 +9,7 @@ use tether_shards::ShardCount;
 
 use super::tls::TlsFiles;
 use crate::config::{invalid, Settings};
-pub use crate::config::{ConfigError, LogFormat};
+pub use crate::config::{ConfigError, LogFormat, ProxyProtocol};
 use crate::ws::MAX_HEADER_BYTES;
 
 /// The resolved settings of a node's server (each field's default and reason: the setting of
@@ -20,6 +20,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Address of the `wss://` listeners and their certificate (`None`: no TLS).
     pub tls: Option<TlsListen>,
+    /// The listeners that read a PROXY protocol header before the request (or ClientHello).
+    pub proxy_protocol: ProxyProtocol,
     /// Origins allowed to upgrade (compared case-insensitively, trailing `/` ignored); empty:
     /// every origin. A request without `Origin` (a device, not a browser) is allowed.
     pub allowed_origins: Vec<String>,
@@ -93,6 +95,7 @@ impl ServerConfig {
                     key: s.tls_key.clone().unwrap_or_default(),
                 },
             }),
+            proxy_protocol: s.proxy_protocol,
             allowed_origins: s
                 .allowed_origins
                 .iter()
@@ -137,6 +140,12 @@ impl ServerConfig {
                     "tls_cert and tls_key are used only with tls_listen (the wss:// address)",
                 ))
             }
+        }
+        if s.proxy_protocol == ProxyProtocol::Wss && s.tls_listen.is_none() {
+            return Err(invalid(
+                "proxy_protocol",
+                "wss applies to the wss:// listener, and tls_listen is not set",
+            ));
         }
         let cfg = ServerConfig::from_settings(s);
         cfg.validate()?;

@@ -55,6 +55,7 @@ use super::{
     endpoint::{ConnInfo, Session},
     metrics::{self, HandshakeResult, ShardMetrics},
     node::NodeShared,
+    proxy_protocol,
     shard::ShardCtx,
     tls::ConnStream,
 };
@@ -343,14 +344,17 @@ pub(super) async fn run(
     // the task for the connection's whole life (see `connection_state_stays_small`).
     let upgraded = {
         let _hs = Handshaking::new(&shard);
-        let info = ConnInfo {
+        let mut info = ConnInfo {
             id,
             peer,
             shard: shard.index,
         };
-        Box::pin(handshake(&shard, &mut stream, &info, admitted)).await
+        Box::pin(handshake(&shard, &mut stream, &mut info, admitted))
+            .await
+            .map(|(session, leftover)| (session, leftover, info.peer))
     };
-    let Some((mut session, leftover)) = upgraded else {
+    // `peer` is now the client's address (the PROXY header's on a listener that reads one).
+    let Some((mut session, leftover, peer)) = upgraded else {
         return;
     };
 
@@ -545,14 +549,17 @@ fn error_response(status: u16, body: &str) -> Vec<u8> {
 enum HandshakeOutcome {
     Upgraded(Box<dyn Session>, Vec<u8>),
     Refused(HandshakeResult, Vec<u8>),
+    /// Closed without a response (a bad PROXY header: what the balancer sent was not a client).
+    Closed(HandshakeResult),
     Gone,
 }
 
-/// Reads and answers the upgrade request. `Some((session, leftover))` once the 101 is sent.
+/// Reads and answers the upgrade request (after the PROXY header on a listener that expects
+/// one, which sets `info.peer`). `Some((session, leftover))` once the 101 is sent.
 async fn handshake(
     shard: &Rc<ShardCtx>,
     stream: &mut ConnStream,
-    info: &ConnInfo,
+    info: &mut ConnInfo,
     admitted: bool,
 ) -> Option<(Box<dyn Session>, Vec<u8>)> {
     if !admitted {
@@ -560,12 +567,27 @@ async fn handshake(
         return None;
     }
     let started = Instant::now();
+    let proxied = shard.config.proxy_protocol.expected_on(stream.is_tls());
+    let mut proxy_pending = proxied;
     let timed = glommio::timer::timeout(shard.config.handshake_timeout, async {
-        Ok(handshake_inner(shard, stream, info).await)
+        let mut head = Vec::new();
+        if proxied {
+            if let Err(outcome) = read_proxy_header(shard, stream, info, &mut head).await {
+                return Ok(outcome);
+            }
+            proxy_pending = false;
+        }
+        Ok(handshake_inner(shard, stream, info, head, proxied).await)
     })
     .await;
     let outcome = timed.unwrap_or_else(|_| {
-        tracing::debug!(peer = %info.peer, elapsed_ms = started.elapsed().as_millis() as u64, "handshake timeout");
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        if proxy_pending {
+            shard.metrics.proxy_header("timeout");
+            tracing::info!(peer = %info.peer, elapsed_ms, "PROXY header not received within handshake_timeout: closing");
+            return HandshakeOutcome::Closed(HandshakeResult::ProxyHeader);
+        }
+        tracing::debug!(peer = %info.peer, elapsed_ms, "handshake timeout");
         HandshakeOutcome::Refused(
             HandshakeResult::Timeout,
             error_response(408, "request head not received within handshake_timeout"),
@@ -582,6 +604,11 @@ async fn handshake(
             reject(shard, stream, &response).await;
             None
         }
+        HandshakeOutcome::Closed(result) => {
+            // The caller drops the socket: nothing is written (on `wss://` not even an alert).
+            shard.metrics.handshake(result);
+            None
+        }
         HandshakeOutcome::Gone => {
             shard.metrics.handshake(HandshakeResult::IoError);
             None
@@ -589,26 +616,107 @@ async fn handshake(
     }
 }
 
+/// Most bytes read while looking for a PROXY header: the longest v2 header. Whatever follows
+/// the header in them is the client's (its request head, or its TLS ClientHello).
+const PROXY_READ_BYTES_MAX: usize =
+    proxy_protocol::V2_FIXED_BYTES + proxy_protocol::V2_PAYLOAD_BYTES_MAX;
+
+/// Reads the PROXY header a listener with `proxy_protocol` expects before anything else, from
+/// the socket (below TLS on a `wss://` listener), and sets `info.peer` to the client it names.
+/// The bytes read past it go to `head` (`ws://`) or back to TLS (`wss://`). A missing or bad
+/// header is counted, logged, and the socket closed without a response.
+async fn read_proxy_header(
+    shard: &ShardCtx,
+    stream: &mut ConnStream,
+    info: &mut ConnInfo,
+    head: &mut Vec<u8>,
+) -> Result<(), HandshakeOutcome> {
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        let room = PROXY_READ_BYTES_MAX - buf.len();
+        let r = poll_fn(|cx| {
+            let mut scratch = shard.scratch.borrow_mut();
+            let lim = room.min(scratch.len());
+            match stream.poll_read_socket(cx, &mut scratch[..lim]) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Ready(Ok(0)) => Poll::Ready(Ok(false)),
+                Poll::Ready(Ok(n)) => {
+                    buf.extend_from_slice(&scratch[..n]);
+                    Poll::Ready(Ok(true))
+                }
+            }
+        })
+        .await;
+        if !matches!(r, Ok(true)) {
+            return Err(HandshakeOutcome::Gone);
+        }
+        match proxy_protocol::parse(&buf) {
+            Ok(None) => {
+                // Every header fits in PROXY_READ_BYTES_MAX, so a full buffer has an answer.
+                assert!(
+                    buf.len() < PROXY_READ_BYTES_MAX,
+                    "PROXY parser wants more than its limit"
+                );
+            }
+            Ok(Some((header, len))) => {
+                shard.metrics.proxy_header("ok");
+                let client = header.source_or(info.peer);
+                tracing::trace!(balancer = %info.peer, peer = %client, version = ?header.version, "PROXY header");
+                info.peer = client;
+                let rest = buf.split_off(len);
+                if stream.is_tls() {
+                    stream.unread_ciphertext(rest);
+                } else {
+                    *head = rest;
+                }
+                return Ok(());
+            }
+            Err(e) => {
+                shard.metrics.proxy_header(e.label());
+                tracing::info!(peer = %info.peer, reason = e.label(), error = %e, "bad PROXY header: closing");
+                return Err(HandshakeOutcome::Closed(HandshakeResult::ProxyHeader));
+            }
+        }
+    }
+}
+
+/// Reads (after the bytes already in `head`) and answers the request head. `proxied`: the
+/// listener read a PROXY header before it; on one that did not, a PROXY header is a 400.
 async fn handshake_inner(
     shard: &Rc<ShardCtx>,
     stream: &mut ConnStream,
     info: &ConnInfo,
+    mut head: Vec<u8>,
+    proxied: bool,
 ) -> HandshakeOutcome {
     let cfg = &shard.config;
     let limits = HandshakeLimits {
         head_bytes_max: cfg.head_bytes_max,
         headers_max: cfg.headers_max,
     };
-    let mut head: Vec<u8> = Vec::new();
     let (req, head_len) = loop {
-        let room = limits.head_bytes_max + 1 - head.len().min(limits.head_bytes_max);
-        let r = poll_fn(|cx| {
-            poll_read_scratch(shard, stream, cx, room, |data| head.extend_from_slice(data))
-        })
-        .await;
-        match r {
-            Ok(Some(())) => {}
-            Ok(None) | Err(_) => return HandshakeOutcome::Gone,
+        if head.is_empty() {
+            let room = limits.head_bytes_max + 1;
+            let r = poll_fn(|cx| {
+                poll_read_scratch(shard, stream, cx, room, |data| head.extend_from_slice(data))
+            })
+            .await;
+            match r {
+                Ok(Some(())) => {}
+                Ok(None) | Err(_) => return HandshakeOutcome::Gone,
+            }
+        }
+        if !proxied && proxy_protocol::starts_with_signature(&head) {
+            shard.metrics.proxy_header("unexpected");
+            tracing::info!(peer = %info.peer, "PROXY header on a listener without proxy_protocol: 400");
+            return HandshakeOutcome::Refused(
+                HandshakeResult::BadRequest,
+                error_response(
+                    400,
+                    "PROXY protocol header on a listener that does not expect one",
+                ),
+            );
         }
         let parsed = if head.len() > limits.head_bytes_max && !contains_head_end(&head) {
             Err(HandshakeError::HeadTooLarge {
@@ -619,7 +727,17 @@ async fn handshake_inner(
             parse_request(&head, &limits)
         };
         match parsed {
-            Ok(None) => continue,
+            Ok(None) => {
+                let room = limits.head_bytes_max + 1 - head.len().min(limits.head_bytes_max);
+                let r = poll_fn(|cx| {
+                    poll_read_scratch(shard, stream, cx, room, |data| head.extend_from_slice(data))
+                })
+                .await;
+                match r {
+                    Ok(Some(())) => {}
+                    Ok(None) | Err(_) => return HandshakeOutcome::Gone,
+                }
+            }
             Ok(Some(x)) => break x,
             Err(e) => {
                 tracing::debug!(peer = %info.peer, error = %e, status = e.status(), "upgrade refused");

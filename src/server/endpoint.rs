@@ -26,7 +26,9 @@ pub type LocalFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 pub struct ConnInfo {
     /// Node-unique id the connection will have in its shard's registry.
     pub id: ConnId,
-    /// The peer's address.
+    /// The client's address: the socket's peer, or on a listener with `proxy_protocol` the
+    /// source its PROXY header names (the socket's peer when it names none: v1 `UNKNOWN`, v2
+    /// `LOCAL`).
     pub peer: SocketAddr,
     /// Index of the shard that owns the connection.
     pub shard: usize,

@@ -50,11 +50,14 @@ pub enum HandshakeResult {
     Timeout,
     /// The client went away during the handshake.
     IoError,
+    /// A listener that expects a PROXY protocol header did not get a valid one in time: closed
+    /// without a response (the reason is in `tether_proxy_headers_total`).
+    ProxyHeader,
 }
 
 impl HandshakeResult {
     /// Every result, in the order they are rendered.
-    pub const ALL: [HandshakeResult; 19] = [
+    pub const ALL: [HandshakeResult; 20] = [
         HandshakeResult::Ok,
         HandshakeResult::BadRequest,
         HandshakeResult::NotFound,
@@ -74,6 +77,7 @@ impl HandshakeResult {
         HandshakeResult::Draining,
         HandshakeResult::Timeout,
         HandshakeResult::IoError,
+        HandshakeResult::ProxyHeader,
     ];
 
     /// The `result` label.
@@ -98,6 +102,7 @@ impl HandshakeResult {
             HandshakeResult::Draining => "draining",
             HandshakeResult::Timeout => "timeout",
             HandshakeResult::IoError => "io_error",
+            HandshakeResult::ProxyHeader => "proxy_header",
         }
     }
 
@@ -113,6 +118,20 @@ impl HandshakeResult {
         }
     }
 }
+
+/// Outcomes of reading a PROXY protocol header, the `result` label of
+/// `tether_proxy_headers_total`: `ok`, the [`super::proxy_protocol::ProxyError::label`]s, `timeout`
+/// (not complete within `handshake_timeout`), and `unexpected` (a header on a `ws://` listener
+/// that does not expect one: answered 400).
+pub const PROXY_HEADER_RESULTS: [&str; 7] = [
+    "ok",
+    "missing",
+    "too_large",
+    "malformed",
+    "unsupported",
+    "timeout",
+    "unexpected",
+];
 
 /// Close codes counted individually in `tether_closes_total{code}`; others count as "other".
 /// 1005: the peer's close had no code; 1006: the connection ended without a close handshake.
@@ -155,6 +174,8 @@ pub struct ShardMetrics {
     /// Connections closed with 1008 because a message was not completed within
     /// `message_timeout`.
     pub message_timeouts: AtomicU64,
+    /// PROXY protocol headers read, by [`PROXY_HEADER_RESULTS`].
+    pub proxy_headers: [AtomicU64; PROXY_HEADER_RESULTS.len()],
     /// From the start of a connection's task (right after accept) to the 101 written.
     pub handshake_duration: Histogram,
 }
@@ -240,6 +261,15 @@ impl ShardMetrics {
         add(&self.handshakes[i], 1);
     }
 
+    /// Counts a PROXY header outcome (one of [`PROXY_HEADER_RESULTS`]).
+    pub fn proxy_header(&self, result: &str) {
+        let i = PROXY_HEADER_RESULTS
+            .iter()
+            .position(|&x| x == result)
+            .expect("every PROXY header result is listed");
+        add(&self.proxy_headers[i], 1);
+    }
+
     pub fn close(&self, code: u16) {
         add(&self.closes[close_index(code)], 1);
     }
@@ -303,6 +333,16 @@ pub fn render(shards: &[&ShardMetrics], node: NodeGauges) -> String {
     for (k, r) in HandshakeResult::ALL.iter().enumerate() {
         let v = sum(shards, |m| &m.handshakes[k]);
         let _ = writeln!(o, "tether_handshakes_total{{result=\"{}\"}} {v}", r.label());
+    }
+    head(
+        &mut o,
+        "tether_proxy_headers_total",
+        "counter",
+        "PROXY protocol headers on listeners that expect one, by result (unexpected: a header on a ws:// listener that does not, answered 400).",
+    );
+    for (k, r) in PROXY_HEADER_RESULTS.iter().enumerate() {
+        let v = sum(shards, |m| &m.proxy_headers[k]);
+        let _ = writeln!(o, "tether_proxy_headers_total{{result=\"{r}\"}} {v}");
     }
     let counters: [(&str, &str, Field); 11] = [
         (

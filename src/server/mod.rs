@@ -56,6 +56,7 @@ pub mod metrics;
 pub mod node;
 pub mod notify;
 pub mod outbound;
+pub mod proxy_protocol;
 pub mod shard;
 pub mod tasks;
 pub mod tls;

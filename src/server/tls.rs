@@ -250,6 +250,42 @@ impl ConnStream {
             ConnStream::Tls(s) => s.shutdown(how).await,
         }
     }
+
+    /// Whether this is a `wss://` connection.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, ConnStream::Tls(_))
+    }
+
+    /// Reads from the socket itself, below TLS: for what precedes the ClientHello (a PROXY
+    /// protocol header). Only before the first [`AsyncRead`] read.
+    pub fn poll_read_socket(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            ConnStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ConnStream::Tls(s) => {
+                debug_assert!(s.stash.is_empty() && !s.counted, "TLS reading has begun");
+                Pin::new(&mut s.tcp).poll_read(cx, buf)
+            }
+        }
+    }
+
+    /// Hands TLS the ciphertext [`Self::poll_read_socket`] read past what preceded the
+    /// ClientHello; the first TLS read takes it before reading the socket. For a plain stream
+    /// the caller keeps such bytes itself (they are the request head): passing any is a bug.
+    pub fn unread_ciphertext(&mut self, ciphertext: Vec<u8>) {
+        match self {
+            ConnStream::Plain(_) => {
+                debug_assert!(ciphertext.is_empty(), "a plain stream has no TLS layer")
+            }
+            ConnStream::Tls(s) => {
+                debug_assert!(s.stash.is_empty(), "TLS reading has begun");
+                s.stash = ciphertext;
+            }
+        }
+    }
 }
 
 impl AsyncRead for ConnStream {
