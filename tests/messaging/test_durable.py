@@ -514,6 +514,8 @@ def check_peer_outcomes(sender, receiver):
     assert not refused_arrived, f"{sender.dev.id}: refused (bus_unavailable) but arrived: {refused_arrived[:5]}"
     assert not sender.errors, sender.errors
     reasons = sorted({r for _, ok, r in sender.answers.values() if not ok})
+    # offline: the receiver's node was between NATS servers (docs/protocol.md, section 4).
+    assert set(reasons) <= {"offline", "timeout", "closed"}, reasons
     return len(delivered), len(sender.answers) - len(delivered), len(sender.refused), reasons
 
 
@@ -555,6 +557,7 @@ def test_cluster_failover_keeps_devices_connected_and_loses_nothing_acknowledged
         async def body():
             nc = await nats.connect([s.url for s in survivors], max_reconnect_attempts=-1)
             js = nc.jetstream(timeout=2)
+            events = await nc.subscribe("tether.event.>")
             d1 = await Device.connect(a.url(), mint("stb-c1"))
             d2 = await Device.connect(b.url(), mint("stb-c2"))
             loops = {"stb-c1": DeviceLoop(d1), "stb-c2": DeviceLoop(d2)}
@@ -619,9 +622,22 @@ def test_cluster_failover_keeps_devices_connected_and_loses_nothing_acknowledged
                 ok, not_ok, refused, reasons = check_peer_outcomes(sender, receiver)
                 print(f"{sender.dev.id} -> {receiver.dev.id}: {sender.sent} sent, {ok} delivered, "
                       f"{not_ok} not delivered {reasons}, {refused} refused (bus_unavailable)")
-            # Every device stayed connected the whole time (a closed socket ends the loops).
+            # Every device stayed connected the whole time (a closed socket ends the loops), and
+            # node1 announced its sessions again after its reconnect (docs/protocol.md, section 8).
             for d in (d1, d2, p1, p2):
                 assert d.ws.state.name == "OPEN", d.id
+            resynced, disconnects = set(), []
+            while True:
+                try:
+                    e = json.loads((await events.next_msg(timeout=0.5)).data)
+                except nats.errors.TimeoutError:
+                    break
+                if e["event"] == "connect" and e["reason"] == "resync":
+                    resynced.add((e["node"], e["device"]))
+                if e["event"] == "disconnect":
+                    disconnects.append(e)
+            assert {("node1", "stb-c1"), ("node1", "ph-c1")} <= resynced, resynced
+            assert not disconnects, disconnects
             for d in (d1, d2, p1, p2):
                 await d.close()
             # Nothing acknowledged comes back, on either node.
