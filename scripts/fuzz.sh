@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzzes the WebSocket core: runs each cargo-fuzz target in fuzz/ for a bounded time.
+# Fuzzes the WebSocket core and the PROXY protocol parser: runs each cargo-fuzz target in fuzz/ for a bounded time.
 #
 #   scripts/fuzz.sh [seconds-per-target]      (default 60)
 #
@@ -29,7 +29,7 @@ scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
 
 status=0
-for target in handshake_request handshake_response frame_decode context_feed; do
+for target in handshake_request handshake_response frame_decode context_feed proxy_header; do
     mkdir -p "$scratch/$target"
     echo "=== $target: ${seconds}s (sanitizer $sanitizer)" >&2
     log="$scratch/$target.log"

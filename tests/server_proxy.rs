@@ -353,12 +353,26 @@ fn haproxy_in_front_passes_the_client_address() {
         ],
         &env,
     );
-    let plain = Server::start_with_env(&["--shards", "1", "--insecure-no-auth"], &[]);
+    let plain = Server::start_with_env(
+        &[
+            "--shards",
+            "1",
+            "--insecure-no-auth",
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ],
+        &[],
+    );
     let haproxy = Haproxy::start(&[
         ("v1", proxied.port, "send-proxy"),
         ("v2", proxied.port, "send-proxy-v2"),
         ("v2tls", tls_port(&proxied), "send-proxy-v2"),
         ("plain", plain.port, "send-proxy"),
+        ("plaintls", tls_port(&plain), "send-proxy-v2"),
     ]);
 
     // ws:// through send-proxy (v1) and send-proxy-v2: the auth backend gets the client's
@@ -423,6 +437,26 @@ fn haproxy_in_front_passes_the_client_address() {
     );
     assert_eq!(
         plain.metric("tether_handshakes_total{result=\"bad_request\"}"),
+        1
+    );
+    // On a wss:// listener that does not expect one, the header is not a TLS record: the TLS
+    // handshake fails.
+    let mut tls = pki.client(connect_from("127.0.0.12", haproxy.port("plaintls")));
+    assert!(tls.write_all(&upgrade_request("/echo")).is_err());
+    assert!(eventually(Duration::from_secs(5), || plain
+        .metric("tether_tls_handshakes_total{result=\"failed\"}")
+        == 1));
+
+    // A wss:// listener that expects a header and gets a ClientHello: closed without a byte.
+    let mut s = TcpStream::connect(("127.0.0.1", tls_port(&proxied))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x01, 0x00])
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(
+        proxied.metric("tether_proxy_headers_total{result=\"missing\"}"),
         1
     );
 }

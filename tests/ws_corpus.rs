@@ -77,3 +77,23 @@ fn context_feed_seeds() {
         harness::context_feed(&data);
     }
 }
+
+/// The PROXY header seeds: each parses as its name says.
+#[test]
+fn proxy_header_seeds() {
+    use tether::server::proxy_protocol::{parse, ProxyError};
+    for (name, data) in seeds("proxy_header") {
+        harness::proxy_header(&data);
+        let result = parse(&data);
+        match name.as_str() {
+            "partial_v2" => assert_eq!(result, Ok(None)),
+            "missing_http" => assert_eq!(result, Err(ProxyError::Missing)),
+            "too_long_v1" => assert!(matches!(result, Err(ProxyError::TooLarge { .. }))),
+            "unsupported_udp" => assert!(matches!(result, Err(ProxyError::Unsupported(_)))),
+            "malformed_port" | "tlv_past_end" => {
+                assert!(matches!(result, Err(ProxyError::Malformed(_))), "{name}")
+            }
+            _ => assert!(matches!(result, Ok(Some(_))), "{name}: {result:?}"),
+        }
+    }
+}

@@ -1,4 +1,4 @@
-//! Fuzz harnesses for the WebSocket core, shared by the cargo-fuzz targets and by the unit
+//! Fuzz harnesses for the WebSocket core and the PROXY protocol header, shared by the cargo-fuzz targets and by the unit
 //! test that replays the committed seed corpus (`tests/ws_corpus.rs` includes this file).
 //! Each harness feeds arbitrary bytes through a parser and checks invariants that must hold
 //! whatever the input; a panic is a bug.
@@ -178,6 +178,36 @@ pub fn context_feed(data: &[u8]) {
     for s in &whole {
         if let Seen::Message(MessageKind::Text, t) = s {
             assert!(std::str::from_utf8(t).is_ok());
+        }
+    }
+}
+
+/// The PROXY protocol header parser (`tether::server::proxy_protocol`): a complete header is
+/// no longer than its limits and parses the same from any input it begins; every shorter
+/// prefix of it (byte 0 picks one) is incomplete; an error stays the same error whatever
+/// follows; an incomplete input is shorter than the longest header.
+pub fn proxy_header(data: &[u8]) {
+    use tether::server::proxy_protocol::{
+        parse, V1_BYTES_MAX, V2_FIXED_BYTES, V2_PAYLOAD_BYTES_MAX,
+    };
+    let max = V2_FIXED_BYTES + V2_PAYLOAD_BYTES_MAX;
+    let mut longer = data.to_vec();
+    longer.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+    match parse(data) {
+        Ok(Some((header, n))) => {
+            assert!(n <= data.len() && n <= max);
+            if data.starts_with(b"PROXY ") {
+                assert!(n <= V1_BYTES_MAX);
+            }
+            assert_eq!(parse(&data[..n]), Ok(Some((header, n))));
+            assert_eq!(parse(&longer), Ok(Some((header, n))));
+            let cut = usize::from(data.first().copied().unwrap_or(0)) % n.max(1);
+            assert_eq!(parse(&data[..cut]), Ok(None), "prefix of {cut} bytes");
+        }
+        Ok(None) => assert!(data.len() < max),
+        Err(e) => {
+            assert!(!e.label().is_empty());
+            assert_eq!(parse(&longer), Err(e));
         }
     }
 }
