@@ -557,3 +557,31 @@ fn headers_split_local_and_refusals() {
     );
     assert!(srv.log().contains("bad PROXY header: closing"));
 }
+
+#[test]
+fn config_check_refuses_wss_without_a_wss_listener_and_unknown_values() {
+    let dir = std::env::temp_dir().join(format!("tether-proxy-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (text, ok) in [
+        ("proxy_protocol = \"all\"\n", true),
+        ("proxy_protocol = \"ws\"\n", true),
+        ("proxy_protocol = \"wss\"\n", false),
+        ("proxy_protocol = \"yes\"\n", false),
+    ] {
+        let file = dir.join("c.toml");
+        std::fs::write(&file, text).unwrap();
+        let out = Command::new(tether_bin())
+            .args(["config", "check"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if ok {
+            assert_eq!(out.status.code(), Some(0), "{text}: {stderr}");
+        } else {
+            assert_eq!(out.status.code(), Some(2), "{text}: {stderr}");
+            assert!(stderr.contains("proxy_protocol"), "{text}: {stderr}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

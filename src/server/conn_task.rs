@@ -662,7 +662,7 @@ async fn read_proxy_header(
             Ok(Some((header, len))) => {
                 shard.metrics.proxy_header("ok");
                 let client = header.source_or(info.peer);
-                tracing::trace!(balancer = %info.peer, peer = %client, version = ?header.version, "PROXY header");
+                tracing::debug!(balancer = %info.peer, peer = %client, version = ?header.version, "PROXY header");
                 info.peer = client;
                 let rest = buf.split_off(len);
                 if stream.is_tls() {
