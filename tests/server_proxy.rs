@@ -431,13 +431,18 @@ fn haproxy_in_front_passes_the_client_address() {
         "{}",
         String::from_utf8_lossy(&answer)
     );
+    // The v2 signature likewise (sent directly).
+    let mut v2_local = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    v2_local.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
+    v2_local.extend_from_slice(&upgrade_request("/echo"));
+    assert_eq!(raw_request(plain.port, &v2_local).0, 400);
     assert_eq!(
         plain.metric("tether_proxy_headers_total{result=\"unexpected\"}"),
-        1
+        2
     );
     assert_eq!(
         plain.metric("tether_handshakes_total{result=\"bad_request\"}"),
-        1
+        2
     );
     // On a wss:// listener that does not expect one, the header is not a TLS record: the TLS
     // handshake fails.
