@@ -3,8 +3,10 @@
 //! Each harness feeds arbitrary bytes through a parser and checks invariants that must hold
 //! whatever the input; a panic is a bug.
 
+use std::convert::Infallible;
+
 use tether::ws::{
-    parse_request, write_accept_response, write_handshake_error, ClientHandshake, Context, Decoder,
+    parse_request, write_accept_response, write_handshake_error, Budget, ClientHandshake, Context, Decoder,
     DecoderLimits, Ended, Event, HandshakeLimits, Incoming, MessageKind, Role,
 };
 
@@ -118,18 +120,48 @@ enum Seen {
     End(Ended),
 }
 
-/// Feeds `stream` to `ctx` in reads of `read_bytes`; returns everything handed out.
+/// A budget that refuses nothing and counts what is held: the context's charge must always match
+/// what it holds.
+#[derive(Default)]
+struct Counted {
+    held_bytes: usize,
+}
+
+impl Budget for Counted {
+    type Refused = Infallible;
+
+    fn take(&mut self, bytes: usize) -> Result<(), Infallible> {
+        self.held_bytes += bytes;
+        Ok(())
+    }
+
+    fn give(&mut self, bytes: usize) {
+        self.held_bytes = self
+            .held_bytes
+            .checked_sub(bytes)
+            .expect("gave back more than was taken");
+    }
+}
+
+/// Feeds `stream` to `ctx` in reads of `read_bytes`; returns everything handed out. After every
+/// read the budget holds exactly what the context holds.
 fn feed_in_reads(ctx: &mut Context, stream: &[u8], read_bytes: usize) -> Vec<Seen> {
     let mut seen = Vec::new();
+    let mut budget = Counted::default();
     for chunk in stream.chunks(read_bytes) {
         let mut chunk = chunk.to_vec();
-        let ended = ctx.feed(&mut chunk, |incoming| {
+        let fed = ctx.feed_within(&mut chunk, &mut budget, |incoming| {
             seen.push(match incoming {
                 Incoming::Message { kind, data } => Seen::Message(kind, data.to_vec()),
                 Incoming::Ping(p) => Seen::Ping(p.to_vec()),
                 Incoming::Pong(p) => Seen::Pong(p.to_vec()),
             })
         });
+        let ended = match fed {
+            Ok(ended) => ended,
+            Err(never) => match never {},
+        };
+        assert_eq!(budget.held_bytes, ctx.held_bytes(), "charge out of step");
         if let Some(e) = ended {
             seen.push(Seen::End(e));
             break;
@@ -167,13 +199,16 @@ pub fn context_feed(data: &[u8]) {
     assert_eq!(whole_ctx.state(), split_ctx.state());
     match whole.last() {
         Some(Seen::End(_)) => {
-            assert_eq!(whole_ctx.buffered_bytes(), 0);
+            assert_eq!(whole_ctx.held_bytes(), 0, "released at the end");
             assert_eq!(
                 whole_ctx.feed(&mut stream.to_vec(), |_| panic!("after the end")),
                 None
             );
         }
         _ => assert!(whole_ctx.buffered_bytes() <= stream.len()),
+    }
+    if !whole_ctx.is_partial() {
+        assert_eq!(whole_ctx.buffered_bytes(), 0);
     }
     for s in &whole {
         if let Seen::Message(MessageKind::Text, t) = s {

@@ -13,14 +13,16 @@
 //! [`LINGER_TIMEOUT`]) so the response is not destroyed by a reset.
 //!
 //! **Frame loop.** No read buffer lives in the connection: each read goes into the shard's
-//! scratch buffer and is decoded there in place; only the bytes of an incomplete frame are kept
-//! (`leftover`, freed as soon as it is consumed). An idle connection therefore holds its glommio
-//! stream, the decoder, the [`Conn`] with its (empty) queues, and the task: see
-//! `docs/benchmarks.md` for the measured RSS.
+//! scratch buffer and is fed to the connection's [`ws::Context`] (the RFC 6455 layer above the
+//! decoder, shared with the load generator), which decodes it there in place and keeps only the
+//! bytes of an incomplete frame (freed as soon as they are consumed). An idle connection
+//! therefore holds its glommio stream, the context, the [`Conn`] with its (empty) queues, and
+//! the task: see `docs/benchmarks.md` for the measured RSS.
 //!
 //! **Incomplete messages are budgeted per shard.** What a connection keeps of an incomplete
-//! frame (`leftover`) and of a fragmented message (the decoder's reassembly buffer) is taken
-//! from the shard's `shard_partial_bytes_max` before the buffer grows; a connection whose
+//! frame and of a fragmented message ([`ws::Context::held_bytes`]) is taken from the shard's
+//! `shard_partial_bytes_max` (the context's [`ws::Budget`], [`ShardBudget`]) before the buffer
+//! grows; a connection whose
 //! growth the budget cannot cover is closed with 1013 (try again later), counted in
 //! `tether_partial_budget_closes_total` and logged, and its bytes go back at once. So clients
 //! parked mid-frame pin at most the budget per shard, whatever their number. A frame or
@@ -46,14 +48,14 @@ use std::{
 use futures_lite::{future::poll_fn, io::AsyncRead, io::AsyncWrite, AsyncWriteExt};
 
 use crate::ws::{
-    parse_request, write_accept_response, write_error_response, write_handshake_error, Decoder,
-    DecoderLimits, Event, HandshakeError, HandshakeLimits, ProtocolError, Role,
+    self, parse_request, write_accept_response, write_error_response, write_handshake_error,
+    DecoderLimits, Ended, HandshakeError, HandshakeLimits, Incoming, ProtocolError, Role,
 };
 
 use super::{
     conn::{CloseRequest, Conn, ConnHandle, ExitRequest},
     endpoint::{ConnInfo, Session},
-    metrics::{self, HandshakeResult, ShardMetrics},
+    metrics::{self, HandshakeResult},
     node::NodeShared,
     proxy_protocol,
     shard::ShardCtx,
@@ -85,159 +87,78 @@ enum Exit {
     Limit { code: u16, reason: &'static str },
 }
 
-/// Reading state of an upgraded connection.
-struct FrameIo {
-    decoder: Decoder,
-    /// Bytes of an incomplete frame; empty (no allocation) between frames.
-    leftover: Vec<u8>,
-    /// Bytes of `leftover` and of the decoder's reassembly buffer taken from the shard's
-    /// budget (`shard_partial_bytes_max`).
-    charged: usize,
-}
+/// The shard's partial-message budget (`shard_partial_bytes_max`) as the [`ws::Budget`] a
+/// connection's [`ws::Context`] takes the bytes of its incomplete frame and message from.
+struct ShardBudget<'a>(&'a ShardCtx);
 
-impl FrameIo {
-    /// Decodes every complete frame of `leftover ++ new`, dispatching events; keeps the rest.
-    /// Growth of what the connection holds is taken from the shard's budget first; when the
-    /// budget cannot cover it the connection ends with [`Exit::Limit`] (1013).
-    fn feed(
-        &mut self,
-        new: &mut [u8],
-        conn: &ConnHandle,
-        session: &mut dyn Session,
-        shard: &ShardCtx,
-    ) -> Option<Exit> {
-        let m = &shard.metrics;
-        let exit = if self.leftover.is_empty() {
-            let (used, exit) = decode_all(&mut self.decoder, new, conn, session, m);
-            if exit.is_none() && used < new.len() {
-                if !self.grow_leftover(shard, new.len() - used) {
-                    return Some(self.over_budget(shard, conn));
-                }
-                self.leftover.extend_from_slice(&new[used..]);
-            }
-            exit
+/// The shard's budget could not cover a connection's growth.
+struct OverBudget;
+
+impl ws::Budget for ShardBudget<'_> {
+    type Refused = OverBudget;
+
+    #[inline]
+    fn take(&mut self, bytes: usize) -> Result<(), OverBudget> {
+        if self.0.partial_take(bytes) {
+            Ok(())
         } else {
-            if !self.grow_leftover(shard, new.len()) {
-                return Some(self.over_budget(shard, conn));
-            }
-            self.leftover.extend_from_slice(new);
-            let (used, exit) = decode_all(&mut self.decoder, &mut self.leftover, conn, session, m);
-            if used == self.leftover.len() {
-                self.leftover = Vec::new();
-            } else {
-                self.leftover.drain(..used);
-                // The rest is the start of the next frame: do not keep a large buffer for it.
-                if self.leftover.capacity() > 4 * self.leftover.len().max(1024) {
-                    self.leftover.shrink_to(self.leftover.len());
-                }
-            }
-            exit
-        };
-        self.decoder.release_delivered();
-        if exit.is_none() && !self.settle(shard) {
-            return Some(self.over_budget(shard, conn));
+            Err(OverBudget)
         }
-        conn.set_partial(
-            !self.leftover.is_empty() || !self.decoder.is_idle(),
-            shard.now_ms(),
-        );
-        exit
     }
 
-    /// Makes room in `leftover` for `add` more bytes, taking the growth from the shard's budget
-    /// before allocating; false (nothing allocated) when the budget cannot cover it. The
-    /// buffer grows by doubling, but never past the frame its front belongs to.
-    fn grow_leftover(&mut self, shard: &ShardCtx, add: usize) -> bool {
-        let len = self.leftover.len();
-        let cap = self.leftover.capacity();
-        let need = len + add;
-        if need <= cap {
-            return true;
-        }
-        let target = match self.decoder.frame_bytes_needed(&self.leftover) {
-            Some(frame) if frame > need => need.max((2 * cap).min(frame)),
-            _ => need,
-        };
-        if !shard.partial_take(target - cap) {
-            return false;
-        }
-        self.charged += target - cap;
-        self.leftover.reserve_exact(target - len);
-        true
-    }
-
-    /// Brings the budget in line with what the connection holds now (the decoder's reassembly
-    /// buffer grows and shrinks inside `decode`); false when the budget cannot cover it.
-    fn settle(&mut self, shard: &ShardCtx) -> bool {
-        let held = self.leftover.capacity() + self.decoder.buffered_bytes();
-        if held > self.charged {
-            if !shard.partial_take(held - self.charged) {
-                return false;
-            }
-        } else {
-            shard.partial_give(self.charged - held);
-        }
-        self.charged = held;
-        true
-    }
-
-    /// Frees what the connection holds and returns it to the shard's budget.
-    fn release(&mut self, shard: &ShardCtx) {
-        self.leftover = Vec::new();
-        self.decoder.reset();
-        shard.partial_give(self.charged);
-        self.charged = 0;
-    }
-
-    /// The budget is used up: count, log, and end the connection with 1013.
-    fn over_budget(&mut self, shard: &ShardCtx, conn: &Conn) -> Exit {
-        let held = self.leftover.capacity() + self.decoder.buffered_bytes();
-        metrics::add(&shard.metrics.partial_budget_closes, 1);
-        tracing::info!(
-            conn = conn.id(),
-            peer = %conn.peer(),
-            held_bytes = held,
-            shard_partial_bytes = shard.partial_bytes(),
-            shard_partial_bytes_max = shard.config.shard_partial_bytes_max,
-            "partial-message budget of the shard used up: closing with 1013"
-        );
-        self.release(shard);
-        Exit::Limit {
-            code: 1013,
-            reason: "server busy: too many incomplete messages, try again later",
-        }
+    #[inline]
+    fn give(&mut self, bytes: usize) {
+        self.0.partial_give(bytes);
     }
 }
 
-fn decode_all(
-    decoder: &mut Decoder,
-    buf: &mut [u8],
+/// Decodes what the peer sent (`new`, after what the context held), hands each message to the
+/// session and queues the pongs owed; records whether a frame or message is incomplete (the
+/// sweeper's `message_timeout`). Growth of what the connection holds is taken from the shard's
+/// budget first; when the budget cannot cover it the connection ends with [`Exit::Limit`]
+/// (1013).
+fn feed(
+    ws: &mut ws::Context,
+    new: &mut [u8],
     conn: &ConnHandle,
     session: &mut dyn Session,
-    m: &ShardMetrics,
-) -> (usize, Option<Exit>) {
-    let mut off = 0;
-    while off < buf.len() {
-        let (event, used) = match decoder.decode(&mut buf[off..]) {
-            Err(e) => return (off, Some(Exit::Protocol(e))),
-            Ok(None) => break,
-            Ok(Some(x)) => x,
-        };
-        match event {
-            None | Some(Event::Pong(_)) => {}
-            Some(Event::Message { kind, data }) => {
-                metrics::add(&m.messages_received, 1);
-                session.on_message(conn, kind, data);
-            }
-            Some(Event::Ping(p)) => conn.queue_pong(p),
-            Some(Event::Close(c)) => {
-                let code = c.map(|(code, _)| code);
-                return (off + used, Some(Exit::Peer(code)));
-            }
+    shard: &ShardCtx,
+) -> Option<Exit> {
+    let m = &shard.metrics;
+    let fed = ws.feed_within(new, &mut ShardBudget(shard), |incoming| match incoming {
+        Incoming::Message { kind, data } => {
+            metrics::add(&m.messages_received, 1);
+            session.on_message(conn, kind, data);
         }
-        off += used;
+        Incoming::Ping(p) => conn.queue_pong(p),
+        Incoming::Pong(_) => {}
+    });
+    let exit = match fed {
+        Ok(None) => None,
+        Ok(Some(Ended::PeerClosed(code))) => Some(Exit::Peer(code)),
+        Ok(Some(Ended::Violation(e))) => Some(Exit::Protocol(e)),
+        Err(OverBudget) => Some(over_budget(ws, shard, conn)),
+    };
+    conn.set_partial(ws.is_partial(), shard.now_ms());
+    exit
+}
+
+/// The budget is used up: count, log, give the connection's bytes back, and end it with 1013.
+fn over_budget(ws: &mut ws::Context, shard: &ShardCtx, conn: &Conn) -> Exit {
+    metrics::add(&shard.metrics.partial_budget_closes, 1);
+    tracing::info!(
+        conn = conn.id(),
+        peer = %conn.peer(),
+        held_bytes = ws.held_bytes(),
+        shard_partial_bytes = shard.partial_bytes(),
+        shard_partial_bytes_max = shard.config.shard_partial_bytes_max,
+        "partial-message budget of the shard used up: closing with 1013"
+    );
+    ws.release(&mut ShardBudget(shard));
+    Exit::Limit {
+        code: 1013,
+        reason: "server busy: too many incomplete messages, try again later",
     }
-    (off, None)
 }
 
 /// Reads once into the shard's scratch buffer and hands the bytes to `f`.
@@ -262,7 +183,7 @@ fn poll_open(
     shard: &ShardCtx,
     conn: &ConnHandle,
     stream: &mut ConnStream,
-    io: &mut FrameIo,
+    ws: &mut ws::Context,
     session: &mut dyn Session,
     cx: &mut Context<'_>,
 ) -> Poll<Exit> {
@@ -292,7 +213,7 @@ fn poll_open(
             metrics::add(&shard.metrics.bytes_received, data.len() as u64);
             conn.touch(shard.now_ms());
             conn.set_in_poll(true);
-            let exit = io.feed(data, conn, session, shard);
+            let exit = feed(ws, data, conn, session, shard);
             conn.set_in_poll(false);
             exit
         });
@@ -368,32 +289,28 @@ pub(super) async fn run(
     shard.register(conn.clone());
     session.on_open(&conn);
     let cfg = &shard.config;
-    let mut io = FrameIo {
-        decoder: Decoder::new(
-            Role::Server,
-            DecoderLimits {
-                frame_bytes_max: cfg.frame_bytes_max,
-                message_bytes_max: cfg.message_bytes_max,
-            },
-        ),
-        leftover: Vec::new(),
-        charged: 0,
-    };
+    let mut ws = ws::Context::new(
+        Role::Server,
+        DecoderLimits {
+            frame_bytes_max: cfg.frame_bytes_max,
+            message_bytes_max: cfg.message_bytes_max,
+        },
+    );
     let early = {
         let mut first = leftover;
         if first.is_empty() {
             None
         } else {
-            io.feed(&mut first, &conn, &mut *session, &shard)
+            feed(&mut ws, &mut first, &conn, &mut *session, &shard)
         }
     };
     let exit = if let Some(exit) = early {
         exit
     } else {
-        poll_fn(|cx| poll_open(&shard, &conn, &mut stream, &mut io, &mut *session, cx)).await
+        poll_fn(|cx| poll_open(&shard, &conn, &mut stream, &mut ws, &mut *session, cx)).await
     };
-    let code = Box::pin(close(&shard, &conn, &mut stream, &mut io, exit)).await;
-    io.release(&shard);
+    let code = Box::pin(close(&shard, &conn, &mut stream, &mut ws, exit)).await;
+    ws.release(&mut ShardBudget(&shard));
     conn.discard_all();
     shard.deregister(conn.id());
     shard.metrics.close(code);
@@ -410,7 +327,7 @@ async fn close(
     shard: &ShardCtx,
     conn: &ConnHandle,
     stream: &mut ConnStream,
-    io: &mut FrameIo,
+    ws: &mut ws::Context,
     exit: Exit,
 ) -> u16 {
     let wait = shard.close_wait(shard.config.close_timeout);
@@ -435,20 +352,21 @@ async fn close(
             e.close_code()
         }
         Exit::Limit { code, reason } => {
-            io.release(shard);
+            ws.release(&mut ShardBudget(shard));
             conn.queue_close_frame(Some(code), reason, false);
             finish_close(shard, conn, stream, wait).await;
             code
         }
         Exit::Local(req) => {
             conn.queue_close_frame(Some(req.code), req.reason, req.discard_queued);
+            ws.close_sent();
             let _ = glommio::timer::timeout(wait, async {
                 // Flush while reading: the peer may be sending while we close.
                 poll_fn(|cx| {
                     let flushed = poll_flush(conn, stream, cx)?;
                     loop {
                         let r = poll_read_scratch(shard, stream, cx, usize::MAX, |data| {
-                            closing_feed(shard, io, data)
+                            closing_feed(shard, ws, data)
                         });
                         match r {
                             Poll::Pending => break,
@@ -490,32 +408,14 @@ async fn finish_close(shard: &ShardCtx, conn: &Conn, stream: &mut ConnStream, wa
     .await;
 }
 
-/// Decodes frames while waiting for the peer's close; data and pings are ignored (we already
-/// sent our close). True once the peer's close frame (or a violation) is seen, or when what
+/// Decodes frames while waiting for the peer's close; data is ignored and no ping is answered
+/// (our close is sent). True once the peer's close frame (or a violation) is seen, or when what
 /// is kept of an incomplete frame would exceed the shard's budget (then we stop waiting).
-fn closing_feed(shard: &ShardCtx, io: &mut FrameIo, data: &mut [u8]) -> bool {
-    let mut owned;
-    let buf: &mut [u8] = if io.leftover.is_empty() {
-        data
-    } else {
-        io.leftover.extend_from_slice(data);
-        owned = std::mem::take(&mut io.leftover);
-        &mut owned[..]
-    };
-    let mut off = 0;
-    while off < buf.len() {
-        match io.decoder.decode(&mut buf[off..]) {
-            Err(_) => return true,
-            Ok(None) => break,
-            Ok(Some((Some(Event::Close(_)), _))) => return true,
-            Ok(Some((_, used))) => off += used,
-        }
-    }
-    if off < buf.len() {
-        io.leftover = buf[off..].to_vec();
-    }
-    io.decoder.release_delivered();
-    !io.settle(shard)
+fn closing_feed(shard: &ShardCtx, ws: &mut ws::Context, data: &mut [u8]) -> bool {
+    !matches!(
+        ws.feed_within(data, &mut ShardBudget(shard), |_| {}),
+        Ok(None)
+    )
 }
 
 /// Reads and drops input until EOF (bounded by the caller's timeout).
@@ -815,6 +715,7 @@ fn contains_head_end(buf: &[u8]) -> bool {
 mod tests {
     use super::*;
     use crate::server::config::ServerConfig;
+    use crate::server::metrics::ShardMetrics;
 
     /// The memory budget of an idle connection (docs/benchmarks.md) depends on these sizes;
     /// this keeps them from growing unnoticed.

@@ -5,13 +5,20 @@
 //! UTF-8 state), the bytes of an incomplete frame (`leftover`, held only while a frame is
 //! split across reads and freed as soon as it is consumed), and the close handshake's
 //! [`CloseState`] (stored in the decoder's spare padding: an idle connection's context is the
-//! size of a decoder and an empty `Vec`). It does no IO and owns no socket or queue: the load
-//! generator (tokio, `loadgen/src/worker.rs`) and `examples/msgbench.rs` drive it and differ only
-//! in how they read and where they queue what they send. The server's frame loop
-//! (`src/server/conn_task.rs`) still keeps its own copy of this layer, because it charges every
-//! leftover byte to the shard's partial-message budget; moving that budget behind a hook here is
-//! the next step. This is tungstenite's `WebSocketContext` without its stream: the stream is the
-//! caller's.
+//! size of a decoder, an empty `Vec` and a counter). It does no IO and owns no socket or queue:
+//! the server (glommio, `src/server/conn_task.rs`), the load generator (tokio,
+//! `loadgen/src/worker.rs`) and `examples/msgbench.rs` drive it and differ only in how they
+//! read, where they queue what they send, and what memory they let a connection keep. This is
+//! tungstenite's `WebSocketContext` without its stream: the stream is the caller's.
+//!
+//! **Memory held between reads is budgeted by the caller.** [`Context::feed_within`] takes a
+//! [`Budget`]: before `leftover` grows it takes the growth from the budget (the buffer grows by
+//! doubling, never past the frame its front belongs to), and after each feed it brings the
+//! budget in line with what it holds (`leftover`'s capacity plus the decoder's reassembly
+//! buffer, [`Context::held_bytes`]). A refusal ends the feed for good: the caller closes (the
+//! server with 1013) and calls [`Context::release`]. [`Context::feed`] is the unbudgeted form.
+//! [`Context::is_partial`] tells the caller a frame or message is incomplete, so it can bound
+//! how long that may last (the server's `message_timeout`).
 //!
 //! The rules that live here (RFC 6455 §5.5):
 //! - a ping is handed out as [`Incoming::Ping`] only while we have not sent our close: the
@@ -22,7 +29,10 @@
 //!   [`ProtocolError::close_code`] is the code to close with (the stream cannot be read past
 //!   it, so the state becomes [`CloseState::Closed`]: the caller writes its close frame with
 //!   [`super::encode_close`] and does not wait for the peer's);
-//! - after either end, [`Context::feed`] hands out nothing more.
+//! - after either end, [`Context::feed`] hands out nothing more, and what the context held is
+//!   freed (and given back to the budget).
+
+use std::convert::Infallible;
 
 use super::close::CloseState;
 use super::frame::{
@@ -63,6 +73,37 @@ pub struct Context {
     decoder: Decoder,
     /// Bytes of an incomplete frame; empty (no capacity) between frames.
     leftover: Vec<u8>,
+    /// Bytes taken from the caller's [`Budget`] and not given back; equals
+    /// [`Context::held_bytes`] after every feed that did not end.
+    charged: usize,
+}
+
+/// Where a [`Context`] takes the memory it keeps between reads (an incomplete frame, a
+/// fragmented message). Implemented by the caller: the server charges its shard-wide budget
+/// (`shard_partial_bytes_max`); a client that trusts its peer uses [`Unbudgeted`].
+pub trait Budget {
+    /// What a refused growth reports to the caller.
+    type Refused;
+    /// Takes `bytes` more for this connection, or refuses and takes nothing.
+    fn take(&mut self, bytes: usize) -> Result<(), Self::Refused>;
+    /// Gives back `bytes` taken earlier.
+    fn give(&mut self, bytes: usize);
+}
+
+/// The budget with no limit: growth is never refused.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unbudgeted;
+
+impl Budget for Unbudgeted {
+    type Refused = Infallible;
+
+    #[inline]
+    fn take(&mut self, _bytes: usize) -> Result<(), Infallible> {
+        Ok(())
+    }
+
+    #[inline]
+    fn give(&mut self, _bytes: usize) {}
 }
 
 impl Context {
@@ -71,6 +112,7 @@ impl Context {
         Context {
             decoder: Decoder::new(role, limits),
             leftover: Vec::new(),
+            charged: 0,
         }
     }
 
@@ -89,37 +131,126 @@ impl Context {
         self.leftover.len()
     }
 
+    /// Bytes the context holds between reads: `leftover`'s capacity and the decoder's
+    /// reassembly buffer (what a [`Budget`] is charged for).
+    pub fn held_bytes(&self) -> usize {
+        self.leftover.capacity() + self.decoder.buffered_bytes()
+    }
+
+    /// Whether a frame or a fragmented message is incomplete (bytes of it have arrived, not all).
+    pub fn is_partial(&self) -> bool {
+        !self.leftover.is_empty() || !self.decoder.is_idle()
+    }
+
+    /// [`Context::feed_within`] with no limit on what the context may hold.
+    pub fn feed(&mut self, new: &mut [u8], on: impl FnMut(Incoming<'_>)) -> Option<Ended> {
+        match self.feed_within(new, &mut Unbudgeted, on) {
+            Ok(ended) => ended,
+            Err(never) => match never {},
+        }
+    }
+
     /// Decodes every complete frame of the bytes held from earlier reads followed by `new`,
     /// handing each message, ping and pong to `on` in order; keeps the bytes of a trailing
-    /// incomplete frame. `new` is unmasked in place. Returns `Some` once the peer's close or a
-    /// violation is seen: the bytes after it are not looked at, and once the peer's close is
-    /// in, later calls hand out nothing and return `None`.
-    pub fn feed(&mut self, new: &mut [u8], on: impl FnMut(Incoming<'_>)) -> Option<Ended> {
+    /// incomplete frame, taking their memory from `budget` first. `new` is unmasked in place.
+    /// Returns `Ok(Some)` once the peer's close or a violation is seen: the bytes after it are
+    /// not looked at, what the context held is released, and later calls hand out nothing and
+    /// return `Ok(None)`. Returns `Err` when `budget` refuses a growth: nothing more is
+    /// decoded, and the caller closes the connection and calls [`Context::release`].
+    pub fn feed_within<B: Budget>(
+        &mut self,
+        new: &mut [u8],
+        budget: &mut B,
+        on: impl FnMut(Incoming<'_>),
+    ) -> Result<Option<Ended>, B::Refused> {
         if matches!(
             self.decoder.close_state,
             CloseState::CloseReceived | CloseState::Closed
         ) {
-            return None;
+            return Ok(None);
         }
         let ended = if self.leftover.is_empty() {
             let (used, ended) = decode_all(&mut self.decoder, new, on);
             if ended.is_none() && used < new.len() {
+                self.grow_leftover(budget, new.len() - used)
+                    .map_err(|r| self.refused(r))?;
                 self.leftover.extend_from_slice(&new[used..]);
             }
             ended
         } else {
+            self.grow_leftover(budget, new.len())
+                .map_err(|r| self.refused(r))?;
             self.leftover.extend_from_slice(new);
             let (used, ended) = decode_all(&mut self.decoder, &mut self.leftover, on);
             if ended.is_some() || used == self.leftover.len() {
                 self.leftover = Vec::new();
             } else {
                 self.leftover.drain(..used);
+                // The rest is the start of the next frame: do not keep a large buffer for it.
+                if self.leftover.capacity() > 4 * self.leftover.len().max(1024) {
+                    self.leftover.shrink_to(self.leftover.len());
+                }
             }
             ended
         };
+        if ended.is_some() {
+            self.release(budget);
+            return Ok(ended);
+        }
         // The reassembly buffer of a delivered fragmented message is not needed any more.
         self.decoder.release_delivered();
-        ended
+        self.settle(budget).map_err(|r| self.refused(r))?;
+        debug_assert_eq!(self.charged, self.held_bytes(), "budget out of step");
+        Ok(None)
+    }
+
+    /// Frees what the context holds (an incomplete frame, a fragmented message) and gives it
+    /// back to `budget`; the connection is closing and will not be decoded on.
+    pub fn release<B: Budget>(&mut self, budget: &mut B) {
+        self.leftover = Vec::new();
+        self.decoder.reset();
+        budget.give(self.charged);
+        self.charged = 0;
+    }
+
+    /// A budget refusal ends the feed for good: nothing more is decoded.
+    fn refused<R>(&mut self, refusal: R) -> R {
+        self.decoder.close_state = CloseState::Closed;
+        refusal
+    }
+
+    /// Makes room in `leftover` for `add` more bytes, taking the growth from `budget` before
+    /// allocating (nothing is allocated when it refuses). The buffer grows by doubling, but
+    /// never past the frame its front belongs to.
+    fn grow_leftover<B: Budget>(&mut self, budget: &mut B, add: usize) -> Result<(), B::Refused> {
+        let len = self.leftover.len();
+        let cap = self.leftover.capacity();
+        let need = len + add;
+        if need <= cap {
+            return Ok(());
+        }
+        let target = match self.decoder.frame_bytes_needed(&self.leftover) {
+            Some(frame) if frame > need => need.max((2 * cap).min(frame)),
+            _ => need,
+        };
+        budget.take(target - cap)?;
+        self.charged += target - cap;
+        self.leftover.reserve_exact(target - len);
+        debug_assert!(self.leftover.capacity() >= need);
+        Ok(())
+    }
+
+    /// Brings `budget` in line with what the context holds now (the decoder's reassembly buffer
+    /// grows and shrinks inside `decode`, `leftover` shrinks when drained).
+    fn settle<B: Budget>(&mut self, budget: &mut B) -> Result<(), B::Refused> {
+        let held = self.held_bytes();
+        if held > self.charged {
+            budget.take(held - self.charged)?;
+        } else {
+            budget.give(self.charged - held);
+        }
+        self.charged = held;
+        Ok(())
     }
 
     /// Records that our close frame is queued (by a caller that encodes it itself, e.g. into
@@ -316,6 +447,94 @@ mod tests {
         assert_eq!(
             ctx.feed(&mut more, |_| panic!("nothing after the end")),
             None
+        );
+    }
+
+    /// A budget of `max_bytes` that counts what it lent.
+    struct Capped {
+        held_bytes: usize,
+        max_bytes: usize,
+    }
+
+    #[derive(Debug, PartialEq, Eq)]
+    struct Refused;
+
+    impl Budget for Capped {
+        type Refused = Refused;
+
+        fn take(&mut self, bytes: usize) -> Result<(), Refused> {
+            if self.held_bytes + bytes > self.max_bytes {
+                return Err(Refused);
+            }
+            self.held_bytes += bytes;
+            Ok(())
+        }
+
+        fn give(&mut self, bytes: usize) {
+            self.held_bytes = self.held_bytes.checked_sub(bytes).expect("gave back too much");
+        }
+    }
+
+    #[test]
+    fn what_is_held_between_reads_is_charged_and_given_back() {
+        let mut input = Vec::new();
+        encode_frame(&mut input, Role::Client, OpCode::Text, false, b"hel");
+        encode_frame(&mut input, Role::Client, OpCode::Continuation, true, &[b'o'; 1000]);
+        let mut ctx = Context::new(Role::Server, limits());
+        let mut budget = Capped {
+            held_bytes: 0,
+            max_bytes: 1 << 20,
+        };
+        let mut messages = 0;
+        let chunks: Vec<&[u8]> = input.chunks(100).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let r = ctx.feed_within(&mut chunk.to_vec(), &mut budget, |ev| {
+                assert!(matches!(ev, Incoming::Message { data, .. } if data.len() == 1003));
+                messages += 1;
+            });
+            assert_eq!(r, Ok(None));
+            assert_eq!(budget.held_bytes, ctx.held_bytes(), "after read {i}");
+            if i + 1 < chunks.len() {
+                assert!(ctx.is_partial(), "read {i}");
+                assert!(ctx.held_bytes() > 0);
+                // Never more than the frame in progress and the fragment before it.
+                assert!(ctx.held_bytes() <= input.len() + 3, "read {i}");
+            }
+        }
+        assert_eq!(messages, 1);
+        assert!(!ctx.is_partial());
+        assert_eq!((ctx.held_bytes(), budget.held_bytes), (0, 0));
+    }
+
+    #[test]
+    fn a_refused_growth_ends_the_feed_and_release_gives_everything_back() {
+        let mut input = Vec::new();
+        encode_frame(&mut input, Role::Client, OpCode::Binary, true, &[7; 1000]);
+        let mut ctx = Context::new(Role::Server, limits());
+        let mut budget = Capped {
+            held_bytes: 0,
+            max_bytes: 500,
+        };
+        let mut refused_at = None;
+        for (i, chunk) in input.chunks(100).enumerate() {
+            match ctx.feed_within(&mut chunk.to_vec(), &mut budget, |_| panic!("incomplete")) {
+                Ok(None) => assert_eq!(budget.held_bytes, ctx.held_bytes()),
+                Ok(Some(e)) => panic!("ended: {e:?}"),
+                Err(Refused) => {
+                    refused_at = Some(i);
+                    break;
+                }
+            }
+        }
+        assert!(refused_at.is_some(), "a 1000-byte frame cannot fit in 500");
+        assert!(budget.held_bytes <= 500);
+        assert!(ctx.state().is_closed(), "nothing is decoded after a refusal");
+        ctx.release(&mut budget);
+        assert_eq!((ctx.held_bytes(), budget.held_bytes), (0, 0));
+        let mut more = input.clone();
+        assert_eq!(
+            ctx.feed_within(&mut more, &mut budget, |_| panic!("after the refusal")),
+            Ok(None)
         );
     }
 

@@ -17,7 +17,7 @@ pub mod mask;
 pub mod utf8;
 
 pub use close::CloseState;
-pub use context::{encode_pong, Context, Ended, Incoming};
+pub use context::{encode_pong, Budget, Context, Ended, Incoming, Unbudgeted};
 pub use frame::{
     encode_close, encode_frame, write_frame_header, Decoder, DecoderLimits, Event, MessageKind,
     OpCode, ProtocolError, Role, MAX_HEADER_BYTES,
