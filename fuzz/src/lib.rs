@@ -6,8 +6,8 @@
 use std::convert::Infallible;
 
 use tether::ws::{
-    parse_request, write_accept_response, write_handshake_error, Budget, ClientHandshake, Context, Decoder,
-    DecoderLimits, Ended, Event, HandshakeLimits, Incoming, MessageKind, Role,
+    parse_request, write_accept_response, write_handshake_error, Budget, ClientHandshake, Context,
+    Decoder, DecoderLimits, Ended, Event, HandshakeLimits, Incoming, MessageKind, Role,
 };
 
 /// The RFC 6455 §1.3 sample key, so seeds can carry the matching accept value.

@@ -471,7 +471,10 @@ mod tests {
         }
 
         fn give(&mut self, bytes: usize) {
-            self.held_bytes = self.held_bytes.checked_sub(bytes).expect("gave back too much");
+            self.held_bytes = self
+                .held_bytes
+                .checked_sub(bytes)
+                .expect("gave back too much");
         }
     }
 
@@ -479,7 +482,13 @@ mod tests {
     fn what_is_held_between_reads_is_charged_and_given_back() {
         let mut input = Vec::new();
         encode_frame(&mut input, Role::Client, OpCode::Text, false, b"hel");
-        encode_frame(&mut input, Role::Client, OpCode::Continuation, true, &[b'o'; 1000]);
+        encode_frame(
+            &mut input,
+            Role::Client,
+            OpCode::Continuation,
+            true,
+            &[b'o'; 1000],
+        );
         let mut ctx = Context::new(Role::Server, limits());
         let mut budget = Capped {
             held_bytes: 0,
@@ -528,7 +537,10 @@ mod tests {
         }
         assert!(refused_at.is_some(), "a 1000-byte frame cannot fit in 500");
         assert!(budget.held_bytes <= 500);
-        assert!(ctx.state().is_closed(), "nothing is decoded after a refusal");
+        assert!(
+            ctx.state().is_closed(),
+            "nothing is decoded after a refusal"
+        );
         ctx.release(&mut budget);
         assert_eq!((ctx.held_bytes(), budget.held_bytes), (0, 0));
         let mut more = input.clone();
