@@ -75,9 +75,11 @@ pub struct Args {
     pub msg_size: usize,
     /// What clients do once connected: `echo` (any echo server), or tether's protocol: `d2d`
     /// (each client sends to a partner device through the server) or `push` (a NATS publisher
-    /// pushes to every device; needs --nats). tether workloads present a per-device token with
-    /// --device-jwt-secret, else `?device=ID` (a node started with --insecure-no-auth), and wait
-    /// for `hello` before sending.
+    /// pushes to every device; needs --nats), or `durable` (durable delivery: messages stored in
+    /// each device's JetStream mailbox by --preload and --burst; every device checks the `seq`
+    /// order and acknowledges cumulatively; needs --nats and nodes with --durable). tether
+    /// workloads present a per-device token with --device-jwt-secret, else `?device=ID` (a node
+    /// started with --insecure-no-auth), and wait for `hello` before sending.
     #[arg(long, value_enum, default_value = "echo")]
     pub workload: WorkloadArg,
     /// Device id prefix for tether workloads (device ids are PREFIX + client index).
@@ -90,6 +92,24 @@ pub struct Args {
     /// NATS server URL the push workload publishes to.
     #[arg(long)]
     pub nats: Option<String>,
+    /// Durable workload: before the start, store N messages in every device's mailbox (a
+    /// JetStream publish to `tether.mbox.<device>`); the devices then connect presenting
+    /// `?last_seq=` (the stream's last sequence before the preload) and replay them.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub preload: u64,
+    /// push and durable workloads: once the connects are over and every device has its
+    /// `hello`, each worker publishes N messages to each of its devices as fast as NATS
+    /// (push) or JetStream (durable, --publish-in-flight) takes them.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub burst: u64,
+    /// Durable workload: a device acknowledges (cumulatively) after this many messages, and
+    /// at its last one (with an `id`, so that the node confirms it).
+    #[arg(long, default_value_t = 10)]
+    pub ack_every: u64,
+    /// JetStream publishes awaiting their acknowledgement, per publisher (the coordinator's
+    /// preload and each worker's durable burst).
+    #[arg(long, default_value_t = 512)]
+    pub publish_in_flight: usize,
     /// Unanswered messages per connection before sends are skipped (and counted).
     #[arg(long, default_value_t = 1000)]
     pub msg_in_flight_max: u64,
@@ -126,6 +146,7 @@ pub enum WorkloadArg {
     Echo,
     D2d,
     Push,
+    Durable,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -216,9 +237,37 @@ impl Args {
             WorkloadArg::Echo => Workload::Echo,
             WorkloadArg::D2d => Workload::D2d,
             WorkloadArg::Push => Workload::Push,
+            WorkloadArg::Durable => Workload::Durable,
         };
-        if workload == Workload::Push && self.nats.is_none() {
-            return Err("--workload push publishes through NATS: give --nats URL".into());
+        if matches!(workload, Workload::Push | Workload::Durable) && self.nats.is_none() {
+            return Err(format!(
+                "--workload {} publishes through NATS: give --nats URL",
+                if workload == Workload::Push {
+                    "push"
+                } else {
+                    "durable"
+                }
+            ));
+        }
+        if self.preload > 0 && workload != Workload::Durable {
+            return Err("--preload stores durable messages: use --workload durable".into());
+        }
+        if self.burst > 0 && !matches!(workload, Workload::Push | Workload::Durable) {
+            return Err("--burst publishes pushes: use --workload push or durable".into());
+        }
+        if workload == Workload::Durable {
+            if self.msg_rate > 0.0 {
+                return Err(
+                    "--workload durable takes its messages from --preload and --burst, not                      --msg-rate"
+                        .into(),
+                );
+            }
+            if self.preload + self.burst == 0 {
+                return Err("--workload durable needs --preload N or --burst N".into());
+            }
+        }
+        if self.ack_every == 0 || self.publish_in_flight == 0 {
+            return Err("--ack-every and --publish-in-flight must be at least 1".into());
         }
         if !self
             .device_prefix
@@ -280,6 +329,11 @@ impl Args {
             device_jwt_secret: self.device_jwt_secret.clone(),
             msg_in_flight_max: self.msg_in_flight_max.max(1),
             lag_threshold_us: self.lag_threshold,
+            preload_per_device: self.preload,
+            burst_per_device: self.burst,
+            ack_every: self.ack_every,
+            publish_in_flight: self.publish_in_flight,
+            last_seq: None,
             workers: 1,
         })
     }

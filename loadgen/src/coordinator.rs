@@ -21,6 +21,7 @@ use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
 use hdrhistogram::serialization::V2Serializer;
 use serde_json::{json, Value};
 
+use crate::backend;
 use crate::cli::Args;
 use crate::plan::{Phases, Plan};
 use crate::preflight::{self, Host, Verdict};
@@ -273,6 +274,21 @@ fn run(
     let (tx, rx) = mpsc::channel();
     let reaped = Arc::new(AtomicBool::new(false));
     watch_signals(tx.clone(), reaped.clone())?;
+    // The preload runs before any device connects: the devices are offline while their
+    // messages are stored, and present the stream's sequence before them as `?last_seq=`.
+    let mut plan = plan.clone();
+    let preload = if plan.preload_per_device > 0 {
+        let p = backend::preload(&plan)?;
+        println!(
+            "preload: {} durable messages stored in {} ({}/s); devices present ?last_seq={}",
+            p.stored, p.stream, p.stored_per_s, p.last_seq_before
+        );
+        plan.last_seq = Some(p.last_seq_before);
+        Some(p)
+    } else {
+        None
+    };
+    let plan = &plan;
     let mut workers = spawn_workers(plan, &tx)?;
     drop(tx);
     let kill_all = |workers: &mut Vec<WorkerHandle>| {
@@ -323,6 +339,16 @@ fn run(
         .iter()
         .map(|p| sys::proc_cpu_us(*p).ok())
         .collect();
+    let mut server_rss: Vec<ServerRss> = args
+        .server_pids
+        .iter()
+        .map(|&pid| ServerRss {
+            pid,
+            name: sys::proc_name(pid).unwrap_or_default(),
+            start_kib: sys::proc_rss_kib(pid).ok(),
+            held_kib: None,
+        })
+        .collect();
     let start_unix_ns = unix_ns_now() + START_DELAY.as_nanos() as u64;
     let start_line = serde_json::to_string(&StartSignal { start_unix_ns }).expect("serialises");
     for (i, w) in workers.iter_mut().enumerate() {
@@ -332,6 +358,9 @@ fn run(
             .map_err(|e| format!("starting worker {i}: {e}"))?;
     }
     std::thread::sleep(START_DELAY);
+    // The servers' RSS is sampled again at the end of the hold (every client connected).
+    let hold_end_at = Instant::now() + Duration::from_secs_f64(Phases::of(plan).hold_end_s);
+    let mut held_connected: Option<u64> = None;
 
     let mut totals = Hists::default();
     let mut intervals: BTreeMap<u64, Interval> = BTreeMap::new();
@@ -436,6 +465,12 @@ fn run(
             }
             WorkerMsg::Ready { .. } => {}
         }
+        if held_connected.is_none() && Instant::now() >= hold_end_at {
+            for r in &mut server_rss {
+                r.held_kib = sys::proc_rss_kib(r.pid).ok();
+            }
+            held_connected = Some(workers.iter().map(|w| w.counters.connected).sum());
+        }
         // Print every second that all still-running workers have reported.
         let running = workers.iter().filter(|w| !w.done).count();
         while let Some((&k, iv)) = intervals.iter().next() {
@@ -507,6 +542,9 @@ fn run(
         failures: &failures,
         interrupted,
         scenario: args.scenario.as_deref(),
+        preload: preload.as_ref(),
+        server_rss: &server_rss,
+        held_connected,
     });
     let outcomes: Vec<Outcome> = thresholds.iter().map(|t| t.evaluate(&report)).collect();
     report["thresholds"] = json!(outcomes);
@@ -576,6 +614,19 @@ struct ReportInput<'a> {
     failures: &'a [String],
     interrupted: bool,
     scenario: Option<&'a Path>,
+    preload: Option<&'a backend::Preload>,
+    server_rss: &'a [ServerRss],
+    /// Clients connected when the servers' RSS was sampled at the end of the hold.
+    held_connected: Option<u64>,
+}
+
+/// A server process's RSS before the first connect and at the end of the hold.
+#[derive(Clone, Debug, serde::Serialize)]
+struct ServerRss {
+    pid: u32,
+    name: String,
+    start_kib: Option<u64>,
+    held_kib: Option<u64>,
 }
 
 fn build_report(r: &ReportInput) -> Value {
@@ -676,6 +727,49 @@ fn build_report(r: &ReportInput) -> Value {
             "recovery_s": c.storm_recovery_us.map(|u| u as f64 / 1e6),
         });
     }
+    let expected = r.plan.expected_per_device();
+    if expected > 0 {
+        // From the reference instant (the start with a preload: the first connect is
+        // scheduled there; else the first worker's burst) to the last device complete.
+        let from_us = if r.plan.preload_per_device > 0 {
+            0
+        } else {
+            c.burst_started_us.unwrap_or(0)
+        };
+        let span_s = c.complete_last_us.saturating_sub(from_us) as f64 / 1e6;
+        let messages = expected * r.plan.clients;
+        v["delivery"] = json!({
+            "preload_per_device": r.plan.preload_per_device,
+            "burst_per_device": r.plan.burst_per_device,
+            "messages_expected": messages,
+            "devices_complete": c.devices_complete,
+            "from_s": from_us as f64 / 1e6,
+            "last_complete_s": c.complete_last_us as f64 / 1e6,
+            "until_last_complete_s": (span_s * 1000.0).round() / 1000.0,
+            "messages_per_s": if c.devices_complete == r.plan.clients && span_s > 0.0 {
+                (messages as f64 / span_s).round()
+            } else {
+                0.0
+            },
+            "published": c.published,
+            "acks_sent": c.durable_acks_sent,
+            "acks_confirmed": c.durable_acks_confirmed,
+            "redelivered": c.durable_redelivered,
+            "preload": r.preload,
+        });
+        v["complete_us"] = json!(LatencySummary::of(&r.totals.complete));
+        if let Some(p) = r.preload {
+            v["messages"]["sent"] = json!(c.messages_sent + p.stored);
+            v["messages"]["unanswered"] =
+                json!((c.messages_sent + p.stored).saturating_sub(c.messages_received));
+        }
+    }
+    if !r.server_rss.is_empty() {
+        v["server_rss"] = json!({
+            "connected_at_sample": r.held_connected,
+            "processes": r.server_rss,
+        });
+    }
     if let Some(s) = r.server_cpu_us {
         v["server_cpu_s"] = json!(s as f64 / 1e6);
         v["server_cpu_us_per_connection"] = json!(per_conn(s));
@@ -752,6 +846,9 @@ fn print_summary(v: &Value) {
     if v.get("message_delivery_us").is_some() {
         rows.push(("delivery", "message_delivery_us"));
     }
+    if v.get("complete_us").is_some() {
+        rows.push(("complete", "complete_us"));
+    }
     println!(
         "{:<13} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "latency (ms)", "count", "min", "p50", "p90", "p99", "p99.9", "max"
@@ -792,6 +889,43 @@ fn print_summary(v: &Value) {
         if v["workload"] != "echo" {
             println!("{:<13} {}", "tether errors", counts(&v["tether_errors"]));
         }
+    }
+    if v.get("delivery").is_some() {
+        println!(
+            "{:<13} devices complete {} of {}  messages {}  last complete {} s after {} s  \
+             {} msg/s  acks sent {} confirmed {}  redelivered {}",
+            "delivery",
+            n("delivery.devices_complete"),
+            n("clients_target"),
+            n("delivery.messages_expected"),
+            n("delivery.until_last_complete_s"),
+            n("delivery.from_s"),
+            n("delivery.messages_per_s"),
+            n("delivery.acks_sent"),
+            n("delivery.acks_confirmed"),
+            n("delivery.redelivered"),
+        );
+    }
+    if let Some(procs) = v["server_rss"]["processes"].as_array() {
+        let kib = |p: &Value, k: &str| p[k].as_u64().map_or("-".into(), |x| x.to_string());
+        let list: Vec<String> = procs
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {} {}->{} KiB",
+                    p["name"].as_str().unwrap_or("?"),
+                    p["pid"],
+                    kib(p, "start_kib"),
+                    kib(p, "held_kib")
+                )
+            })
+            .collect();
+        println!(
+            "{:<13} at {} connected: {}",
+            "server rss",
+            n("server_rss.connected_at_sample"),
+            list.join(" · ")
+        );
     }
     println!("{:<13} {}", "disconnects", counts(&v["disconnects"]));
     println!(

@@ -3,9 +3,11 @@
 //! The coordinator ([`coordinator`]) checks the plan against the host ([`preflight`]), spawns
 //! worker processes of the same binary ([`worker`]) that each run a share of the global
 //! schedule ([`plan`]) on a tokio current-thread runtime, and merges their HdrHistograms and
-//! counters ([`stats`]) exactly. The WebSocket protocol is the project's sans-IO core in the
+//! counters ([`stats`]) exactly. The tether workloads' backend publisher is [`backend`]. The
+//! WebSocket protocol is the project's sans-IO core in the
 //! client role (`tether::ws`). See `docs/loadgen.md`.
 
+pub mod backend;
 pub mod cli;
 pub mod coordinator;
 pub mod plan;

@@ -185,6 +185,11 @@ pub enum Workload {
     /// tether protocol: a NATS publisher pushes to every device (`tether.dev.<device>`);
     /// delivery latency from the intended publish time.
     Push,
+    /// tether protocol, durable delivery (`--durable` nodes): a JetStream publisher stores
+    /// messages in each device's mailbox (before the devices connect: `preload`; once they
+    /// are connected: `burst`); each device checks `seq` order and its messages' indices, and
+    /// acknowledges cumulatively with `{"op":"ack","seq":N}`.
+    Durable,
 }
 
 /// Everything a worker needs to run its share. Sent to workers as one JSON line on stdin.
@@ -227,7 +232,30 @@ pub struct Plan {
     pub msg_in_flight_max: u64,
     /// A scheduled event started later than this counts as lag.
     pub lag_threshold_us: u64,
+    /// Durable messages the coordinator stores per device before the start (`--preload`).
+    #[serde(default)]
+    pub preload_per_device: u64,
+    /// Messages each worker publishes per device once its devices are connected (`--burst`).
+    #[serde(default)]
+    pub burst_per_device: u64,
+    /// Durable workload: a device acknowledges after this many messages (and at its last).
+    #[serde(default)]
+    pub ack_every: u64,
+    /// JetStream publishes awaiting their acknowledgement, per publisher.
+    #[serde(default)]
+    pub publish_in_flight: usize,
+    /// Durable workload: `?last_seq=` presented at the first connect (the stream's last
+    /// sequence before the preload: everything the device could have processed before).
+    #[serde(default)]
+    pub last_seq: Option<u64>,
     pub workers: u32,
+}
+
+impl Plan {
+    /// Messages each device must receive: the preloaded ones, then the burst.
+    pub fn expected_per_device(&self) -> u64 {
+        self.preload_per_device + self.burst_per_device
+    }
 }
 
 /// Bytes of the message header: sequence number and intended send time.
@@ -428,6 +456,11 @@ pub(crate) mod tests {
             device_jwt_secret: None,
             msg_in_flight_max: 1000,
             lag_threshold_us: 5000,
+            preload_per_device: 0,
+            burst_per_device: 0,
+            ack_every: 10,
+            publish_in_flight: 512,
+            last_seq: None,
             workers: 1,
         }
     }

@@ -68,6 +68,21 @@ pub struct Counters {
     pub closes_timed_out: u64,
     /// Clients still running when the worker's drain deadline passed.
     pub closes_unfinished: u64,
+    /// Devices that received every message meant for them (`--preload`, `--burst`) and, in
+    /// the durable workload, whose last acknowledgement the node confirmed.
+    pub devices_complete: u64,
+    /// When the last device became complete, in microseconds from the start.
+    pub complete_last_us: u64,
+    /// When this worker started its burst, in microseconds from the start.
+    pub burst_started_us: Option<u64>,
+    /// Burst publishes the NATS server (core) or JetStream (durable) took.
+    pub published: u64,
+    /// Durable workload: `{"op":"ack","seq":N}` sent, and those with an `id` confirmed.
+    pub durable_acks_sent: u64,
+    pub durable_acks_confirmed: u64,
+    /// Durable messages whose `seq` was at or below one the device had already processed
+    /// (a redelivery; the device deduplicates them by `seq`).
+    pub durable_redelivered: u64,
 }
 
 impl Counters {
@@ -121,6 +136,16 @@ impl Counters {
         self.closes_clean += o.closes_clean;
         self.closes_timed_out += o.closes_timed_out;
         self.closes_unfinished += o.closes_unfinished;
+        self.devices_complete += o.devices_complete;
+        self.complete_last_us = self.complete_last_us.max(o.complete_last_us);
+        self.burst_started_us = match (self.burst_started_us, o.burst_started_us) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.published += o.published;
+        self.durable_acks_sent += o.durable_acks_sent;
+        self.durable_acks_confirmed += o.durable_acks_confirmed;
+        self.durable_redelivered += o.durable_redelivered;
     }
 }
 
@@ -134,10 +159,13 @@ pub struct Hists {
     pub handshake: Histogram<u64>,
     /// Intended send time of an echo message -> its echo received.
     pub rtt: Histogram<u64>,
+    /// A device's reference instant (its first intended connect with `--preload`, else the
+    /// start of the burst) -> it had all its messages (durable: its last ack confirmed).
+    pub complete: Histogram<u64>,
 }
 
 /// Histogram names, in the order used for files and reports.
-pub const HIST_NAMES: [&str; 4] = ["connect", "upgrade", "handshake", "rtt"];
+pub const HIST_NAMES: [&str; 5] = ["connect", "upgrade", "handshake", "rtt", "complete"];
 
 impl Default for Hists {
     fn default() -> Self {
@@ -146,21 +174,29 @@ impl Default for Hists {
             upgrade: new_histogram(),
             handshake: new_histogram(),
             rtt: new_histogram(),
+            complete: new_histogram(),
         }
     }
 }
 
 impl Hists {
-    pub fn all(&self) -> [&Histogram<u64>; 4] {
-        [&self.connect, &self.upgrade, &self.handshake, &self.rtt]
+    pub fn all(&self) -> [&Histogram<u64>; 5] {
+        [
+            &self.connect,
+            &self.upgrade,
+            &self.handshake,
+            &self.rtt,
+            &self.complete,
+        ]
     }
 
-    fn all_mut(&mut self) -> [&mut Histogram<u64>; 4] {
+    fn all_mut(&mut self) -> [&mut Histogram<u64>; 5] {
         [
             &mut self.connect,
             &mut self.upgrade,
             &mut self.handshake,
             &mut self.rtt,
+            &mut self.complete,
         ]
     }
 
@@ -191,6 +227,7 @@ impl Hists {
             upgrade: enc(&self.upgrade, &mut ser),
             handshake: enc(&self.handshake, &mut ser),
             rtt: enc(&self.rtt, &mut ser),
+            complete: enc(&self.complete, &mut ser),
         }
     }
 
@@ -214,6 +251,7 @@ impl Hists {
             upgrade: dec(&b.upgrade)?,
             handshake: dec(&b.handshake)?,
             rtt: dec(&b.rtt)?,
+            complete: dec(&b.complete)?,
         })
     }
 }
@@ -225,6 +263,7 @@ pub struct HistBlobs {
     pub upgrade: String,
     pub handshake: String,
     pub rtt: String,
+    pub complete: String,
 }
 
 /// Coordinator -> worker, line 1 on stdin.

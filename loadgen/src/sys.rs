@@ -123,3 +123,20 @@ pub fn cpu_count() -> usize {
         .map(|n| n.get())
         .unwrap_or(1)
 }
+
+/// Resident set size of a process (`VmRSS` in `/proc/PID/status`), in KiB.
+pub fn proc_rss_kib(pid: u32) -> io::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no VmRSS in /proc status"))
+}
+
+/// A process's command name (`/proc/PID/comm`).
+pub fn proc_name(pid: u32) -> io::Result<String> {
+    Ok(std::fs::read_to_string(format!("/proc/{pid}/comm"))?
+        .trim()
+        .to_string())
+}

@@ -28,6 +28,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Notify;
 use tokio::time::{sleep_until, timeout_at, Instant};
 
+use crate::backend::backend_body;
 use crate::plan::MSG_HEADER_BYTES;
 use crate::plan::{storm_drops, worker_clients, ConnectSchedule, Phases, Plan, Target, Workload};
 use crate::stats::{Counters, Hists, StartSignal, WorkerCmd, WorkerMsg, WorkerPlan};
@@ -187,6 +188,19 @@ struct Ctl {
     connected: Cell<bool>,
     /// Messages this client sent in its current session (d2d: what its partner must receive).
     sent: Cell<u64>,
+    /// tether workloads: the current session has its `hello` (the device is routable).
+    hello: Cell<bool>,
+    /// The device has every message of `--preload` and `--burst` (durable: its last ack was
+    /// confirmed); counted once.
+    complete: Cell<bool>,
+    /// Intended time of the first connect, in microseconds from the start (the reference of
+    /// a preloaded device's completion).
+    first_intended_us: Cell<u64>,
+    /// Durable workload, kept across sessions: the highest `seq` processed, the distinct
+    /// messages received, and the index the next message must carry.
+    durable_seq: Cell<u64>,
+    durable_got: Cell<u64>,
+    durable_next_index: Cell<u64>,
 }
 
 struct StormState {
@@ -223,6 +237,8 @@ struct Worker {
     connect_end: Instant,
     /// NATS publisher of the push workload.
     nats: Option<async_nats::Client>,
+    /// When this worker's burst started, in microseconds from the start.
+    burst_started_us: Cell<Option<u64>>,
 }
 
 impl Worker {
@@ -295,6 +311,12 @@ async fn run(
                 notify: Notify::new(),
                 connected: Cell::new(false),
                 sent: Cell::new(0),
+                hello: Cell::new(false),
+                complete: Cell::new(false),
+                first_intended_us: Cell::new(0),
+                durable_seq: Cell::new(0),
+                durable_got: Cell::new(0),
+                durable_next_index: Cell::new(0),
             })
             .collect(),
         live_tasks: Cell::new(0),
@@ -310,6 +332,7 @@ async fn run(
         decoder_limits: (frame_max, frame_max),
         connect_end,
         nats,
+        burst_started_us: Cell::new(None),
         plan,
     });
     let phases = Phases::of(&w.plan);
@@ -318,6 +341,8 @@ async fn run(
     let ticker = tokio::task::spawn_local(ticker(w.clone()));
     let sampler = tokio::task::spawn_local(sampler(w.clone()));
     let scheduler = tokio::task::spawn_local(schedule(w.clone()));
+    // The burst publisher runs to its end (bounded by its message count), drain or not.
+    let burster = (w.plan.burst_per_device > 0).then(|| tokio::task::spawn_local(burst(w.clone())));
 
     let phases_run = async {
         sleep_until(start + Duration::from_secs_f64(phases.hold_end_s)).await;
@@ -366,6 +391,9 @@ async fn run(
     }
     // Clients still closing when the drain deadline passed (counted, then dropped).
     w.counters.borrow_mut().closes_unfinished = w.live_tasks.get();
+    if let Some(b) = burster {
+        b.abort();
+    }
     let elapsed_us = us(w.since_start(Instant::now()));
     ticker.abort();
     sampler.abort();
@@ -433,6 +461,9 @@ async fn schedule(w: Rc<Worker>) {
         }
         w.spawned.set(w.spawned.get() + 1);
         w.live_tasks.set(w.live_tasks.get() + 1);
+        w.ctl[(i / workers) as usize]
+            .first_intended_us
+            .set(us(w.since_start(intended)));
         tokio::task::spawn_local(client(w.clone(), (i / workers) as usize, i, intended));
     }
 }
@@ -712,6 +743,7 @@ async fn session(
     ctl.connected.set(true);
     let end = run_open(w, ctl, global, &stream, leftover, t_up).await;
     ctl.connected.set(false);
+    ctl.hello.set(false);
     w.counters.borrow_mut().connected -= 1;
     end
 }
@@ -762,7 +794,21 @@ async fn upgrade(
             '?'
         };
         let device = format!("{}{global}", w.plan.device_prefix);
-        let resource = format!("{}{sep}device={device}", target.resource);
+        let mut resource = format!("{}{sep}device={device}", target.resource);
+        // A durable device presents the last `seq` it processed: its own after a reconnect,
+        // else the one the preload gives every device.
+        if w.plan.workload == Workload::Durable {
+            let ctl = &w.ctl[(global / u64::from(w.plan.workers)) as usize];
+            let own = ctl.durable_seq.get();
+            if let Some(last) = w
+                .plan
+                .last_seq
+                .map(|l| l.max(own))
+                .or((own > 0).then_some(own))
+            {
+                resource.push_str(&format!("&last_seq={last}"));
+            }
+        }
         let bearer = match &w.plan.device_jwt_secret {
             None => None,
             Some(secret) => {
@@ -845,6 +891,10 @@ struct ConnState {
     error: Option<String>,
     /// tether workloads: `hello` received (the device is routable).
     hello: bool,
+    /// This client's index in the worker (its `Ctl`).
+    local: usize,
+    /// Durable workload: messages processed since this session's last `ack`.
+    unacked: u64,
 }
 
 impl ConnState {
@@ -888,14 +938,24 @@ fn feed(w: &Worker, st: &mut ConnState, data: &mut [u8], out: &mut Vec<u8>) {
         received,
         expect_seq,
         hello,
+        local,
+        unacked,
         ..
     } = st;
+    let ctl = &w.ctl[*local];
     let ended = ws.feed(data, |incoming| match incoming {
         Incoming::Message { data, .. } => {
             if w.plan.workload == Workload::Echo {
                 on_message(w, data, received, expect_seq)
             } else {
-                on_tether_frame(w, data, hello, received, expect_seq)
+                let mut session = TetherSession {
+                    ctl,
+                    hello,
+                    received,
+                    expect_seq,
+                    unacked,
+                };
+                on_tether_frame(w, data, &mut session, out)
             }
         }
         Incoming::Ping(payload) => encode_pong(out, Role::Client, payload),
@@ -922,7 +982,7 @@ fn on_message(w: &Worker, data: &[u8], received: &mut u64, expect_seq: &mut u64)
     }
     let seq = u64::from_le_bytes(data[0..8].try_into().expect("8 bytes"));
     let sent_ns = u64::from_le_bytes(data[8..16].try_into().expect("8 bytes"));
-    on_probe(w, seq, sent_ns, received, expect_seq);
+    on_probe(w, seq, Some(sent_ns), received, expect_seq);
 }
 
 /// A server-to-device envelope of tether's protocol (docs/protocol.md), as far as we use it.
@@ -933,22 +993,37 @@ struct Envelope {
     data: Option<Probe>,
     #[serde(default)]
     code: Option<String>,
+    /// Durable `msg`: its stream sequence.
+    #[serde(default)]
+    seq: Option<u64>,
+    /// `ack`: the `id` of the operation it answers.
+    #[serde(default)]
+    id: Option<String>,
 }
 
-/// The payload our tether workloads send: sequence number and intended send time (ns).
+/// The payload our tether workloads send: the message's index for its device and its
+/// intended send time (ns from the worker's start; absent for preloaded messages, which were
+/// stored before the start).
 #[derive(serde::Deserialize)]
 struct Probe {
     s: u64,
-    t: u64,
+    #[serde(default)]
+    t: Option<u64>,
 }
 
-fn on_tether_frame(
-    w: &Worker,
-    data: &[u8],
-    hello: &mut bool,
-    received: &mut u64,
-    expect_seq: &mut u64,
-) {
+/// The `id` of a durable device's last acknowledgement: its confirmation completes the device.
+const LAST_ACK_ID: &str = "last";
+
+/// What a tether frame may change: the session's state and its device's.
+struct TetherSession<'a> {
+    ctl: &'a Ctl,
+    hello: &'a mut bool,
+    received: &'a mut u64,
+    expect_seq: &'a mut u64,
+    unacked: &'a mut u64,
+}
+
+fn on_tether_frame(w: &Worker, data: &[u8], s: &mut TetherSession<'_>, out: &mut Vec<u8>) {
     let env: Envelope = match serde_json::from_slice(data) {
         Ok(e) => e,
         Err(_) => {
@@ -957,8 +1032,33 @@ fn on_tether_frame(
         }
     };
     match (env.op.as_str(), env.data) {
-        ("hello", _) => *hello = true,
-        ("msg", Some(p)) => on_probe(w, p.s, p.t, received, expect_seq),
+        ("hello", _) => {
+            *s.hello = true;
+            s.ctl.hello.set(true);
+        }
+        ("msg", Some(p)) if w.plan.workload == Workload::Durable => match env.seq {
+            Some(seq) => on_durable(w, s, seq, p, out),
+            None => w.counters.borrow_mut().messages_foreign += 1,
+        },
+        ("msg", Some(p)) => {
+            on_probe(w, p.s, p.t, s.received, s.expect_seq);
+            let burst = w.plan.burst_per_device;
+            if burst > 0 && *s.received == burst && !s.ctl.complete.get() {
+                let from = w.burst_started_us.get().unwrap_or(0);
+                completed(w, s.ctl, from);
+            }
+        }
+        ("ack", _) if env.id.as_deref() == Some(LAST_ACK_ID) => {
+            w.counters.borrow_mut().durable_acks_confirmed += 1;
+            if !s.ctl.complete.get() && s.ctl.durable_got.get() >= w.plan.expected_per_device() {
+                let from = if w.plan.preload_per_device > 0 {
+                    s.ctl.first_intended_us.get()
+                } else {
+                    w.burst_started_us.get().unwrap_or(0)
+                };
+                completed(w, s.ctl, from);
+            }
+        }
         ("error", _) => {
             let code = env.code.unwrap_or_else(|| "unknown".into());
             *w.counters
@@ -972,14 +1072,60 @@ fn on_tether_frame(
     }
 }
 
-/// A probe arrived: latency from its intended send time, sequence check.
-fn on_probe(w: &Worker, seq: u64, sent_ns: u64, received: &mut u64, expect_seq: &mut u64) {
-    let mut c = w.counters.borrow_mut();
-    let now_ns = w.since_start(Instant::now()).as_nanos() as u64;
+/// A durable message: deduplicated by `seq` (a redelivery is counted and acknowledged again),
+/// its index checked like any probe, and acknowledged cumulatively every `ack_every` messages
+/// and at the device's last (with an `id`: the node confirms it once JetStream applied it).
+fn on_durable(w: &Worker, s: &mut TetherSession<'_>, seq: u64, p: Probe, out: &mut Vec<u8>) {
+    let ctl = s.ctl;
+    if seq <= ctl.durable_seq.get() {
+        w.counters.borrow_mut().durable_redelivered += 1;
+    } else {
+        ctl.durable_seq.set(seq);
+        let (mut got, mut next) = (ctl.durable_got.get(), ctl.durable_next_index.get());
+        on_probe(w, p.s, p.t, &mut got, &mut next);
+        ctl.durable_got.set(got);
+        ctl.durable_next_index.set(next);
+        *s.received += 1;
+    }
+    *s.unacked += 1;
+    let last = ctl.durable_got.get() >= w.plan.expected_per_device();
+    if *s.unacked >= w.plan.ack_every || last {
+        *s.unacked = 0;
+        let seq = ctl.durable_seq.get();
+        let text = if last {
+            format!(r#"{{"op":"ack","seq":{seq},"id":"{LAST_ACK_ID}"}}"#)
+        } else {
+            format!(r#"{{"op":"ack","seq":{seq}}}"#)
+        };
+        encode_frame(out, Role::Client, OpCode::Text, true, text.as_bytes());
+        w.counters.borrow_mut().durable_acks_sent += 1;
+    }
+}
+
+/// The device has everything meant for it: counted once, with the time since `from_us` (its
+/// reference instant, microseconds from the start).
+fn completed(w: &Worker, ctl: &Ctl, from_us: u64) {
+    ctl.complete.set(true);
+    let now_us = us(w.since_start(Instant::now()));
     w.hists
         .borrow_mut()
-        .rtt
-        .saturating_record((now_ns.saturating_sub(sent_ns) / 1000).max(1));
+        .complete
+        .saturating_record(now_us.saturating_sub(from_us).max(1));
+    let mut c = w.counters.borrow_mut();
+    c.devices_complete += 1;
+    c.complete_last_us = c.complete_last_us.max(now_us);
+}
+
+/// A probe arrived: latency from its intended send time (when it has one), sequence check.
+fn on_probe(w: &Worker, seq: u64, sent_ns: Option<u64>, received: &mut u64, expect_seq: &mut u64) {
+    let mut c = w.counters.borrow_mut();
+    if let Some(sent_ns) = sent_ns {
+        let now_ns = w.since_start(Instant::now()).as_nanos() as u64;
+        w.hists
+            .borrow_mut()
+            .rtt
+            .saturating_record((now_ns.saturating_sub(sent_ns) / 1000).max(1));
+    }
     c.messages_received += 1;
     *received += 1;
     if seq == *expect_seq {
@@ -1017,6 +1163,8 @@ async fn run_open(
         eof: false,
         error: None,
         hello: false,
+        local: (global / u64::from(w.plan.workers)) as usize,
+        unacked: 0,
     };
     let mut out = Vec::new();
     if !leftover.is_empty() {
@@ -1056,7 +1204,7 @@ async fn run_open(
             });
         }
         if let Some(until) = quiesce_until {
-            if st.received >= expected(w, &st, global) || Instant::now() >= until {
+            if settled(w, &st, global) || Instant::now() >= until {
                 close_and_wait(w, stream, &mut st, Instant::now() + drain_timeout).await;
                 return End::Drained;
             }
@@ -1064,7 +1212,7 @@ async fn run_open(
         tokio::select! {
             biased;
             _ = ctl.notify.notified() => match ctl.cmd.get() {
-                Cmd::Drain if st.received < expected(w, &st, global) => {
+                Cmd::Drain if !settled(w, &st, global) => {
                     next_send = None;
                     quiesce_until = Some(Instant::now() + drain_timeout);
                 }
@@ -1149,23 +1297,102 @@ fn send_message(
             None
         }
         Workload::Push => {
-            let head = format!(r#"{{"from":"svc:loadgen","data":{{"s":{seq},"t":{sent_ns},"p":""#);
-            let text = format!("{head}{}\"}}}}", pad(w.plan.msg_bytes, head.len() + 3));
             let subject = format!("tether.dev.{}{global}", w.plan.device_prefix);
-            Some((subject, text.into_bytes()))
+            Some((subject, backend_body(w.plan.msg_bytes, seq, Some(sent_ns))))
         }
+        Workload::Durable => unreachable!("the plan refuses --msg-rate with --workload durable"),
     }
 }
 
-/// Messages this connection should have received before it closes: its own echoes or pushes,
-/// or (d2d) what its partner sent.
-fn expected(w: &Worker, st: &ConnState, global: u64) -> u64 {
+/// Publishes the burst: once the connect schedule is over, this worker's first attempts have
+/// finished and every connected device has its `hello`, `burst_per_device` messages to each of
+/// this worker's devices (message by message across devices), core NATS pushes (push) or
+/// JetStream publishes with at most `publish_in_flight` unacknowledged (durable).
+async fn burst(w: Rc<Worker>) {
+    let Some(nats) = w.nats.clone() else {
+        return;
+    };
+    sleep_until(w.connect_end).await;
+    let deadline = w.connect_end
+        + Duration::from_millis(w.plan.connect_timeout_ms + w.plan.handshake_timeout_ms + 1000);
+    while Instant::now() < deadline
+        && (w.initial_pending.get() > 0
+            || w.ctl.iter().any(|c| c.connected.get() && !c.hello.get()))
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = Instant::now();
+    let started_us = us(w.since_start(started));
+    w.burst_started_us.set(Some(started_us));
+    w.counters.borrow_mut().burst_started_us = Some(started_us);
+    let durable = w.plan.workload == Workload::Durable;
+    let js = async_nats::jetstream::new(nats.clone());
+    let mut acks = std::collections::VecDeque::new();
+    let workers = u64::from(w.plan.workers);
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        *w.counters
+            .borrow_mut()
+            .tether_errors
+            .entry(format!("{what}: {e}"))
+            .or_default() += 1;
+    };
+    for k in 0..w.plan.burst_per_device {
+        let index = w.plan.preload_per_device + k;
+        for local in 0..w.ctl.len() as u64 {
+            let global = local * workers + u64::from(w.index);
+            let sent_ns = w.since_start(Instant::now()).as_nanos() as u64;
+            let body = backend_body(w.plan.msg_bytes, index, Some(sent_ns));
+            let prefix = &w.plan.device_prefix;
+            w.counters.borrow_mut().messages_sent += 1;
+            if durable {
+                match js
+                    .publish(format!("tether.mbox.{prefix}{global}"), body.into())
+                    .await
+                {
+                    Ok(ack) => acks.push_back(ack),
+                    Err(e) => fail("js_publish", &e),
+                }
+                while acks.len() >= w.plan.publish_in_flight {
+                    let ack = acks.pop_front().expect("not empty");
+                    match ack.await {
+                        Ok(_) => w.counters.borrow_mut().published += 1,
+                        Err(e) => fail("js_publish_ack", &e),
+                    }
+                }
+            } else {
+                match nats
+                    .publish(format!("tether.dev.{prefix}{global}"), body.into())
+                    .await
+                {
+                    Ok(()) => w.counters.borrow_mut().published += 1,
+                    Err(e) => fail("nats_publish", &e),
+                }
+            }
+        }
+    }
+    for ack in acks {
+        match ack.await {
+            Ok(_) => w.counters.borrow_mut().published += 1,
+            Err(e) => fail("js_publish_ack", &e),
+        }
+    }
+    if let Err(e) = nats.flush().await {
+        fail("nats_flush", &e);
+    }
+}
+
+/// Whether this connection has everything it should have before it closes: its own echoes
+/// or pushes (and the burst's), what its partner sent (d2d), or (durable) every message of the
+/// preload and the burst with its last acknowledgement confirmed.
+fn settled(w: &Worker, st: &ConnState, global: u64) -> bool {
     match w.plan.workload {
         Workload::D2d => {
             let workers = u64::from(w.plan.workers);
-            w.ctl[(partner(w, global) / workers) as usize].sent.get()
+            st.received >= w.ctl[(partner(w, global) / workers) as usize].sent.get()
         }
-        _ => st.sent,
+        Workload::Durable => w.ctl[st.local].complete.get(),
+        Workload::Push => st.received >= st.sent + w.plan.burst_per_device,
+        Workload::Echo => st.received >= st.sent,
     }
 }
 

@@ -1,11 +1,14 @@
 //! tether-loadgen's tether-protocol workloads (docs/protocol.md) against real tether nodes:
 //! device-to-device `send` through the server (embedded bus), and pushes from a NATS publisher
-//! to every device through a node on NATS. One-way delivery latency and sequence checks.
+//! to every device through a node on NATS, and durable delivery through JetStream (a preload
+//! replayed at connect, a burst to connected devices). One-way delivery latency and sequence
+//! checks.
 
 mod common;
 
 use common::{
-    assert_all_delivered, assert_latency, loadgen, nats_server, tether_node_with, u, Run,
+    assert_all_delivered, assert_latency, http_get, loadgen, metric_sum, nats_server,
+    nats_server_js, tether_node_with, u, Run,
 };
 
 /// A device-to-device run against `url`: `clients` devices connecting at 400/s, held 2 s after
@@ -103,4 +106,189 @@ fn push_needs_nats() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--nats"));
+}
+
+/// Durable delivery end to end: messages stored while the devices are offline (`--preload`)
+/// are replayed at connect and acknowledged, then a burst stored while they are connected
+/// arrives live; every device has all of them exactly once, in order, with its last ack
+/// confirmed. Messages stored *before* the preload are older than the `?last_seq=` the devices
+/// present, so they must not arrive (they would show up as duplicates and gaps).
+#[test]
+fn durable_preload_replays_and_burst_arrives_live() {
+    const DEVICES: u64 = 60;
+    let nats = nats_server_js();
+    let nats_url = format!("nats://127.0.0.1:{}", nats.port);
+    let node = tether_node_with(
+        2,
+        &[
+            "--insecure-no-auth",
+            "--nats",
+            &nats_url,
+            "--durable",
+            "--durable-storage",
+            "memory",
+        ],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while metric_sum(
+        &http_get(node.admin_port, "/metrics"),
+        "tether_mailbox_stream_ready",
+        "",
+    ) != 1
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mailbox stream never ready"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Three old messages per device, processed "before" (below the presented last_seq).
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let js = async_nats::jetstream::new(async_nats::connect(&nats_url).await.unwrap());
+            for device in 0..DEVICES {
+                for k in 0..3u64 {
+                    let body = format!(r#"{{"from":"svc:old","data":{{"s":{k}}}}}"#);
+                    js.publish(format!("tether.mbox.dur-{device}"), body.into())
+                        .await
+                        .unwrap()
+                        .await
+                        .unwrap();
+                }
+            }
+        });
+    let url = format!("ws://127.0.0.1:{}/ws", node.port);
+    let devices = DEVICES.to_string();
+    let run = loadgen(&[
+        "--url",
+        &url,
+        "--clients",
+        &devices,
+        "--rate",
+        "2000",
+        "--hold",
+        "1s",
+        "--workload",
+        "durable",
+        "--nats",
+        &nats_url,
+        "--device-prefix",
+        "dur-",
+        "--preload",
+        "4",
+        "--burst",
+        "6",
+        "--ack-every",
+        "3",
+        "--drain-timeout",
+        "20s",
+        "--quiet",
+    ]);
+    let v = run.succeeded();
+    assert_eq!(u(v, "handshakes_ok"), DEVICES, "{v:#}");
+    assert_eq!(u(v, "delivery.preload.stored"), 4 * DEVICES, "{v:#}");
+    assert_eq!(u(v, "delivery.published"), 6 * DEVICES, "{v:#}");
+    assert_eq!(u(v, "delivery.devices_complete"), DEVICES, "{v:#}");
+    assert_eq!(u(v, "delivery.acks_confirmed"), DEVICES, "{v:#}");
+    assert_eq!(u(v, "delivery.redelivered"), 0, "{v:#}");
+    assert!(u(v, "delivery.messages_per_s") > 0, "{v:#}");
+    assert_eq!(u(v, "complete_us.count"), DEVICES, "{v:#}");
+    let sent = assert_all_delivered(v, DEVICES, 10);
+    assert_eq!(sent, 10 * DEVICES, "{v:#}");
+    // Only the burst carries a send time.
+    assert_latency(v, "message_delivery_us", 6 * DEVICES);
+    assert!(v["tether_errors"].as_object().unwrap().is_empty(), "{v:#}");
+    // Everything acknowledged is gone: a second run of the same devices gets only its own.
+    let v = loadgen(&[
+        "--url",
+        &url,
+        "--clients",
+        &devices,
+        "--rate",
+        "2000",
+        "--hold",
+        "0s",
+        "--workload",
+        "durable",
+        "--nats",
+        &nats_url,
+        "--device-prefix",
+        "dur-",
+        "--burst",
+        "2",
+        "--drain-timeout",
+        "20s",
+        "--quiet",
+    ]);
+    let v = v.succeeded();
+    assert_eq!(u(v, "delivery.devices_complete"), DEVICES, "{v:#}");
+    assert_all_delivered(v, DEVICES, 2);
+}
+
+#[test]
+fn push_burst_reaches_every_connected_device() {
+    let nats = nats_server();
+    let nats_url = format!("nats://127.0.0.1:{}", nats.port);
+    let node = tether_node_with(2, &["--insecure-no-auth", "--nats", &nats_url]);
+    let url = format!("ws://127.0.0.1:{}/ws", node.port);
+    let run = loadgen(&[
+        "--url",
+        &url,
+        "--clients",
+        "100",
+        "--rate",
+        "2000",
+        "--hold",
+        "0s",
+        "--workload",
+        "push",
+        "--nats",
+        &nats_url,
+        "--burst",
+        "8",
+        "--drain-timeout",
+        "20s",
+        "--quiet",
+        "--server-pid",
+        &node.child.id().to_string(),
+    ]);
+    let v = run.succeeded();
+    assert_eq!(u(v, "delivery.devices_complete"), 100, "{v:#}");
+    assert_all_delivered(v, 100, 8);
+    assert_latency(v, "message_delivery_us", 800);
+    let p = &v["server_rss"]["processes"][0];
+    assert_eq!(p["name"], "tether", "{v:#}");
+    assert!(u(p, "start_kib") > 0 && u(p, "held_kib") > 0, "{v:#}");
+    assert_eq!(u(v, "server_rss.connected_at_sample"), 100, "{v:#}");
+}
+
+#[test]
+fn durable_needs_its_messages() {
+    for (args, want) in [
+        (&["--workload", "durable"][..], "--nats"),
+        (
+            &["--workload", "durable", "--nats", "nats://127.0.0.1:9"][..],
+            "--preload",
+        ),
+        (
+            &["--workload", "echo", "--preload", "3"][..],
+            "--workload durable",
+        ),
+        (
+            &["--workload", "d2d", "--burst", "3"][..],
+            "--workload push or durable",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether-loadgen"))
+            .args(["--url", "ws://127.0.0.1:9/ws", "--clients", "1"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
 }

