@@ -372,8 +372,21 @@ fn run(
     let mut interrupted = false;
 
     while workers.iter().any(|w| !w.done) {
-        let ev = match rx.recv_timeout(Duration::from_secs(5)) {
+        // Wake up at the end of the hold to sample the servers' RSS then.
+        let wait = match held_connected {
+            None => hold_end_at
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(1), Duration::from_secs(5)),
+            Some(_) => Duration::from_secs(5),
+        };
+        let ev = match rx.recv_timeout(wait) {
             Ok(ev) => ev,
+            Err(mpsc::RecvTimeoutError::Timeout) if held_connected.is_none() => {
+                if Instant::now() >= hold_end_at {
+                    held_connected = Some(sample_rss(&mut server_rss, &workers));
+                }
+                continue;
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 // A worker that died without closing its pipe (should not happen).
                 for (i, w) in workers.iter_mut().enumerate() {
@@ -466,10 +479,7 @@ fn run(
             WorkerMsg::Ready { .. } => {}
         }
         if held_connected.is_none() && Instant::now() >= hold_end_at {
-            for r in &mut server_rss {
-                r.held_kib = sys::proc_rss_kib(r.pid).ok();
-            }
-            held_connected = Some(workers.iter().map(|w| w.counters.connected).sum());
+            held_connected = Some(sample_rss(&mut server_rss, &workers));
         }
         // Print every second that all still-running workers have reported.
         let running = workers.iter().filter(|w| !w.done).count();
@@ -620,6 +630,15 @@ struct ReportInput<'a> {
     held_connected: Option<u64>,
 }
 
+/// Samples the servers' RSS at the end of the hold; returns the clients connected then (as the
+/// workers last reported, at most a second ago).
+fn sample_rss(server_rss: &mut [ServerRss], workers: &[WorkerHandle]) -> u64 {
+    for r in server_rss.iter_mut() {
+        r.held_kib = sys::proc_rss_kib(r.pid).ok();
+    }
+    workers.iter().map(|w| w.counters.connected).sum()
+}
+
 /// A server process's RSS before the first connect and at the end of the hold.
 #[derive(Clone, Debug, serde::Serialize)]
 struct ServerRss {
@@ -747,9 +766,9 @@ fn build_report(r: &ReportInput) -> Value {
             "last_complete_s": c.complete_last_us as f64 / 1e6,
             "until_last_complete_s": (span_s * 1000.0).round() / 1000.0,
             "messages_per_s": if c.devices_complete == r.plan.clients && span_s > 0.0 {
-                (messages as f64 / span_s).round()
+                (messages as f64 / span_s).round() as u64
             } else {
-                0.0
+                0
             },
             "published": c.published,
             "acks_sent": c.durable_acks_sent,

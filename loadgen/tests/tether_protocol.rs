@@ -242,7 +242,7 @@ fn push_burst_reaches_every_connected_device() {
         "--rate",
         "2000",
         "--hold",
-        "0s",
+        "2s",
         "--workload",
         "push",
         "--nats",
@@ -262,6 +262,7 @@ fn push_burst_reaches_every_connected_device() {
     let p = &v["server_rss"]["processes"][0];
     assert_eq!(p["name"], "tether", "{v:#}");
     assert!(u(p, "start_kib") > 0 && u(p, "held_kib") > 0, "{v:#}");
+    // Sampled at the end of the hold, from the workers' reports of the second before.
     assert_eq!(u(v, "server_rss.connected_at_sample"), 100, "{v:#}");
 }
 
