@@ -1240,6 +1240,14 @@ async fn run_open(
             _ = sleep_until(next_send.unwrap_or(far)), if next_send.is_some() => {
                 let (Some(intended), Some(iv)) = (next_send, interval) else { continue };
                 next_send = Some(intended + iv);
+                // d2d: a send before the partner's `hello` may be missed (it is not routable
+                // yet, which a loaded machine makes likely even after the connect schedule):
+                // the first sends wait for it.
+                if w.plan.workload == Workload::D2d
+                    && !w.ctl[(partner(w, global) / u64::from(w.plan.workers)) as usize].hello.get()
+                {
+                    continue;
+                }
                 if let Some((subject, payload)) = send_message(w, &mut st, &mut out, intended, global) {
                     if let Some(nats) = &w.nats {
                         if let Err(e) = nats.publish(subject, payload.into()).await {
