@@ -271,3 +271,94 @@ fn malformed_certificate_on_sighup_keeps_the_old_one() {
     let mut again = connect(port, &[pki.der("caA.pem")]).unwrap();
     assert_eq!(echo(&mut again, "A"), "A");
 }
+
+/// A masked client frame (FIN set) with any payload length.
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x5au8, 0xa5, 0x3c, 0xc3];
+    let mut f = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// Reads one unmasked server frame: (first byte, payload).
+fn server_frame(s: &mut Tls) -> (u8, Vec<u8>) {
+    let mut head = [0u8; 2];
+    s.read_exact(&mut head).unwrap();
+    let len = match head[1] & 0x7f {
+        126 => {
+            let mut l = [0u8; 2];
+            s.read_exact(&mut l).unwrap();
+            u16::from_be_bytes(l) as usize
+        }
+        127 => {
+            let mut l = [0u8; 8];
+            s.read_exact(&mut l).unwrap();
+            u64::from_be_bytes(l) as usize
+        }
+        n => n as usize,
+    };
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    (head[0], body)
+}
+
+/// The record layer across read boundaries: a message whose TLS records reach the server a
+/// few bytes per TCP segment (every read ends inside a record), a 900 KiB message both ways
+/// (many 16 KiB records; the echo is written while the client is still sending, so the
+/// server's writes outrun what the socket takes), and a close handshake that ends with the
+/// server's close_notify (a clean TLS end of stream, not a truncation).
+#[test]
+fn records_across_reads_large_messages_and_close_notify() {
+    let pki = Pki::new("records");
+    pki.issue("A");
+    std::fs::copy(pki.dir.join("certA.pem"), pki.dir.join("cert.pem")).unwrap();
+    std::fs::copy(pki.dir.join("keyA.pem"), pki.dir.join("key.pem")).unwrap();
+    let (srv, port) = start(&pki);
+    let mut s = connect(port, &[pki.der("caA.pem")]).unwrap();
+
+    s.sock.set_nodelay(true).unwrap();
+    s.conn
+        .writer()
+        .write_all(&client_frame(0x1, b"dribbled in pieces"))
+        .unwrap();
+    let mut wire = Vec::new();
+    while s.conn.wants_write() {
+        s.conn.write_tls(&mut wire).unwrap();
+    }
+    for piece in wire.chunks(3) {
+        s.sock.write_all(piece).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(server_frame(&mut s), (0x81, b"dribbled in pieces".to_vec()));
+
+    let big: Vec<u8> = (0..900 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    s.write_all(&client_frame(0x2, &big)).unwrap();
+    let (first, echoed) = server_frame(&mut s);
+    assert_eq!(first, 0x82);
+    assert!(echoed == big, "the 900 KiB echo differs");
+    assert_eq!(echo(&mut s, "after the big one"), "after the big one");
+
+    s.write_all(&client_frame(0x8, &1000u16.to_be_bytes()))
+        .unwrap();
+    let (first, body) = server_frame(&mut s);
+    assert_eq!((first, &body[..2]), (0x88, &1000u16.to_be_bytes()[..]));
+    let mut rest = Vec::new();
+    let r = s.read_to_end(&mut rest);
+    assert!(
+        matches!(r, Ok(0)),
+        "expected a close_notify before EOF: {r:?}"
+    );
+    assert!(srv.metric("tether_tls_handshakes_total{result=\"full\"}") >= 1);
+}

@@ -12,24 +12,28 @@
 //!   session cache survive a reload.
 //! * [`ConnStream`], what a connection task reads and writes: the plain glommio `TcpStream` of a
 //!   `ws://` listener, or a [`TlsStream`] of a `wss://` listener.
-//! * [`TlsStream`]: a `rustls::ServerConnection` over a glommio `TcpStream`. Ciphertext is read
-//!   into the caller's buffer (the shard's scratch buffer), handed to rustls, and the plaintext
-//!   copied back into that same buffer, so no read buffer of ours lives across an await. Output
-//!   (handshake flights, records, alerts) is written from rustls' queue whenever the connection is
-//!   polled. The TLS handshake itself runs inside the first read of the HTTP request head, so it
-//!   is bounded by `handshake_timeout` like the rest of the upgrade.
+//! * [`TlsStream`]: rustls' unbuffered `UnbufferedServerConnection` over a glommio
+//!   `TcpStream`. Ciphertext is read into the shard's receive scratch and decrypted from there
+//!   into the caller's buffer; records are encrypted into the shard's send scratch and written
+//!   from there. The connection keeps a buffer of its own only for what one poll could not
+//!   finish (a partial record, plaintext the caller had no room for, ciphertext the socket
+//!   did not take), each freed when emptied. The TLS handshake runs inside the first read of
+//!   the HTTP request head, so it is bounded by `handshake_timeout` like the rest of the
+//!   upgrade.
 //!
 //! **Crypto provider: ring.** It is already in the build (async-nats' TLS uses it), needs no
 //! cmake or C toolchain beyond cc, and has the P-256 and RSA signing and AES-GCM/ChaCha20 we
 //! need; aws-lc-rs would add a CMake build of a C library to every build for a handshake rate
 //! we have not shown we need.
 //!
-//! **Memory.** rustls keeps per connection its record deframing buffer (4 KiB after the first
-//! read, shrunk back to 4 KiB when empty) and its queues (empty `VecDeque`s when idle); the
-//! sendable-plaintext queue is capped by `set_buffer_limit` at [`SEND_BUFFER_BYTES_MAX`]. See
-//! `docs/benchmarks.md` for the measured RSS of an idle `wss://` connection.
+//! **Memory.** An idle connection holds rustls' connection state only (the connection
+//! struct, the two record-layer keys, the TLS 1.3 key schedule), no buffers: rustls' buffered
+//! `ServerConnection` kept a 4 KiB record-deframing buffer per connection for good. See
+//! `docs/benchmarks.md` ("`wss://`: memory per idle TLS connection") for the heap profile and
+//! the measured RSS.
 
 use std::{
+    cell::RefCell,
     fmt, io,
     net::Shutdown,
     path::{Path, PathBuf},
@@ -48,12 +52,17 @@ use futures_lite::{
 use glommio::net::TcpStream;
 use rustls::{
     pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
-    server::{ProducesTickets, ServerSessionMemoryCache, StoresServerSessions},
-    ServerConfig, ServerConnection,
+    server::{
+        ProducesTickets, ServerConnectionData, ServerSessionMemoryCache, StoresServerSessions,
+        UnbufferedServerConnection,
+    },
+    unbuffered::{ConnectionState, EncodeError, EncodeTlsData, EncryptError, WriteTraffic},
+    ServerConfig,
 };
 
-/// Plaintext rustls may hold encrypted but unsent for one connection; the connection's own
-/// outbound queue (bounded by `outbound_bytes_max`) holds the rest.
+/// Most plaintext one write encrypts; the ciphertext the socket does not take at once is kept
+/// until sent, and no write is accepted before. The connection's own outbound queue (bounded
+/// by `outbound_bytes_max`) holds the rest.
 pub const SEND_BUFFER_BYTES_MAX: usize = 16 * 1024;
 /// TLS 1.2 sessions (by session id) remembered for resumption, node-wide; TLS 1.3 and most
 /// TLS 1.2 clients resume with tickets, which need no server state.
@@ -266,8 +275,8 @@ impl ConnStream {
         match self {
             ConnStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             ConnStream::Tls(s) => {
-                debug_assert!(s.stash.is_empty() && !s.counted, "TLS reading has begun");
-                Pin::new(&mut s.tcp).poll_read(cx, buf)
+                debug_assert!(s.inbuf.is_empty() && !s.counted, "TLS reading has begun");
+                Pin::new(&mut s.wire.tcp).poll_read(cx, buf)
             }
         }
     }
@@ -281,8 +290,8 @@ impl ConnStream {
                 debug_assert!(ciphertext.is_empty(), "a plain stream has no TLS layer")
             }
             ConnStream::Tls(s) => {
-                debug_assert!(s.stash.is_empty(), "TLS reading has begun");
-                s.stash = ciphertext;
+                debug_assert!(s.inbuf.is_empty(), "TLS reading has begun");
+                s.inbuf = ciphertext;
             }
         }
     }
@@ -316,122 +325,257 @@ impl AsyncWrite for ConnStream {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             ConnStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            ConnStream::Tls(s) => s.poll_flush_tls(cx),
+            ConnStream::Tls(s) => s.wire.poll_flush_tls(cx),
         }
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             ConnStream::Plain(s) => Pin::new(s).poll_close(cx),
-            ConnStream::Tls(s) => {
-                s.tls.send_close_notify();
-                std::task::ready!(s.poll_flush_tls(cx))?;
-                Pin::new(&mut s.tcp).poll_close(cx)
-            }
+            ConnStream::Tls(s) => s.poll_close(cx),
         }
     }
 }
 
-/// A server-side TLS connection over a glommio `TcpStream`.
+/// A server-side TLS connection over a glommio `TcpStream`, on rustls' unbuffered API.
+///
+/// Nothing but rustls' own connection state is kept per connection while it is idle: ciphertext
+/// is read into the shard's receive scratch ([`RX_SCRATCH_BYTES`], one per thread) and processed
+/// there; records are encrypted into the shard's send scratch and written straight to the
+/// socket. Only what cannot be finished in one poll is copied into the connection's own
+/// buffers, which are freed as soon as they are empty:
+///
+/// * `inbuf`: a partial record (its rest has not arrived), or records not yet decrypted
+///   because the caller's buffer is full; at most one socket read ([`RX_READ_BYTES_MAX`])
+///   plus one partial record.
+/// * `plain`: the rest of a decrypted record that did not fit in the caller's buffer; at most
+///   one record (16 KiB).
+/// * `outbuf`: ciphertext the socket has not taken yet; a write is accepted only when it is
+///   empty, so it holds at most one write's records ([`SEND_BUFFER_BYTES_MAX`] of plaintext)
+///   or one handshake flight.
 pub struct TlsStream {
-    tcp: TcpStream,
-    tls: ServerConnection,
+    wire: Wire,
+    tls: UnbufferedServerConnection,
     certs: Arc<TlsCerts>,
-    /// Ciphertext read but not yet handed to rustls because its plaintext buffer was full;
-    /// empty (no allocation) otherwise.
-    stash: Vec<u8>,
+    inbuf: Vec<u8>,
+    plain: Vec<u8>,
+    /// Bytes of `plain` already returned.
+    plain_at: usize,
+    /// The peer's close_notify has been processed: reads return end of stream.
+    peer_closed: bool,
+    /// Our close_notify has been queued.
+    close_queued: bool,
     /// The handshake's outcome has been counted.
     counted: bool,
 }
 
-/// `io::Write` over a glommio socket inside a poll: `Pending` becomes `WouldBlock` (the socket
-/// has registered the task's waker).
-struct SyncWriter<'a, 'b> {
-    tcp: &'a mut TcpStream,
-    cx: &'a mut Context<'b>,
+/// Size of each shard's receive scratch (allocated on the first TLS read of the thread).
+pub const RX_SCRATCH_BYTES: usize = 64 * 1024;
+/// Ciphertext read from the socket at once: at least one whole record (16 KiB of plaintext
+/// plus the record overhead), more when the caller's buffer is larger.
+const RX_READ_BYTES_MIN: usize = 16 * 1024 + 512;
+/// At most this much ciphertext is read at once (the receive scratch also holds `inbuf`).
+pub const RX_READ_BYTES_MAX: usize = RX_SCRATCH_BYTES / 2;
+
+thread_local! {
+    /// The shard's receive scratch: ciphertext is processed here, never across an await.
+    static RX_SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The shard's send scratch: records are encrypted here and written from here.
+    static TX_SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-impl io::Write for SyncWriter<'_, '_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match Pin::new(&mut *self.tcp).poll_write(self.cx, buf) {
-            Poll::Ready(r) => r,
-            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+/// Whether `data` begins with a whole TLS record (5-byte header plus its length).
+fn has_whole_record(data: &[u8]) -> bool {
+    data.len() >= 5 && data.len() >= 5 + usize::from(u16::from_be_bytes([data[3], data[4]]))
+}
+
+/// The socket and the ciphertext it has not taken yet (`outbuf[out_at..]`, freed when sent).
+struct Wire {
+    tcp: TcpStream,
+    outbuf: Vec<u8>,
+    out_at: usize,
+}
+
+impl Wire {
+    /// Writes `outbuf` until it is empty (`Ready`, buffer freed) or the socket is full
+    /// (`Pending`, the socket has registered the task's waker).
+    fn poll_flush_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.out_at < self.outbuf.len() {
+            match Pin::new(&mut self.tcp).poll_write(cx, &self.outbuf[self.out_at..]) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.out_at += n,
+            }
         }
+        self.outbuf = Vec::new();
+        self.out_at = 0;
+        Poll::Ready(Ok(()))
     }
 
-    fn flush(&mut self) -> io::Result<()> {
+    /// Appends ciphertext to the send queue.
+    fn queue(&mut self, data: &[u8]) {
+        if self.out_at == self.outbuf.len() {
+            self.outbuf.clear();
+            self.out_at = 0;
+        }
+        self.outbuf.extend_from_slice(data);
+    }
+
+    /// Queues a handshake record (flight, ticket, key update) rustls has for the peer.
+    fn encode(&mut self, mut e: EncodeTlsData<'_, ServerConnectionData>) -> io::Result<()> {
+        let mut chunk = Vec::new();
+        loop {
+            match e.encode(&mut chunk) {
+                Ok(n) => {
+                    chunk.truncate(n);
+                    break;
+                }
+                Err(EncodeError::InsufficientSize(s)) => chunk.resize(s.required_size, 0),
+                Err(e) => return Err(io::Error::other(e.to_string())),
+            }
+        }
+        self.queue(&chunk);
         Ok(())
     }
+
+    /// Writes `data` to the socket as far as it takes it now and queues the rest; behind
+    /// anything already queued (a record rustls owed), it is queued whole.
+    fn send_now(&mut self, cx: &mut Context<'_>, data: &[u8]) -> io::Result<()> {
+        if self.out_at < self.outbuf.len() {
+            self.queue(data);
+            return match self.poll_flush_tls(cx) {
+                Poll::Ready(Err(e)) => Err(e),
+                _ => Ok(()),
+            };
+        }
+        let mut at = 0;
+        while at < data.len() {
+            match Pin::new(&mut self.tcp).poll_write(cx, &data[at..]) {
+                Poll::Pending => break,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(k)) => at += k,
+            }
+        }
+        if at < data.len() {
+            self.queue(&data[at..]);
+        }
+        Ok(())
+    }
+}
+
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
 impl TlsStream {
     /// Starts a server-side TLS session on an accepted socket.
     pub fn accept(tcp: TcpStream, certs: Arc<TlsCerts>) -> Result<TlsStream, rustls::Error> {
-        let mut tls = ServerConnection::new(certs.current())?;
-        tls.set_buffer_limit(Some(SEND_BUFFER_BYTES_MAX));
+        let tls = UnbufferedServerConnection::new(certs.current())?;
         Ok(TlsStream {
-            tcp,
+            wire: Wire {
+                tcp,
+                outbuf: Vec::new(),
+                out_at: 0,
+            },
             tls,
             certs,
-            stash: Vec::new(),
+            inbuf: Vec::new(),
+            plain: Vec::new(),
+            plain_at: 0,
+            peer_closed: false,
+            close_queued: false,
             counted: false,
         })
     }
 
-    /// Writes what rustls holds until it is empty (`Ready`) or the socket is full (`Pending`).
-    fn poll_flush_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.tls.wants_write() {
-            let mut w = SyncWriter {
-                tcp: &mut self.tcp,
-                cx,
-            };
-            match self.tls.write_tls(&mut w) {
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    /// Hands `cipher` to rustls and decrypts; the plaintext goes to `out`, which may be the
-    /// front of the buffer `cipher` lies in (plaintext never outruns the ciphertext consumed,
-    /// except for a record begun in an earlier read: that plaintext stays in rustls and is
-    /// returned by the next read). Returns (ciphertext consumed, plaintext written).
-    fn feed(
+    /// Drives rustls over `incoming` (ciphertext), writing plaintext into `out` until it is
+    /// full (`out` is not empty). Returns (plaintext bytes written, bytes consumed at the front
+    /// of `incoming`); the rest is a partial record or not processed yet.
+    fn process(
         &mut self,
-        buf: &mut [u8],
-        cipher_at: usize,
-        cipher_end: usize,
+        cx: &mut Context<'_>,
+        incoming: &mut [u8],
+        out: &mut [u8],
     ) -> io::Result<(usize, usize)> {
-        let mut off = cipher_at;
-        let mut out = 0;
-        while off < cipher_end {
-            let k = match self.tls.read_tls(&mut &buf[off..cipher_end]) {
-                Ok(k) => k,
-                // The plaintext buffer is full: the caller stashes the rest.
-                Err(e) if e.kind() == io::ErrorKind::Other => break,
-                Err(e) => return Err(e),
+        let mut written = 0;
+        let mut consumed = 0;
+        while written < out.len() {
+            let status = self.tls.process_tls_records(&mut incoming[consumed..]);
+            let mut discard = status.discard;
+            let state = match status.state {
+                Ok(state) => state,
+                Err(e) => {
+                    self.fail(cx, &e);
+                    return Err(tls_error(e));
+                }
             };
-            if k == 0 {
+            let mut stop = false;
+            match state {
+                ConnectionState::ReadTraffic(mut r) => {
+                    while let Some(rec) = r.next_record() {
+                        let rec = rec.map_err(tls_error)?;
+                        discard += rec.discard;
+                        let n = rec.payload.len().min(out.len() - written);
+                        out[written..written + n].copy_from_slice(&rec.payload[..n]);
+                        written += n;
+                        if n < rec.payload.len() {
+                            debug_assert!(self.plain_at == self.plain.len());
+                            self.plain = rec.payload[n..].to_vec();
+                            self.plain_at = 0;
+                            stop = true;
+                            break;
+                        }
+                    }
+                }
+                ConnectionState::EncodeTlsData(e) => self.wire.encode(e)?,
+                ConnectionState::TransmitTlsData(t) => {
+                    // What the socket does not take now stays queued and goes first later.
+                    if let Poll::Ready(Err(e)) = self.wire.poll_flush_tls(cx) {
+                        return Err(e);
+                    }
+                    t.done();
+                }
+                ConnectionState::BlockedHandshake => stop = true,
+                ConnectionState::PeerClosed | ConnectionState::Closed => {
+                    self.peer_closed = true;
+                    stop = true;
+                }
+                ConnectionState::WriteTraffic(_) => stop = true,
+                ConnectionState::ReadEarlyData(_) => {
+                    // max_early_data_size is 0: rustls never accepts early data here.
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "unexpected TLS early data",
+                    ));
+                }
+                other => return Err(io::Error::other(format!("unexpected TLS state {other:?}"))),
+            }
+            consumed += discard;
+            self.count_handshake();
+            if stop {
                 break;
             }
-            off += k;
-            if let Err(e) = self.tls.process_new_packets() {
-                self.count_failure(&e);
-                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
-            }
-            self.count_handshake();
-            // `buf[out..off]` is ciphertext rustls has taken: free for plaintext.
-            while out < off {
-                match io::Read::read(&mut self.tls.reader(), &mut buf[out..off]) {
-                    Ok(0) | Err(_) => break,
-                    Ok(m) => out += m,
+        }
+        Ok((written, consumed))
+    }
+
+    /// After a TLS error: best effort to send the alert rustls queued.
+    fn fail(&mut self, cx: &mut Context<'_>, e: &rustls::Error) {
+        self.count_failure(e);
+        for _ in 0..4 {
+            match self.tls.process_tls_records(&mut []).state {
+                Ok(ConnectionState::EncodeTlsData(enc)) => {
+                    if self.wire.encode(enc).is_err() {
+                        break;
+                    }
                 }
+                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+                _ => break,
             }
         }
-        Ok((off - cipher_at, out))
+        let _ = self.wire.poll_flush_tls(cx);
     }
 
     fn count_handshake(&mut self) {
@@ -461,89 +605,196 @@ impl TlsStream {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        // Output owed from earlier (handshake flights, records of writes the socket refused).
-        if let Poll::Ready(Err(e)) = self.poll_flush_tls(cx) {
+        // Output owed from earlier (handshake flights, records the socket refused).
+        if let Poll::Ready(Err(e)) = self.wire.poll_flush_tls(cx) {
             return Poll::Ready(Err(e));
         }
+        // The rest of a record decrypted earlier.
+        if self.plain_at < self.plain.len() {
+            let n = (self.plain.len() - self.plain_at).min(buf.len());
+            buf[..n].copy_from_slice(&self.plain[self.plain_at..self.plain_at + n]);
+            self.plain_at += n;
+            if self.plain_at == self.plain.len() {
+                self.plain = Vec::new();
+                self.plain_at = 0;
+            }
+            return Poll::Ready(Ok(n));
+        }
+        RX_SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            if scratch.len() < RX_SCRATCH_BYTES {
+                scratch.resize(RX_SCRATCH_BYTES, 0);
+            }
+            self.poll_read_with(cx, buf, &mut scratch)
+        })
+    }
+
+    fn poll_read_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+        scratch: &mut Vec<u8>,
+    ) -> Poll<io::Result<usize>> {
+        // Kept ciphertext holding a whole record is processed before reading more; once it
+        // made no progress (cannot happen with a whole record, but never spin) read anyway.
+        let mut must_read = false;
         loop {
-            match io::Read::read(&mut self.tls.reader(), buf) {
-                Ok(n) => return Poll::Ready(Ok(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
+            if self.peer_closed {
+                return Poll::Ready(Ok(0));
             }
-            let (start, end) = if self.stash.is_empty() {
-                let n = match Pin::new(&mut self.tcp).poll_read(cx, buf) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Ready(Ok(n)) => n,
-                };
-                if n == 0 {
-                    // EOF: rustls tells a clean close_notify (Ok(0)) from a truncation (error).
-                    let _ = self.tls.read_tls(&mut &[][..]);
-                    if let Err(e) = self.tls.process_new_packets() {
-                        return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+            let kept = self.inbuf.len();
+            let want = buf.len().clamp(RX_READ_BYTES_MIN, RX_READ_BYTES_MAX);
+            if scratch.len() < kept + want {
+                scratch.resize(kept + want, 0);
+            }
+            scratch[..kept].copy_from_slice(&self.inbuf);
+            self.inbuf = Vec::new();
+            let mut end = kept;
+            if must_read || !has_whole_record(&scratch[..kept]) {
+                match Pin::new(&mut self.wire.tcp).poll_read(cx, &mut scratch[kept..kept + want]) {
+                    Poll::Pending => {
+                        self.inbuf = scratch[..kept].to_vec();
+                        return Poll::Pending;
                     }
-                    return match io::Read::read(&mut self.tls.reader(), buf) {
-                        Ok(n) => Poll::Ready(Ok(n)),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Ready(Ok(0)),
-                        Err(e) => Poll::Ready(Err(e)),
-                    };
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(0)) => {
+                        // End of stream without close_notify: a truncation.
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "peer closed connection without sending TLS close_notify",
+                        )));
+                    }
+                    Poll::Ready(Ok(n)) => end += n,
                 }
-                (0, n)
-            } else {
-                // Stashed ciphertext goes first; it is moved into `buf` as far as it fits.
-                let n = self.stash.len().min(buf.len());
-                buf[..n].copy_from_slice(&self.stash[..n]);
-                self.stash.drain(..n);
-                if self.stash.is_empty() {
-                    self.stash = Vec::new();
-                }
-                (0, n)
-            };
-            let (used, out) = match self.feed(buf, start, end) {
-                Ok(x) => x,
-                Err(e) => {
-                    // Best effort: the alert rustls queued.
-                    let _ = self.poll_flush_tls(cx);
-                    return Poll::Ready(Err(e));
-                }
-            };
-            if start + used < end {
-                let mut rest = buf[start + used..end].to_vec();
-                rest.extend_from_slice(&self.stash);
-                self.stash = rest;
             }
-            if let Poll::Ready(Err(e)) = self.poll_flush_tls(cx) {
+            let (out, used) = match self.process(cx, &mut scratch[..end], buf) {
+                Ok(x) => x,
+                Err(e) => return Poll::Ready(Err(e)),
+            };
+            if used < end {
+                self.inbuf = scratch[used..end].to_vec();
+            }
+            if let Poll::Ready(Err(e)) = self.wire.poll_flush_tls(cx) {
                 return Poll::Ready(Err(e));
             }
             if out > 0 {
                 return Poll::Ready(Ok(out));
             }
+            must_read = used == 0;
         }
     }
 
+    /// Encrypts up to [`SEND_BUFFER_BYTES_MAX`] of `buf` and starts sending it.
     fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        // Records already encrypted go first; new plaintext only when rustls has room.
-        std::task::ready!(self.poll_flush_tls(cx))?;
-        let n = io::Write::write(&mut self.tls.writer(), buf)?;
-        // Start sending now; what the socket refuses is written on the next poll (read or
-        // write) of this connection, whose waker the socket has registered.
-        if let Poll::Ready(Err(e)) = self.poll_flush_tls(cx) {
-            return Poll::Ready(Err(e));
+        // Records already encrypted go first; new plaintext only when they are all sent.
+        std::task::ready!(self.wire.poll_flush_tls(cx))?;
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
         }
-        if n == 0 && !buf.is_empty() {
-            // Only before the handshake completes can rustls refuse plaintext; try again.
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
+        let plain = &buf[..buf.len().min(SEND_BUFFER_BYTES_MAX)];
+        let r = TX_SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            self.encrypt_and_send(cx, plain, &mut scratch)
+        });
+        match r {
+            Ok(true) => Poll::Ready(Ok(plain.len())),
+            Ok(false) => {
+                // Only before the handshake completes can there be no write state; the
+                // handshake runs inside the first read, so this is not reached in practice.
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Err(e) => Poll::Ready(Err(e)),
         }
-        Poll::Ready(Ok(n))
+    }
+
+    /// Encrypts `plain` into `scratch` and writes it; what the socket refuses is queued.
+    /// Returns false when the connection cannot send data yet.
+    fn encrypt_and_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        plain: &[u8],
+        scratch: &mut Vec<u8>,
+    ) -> io::Result<bool> {
+        let Some(n) = self.write_state(cx, |w, out| w.encrypt(plain, out), scratch)? else {
+            return Ok(false);
+        };
+        self.wire.send_now(cx, &scratch[..n])?;
+        Ok(true)
+    }
+
+    /// Brings rustls to its write state (encoding anything it owes first, e.g. a key update
+    /// or a ticket) and runs `f` with it into `scratch`, grown as needed. `None` when the
+    /// handshake has not completed.
+    fn write_state(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut f: impl FnMut(
+            &mut WriteTraffic<'_, ServerConnectionData>,
+            &mut [u8],
+        ) -> Result<usize, EncryptError>,
+        scratch: &mut Vec<u8>,
+    ) -> io::Result<Option<usize>> {
+        for _ in 0..16 {
+            let status = self.tls.process_tls_records(&mut []);
+            match status.state.map_err(tls_error)? {
+                ConnectionState::WriteTraffic(mut w) => loop {
+                    match f(&mut w, scratch) {
+                        Ok(n) => return Ok(Some(n)),
+                        Err(EncryptError::InsufficientSize(s)) => {
+                            scratch.resize(s.required_size, 0)
+                        }
+                        Err(e) => return Err(io::Error::other(e.to_string())),
+                    }
+                },
+                ConnectionState::EncodeTlsData(e) => self.wire.encode(e)?,
+                ConnectionState::TransmitTlsData(t) => {
+                    if let Poll::Ready(Err(e)) = self.wire.poll_flush_tls(cx) {
+                        return Err(e);
+                    }
+                    t.done();
+                }
+                ConnectionState::PeerClosed => self.peer_closed = true,
+                ConnectionState::Closed => return Err(io::ErrorKind::BrokenPipe.into()),
+                _ => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Queues a close_notify alert (once the handshake is complete; before, there is nothing
+    /// to close cleanly).
+    fn queue_close_notify(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.tls.is_handshaking() {
+            return Ok(());
+        }
+        let mut alert = Vec::new();
+        if let Some(n) = self.write_state(cx, |w, out| w.queue_close_notify(out), &mut alert)? {
+            self.wire.queue(&alert[..n]);
+        }
+        Ok(())
+    }
+
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.close_queued {
+            self.close_queued = true;
+            self.queue_close_notify(cx)?;
+        }
+        std::task::ready!(self.wire.poll_flush_tls(cx))?;
+        Pin::new(&mut self.wire.tcp).poll_close(cx)
     }
 
     async fn shutdown(&mut self, how: Shutdown) -> io::Result<()> {
         if how != Shutdown::Read {
-            self.tls.send_close_notify();
-            poll_fn(|cx| self.poll_flush_tls(cx)).await?;
+            poll_fn(|cx| {
+                if !self.close_queued {
+                    self.close_queued = true;
+                    self.queue_close_notify(cx)?;
+                }
+                self.wire.poll_flush_tls(cx)
+            })
+            .await?;
         }
-        self.tcp.shutdown(how).await.map_err(io::Error::from)
+        self.wire.tcp.shutdown(how).await.map_err(io::Error::from)
     }
 }
