@@ -1,6 +1,8 @@
 //! `wss://`: the TLS listener beside the `ws://` one, certificate reload on SIGHUP (new clients
 //! get the new certificate, connected clients stay), a malformed certificate on reload keeps the
-//! old one. Certificates are made by `openssl` in a temporary directory, never committed.
+//! old one, several certificates chosen by SNI (Python's `ssl` as the client), the record layer
+//! across read boundaries. Certificates are made by `openssl` in a temporary directory, never
+//! committed.
 
 mod server_support;
 
@@ -35,6 +37,12 @@ impl Pki {
 
     /// Makes `ca<tag>.pem` and a leaf `cert<tag>.pem`/`key<tag>.pem` for localhost.
     fn issue(&self, tag: &str) {
+        self.issue_for(tag, "DNS:localhost,IP:127.0.0.1");
+    }
+
+    /// Makes `ca<tag>.pem` and a leaf `cert<tag>.pem`/`key<tag>.pem` with these subject
+    /// alternative names (openssl syntax).
+    fn issue_for(&self, tag: &str, san: &str) {
         let d = &self.dir;
         let ec = [
             "-newkey",
@@ -57,7 +65,7 @@ impl Pki {
         a.extend(ec);
         a.extend(["-keyout", &key, "-out", &csr, "-subj", "/CN=localhost"]);
         openssl(d, &a);
-        std::fs::write(d.join("ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+        std::fs::write(d.join("ext"), format!("subjectAltName={san}\n")).unwrap();
         let cert = format!("cert{tag}.pem");
         openssl(
             d,
@@ -361,4 +369,130 @@ fn records_across_reads_large_messages_and_close_notify() {
         "expected a close_notify before EOF: {r:?}"
     );
     assert!(srv.metric("tether_tls_handshakes_total{result=\"full\"}") >= 1);
+}
+
+/// The certificate (DER, hex) Python's `ssl` gets for each SNI name ("-": no SNI), one
+/// connection per name, without verifying (the test compares the certificate itself).
+fn certs_by_sni(port: u16, names: &[&str]) -> Vec<String> {
+    let script = r#"
+import socket, ssl, sys
+port = int(sys.argv[1])
+for name in sys.argv[2:]:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        with ctx.wrap_socket(s, server_hostname=None if name == "-" else name) as t:
+            print(t.getpeercert(binary_form=True).hex())
+"#;
+    let mut args = vec!["-c".to_string(), script.to_string(), port.to_string()];
+    args.extend(names.iter().map(|n| n.to_string()));
+    let out = std::process::Command::new("python3")
+        .args(&args)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn hex(der: &CertificateDer<'_>) -> String {
+    der.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Three certificates on one listener: exact names, a wildcard (one label deep), the first
+/// pair for no SNI and unknown names; SIGHUP reloads all of them, and a bad file among them
+/// keeps the whole set in use.
+#[test]
+fn certificates_chosen_by_sni_and_reloaded_together() {
+    let pki = Pki::new("sni");
+    pki.issue("A");
+    pki.issue_for("B", "DNS:b.test,DNS:b2.test");
+    pki.issue_for("C", "DNS:*.wild.test");
+    pki.issue_for("B2", "DNS:b.test");
+    for (tag, name) in [("A", "a"), ("B", "b"), ("C", "c")] {
+        std::fs::copy(
+            pki.dir.join(format!("cert{tag}.pem")),
+            pki.dir.join(format!("{name}.pem")),
+        )
+        .unwrap();
+        std::fs::copy(
+            pki.dir.join(format!("key{tag}.pem")),
+            pki.dir.join(format!("{name}.key")),
+        )
+        .unwrap();
+    }
+    let srv = Server::start(&[
+        "--shards",
+        "2",
+        "--echo",
+        "--tls-listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &pki.path("a.pem"),
+        "--tls-key",
+        &pki.path("a.key"),
+        "--tls-cert",
+        &pki.path("b.pem"),
+        "--tls-key",
+        &pki.path("b.key"),
+        "--tls-cert",
+        &pki.path("c.pem"),
+        "--tls-key",
+        &pki.path("c.key"),
+    ]);
+    let port = tls_port(&srv);
+    let (a, b, c, b2) = (
+        hex(&pki.der("certA.pem")),
+        hex(&pki.der("certB.pem")),
+        hex(&pki.der("certC.pem")),
+        hex(&pki.der("certB2.pem")),
+    );
+    let names = [
+        "-",
+        "localhost",
+        "b.test",
+        "B2.Test",
+        "x.wild.test",
+        "y.x.wild.test",
+        "wild.test",
+        "other.test",
+    ];
+    assert_eq!(
+        certs_by_sni(port, &names),
+        [&a, &a, &b, &b, &c, &a, &a, &a].map(String::clone)
+    );
+    // A verified upgrade (rustls, name localhost: the first certificate) that stays connected
+    // across both reloads.
+    let mut tls = connect(port, &[pki.der("caA.pem")]).unwrap();
+    assert_eq!(echo(&mut tls, "default"), "default");
+
+    std::fs::copy(pki.dir.join("certB2.pem"), pki.dir.join("b.pem")).unwrap();
+    std::fs::copy(pki.dir.join("keyB2.pem"), pki.dir.join("b.key")).unwrap();
+    srv.signal(libc::SIGHUP);
+    assert!(eventually(Duration::from_secs(10), || srv
+        .metric("tether_tls_reloads_total{result=\"ok\"}")
+        == 1));
+    assert_eq!(
+        certs_by_sni(port, &["b.test", "b2.test", "x.wild.test", "-"]),
+        [&b2, &a, &c, &a].map(String::clone)
+    );
+
+    std::fs::write(pki.dir.join("c.key"), "garbage").unwrap();
+    srv.signal(libc::SIGHUP);
+    assert!(eventually(Duration::from_secs(10), || srv
+        .metric("tether_tls_reloads_total{result=\"failed\"}")
+        == 1));
+    assert_eq!(
+        certs_by_sni(port, &["b.test", "x.wild.test", "-"]),
+        [&b2, &c, &a].map(String::clone)
+    );
+    assert_eq!(echo(&mut tls, "still here"), "still here");
 }

@@ -162,12 +162,12 @@ settings! {
     /// Address of the `wss://` listeners (TLS; needs tls_cert and tls_key); unset: no TLS.
     /// Off: a node behind a TLS-terminating proxy, or serving plain ws:// only, needs none.
     tls_listen: Option<SocketAddr> = None, env "TETHER_TLS_LISTEN", value "ADDR", example "\"0.0.0.0:8443\"";
-    /// PEM certificate chain (leaf first) of the wss:// listener; reloaded on SIGHUP.
+    /// PEM certificate chains (leaf first) of the wss:// listener, chosen by SNI; the first is the default; reloaded on SIGHUP.
     /// No default: a certificate names the operator's host.
-    tls_cert: Option<PathBuf> = None, env "TETHER_TLS_CERT", value "FILE", example "\"/etc/tether/tls/cert.pem\"";
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of tls_cert; reloaded on SIGHUP.
+    tls_cert: Vec<PathBuf> = Vec::new(), env "TETHER_TLS_CERT", value "FILE[,FILE...]", example "[\"/etc/tether/tls/cert.pem\"]";
+    /// PEM private keys (PKCS#8, PKCS#1 or SEC1), one per tls_cert, in the same order; reloaded on SIGHUP.
     /// No default, as for tls_cert.
-    tls_key: Option<PathBuf> = None, env "TETHER_TLS_KEY", value "FILE", example "\"/etc/tether/tls/key.pem\"";
+    tls_key: Vec<PathBuf> = Vec::new(), env "TETHER_TLS_KEY", value "FILE[,FILE...]", example "[\"/etc/tether/tls/key.pem\"]";
     /// Listeners that expect a PROXY protocol header (v1 or v2) from an L4 balancer: off|ws|wss|all.
     /// Off: a header from anyone but a trusted balancer would let a client choose its address.
     proxy_protocol: ProxyProtocol = ProxyProtocol::Off, env "TETHER_PROXY_PROTOCOL", value "off|ws|wss|all";

@@ -276,6 +276,22 @@ impl SettingValue for Vec<String> {
     }
 }
 
+/// A list of paths: repeated (or `a,b`) on the command line, a TOML array (or one string) in
+/// the file. A path holding a comma cannot be given.
+impl SettingValue for Vec<PathBuf> {
+    const FLAG: FlagKind = FlagKind::List;
+    fn parse(text: &str) -> Result<Self, String> {
+        Vec::<String>::parse(text).map(|v| v.into_iter().map(PathBuf::from).collect())
+    }
+    fn from_toml(value: &toml::Value) -> Result<Self, String> {
+        Vec::<String>::from_toml(value).map(|v| v.into_iter().map(PathBuf::from).collect())
+    }
+    fn to_toml(&self) -> Option<String> {
+        let texts: Vec<String> = self.iter().map(|p| p.display().to_string()).collect();
+        texts.to_toml()
+    }
+}
+
 impl<T: SettingValue> SettingValue for Option<T> {
     const FLAG: FlagKind = T::FLAG;
     fn parse(text: &str) -> Result<Self, String> {

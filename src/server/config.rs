@@ -73,8 +73,9 @@ pub struct ServerConfig {
 pub struct TlsListen {
     /// Address the `wss://` listeners bind (one `SO_REUSEPORT` socket per shard).
     pub listen: SocketAddr,
-    /// Certificate and key, reloaded on SIGHUP.
-    pub files: TlsFiles,
+    /// Certificates and their keys, chosen by SNI (the first is the default), reloaded on
+    /// SIGHUP.
+    pub files: Vec<TlsFiles>,
 }
 
 impl Default for ServerConfig {
@@ -90,10 +91,15 @@ impl ServerConfig {
             listen: s.listen,
             tls: s.tls_listen.map(|listen| TlsListen {
                 listen,
-                files: TlsFiles {
-                    cert: s.tls_cert.clone().unwrap_or_default(),
-                    key: s.tls_key.clone().unwrap_or_default(),
-                },
+                files: s
+                    .tls_cert
+                    .iter()
+                    .zip(&s.tls_key)
+                    .map(|(cert, key)| TlsFiles {
+                        cert: cert.clone(),
+                        key: key.clone(),
+                    })
+                    .collect(),
             }),
             proxy_protocol: s.proxy_protocol,
             allowed_origins: s
@@ -126,12 +132,12 @@ impl ServerConfig {
 
     /// [`Self::from_settings`], checked.
     pub fn resolve(s: &Settings) -> Result<ServerConfig, ConfigError> {
-        match (s.tls_listen, &s.tls_cert, &s.tls_key) {
-            (Some(_), Some(_), Some(_)) | (None, None, None) => {}
-            (Some(_), None, _) => {
+        match (s.tls_listen, s.tls_cert.is_empty(), s.tls_key.is_empty()) {
+            (Some(_), false, false) | (None, true, true) => {}
+            (Some(_), true, _) => {
                 return Err(invalid("tls_cert", "tls_listen needs tls_cert and tls_key"))
             }
-            (Some(_), _, None) => {
+            (Some(_), _, true) => {
                 return Err(invalid("tls_key", "tls_listen needs tls_cert and tls_key"))
             }
             (None, _, _) => {
@@ -140,6 +146,12 @@ impl ServerConfig {
                     "tls_cert and tls_key are used only with tls_listen (the wss:// address)",
                 ))
             }
+        }
+        if s.tls_cert.len() != s.tls_key.len() {
+            return Err(invalid(
+                "tls_key",
+                "give one tls_key per tls_cert, in the same order",
+            ));
         }
         if s.proxy_protocol == ProxyProtocol::Wss && s.tls_listen.is_none() {
             return Err(invalid(
@@ -239,6 +251,32 @@ mod tests {
         assert!(!c.origin_allowed(Some("https://app.example.com:8443")));
         assert!(!c.origin_allowed(Some("null")));
         assert!(c.origin_allowed(None));
+    }
+
+    #[test]
+    fn tls_certificates_and_keys_pair_up_in_order() {
+        let s = Settings {
+            tls_listen: Some("127.0.0.1:0".parse().unwrap()),
+            tls_cert: vec!["a.pem".into(), "b.pem".into()],
+            tls_key: vec!["a.key".into(), "b.key".into()],
+            ..Settings::default()
+        };
+        let tls = ServerConfig::resolve(&s).unwrap().tls.unwrap();
+        assert_eq!(
+            tls.files,
+            [("a.pem", "a.key"), ("b.pem", "b.key")].map(|(c, k)| TlsFiles {
+                cert: c.into(),
+                key: k.into()
+            })
+        );
+        let one_key_short = Settings {
+            tls_key: vec!["a.key".into()],
+            ..s
+        };
+        let e = ServerConfig::resolve(&one_key_short)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("one tls_key per tls_cert"), "{e}");
     }
 
     #[test]

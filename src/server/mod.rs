@@ -416,10 +416,10 @@ impl Server {
             .spawn(move || {
                 while Signals::wait_hangup().is_ok() {
                     if let Some(certs) = &tls_certs {
-                        let files = certs.files();
+                        let certs_files = certs.files().iter().map(|f| f.cert.display().to_string()).collect::<Vec<_>>().join(",");
                         match certs.reload() {
-                            Ok(()) => tracing::info!(cert = %files.cert.display(), key = %files.key.display(), "SIGHUP: TLS certificate reloaded; new connections get it"),
-                            Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; the certificate in use stays"),
+                            Ok(()) => tracing::info!(certs = %certs_files, "SIGHUP: TLS certificates reloaded; new connections get them"),
+                            Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; the certificates in use stay"),
                         }
                     } else if on_hangup.is_empty() {
                         tracing::info!("SIGHUP: nothing to reload");

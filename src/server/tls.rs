@@ -2,8 +2,12 @@
 //!
 //! This module owns three things:
 //!
-//! * [`TlsCerts`], the node's TLS configuration: the certificate and key loaded from
-//!   `--tls-cert`/`--tls-key`, ALPN `http/1.1`, TLS 1.3 and 1.2, and one session-ticket key set
+//! * [`TlsCerts`], the node's TLS configuration: the certificates and keys loaded from
+//!   `--tls-cert`/`--tls-key` (pairs, in order), the one a client gets chosen by the name it
+//!   asks for (SNI) among the DNS names of each certificate's subject alternative names (exact
+//!   names first, then a wildcard `*.example.com` for one label below it; the first pair for a
+//!   client without SNI or a name no certificate has), ALPN `http/1.1`, TLS 1.3 and 1.2, and
+//!   one session-ticket key set
 //!   for the whole node (rustls' ring `Ticketer`: a ChaCha20-Poly1305 key, rotated every 6 h, the
 //!   previous key still accepted) shared by every shard through one `Arc`, so a client resumes
 //!   on whichever shard its reconnect lands. [`TlsCerts::reload`] (on SIGHUP) swaps in a freshly
@@ -34,6 +38,7 @@
 
 use std::{
     cell::RefCell,
+    collections::HashMap,
     fmt, io,
     net::Shutdown,
     path::{Path, PathBuf},
@@ -53,9 +58,10 @@ use glommio::net::TcpStream;
 use rustls::{
     pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
     server::{
-        ProducesTickets, ServerConnectionData, ServerSessionMemoryCache, StoresServerSessions,
-        UnbufferedServerConnection,
+        ClientHello, ProducesTickets, ResolvesServerCert, ServerConnectionData,
+        ServerSessionMemoryCache, StoresServerSessions, UnbufferedServerConnection,
     },
+    sign::CertifiedKey,
     unbuffered::{ConnectionState, EncodeError, EncodeTlsData, EncryptError, WriteTraffic},
     ServerConfig,
 };
@@ -87,9 +93,11 @@ pub enum TlsError {
     },
     #[error("cannot create the session-ticket key: {0}")]
     Ticketer(rustls::Error),
+    #[error("no TLS certificate given")]
+    NoFiles,
 }
 
-/// Where the node's certificate and key come from.
+/// Where one of the node's certificates and its key come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
     /// PEM certificate chain, leaf first.
@@ -137,7 +145,8 @@ impl TlsMetrics {
 
 /// The node's TLS configuration, shared by its shards; swapped whole on reload.
 pub struct TlsCerts {
-    files: TlsFiles,
+    /// The certificate pairs; the first is the default.
+    files: Vec<TlsFiles>,
     current: RwLock<Arc<ServerConfig>>,
     ticketer: Arc<dyn ProducesTickets>,
     sessions: Arc<dyn StoresServerSessions>,
@@ -153,8 +162,9 @@ impl fmt::Debug for TlsCerts {
 }
 
 impl TlsCerts {
-    /// Loads the certificate and key; creates the node's ticket keys.
-    pub fn load(files: TlsFiles) -> Result<TlsCerts, TlsError> {
+    /// Loads the certificates and keys (the first pair is the default); creates the node's
+    /// ticket keys.
+    pub fn load(files: Vec<TlsFiles>) -> Result<TlsCerts, TlsError> {
         let ticketer = rustls::crypto::ring::Ticketer::new().map_err(TlsError::Ticketer)?;
         let sessions: Arc<dyn StoresServerSessions> =
             ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
@@ -176,8 +186,8 @@ impl TlsCerts {
             .clone()
     }
 
-    /// Reloads the files; on failure the configuration in use stays. Open connections are
-    /// not touched either way.
+    /// Reloads all the files; if any fails, the whole configuration in use stays. Open
+    /// connections are not touched either way.
     pub fn reload(&self) -> Result<(), TlsError> {
         match build_config(&self.files, &self.ticketer, &self.sessions) {
             Ok(config) => {
@@ -192,34 +202,104 @@ impl TlsCerts {
         }
     }
 
-    /// The files reloaded on SIGHUP.
-    pub fn files(&self) -> &TlsFiles {
+    /// The files reloaded on SIGHUP, the default pair first.
+    pub fn files(&self) -> &[TlsFiles] {
         &self.files
     }
 }
 
-fn build_config(
+/// Certificates by the names they serve (SNI), from the DNS names in each certificate's subject
+/// alternative names (lowercase). A name served by several certificates goes to the first.
+#[derive(Debug)]
+struct SniCerts {
+    /// For a client without SNI or asking for a name no certificate serves: the first pair.
+    default: Arc<CertifiedKey>,
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `*.example.com` is kept under `example.com`; it serves names one label below it.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+}
+
+impl SniCerts {
+    fn pick(&self, server_name: Option<&str>) -> &Arc<CertifiedKey> {
+        let Some(name) = server_name else {
+            return &self.default;
+        };
+        let name = name.to_ascii_lowercase();
+        if let Some(ck) = self.exact.get(&name) {
+            return ck;
+        }
+        name.split_once('.')
+            .and_then(|(_, parent)| self.wildcard.get(parent))
+            .unwrap_or(&self.default)
+    }
+}
+
+impl ResolvesServerCert for SniCerts {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.pick(hello.server_name()).clone())
+    }
+}
+
+/// Loads one certificate and key; returns them with the certificate's DNS names.
+fn load_pair(
     files: &TlsFiles,
-    ticketer: &Arc<dyn ProducesTickets>,
-    sessions: &Arc<dyn StoresServerSessions>,
-) -> Result<Arc<ServerConfig>, TlsError> {
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<(Arc<CertifiedKey>, Vec<String>), TlsError> {
     let certs = read_certs(&files.cert)?;
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| TlsError::Key {
         path: files.key.clone(),
         reason: e.to_string(),
     })?;
-    let config_error = |source| TlsError::Config {
+    let names = webpki::EndEntityCert::try_from(&certs[0])
+        .map_err(|e| TlsError::Cert {
+            path: files.cert.clone(),
+            reason: format!("the first certificate does not parse: {e}"),
+        })?
+        .valid_dns_names()
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let ck = CertifiedKey::from_der(certs, key, provider).map_err(|source| TlsError::Config {
         cert: files.cert.clone(),
         key: files.key.clone(),
         source,
-    };
-    let mut config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(config_error)?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .map_err(config_error)?;
+    })?;
+    Ok((Arc::new(ck), names))
+}
+
+fn build_config(
+    files: &[TlsFiles],
+    ticketer: &Arc<dyn ProducesTickets>,
+    sessions: &Arc<dyn StoresServerSessions>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut default = None;
+    let (mut exact, mut wildcard) = (HashMap::new(), HashMap::new());
+    for f in files {
+        let (ck, names) = load_pair(f, &provider)?;
+        for name in names {
+            match name.strip_prefix("*.") {
+                Some(parent) => wildcard.entry(parent.to_string()),
+                None => exact.entry(name),
+            }
+            .or_insert_with(|| ck.clone());
+        }
+        default.get_or_insert(ck);
+    }
+    let default = default.ok_or(TlsError::NoFiles)?;
+    let first = &files[0];
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|source| TlsError::Config {
+            cert: first.cert.clone(),
+            key: first.key.clone(),
+            source,
+        })?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniCerts {
+            default,
+            exact,
+            wildcard,
+        }));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config.ticketer = ticketer.clone();
     config.session_storage = sessions.clone();
