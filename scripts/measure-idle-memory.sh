@@ -11,6 +11,8 @@
 #   TOTAL=19000 SHARDS=2 PER_PROC=5000 RUNS=3 scripts/measure-idle-memory.sh
 #   TLS=1 scripts/measure-idle-memory.sh   # also tether's wss:// listener (ECDSA P-256 test
 #                                          # certificate from scripts/test-pki.sh; TLS 1.3)
+#   TLS=1 TLS_OTHER_BIN=/path/to/older/tether scripts/measure-idle-memory.sh
+#                                          # and another build's wss:// listener in the same run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +21,7 @@ BIN="${TETHER_BIN:-$TARGET/release/tether}"
 BASELINE_BIN="${BASELINE_BIN:-$TARGET/release/examples/hold101}"
 TOTAL=${TOTAL:-19000}
 TLS=${TLS:-0}
+TLS_OTHER_BIN="${TLS_OTHER_BIN:-}"
 SHARDS=${SHARDS:-2}
 PER_PROC=${PER_PROC:-5000}
 RUNS=${RUNS:-1}
@@ -110,17 +113,19 @@ for run in $(seq "$RUNS"); do
     measure "tether"
 
     if [ "$TLS" = 1 ]; then
-        bash scripts/test-pki.sh "$tmp/pki"
-        "$BIN" serve --shards "$SHARDS" --listen 127.0.0.1:0 --admin 127.0.0.1:0 --echo \
-            --tls-listen 127.0.0.1:0 --tls-cert "$tmp/pki/cert.pem" --tls-key "$tmp/pki/key.pem" \
-            --ping-idle 1h --silence-timeout 2h 2>"$tmp/server.log" &
-        server_pid=$!
-        for _ in $(seq 100); do grep -q "tether serving" "$tmp/server.log" && break; sleep 0.1; done
-        line=$(grep "tether serving" "$tmp/server.log") || { cat "$tmp/server.log"; exit 1; }
-        port=$(sed -E 's/.* tls_listen=[^ ]*:([0-9]+) .*/\1/' <<<"$line")
-        admin=$(sed -E 's/.* admin=[^ ]*:([0-9]+) .*/\1/' <<<"$line")
-        tls_ca="$tmp/pki/ca.pem"
-        measure "tether-wss"
-        tls_ca=""
+        [ -d "$tmp/pki" ] || bash scripts/test-pki.sh "$tmp/pki"
+        for tls_bin in "$BIN" $TLS_OTHER_BIN; do
+            "$tls_bin" serve --shards "$SHARDS" --listen 127.0.0.1:0 --admin 127.0.0.1:0 --echo \
+                --tls-listen 127.0.0.1:0 --tls-cert "$tmp/pki/cert.pem" --tls-key "$tmp/pki/key.pem" \
+                --ping-idle 1h --silence-timeout 2h 2>"$tmp/server.log" &
+            server_pid=$!
+            for _ in $(seq 100); do grep -q "tether serving" "$tmp/server.log" && break; sleep 0.1; done
+            line=$(grep "tether serving" "$tmp/server.log") || { cat "$tmp/server.log"; exit 1; }
+            port=$(sed -E 's/.* tls_listen=[^ ]*:([0-9]+) .*/\1/' <<<"$line")
+            admin=$(sed -E 's/.* admin=[^ ]*:([0-9]+) .*/\1/' <<<"$line")
+            tls_ca="$tmp/pki/ca.pem"
+            if [ "$tls_bin" = "$BIN" ]; then measure "tether-wss"; else measure "other-wss"; fi
+            tls_ca=""
+        done
     fi
 done
