@@ -19,8 +19,8 @@
 #   scripts/bench-durable.sh memory [DEVICES] [NODES] [REPS]            [100000 7 1]
 #       DEVICES idle devices on NODES single-shard nodes joined by one nats-server (-js), held
 #       15 s; without and with --durable (fresh nats-server and nodes each, alternating):
-#       tether and nats-server RSS before the first connect and at the end of the hold, the
-#       difference divided by the devices connected then.
+#       tether and nats-server RSS before the first connect and 1 s before the end of the
+#       hold, the difference divided by the devices connected then.
 #
 # Needs release binaries ($CARGO_TARGET_DIR/release/{tether,tether-loadgen}) and nats-server.
 # Run heavy modes under the machine-wide lock: flock /work/bench.lock scripts/bench-durable.sh ...

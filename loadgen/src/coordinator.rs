@@ -358,8 +358,11 @@ fn run(
             .map_err(|e| format!("starting worker {i}: {e}"))?;
     }
     std::thread::sleep(START_DELAY);
-    // The servers' RSS is sampled again at the end of the hold (every client connected).
-    let hold_end_at = Instant::now() + Duration::from_secs_f64(Phases::of(plan).hold_end_s);
+    // The servers' RSS is sampled again one second before the end of the hold (every client
+    // connected, none closing yet; at the end of the connects if the hold is shorter).
+    let phases = Phases::of(plan);
+    let hold_end_at = Instant::now()
+        + Duration::from_secs_f64((phases.hold_end_s - 1.0).max(phases.connect_end_s));
     let mut held_connected: Option<u64> = None;
 
     let mut totals = Hists::default();
@@ -626,12 +629,12 @@ struct ReportInput<'a> {
     scenario: Option<&'a Path>,
     preload: Option<&'a backend::Preload>,
     server_rss: &'a [ServerRss],
-    /// Clients connected when the servers' RSS was sampled at the end of the hold.
+    /// Clients connected when the servers' RSS was sampled near the end of the hold.
     held_connected: Option<u64>,
 }
 
-/// Samples the servers' RSS at the end of the hold; returns the clients connected then (as the
-/// workers last reported, at most a second ago).
+/// Samples the servers' RSS near the end of the hold; returns the clients connected then (as
+/// the workers last reported, at most a second ago).
 fn sample_rss(server_rss: &mut [ServerRss], workers: &[WorkerHandle]) -> u64 {
     for r in server_rss.iter_mut() {
         r.held_kib = sys::proc_rss_kib(r.pid).ok();
@@ -639,7 +642,7 @@ fn sample_rss(server_rss: &mut [ServerRss], workers: &[WorkerHandle]) -> u64 {
     workers.iter().map(|w| w.counters.connected).sum()
 }
 
-/// A server process's RSS before the first connect and at the end of the hold.
+/// A server process's RSS before the first connect and near the end of the hold.
 #[derive(Clone, Debug, serde::Serialize)]
 struct ServerRss {
     pid: u32,
