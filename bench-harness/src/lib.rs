@@ -1,11 +1,13 @@
 //! `tether-bench`: side-by-side server benchmarks for tether.
 //!
 //! The crate holds the peer servers' shared plumbing (`peer`), the scenario files' schema
-//! (`scenario`), the run orchestration (`runner`: start a server, drive `tether-loadgen`, sample
-//! the server's RSS and CPU through `procfs`), the results' schema and statistics (`results`,
+//! (`scenario`), the system under test of a run (`deploy`: one server, or a nats-server and
+//! tether nodes), the run orchestration (`runner`: drive `tether-loadgen` and the probe, sample
+//! the servers' RSS and CPU through `procfs`), the results' schema and statistics (`results`,
 //! `stats`), and the Markdown report and SVG plots (`report`, `plot`). The criterion
 //! micro-benchmarks of the codec live in `benches/`.
 
+pub mod deploy;
 pub mod peer;
 pub mod plot;
 pub mod procfs;

@@ -3,6 +3,8 @@
 //!
 //! ```text
 //! tether-bench run bench-harness/scenarios/handshake-saturation.toml
+//! tether-bench run bench-harness/scenarios/prove-300k.toml --repetitions 1 \
+//!     --set loadgen.clients=30000 --set server.nodes=3
 //! tether-bench report target/bench/handshake-saturation/results.json
 //! tether-bench check bench-harness/scenarios/*.toml
 //! ```
@@ -41,9 +43,15 @@ enum Cmd {
         /// Output root [default: ${CARGO_TARGET_DIR:-target}/bench].
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Override the scenario's repetitions (at least 3).
+        /// Override the scenario's repetitions. Fewer than 3 gives no spread: for smoke runs
+        /// and for a proof that takes the whole machine.
         #[arg(long)]
         repetitions: Option<u32>,
+        /// Override a key of the scenario file: `KEY=VALUE` with a dotted KEY
+        /// (`loadgen.clients=30000`, `probe.devices=100`); `server.KEY` sets it on every
+        /// row (`server.nodes=3`). Repeatable; recorded with the command line.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
         /// Only servers whose label contains this or whose kind is this (repeatable).
         #[arg(long)]
         only: Vec<String>,
@@ -99,17 +107,18 @@ fn main() -> ExitCode {
             bin_dir,
             out,
             repetitions,
+            sets,
             only,
         } => (|| {
-            let sc =
-                Scenario::load(&scenario).map_err(|e| format!("{}: {e}", scenario.display()))?;
-            if let Some(r) = repetitions {
-                if r < tether_bench::scenario::REPETITIONS_MIN {
-                    return Err(format!(
-                        "--repetitions {r}: at least {} for a median with spread",
-                        tether_bench::scenario::REPETITIONS_MIN
-                    ));
-                }
+            let sc = Scenario::load_with(&scenario, &sets)
+                .map_err(|e| format!("{}: {e}", scenario.display()))?;
+            match repetitions {
+                Some(0) => return Err("--repetitions must be at least 1".to_string()),
+                Some(r) if r < tether_bench::scenario::REPETITIONS_MIN => eprintln!(
+                    "tether-bench: --repetitions {r}: fewer than {} runs give no spread",
+                    tether_bench::scenario::REPETITIONS_MIN
+                ),
+                _ => {}
             }
             let repo = repo_root();
             let target = target_dir(&repo);

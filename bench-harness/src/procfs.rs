@@ -66,6 +66,19 @@ fn parse_sockstat_tcp(text: &str) -> Option<(u64, u64)> {
     Some((field("inuse")?, field("mem")?))
 }
 
+/// The kernel's slab in KiB (`Slab:` of `/proc/meminfo`): socket structures live there.
+pub fn slab_kib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_meminfo_kib(&text, "Slab:")
+}
+
+fn parse_meminfo_kib(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
 pub fn page_size_bytes() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -108,6 +121,8 @@ mod tests {
         let sockstat =
             "sockets: used 10\nTCP: inuse 7 orphan 0 tw 2 alloc 9 mem 3\nUDP: inuse 1 mem 0\n";
         assert_eq!(parse_sockstat_tcp(sockstat), Some((7, 3)));
+        let meminfo = "MemTotal: 100 kB\nSlab:     2048 kB\nSReclaimable: 1 kB\n";
+        assert_eq!(parse_meminfo_kib(meminfo, "Slab:"), Some(2048));
     }
 
     #[test]
@@ -118,5 +133,6 @@ mod tests {
         assert!(open_fds(pid).unwrap() >= 3);
         assert!(alive(pid));
         assert!(tcp_sockstat().is_some());
+        assert!(slab_kib().unwrap() > 0);
     }
 }

@@ -132,6 +132,16 @@ fn pct(x: f64) -> String {
     format!("{:.1}%", x * 100.0)
 }
 
+/// `m` against the bound `bound`: a relative margin, or the difference when the bound is 0
+/// (a count that must stay at zero has no relative margin).
+fn margin(m: f64, bound: f64, relative: f64) -> String {
+    if bound == 0.0 {
+        fmt_num((m - bound).abs())
+    } else {
+        pct(relative)
+    }
+}
+
 fn check_target(
     results: &Results,
     target: &TargetSpec,
@@ -158,7 +168,7 @@ fn check_target(
                 "{} ≥ {} (margin {})",
                 fmt_num(m),
                 fmt_num(min),
-                pct(m / min - 1.0)
+                margin(m, min, m / min - 1.0)
             ));
         } else {
             met = false;
@@ -166,7 +176,7 @@ fn check_target(
                 "{} < {}: missed by {}",
                 fmt_num(m),
                 fmt_num(min),
-                pct(1.0 - m / min)
+                margin(m, min, 1.0 - m / min)
             ));
         }
     }
@@ -176,7 +186,7 @@ fn check_target(
                 "{} ≤ {} (margin {})",
                 fmt_num(m),
                 fmt_num(max),
-                pct(1.0 - m / max)
+                margin(m, max, 1.0 - m / max)
             ));
         } else {
             met = false;
@@ -184,7 +194,9 @@ fn check_target(
                 "{} > {}: missed by {}",
                 fmt_num(m),
                 fmt_num(max),
-                if m / max >= 2.0 {
+                if max == 0.0 {
+                    fmt_num(m)
+                } else if m / max >= 2.0 {
                     format!("{:.0}× the limit", m / max)
                 } else {
                     pct(m / max - 1.0)

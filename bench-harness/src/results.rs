@@ -59,7 +59,8 @@ pub struct RunResult {
     pub error: Option<String>,
 }
 
-/// One sample of the server process, `t_s` seconds after the load started.
+/// One sample of the server process (summed over the nodes of a cluster), `t_s` seconds after
+/// the load started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
     pub t_s: f64,
@@ -71,6 +72,17 @@ pub struct Sample {
     /// `/proc/net/sockstat` TCP `inuse` and `mem` (pages), machine-wide (both ends).
     pub tcp_inuse: u64,
     pub tcp_mem_pages: u64,
+    /// The kernel's slab (`/proc/meminfo` `Slab`), machine-wide.
+    #[serde(default)]
+    pub slab_kib: u64,
+    /// The nats-server of a cluster row (0 without one).
+    #[serde(default)]
+    pub nats_rss_bytes: u64,
+    #[serde(default)]
+    pub nats_cpu_s: f64,
+    /// Sum of the nodes' `tether_connections` (device-serving rows, when every node answered).
+    #[serde(default)]
+    pub connections: Option<u64>,
 }
 
 /// One live line of `tether-loadgen`: `[   3s] connected 19000  connects/s 6000  errors 0 ...

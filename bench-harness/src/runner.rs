@@ -1,40 +1,42 @@
-//! Runs a scenario: for each repetition and each server (interleaved, so that slow drifts of a
-//! shared machine spread over all servers), start the server on a free port, wait until it
-//! accepts, run `tether-loadgen --json` with the scenario's schedule against it while sampling
-//! the server's RSS, CPU, open descriptors and the kernel's TCP memory, stop the server, and
-//! record everything in `results.json` (rewritten after every run, so an interrupted run keeps
-//! what it measured). Every child gets `PR_SET_PDEATHSIG`, so none outlives the runner.
+//! Runs a scenario: for each repetition and each server row (interleaved, so that slow drifts
+//! of a shared machine spread over all rows), start the row's system under test (`deploy`: one
+//! server, or a nats-server and tether nodes), run `tether-loadgen --json` with the scenario's
+//! schedule against it (its clients spread round-robin over the nodes) while sampling the
+//! servers' RSS, CPU, open descriptors, the nats-server and the kernel's TCP and slab memory,
+//! run the `[probe]` devices beside the load when the scenario has one, stop everything, and
+//! record it in `results.json` (rewritten after every run, so an interrupted run keeps what it
+//! measured).
 //!
-//! Metrics added to each run beside loadgen's own:
+//! Metrics added to each run beside loadgen's own (`server.*` sums the nodes of a cluster):
 //! `server.rss_before_bytes`, `server.rss_peak_bytes`, `server.rss_delta_bytes` (peak − before),
 //! `server.rss_delta_per_conn_bytes` (delta / `connected_peak`), `server.rss_held_bytes` (the
 //! lowest RSS while every connection was open: what holding them costs, without the transient
 //! buffers of handshakes and closes that the peak includes), `server.rss_held_per_conn_bytes`
 //! ((held − before) / `connected_peak`), `server.fds_delta_peak`,
-//! `server.cpu_s`, `server.cpu_us_per_handshake`, `kernel.tcp_mem_delta_bytes` (sockstat TCP
-//! memory, both ends of every loopback connection), `kernel.tcp_mem_per_conn_bytes`,
-//! `loadgen.cpu_s`, `loadgen.cpu_us_per_handshake`, `loadgen.wall_s`, and `host.loadavg_1m`
-//! (the machine's load average as the load started: noise from other work).
+//! `server.cpu_s`, `server.cpu_us_per_handshake`, `server.cpu_us_per_message` (server CPU over
+//! the messages loadgen received), `server.cpu_cores_busy` (server CPU over loadgen's wall
+//! time), `server.nodes`, and on device-serving rows `server.connections_peak` (the highest sum
+//! of the nodes' `tether_connections`) and `server.connections_missing` (clients and probe
+//! devices asked for minus that peak); `nats.cpu_s`, `nats.rss_peak_bytes`;
+//! `kernel.tcp_mem_delta_bytes` (sockstat TCP memory, both ends of every loopback connection),
+//! `kernel.tcp_mem_per_conn_bytes`, `kernel.slab_per_conn_bytes` (growth of the kernel's slab,
+//! both ends, per connection); `loadgen.cpu_s` (with the probe's), `loadgen.cpu_us_per_handshake`,
+//! `loadgen.wall_s`; `clients_target`; and `host.loadavg_1m` (the machine's load average as
+//! the load started: noise from other work).
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::deploy::{self, Deployment};
 use crate::procfs;
 use crate::report;
 use crate::results::{
     flatten_numbers, LoadgenSecond, Machine, Results, RunResult, Sample, ServerResult,
 };
-use crate::scenario::{Scenario, ServerKind, ServerSpec};
-
-/// How long a server may take to accept its first connection.
-const SERVER_START_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long a server may take to exit after SIGTERM before it is killed.
-const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::scenario::{Probe, Scenario, ServerKind, ServerSpec};
 
 /// Where things are and what to run.
 #[derive(Clone, Debug)]
@@ -45,7 +47,7 @@ pub struct RunConfig {
     pub out_root: PathBuf,
     /// The repository (for `bench-harness/peers/`, `tests/node/`, `Cargo.lock`).
     pub repo_root: PathBuf,
-    /// Overrides the scenario's repetitions (still at least 3 unless `allow_few_runs`).
+    /// Overrides the scenario's repetitions.
     pub repetitions: Option<u32>,
     /// Only run servers whose label or kind contains one of these.
     pub only: Vec<String>,
@@ -54,179 +56,34 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
-    fn bin(&self, name: &str) -> PathBuf {
+    pub(crate) fn bin(&self, name: &str) -> PathBuf {
         self.bin_dir.join(name)
     }
 }
 
-/// A server process started for one run.
-struct Server {
-    child: Child,
-    listen: SocketAddr,
-}
+pub use crate::deploy::find_ws_module;
 
-fn free_port() -> Result<u16, String> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("free port: {e}"))?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
-}
-
-/// Kills the child when the runner dies, whatever the reason.
-fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: the closure runs in the forked child before exec and only calls prctl, which is
-    // async-signal-safe; it touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-}
-
-/// Finds Node's `ws` module: the repository's test dependencies first, then the global one.
-pub fn find_ws_module(repo_root: &Path) -> Option<PathBuf> {
-    let local = repo_root.join("tests/node/node_modules/ws");
-    if local.join("package.json").is_file() {
-        return Some(local);
-    }
-    let out = Command::new("npm").args(["root", "-g"]).output().ok()?;
-    let global = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("ws");
-    global.join("package.json").is_file().then_some(global)
-}
-
-/// The server's command line, or why it cannot run here.
-fn server_command(
-    spec: &ServerSpec,
-    cfg: &RunConfig,
-    listen: SocketAddr,
-    admin: SocketAddr,
-) -> Result<Command, String> {
-    let peer = |name: &str| -> Result<Command, String> {
-        let path = cfg.bin(name);
-        if !path.is_file() {
-            return Err(format!(
-                "{} not built (cargo build --release -p tether-bench)",
-                path.display()
-            ));
-        }
-        let mut c = Command::new(path);
-        c.arg("--listen").arg(listen.to_string());
-        Ok(c)
-    };
-    let mut cmd = match spec.kind {
-        ServerKind::Tether => {
-            let path = cfg.bin("tether");
-            if !path.is_file() {
-                return Err(format!(
-                    "{} not built (cargo build --release -p tether)",
-                    path.display()
-                ));
-            }
-            let mut c = Command::new(path);
-            c.args(["serve", "--echo", "--shards"])
-                .arg(spec.shards.unwrap_or(1).to_string())
-                .arg("--listen")
-                .arg(listen.to_string())
-                .arg("--admin")
-                .arg(admin.to_string())
-                // The peers log nothing; tether logs only warnings and errors here too.
-                .env("TETHER_LOG", "warn");
-            c
-        }
-        ServerKind::Tungstenite => peer("peer-tungstenite")?,
-        ServerKind::Fastwebsockets => peer("peer-fastwebsockets")?,
-        ServerKind::Raw101 => peer("peer-raw101")?,
-        ServerKind::NodeWs => {
-            let ws = find_ws_module(&cfg.repo_root).ok_or_else(|| {
-                "Node `ws` not installed (tests/node/node_modules/ws or global)".to_string()
-            })?;
-            let script = cfg.repo_root.join("bench-harness/peers/ws-echo.mjs");
-            let mut c = Command::new("node");
-            c.arg(script)
-                .arg("--listen")
-                .arg(listen.to_string())
-                .arg("--ws-module")
-                .arg(ws);
-            c
-        }
-    };
-    cmd.args(&spec.extra_args);
-    Ok(cmd)
-}
-
-fn command_line(cmd: &Command) -> String {
-    let mut parts = vec![cmd.get_program().to_string_lossy().into_owned()];
-    parts.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
-    parts.join(" ")
-}
-
-fn tail(path: &Path, bytes: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let start = text.len().saturating_sub(bytes);
-    let start = (start..text.len())
-        .find(|&i| text.is_char_boundary(i))
-        .unwrap_or(text.len());
-    text[start..].trim().replace('\n', " | ")
-}
-
-fn start_server(mut cmd: Command, listen: SocketAddr, log: &Path) -> Result<Server, String> {
-    let out = File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
-    let err = out.try_clone().map_err(|e| e.to_string())?;
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::from(out))
-        .stderr(Stdio::from(err));
-    die_with_parent(&mut cmd);
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("spawn {}: {e}", command_line(&cmd)))?;
-    let mut server = Server { child, listen };
-    let deadline = Instant::now() + SERVER_START_TIMEOUT;
-    loop {
-        if let Ok(Some(status)) = server.child.try_wait() {
-            return Err(format!(
-                "server exited at start ({status}): {}",
-                tail(log, 400)
-            ));
-        }
-        if TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok() {
-            return Ok(server);
-        }
-        if Instant::now() > deadline {
-            stop_server(&mut server);
-            return Err(format!(
-                "server did not accept on {listen} within {:?}: {}",
-                SERVER_START_TIMEOUT,
-                tail(log, 400)
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn stop_server(server: &mut Server) {
-    let pid = server.child.id() as i32;
-    // SAFETY: kill(2) on our own child's pid, which is not reaped yet (so not reused).
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let deadline = Instant::now() + SERVER_STOP_TIMEOUT;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = server.child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = server.child.kill();
-    let _ = server.child.wait();
-}
-
-fn sample(pid: u32, t_s: f64) -> Option<Sample> {
+/// One sample of every process of the deployment: `None` when a node is gone.
+fn sample(d: &Deployment, t_s: f64) -> Option<Sample> {
     let (tcp_inuse, tcp_mem_pages) = procfs::tcp_sockstat().unwrap_or((0, 0));
-    Some(Sample {
+    let mut s = Sample {
         t_s,
-        rss_bytes: procfs::rss_bytes(pid)?,
-        cpu_s: procfs::cpu_seconds(pid)?,
-        fds: procfs::open_fds(pid)?,
         tcp_inuse,
         tcp_mem_pages,
-    })
+        slab_kib: procfs::slab_kib().unwrap_or(0),
+        ..Sample::default()
+    };
+    for pid in d.node_pids() {
+        s.rss_bytes += procfs::rss_bytes(pid)?;
+        s.cpu_s += procfs::cpu_seconds(pid)?;
+        s.fds += procfs::open_fds(pid)?;
+    }
+    if let Some(pid) = d.nats_pid() {
+        s.nats_rss_bytes = procfs::rss_bytes(pid)?;
+        s.nats_cpu_s = procfs::cpu_seconds(pid)?;
+    }
+    s.connections = d.connections();
+    Some(s)
 }
 
 fn children_cpu_s() -> f64 {
@@ -238,15 +95,17 @@ fn children_cpu_s() -> f64 {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-/// The loadgen arguments for the scenario's schedule against `url`.
-pub fn loadgen_args(scenario: &Scenario, url: &str, json: &Path) -> Vec<String> {
+fn url_args(urls: &[String]) -> Vec<String> {
+    urls.iter()
+        .flat_map(|u| ["--url".to_string(), u.clone()])
+        .collect()
+}
+
+/// The loadgen arguments for the scenario's schedule against `urls` (round-robin).
+pub fn loadgen_args(scenario: &Scenario, urls: &[String], json: &Path) -> Vec<String> {
     let l = &scenario.loadgen;
-    let mut a = vec![
-        "--url".to_string(),
-        url.to_string(),
-        "--clients".to_string(),
-        l.clients.to_string(),
-    ];
+    let mut a = url_args(urls);
+    a.extend(["--clients".to_string(), l.clients.to_string()]);
     if let Some(rate) = l.rate {
         a.extend(["--rate".to_string(), trim_float(rate)]);
     }
@@ -271,6 +130,39 @@ pub fn loadgen_args(scenario: &Scenario, url: &str, json: &Path) -> Vec<String> 
     }
     a.extend(["--json".to_string(), json.display().to_string()]);
     a.extend(l.extra_args.iter().cloned());
+    a
+}
+
+/// The probe's loadgen arguments: its devices in pairs, one worker (so a device's partner is
+/// the next client, on the next node), connecting within about a second.
+pub fn probe_args(p: &Probe, urls: &[String], secret: &str, json: &Path) -> Vec<String> {
+    let mut a = url_args(urls);
+    a.extend(
+        [
+            "--clients",
+            &p.devices.to_string(),
+            "--rate",
+            &p.devices.max(10).to_string(),
+            "--hold",
+            &format!("{}s", trim_float(p.hold_s)),
+            "--workload",
+            "d2d",
+            "--msg-rate",
+            &trim_float(p.msg_rate),
+            "--msg-size",
+            &p.msg_size.to_string(),
+            "--device-prefix",
+            "probe-",
+            "--workers",
+            "1",
+            "--device-jwt-secret",
+            secret,
+            "--quiet",
+            "--json",
+            &json.display().to_string(),
+        ]
+        .map(String::from),
+    );
     a
 }
 
@@ -299,7 +191,14 @@ fn slug(label: &str) -> String {
         .join("-")
 }
 
-/// One run of one server: start, load, sample, stop.
+fn read_json(path: &Path, log: &Path) -> Result<serde_json::Value, String> {
+    std::fs::read_to_string(path)
+        .map_err(|e| format!("loadgen wrote no {}: {e}", path.display()))
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).map_err(|e| e.to_string()))
+        .map_err(|e| format!("{e}; loadgen log: {}", deploy::tail(log, 400)))
+}
+
+/// One run of one server row: start, load (and probe), sample, stop.
 fn run_once(
     scenario: &Scenario,
     spec: &ServerSpec,
@@ -316,29 +215,11 @@ fn run_once(
         loadgen_seconds: Vec::new(),
         error: None,
     };
-    let ports = free_port().and_then(|a| free_port().map(|b| (a, b)));
-    let (port, admin_port) = match ports {
-        Ok(p) => p,
+    let (mut deployment, cmdline) = match Deployment::start(spec, cfg, dir, &base) {
+        Ok(d) => d,
         Err(e) => {
             run.error = Some(e);
             return (String::new(), run);
-        }
-    };
-    let listen: SocketAddr = ([127, 0, 0, 1], port).into();
-    let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
-    let cmd = match server_command(spec, cfg, listen, admin) {
-        Ok(c) => c,
-        Err(e) => {
-            run.error = Some(e);
-            return (String::new(), run);
-        }
-    };
-    let cmdline = command_line(&cmd);
-    let mut server = match start_server(cmd, listen, &dir.join(format!("logs/{base}-server.log"))) {
-        Ok(s) => s,
-        Err(e) => {
-            run.error = Some(e);
-            return (cmdline, run);
         }
     };
     std::thread::sleep(Duration::from_millis(scenario.settle_ms));
@@ -350,84 +231,161 @@ fn run_once(
     }) {
         run.metrics.insert("host.loadavg_1m".into(), load1);
     }
-    let pid = server.child.id();
     let json = dir.join(format!("runs/{base}.json"));
+    let probe_json = dir.join(format!("runs/{base}-probe.json"));
     let _ = std::fs::remove_file(&json);
-    let url = format!("ws://{}{}", server.listen, scenario.loadgen.path);
-    let args = loadgen_args(scenario, &url, &json);
+    let _ = std::fs::remove_file(&probe_json);
+    let urls = deployment.urls(&scenario.loadgen.path);
+    let mut args = loadgen_args(scenario, &urls, &json);
+    if let Some(secret) = &deployment.jwt_secret {
+        args.extend(["--device-jwt-secret".to_string(), secret.clone()]);
+    }
+    args.extend(spec.loadgen_args.iter().cloned());
+    let probe = match (&scenario.probe, &deployment.jwt_secret) {
+        (Some(p), Some(secret)) => Some((
+            scenario.probe_start_s().unwrap_or(0.0),
+            probe_args(p, &deployment.urls("/ws"), secret, &probe_json),
+        )),
+        _ => None,
+    };
     let loadgen_log = dir.join(format!("logs/{base}-loadgen.log"));
-    let outcome = drive_load(scenario, cfg, pid, &args, &loadgen_log, &mut run);
-    stop_server(&mut server);
+    let probe_log = dir.join(format!("logs/{base}-probe.log"));
+    let outcome = drive_load(
+        scenario,
+        cfg,
+        &deployment,
+        &args,
+        probe
+            .as_ref()
+            .map(|(t, a)| (*t, a.as_slice(), probe_log.as_path())),
+        &loadgen_log,
+        &mut run,
+    );
+    deployment.stop();
     if let Err(e) = outcome {
         run.error = Some(e);
         return (cmdline, run);
     }
-    match std::fs::read_to_string(&json)
-        .map_err(|e| format!("loadgen wrote no {}: {e}", json.display()))
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).map_err(|e| e.to_string()))
-    {
+    match read_json(&json, &loadgen_log) {
         Ok(v) => flatten_numbers(&v, "", &mut run.metrics),
         Err(e) => {
-            run.error = Some(format!("{e}; loadgen log: {}", tail(&loadgen_log, 400)));
+            run.error = Some(e);
             return (cmdline, run);
         }
     }
+    if probe.is_some() {
+        match read_json(&probe_json, &probe_log) {
+            Ok(v) => flatten_numbers(&v, "probe", &mut run.metrics),
+            Err(e) => {
+                run.error = Some(format!("probe: {e}"));
+                return (cmdline, run);
+            }
+        }
+    }
+    let probes = scenario.probe.as_ref().map_or(0, |p| p.devices);
+    run.metrics.insert(
+        "clients_target".into(),
+        (scenario.loadgen.clients + probes) as f64,
+    );
+    run.metrics
+        .insert("server.nodes".into(), Scenario::nodes_of(spec) as f64);
     derive_metrics(&mut run);
     (cmdline, run)
 }
 
-/// Runs loadgen to completion (or its timeout) while sampling the server.
-fn drive_load(
-    scenario: &Scenario,
+fn spawn_loadgen(
     cfg: &RunConfig,
-    server_pid: u32,
+    cpus: Option<&str>,
     args: &[String],
     log: &Path,
-    run: &mut RunResult,
-) -> Result<(), String> {
+) -> Result<Child, String> {
     let out = File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(cfg.bin("tether-loadgen"));
-    cmd.args(args)
-        .stdin(Stdio::null())
+    cmd.args(args);
+    let mut cmd = deploy::pinned(cmd, cpus);
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err));
-    die_with_parent(&mut cmd);
+    deploy::die_with_parent(&mut cmd);
+    cmd.spawn()
+        .map_err(|e| format!("spawn {}: {e}", cfg.bin("tether-loadgen").display()))
+}
+
+/// Runs loadgen to completion (or its timeout) while sampling the deployment; starts the probe
+/// (`(start_after_s, args, log)`) when its time comes and waits for it too.
+fn drive_load(
+    scenario: &Scenario,
+    cfg: &RunConfig,
+    deployment: &Deployment,
+    args: &[String],
+    probe: Option<(f64, &[String], &Path)>,
+    log: &Path,
+    run: &mut RunResult,
+) -> Result<(), String> {
+    let cpus = scenario.loadgen.cpus.as_deref();
     let start = Instant::now();
-    let before = sample(server_pid, 0.0).ok_or("server died before the load")?;
+    let before = sample(deployment, 0.0).ok_or("server died before the load")?;
     run.timeline.push(before);
     let cpu_children_before = children_cpu_s();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("spawn {}: {e}", cfg.bin("tether-loadgen").display()))?;
+    let mut child = spawn_loadgen(cfg, cpus, args, log)?;
+    let mut probe_child: Option<Child> = None;
     let timeout = Duration::from_secs(scenario.loadgen.timeout_s);
     let tick = Duration::from_millis(scenario.sample_ms);
-    let status = loop {
+    let kill = |c: &mut Child| {
+        let _ = c.kill();
+        let _ = c.wait();
+    };
+    let mut status = None;
+    // Until loadgen and the probe have both exited.
+    while status.is_none() || probe_child.is_some() {
         std::thread::sleep(tick);
         let t_s = start.elapsed().as_secs_f64();
-        match sample(server_pid, t_s) {
+        if let Some((after_s, probe_args, probe_log)) = probe {
+            if !run.metrics.contains_key("probe.started_s") && t_s >= after_s {
+                probe_child = Some(spawn_loadgen(cfg, cpus, probe_args, probe_log)?);
+                run.metrics.insert("probe.started_s".into(), t_s);
+            }
+        }
+        match sample(deployment, t_s) {
             Some(s) => run.timeline.push(s),
             None => {
-                let _ = child.kill();
-                let _ = child.wait();
+                kill(&mut child);
+                if let Some(p) = probe_child.as_mut() {
+                    kill(p);
+                }
                 return Err(format!("server died during the load at {t_s:.1} s"));
             }
         }
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if start.elapsed() > timeout => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "loadgen still running after {} s: killed; {}",
-                    scenario.loadgen.timeout_s,
-                    tail(log, 400)
-                ));
+        if start.elapsed() > timeout {
+            kill(&mut child);
+            if let Some(p) = probe_child.as_mut() {
+                kill(p);
             }
-            Ok(None) => {}
-            Err(e) => return Err(format!("waiting for loadgen: {e}")),
+            return Err(format!(
+                "loadgen still running after {} s: killed; {}",
+                scenario.loadgen.timeout_s,
+                deploy::tail(log, 400)
+            ));
         }
-    };
+        if status.is_none() {
+            status = child
+                .try_wait()
+                .map_err(|e| format!("waiting for loadgen: {e}"))?;
+        }
+        if let Some(p) = probe_child.as_mut() {
+            if let Some(st) = p
+                .try_wait()
+                .map_err(|e| format!("waiting for the probe: {e}"))?
+            {
+                probe_child = None;
+                if !st.success() {
+                    let tail = probe.map_or(String::new(), |(_, _, l)| deploy::tail(l, 400));
+                    return Err(format!("probe exited with {st}: {tail}"));
+                }
+            }
+        }
+    }
     let wall_s = start.elapsed().as_secs_f64();
     run.metrics.insert(
         "loadgen.cpu_s".into(),
@@ -439,8 +397,15 @@ fn drive_load(
         .lines()
         .filter_map(LoadgenSecond::parse)
         .collect();
+    let status = status.expect("the loop ends with loadgen's status");
     if !status.success() {
-        return Err(format!("loadgen exited with {status}: {}", tail(log, 400)));
+        return Err(format!(
+            "loadgen exited with {status}: {}",
+            deploy::tail(log, 400)
+        ));
+    }
+    if probe.is_some() && !run.metrics.contains_key("probe.started_s") {
+        return Err("the load ended before the probe's start time".into());
     }
     Ok(())
 }
@@ -454,6 +419,9 @@ fn derive_metrics(run: &mut RunResult) {
     let rss_peak = peak(|s| s.rss_bytes);
     let fds_peak = peak(|s| s.fds);
     let tcp_mem_peak = peak(|s| s.tcp_mem_pages);
+    let slab_peak_kib = peak(|s| s.slab_kib);
+    let nats_rss_peak = peak(|s| s.nats_rss_bytes);
+    let connections_peak = run.timeline.iter().filter_map(|s| s.connections).max();
     let m = &mut run.metrics;
     let connected = m
         .get("connected_peak")
@@ -470,9 +438,29 @@ fn derive_metrics(run: &mut RunResult) {
     );
     let cpu_s = last.cpu_s - first.cpu_s;
     m.insert("server.cpu_s".into(), cpu_s);
+    if let Some(wall) = m.get("loadgen.wall_s").copied().filter(|w| *w > 0.0) {
+        m.insert("server.cpu_cores_busy".into(), cpu_s / wall);
+    }
+    if let Some(received) = m.get("messages.received").copied().filter(|r| *r > 0.0) {
+        m.insert("server.cpu_us_per_message".into(), cpu_s * 1e6 / received);
+    }
+    if nats_rss_peak > 0 {
+        m.insert("nats.rss_peak_bytes".into(), nats_rss_peak as f64);
+        m.insert("nats.cpu_s".into(), last.nats_cpu_s - first.nats_cpu_s);
+    }
+    if let Some(peak) = connections_peak {
+        m.insert("server.connections_peak".into(), peak as f64);
+        if let Some(target) = m.get("clients_target").copied() {
+            m.insert(
+                "server.connections_missing".into(),
+                (target - peak as f64).max(0.0),
+            );
+        }
+    }
     let tcp_delta =
         (tcp_mem_peak as f64 - first.tcp_mem_pages as f64) * procfs::page_size_bytes() as f64;
     m.insert("kernel.tcp_mem_delta_bytes".into(), tcp_delta);
+    let slab_delta = (slab_peak_kib as f64 - first.slab_kib as f64) * 1024.0;
     let all_open = first.fds + connected as u64;
     let rss_held = run
         .timeline
@@ -498,6 +486,9 @@ fn derive_metrics(run: &mut RunResult) {
             "kernel.tcp_mem_per_conn_bytes".into(),
             tcp_delta / connected,
         );
+        if first.slab_kib > 0 {
+            m.insert("kernel.slab_per_conn_bytes".into(), slab_delta / connected);
+        }
     }
     if handshakes > 0.0 {
         m.insert(
@@ -705,6 +696,7 @@ mod tests {
             fds,
             tcp_inuse: 0,
             tcp_mem_pages,
+            ..Sample::default()
         };
         let mut run = RunResult {
             repetition: 1,

@@ -3,7 +3,13 @@
 //!
 //! Metric keys name values of one run: the numeric leaves of `tether-loadgen --json` by their
 //! dotted path (`connect_rate_achieved_per_s`, `handshake_latency_us.p99`), and what the runner
-//! measured on the server (`server.*`, `kernel.*`, `loadgen.*`; see `runner`).
+//! measured on the server (`server.*`, `kernel.*`, `loadgen.*`, `nats.*`; see `runner`), and the
+//! probe's loadgen leaves under `probe.`.
+//!
+//! A tether row may be a cluster: `nodes` tether processes, joined by a nats-server the runner
+//! starts when `bus = "nats"`, serving devices on `/ws` (the runner signs one HS256 token per
+//! device). A `[probe]` is a second, small `tether-loadgen` of devices that send to each other
+//! through the nodes while the main load holds, measuring end-to-end message latency and loss.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -38,6 +44,31 @@ pub struct Scenario {
     pub metrics: Vec<MetricSpec>,
     #[serde(default, rename = "target")]
     pub targets: Vec<TargetSpec>,
+    /// Probe devices measuring message latency end to end while the load holds.
+    #[serde(default)]
+    pub probe: Option<Probe>,
+}
+
+/// A second `tether-loadgen` run beside the main load: `devices` devices (in pairs, each on
+/// another node than its partner when there are several) connect `start_after_s` after the main
+/// load starts (default: one second after its connect ramp ends), then each sends `msg_rate`
+/// messages per second to its partner for `hold_s`. Its JSON leaves are recorded under
+/// `probe.` (`probe.message_delivery_us.p99`, `probe.messages.unanswered`: the messages that
+/// never arrived).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Probe {
+    pub devices: u64,
+    #[serde(default)]
+    pub start_after_s: Option<f64>,
+    pub hold_s: f64,
+    pub msg_rate: f64,
+    #[serde(default = "default_probe_msg_size")]
+    pub msg_size: u64,
+}
+
+fn default_probe_msg_size() -> u64 {
+    64
 }
 
 fn default_repetitions() -> u32 {
@@ -79,6 +110,9 @@ pub struct Schedule {
     /// Further `tether-loadgen` arguments, passed verbatim after the schedule's.
     #[serde(default)]
     pub extra_args: Vec<String>,
+    /// CPUs loadgen runs on (`taskset -c LIST`); unset: all.
+    #[serde(default)]
+    pub cpus: Option<String>,
 }
 
 fn default_path() -> String {
@@ -142,6 +176,32 @@ pub struct ServerSpec {
     /// Further server arguments, passed verbatim.
     #[serde(default)]
     pub extra_args: Vec<String>,
+    /// tether only: serve devices on `/ws` with this bus (instead of `--echo` only). With
+    /// `nats` the runner starts a nats-server and joins every node to it.
+    #[serde(default)]
+    pub bus: Option<Bus>,
+    /// tether only: how many node processes (default 1); loadgen spreads its clients
+    /// round-robin over them and the `server.*` metrics sum them.
+    #[serde(default)]
+    pub nodes: Option<u32>,
+    /// CPUs of each server process: a `taskset -c` list, or `alternate` (node i on CPU
+    /// i mod the CPU count, as single-shard nodes of a cluster). Unset: all CPUs.
+    #[serde(default)]
+    pub cpus: Option<String>,
+    /// Further `tether-loadgen` arguments for this row only, after the schedule's (a row of
+    /// a rate ladder, for example `["--msg-rate", "2000"]`).
+    #[serde(default)]
+    pub loadgen_args: Vec<String>,
+}
+
+/// The message bus of a device-serving tether row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Bus {
+    /// The in-process bus (one node only).
+    Embedded,
+    /// A nats-server started by the runner.
+    Nats,
 }
 
 impl ServerSpec {
@@ -283,12 +343,49 @@ impl Scenario {
                     return Err(format!("shards is for tether, not {kind:?}"));
                 }
             }
+            if s.kind != ServerKind::Tether && (s.bus.is_some() || s.nodes.is_some()) {
+                return Err(format!("bus and nodes are for tether, not {:?}", s.kind));
+            }
+            match (s.nodes, s.bus) {
+                (Some(0), _) => return Err("nodes must be >= 1".into()),
+                (Some(n), Some(Bus::Embedded) | None) if n > 1 => {
+                    return Err(format!(
+                        "{}: {n} nodes need bus = \"nats\" to be joined",
+                        s.label()
+                    ))
+                }
+                _ => {}
+            }
+            if s.cpus.as_deref().is_some_and(str::is_empty) {
+                return Err("cpus must name CPUs (e.g. \"0\") or be \"alternate\"".into());
+            }
             if !labels.insert(s.label()) {
                 return Err(format!("two servers labelled {:?}", s.label()));
             }
         }
         if self.metrics.is_empty() {
             return Err("no [[metric]]".into());
+        }
+        if let Some(p) = &self.probe {
+            let start_s = self.probe_start_s().unwrap_or(0.0);
+            if p.devices < 2 || p.msg_rate <= 0.0 || p.hold_s <= 0.0 || start_s < 0.0 {
+                return Err(
+                    "probe: devices >= 2, msg_rate > 0, hold_s > 0, start_after_s >= 0".into(),
+                );
+            }
+            if self.servers.iter().any(|s| s.bus.is_none()) {
+                return Err("probe: its devices need every server to serve /ws (set bus)".into());
+            }
+            // The probe must be done before the main load's hold ends, or it measures a
+            // draining cluster.
+            let ramp_s = self.ramp_s();
+            if start_s + p.hold_s + 2.0 > ramp_s + l.hold_s {
+                return Err(format!(
+                    "probe: start_after_s + hold_s + 2 s must end within the main load's \
+                     ramp and hold ({ramp_s:.0} s + {} s)",
+                    l.hold_s
+                ));
+            }
         }
         for t in &self.targets {
             if !self.metrics.iter().any(|m| m.key == t.key) {
@@ -311,6 +408,83 @@ impl Scenario {
             }
         }
         Ok(())
+    }
+
+    /// Applies `KEY=VALUE` overrides to a scenario's TOML before it is parsed: `KEY` is a
+    /// dotted path (`loadgen.clients`, `probe.devices`); `server.KEY` sets KEY on every
+    /// `[[server]]`. `VALUE` is a TOML value (`20000`, `"0-1"`, `["--x"]`), or else a string.
+    pub fn apply_overrides(text: &str, sets: &[String]) -> Result<String, ScenarioError> {
+        let mut doc: toml::Table = toml::from_str(text).map_err(ScenarioError::Parse)?;
+        for set in sets {
+            let (key, raw) = set
+                .split_once('=')
+                .ok_or_else(|| ScenarioError::Invalid(format!("--set {set:?}: KEY=VALUE")))?;
+            let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+            let path: Vec<&str> = key.trim().split('.').collect();
+            if path.iter().any(|p| p.is_empty()) {
+                return Err(ScenarioError::Invalid(format!("--set {set:?}: empty key")));
+            }
+            if path[0] == "server" && path.len() == 2 {
+                let servers = doc
+                    .get_mut("server")
+                    .and_then(|v| v.as_array_mut())
+                    .ok_or_else(|| {
+                        ScenarioError::Invalid("--set server.*: no [[server]]".into())
+                    })?;
+                for s in servers.iter_mut().filter_map(|v| v.as_table_mut()) {
+                    s.insert(path[1].to_string(), value.clone());
+                }
+                continue;
+            }
+            let mut table = &mut doc;
+            for part in &path[..path.len() - 1] {
+                table = table
+                    .entry(part.to_string())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                    .as_table_mut()
+                    .ok_or_else(|| {
+                        ScenarioError::Invalid(format!("--set {set:?}: {part} is not a table"))
+                    })?;
+            }
+            table.insert(path[path.len() - 1].to_string(), value);
+        }
+        toml::to_string(&doc).map_err(|e| ScenarioError::Invalid(format!("--set: {e}")))
+    }
+
+    /// Reads a scenario file with `--set` overrides applied.
+    pub fn load_with(path: &Path, sets: &[String]) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(ScenarioError::Read)?;
+        let text = Scenario::apply_overrides(&text, sets)?;
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("scenario");
+        Scenario::parse(&text, stem)
+    }
+
+    /// Seconds of the main load's connect ramp (clients / rate, or the ramp's length).
+    pub fn ramp_s(&self) -> f64 {
+        let l = &self.loadgen;
+        match (l.rate, l.ramp) {
+            (Some(r), _) => l.clients as f64 / r,
+            (None, Some(r)) => r.over_s,
+            _ => 0.0,
+        }
+    }
+
+    /// When the probe starts, seconds after the main load: as given, or one second after the
+    /// connect ramp.
+    pub fn probe_start_s(&self) -> Option<f64> {
+        let p = self.probe.as_ref()?;
+        Some(p.start_after_s.unwrap_or(self.ramp_s() + 1.0))
+    }
+
+    /// Node processes of a server row.
+    pub fn nodes_of(spec: &ServerSpec) -> u32 {
+        spec.nodes.unwrap_or(1)
     }
 
     pub fn metric(&self, key: &str) -> Option<&MetricSpec> {
@@ -350,6 +524,40 @@ better = "higher"
     }
 
     #[test]
+    fn overrides_set_keys_and_every_server() {
+        let text = Scenario::apply_overrides(
+            MINIMAL,
+            &[
+                "loadgen.clients=99".into(),
+                "server.cpus=\"0\"".into(),
+                "name=renamed".into(),
+            ],
+        )
+        .unwrap();
+        let s = Scenario::parse(&text, "x").unwrap();
+        assert_eq!(s.loadgen.clients, 99);
+        assert_eq!(s.name, "renamed");
+        assert!(s.servers.iter().all(|s| s.cpus.as_deref() == Some("0")));
+        assert!(Scenario::apply_overrides(MINIMAL, &["nokey".into()]).is_err());
+        assert!(Scenario::apply_overrides(MINIMAL, &["loadgen.clients.x=1".into()]).is_err());
+    }
+
+    #[test]
+    fn clusters_and_probes_are_checked() {
+        let cluster = MINIMAL.replace("shards = 2", "shards = 1\nnodes = 3\nbus = \"nats\"");
+        let s = Scenario::parse(&cluster, "c").unwrap();
+        assert_eq!(Scenario::nodes_of(&s.servers[0]), 3);
+        let probe = "\n[probe]\ndevices = 4\nstart_after_s = 1\nhold_s = 1\nmsg_rate = 1\n";
+        // raw101 serves no /ws: a probe needs every row on a bus.
+        assert!(Scenario::parse(&format!("{cluster}{probe}"), "c").is_err());
+        let only_tether = cluster.replace("[[server]]\nkind = \"raw101\"\n", "");
+        // 10 clients at 5/s: 2 s of ramp and 1 s of hold, too short for 1 + 1 + 2 s of probe.
+        assert!(Scenario::parse(&format!("{only_tether}{probe}"), "c").is_err());
+        let longer = only_tether.replace("hold_s = 1", "hold_s = 5");
+        assert!(Scenario::parse(&format!("{longer}{probe}"), "c").is_ok());
+    }
+
+    #[test]
     fn invalid_scenarios_are_refused() {
         let cases = [
             MINIMAL.replace("rate = 5", ""),
@@ -359,6 +567,9 @@ better = "higher"
             MINIMAL.replace("kind = \"raw101\"", "kind = \"nginx\""),
             MINIMAL.replace("hold_s = 1", "hold_s = 1\nbogus = 3"),
             format!("{MINIMAL}\n[[target]]\ndescription = \"x\"\nkey = \"nope\"\nat_least = 1\n"),
+            MINIMAL.replace("shards = 2", "shards = 2\nnodes = 2"),
+            MINIMAL.replace("kind = \"raw101\"", "kind = \"raw101\"\nbus = \"nats\""),
+            MINIMAL.replace("shards = 2", "shards = 2\nnodes = 0\nbus = \"nats\""),
         ];
         for case in cases {
             assert!(Scenario::parse(&case, "x").is_err(), "accepted:\n{case}");

@@ -6,8 +6,8 @@
 //! split across reads and freed as soon as it is consumed), and the close handshake's
 //! [`CloseState`] (stored in the decoder's spare padding: an idle connection's context is the
 //! size of a decoder, an empty `Vec` and a counter). It does no IO and owns no socket or queue:
-//! the server (glommio, `src/server/conn_task.rs`), the load generator (tokio,
-//! `loadgen/src/worker.rs`) and `examples/msgbench.rs` drive it and differ only in how they
+//! the server (glommio, `src/server/conn_task.rs`) and the load generator (tokio,
+//! `loadgen/src/worker.rs`) drive it and differ only in how they
 //! read, where they queue what they send, and what memory they let a connection keep. This is
 //! tungstenite's `WebSocketContext` without its stream: the stream is the caller's.
 //!
