@@ -22,6 +22,7 @@
 #       tether and nats-server RSS before the first connect and 1 s before the end of the
 #       hold, the difference divided by the devices connected then.
 #
+# DRAIN (default 300s): how long a delivery run waits for its devices to complete.
 # Needs release binaries ($CARGO_TARGET_DIR/release/{tether,tether-loadgen}) and nats-server.
 # Run heavy modes under the machine-wide lock: flock /work/bench.lock scripts/bench-durable.sh ...
 set -euo pipefail
@@ -123,7 +124,7 @@ delivery)
     devices=${2:-10000} per=${3:-10} reps=${4:-3}
     up "$OUT/delivery" 1 2 --durable --durable-window 64
     common=(--clients "$devices" --rate 20000 --connect-timeout 30s --handshake-timeout 30s
-        --drain-timeout 300s --nats "$nats_url" "${urls[@]}" "${pids[@]}")
+        --drain-timeout ${DRAIN:-300s} --nats "$nats_url" "${urls[@]}" "${pids[@]}")
     for r in $(seq "$reps"); do
         loadgen "ephemeral-$r" "${common[@]}" --workload push --burst "$per" --hold 0s \
             --device-prefix "eph$r-"
