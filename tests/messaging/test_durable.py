@@ -614,8 +614,11 @@ def test_cluster_failover_keeps_devices_connected_and_loses_nothing_acknowledged
                 assert loop.seqs == sorted(loop.seqs), f"{device}: out of order"
                 assert not loop.errors, loop.errors
             # A message answered delivered:false would arrive within its deadline (the ack
-            # timeout, 2 s) plus the transit: watch 3 s more after the last answer.
-            await asyncio.sleep(3)
+            # timeout, 2 s, at most when it is answered) plus the transit: watch until 3 s after
+            # the last such answer (usually long past: they come during the failover).
+            last_false = max((t for p in peers for t, ok, _ in p.answers.values() if not ok), default=0)
+            last_refused = max((t for p in peers for t in p.refused.values()), default=0)
+            await asyncio.sleep(max(0.0, max(last_false, last_refused) + 3 - time.monotonic()))
             for p in peers:
                 p.reader.cancel()
             for sender, receiver in ((peers[0], peers[1]), (peers[1], peers[0])):
