@@ -324,6 +324,7 @@ impl AuthBackend {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one scenario read top to bottom")]
 fn haproxy_in_front_passes_the_client_address() {
     if !haproxy_installed() {
         eprintln!("SKIPPED: haproxy is not installed (apt-get install haproxy; scripts/setup.sh installs it)");

@@ -142,6 +142,10 @@ fn margin(m: f64, bound: f64, relative: f64) -> String {
     }
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "not yet split into named steps; a function-length exemption to remove (docs/architecture.md)"
+)]
 fn check_target(
     results: &Results,
     target: &TargetSpec,
@@ -292,6 +296,10 @@ fn schedule_line(results: &Results) -> String {
 }
 
 /// Renders the whole report; `plots` are linked by file name.
+#[expect(
+    clippy::too_many_lines,
+    reason = "straight-line emitter: one section after another in output order, split it and the format scatters"
+)]
 pub fn render_markdown(results: &Results, plots: &[Plot]) -> String {
     let sc = &results.scenario;
     let m = &results.machine;

@@ -11,10 +11,10 @@ use tether::ws::{
 };
 
 /// The RFC 6455 §1.3 sample key, so seeds can carry the matching accept value.
-pub const SAMPLE_KEY: [u8; 16] = *b"the sample nonce";
+pub(crate) const SAMPLE_KEY: [u8; 16] = *b"the sample nonce";
 
 /// Server-side request parsing, whole and with the input delivered in two reads.
-pub fn handshake_request(data: &[u8]) {
+pub(crate) fn handshake_request(data: &[u8]) {
     let limits = HandshakeLimits {
         head_bytes_max: 4096,
         headers_max: 32,
@@ -47,7 +47,7 @@ pub fn handshake_request(data: &[u8]) {
 }
 
 /// Client-side response parsing against a handshake made with [`SAMPLE_KEY`].
-pub fn handshake_response(data: &[u8]) {
+pub(crate) fn handshake_response(data: &[u8]) {
     let (hs, _) =
         ClientHandshake::new_with_key("server.example.com", "/chat", &["chat"], &[], SAMPLE_KEY);
     let hs = hs.with_head_bytes_max(4096);
@@ -58,7 +58,7 @@ pub fn handshake_response(data: &[u8]) {
 
 /// Frame decoding with reassembly. Byte 0 picks the role (bit 0), the read size (bits 1..7)
 /// and small or default limits (bit 7); the rest is the stream.
-pub fn frame_decode(data: &[u8]) {
+pub(crate) fn frame_decode(data: &[u8]) {
     let Some((&ctl, stream)) = data.split_first() else {
         return;
     };
@@ -173,7 +173,7 @@ fn feed_in_reads(ctx: &mut Context, stream: &[u8], read_bytes: usize) -> Vec<See
 /// The connection context: the stream fed whole and in reads of any size hands out the same
 /// messages, pings, pongs and end; nothing follows the end; an incomplete frame is all it
 /// holds. Byte 0 as in [`frame_decode`].
-pub fn context_feed(data: &[u8]) {
+pub(crate) fn context_feed(data: &[u8]) {
     let Some((&ctl, stream)) = data.split_first() else {
         return;
     };
@@ -221,7 +221,7 @@ pub fn context_feed(data: &[u8]) {
 /// no longer than its limits and parses the same from any input it begins; every shorter
 /// prefix of it (byte 0 picks one) is incomplete; an error stays the same error whatever
 /// follows; an incomplete input is shorter than the longest header.
-pub fn proxy_header(data: &[u8]) {
+pub(crate) fn proxy_header(data: &[u8]) {
     use tether::server::proxy_protocol::{
         parse, V1_BYTES_MAX, V2_FIXED_BYTES, V2_PAYLOAD_BYTES_MAX,
     };

@@ -265,6 +265,10 @@ fn stop_workers(workers: &mut [WorkerHandle]) {
     }
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "not yet split into named steps; a function-length exemption to remove (docs/architecture.md)"
+)]
 fn run(
     args: &Args,
     plan: &Plan,
@@ -651,6 +655,10 @@ struct ServerRss {
     held_kib: Option<u64>,
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "straight-line emitter: one section after another in output order, split it and the format scatters"
+)]
 fn build_report(r: &ReportInput) -> Value {
     let c = r.counters;
     let rate_achieved = if c.initial_last_ok_us > 0 {
@@ -813,6 +821,10 @@ fn counts(v: &Value) -> String {
 }
 
 /// The human summary: one labelled line per topic and a latency table (milliseconds).
+#[expect(
+    clippy::too_many_lines,
+    reason = "straight-line emitter: one section after another in output order, split it and the format scatters"
+)]
 fn print_summary(v: &Value) {
     let n = |path: &str| -> String {
         let mut cur = v;

@@ -84,6 +84,10 @@ pub struct Verdict {
 }
 
 /// Checks the plan against the host; `workers_requested` is `--workers` when given.
+#[expect(
+    clippy::too_many_lines,
+    reason = "not yet split into named steps; a function-length exemption to remove (docs/architecture.md)"
+)]
 pub fn check(plan: &Plan, host: &Host, workers_requested: Option<u32>) -> Result<Verdict, String> {
     let mut lines = Vec::new();
     let cap = host.per_worker_capacity();

@@ -1139,6 +1139,10 @@ fn on_probe(w: &Worker, seq: u64, sent_ns: Option<u64>, received: &mut u64, expe
 }
 
 /// The open connection: echo messages on schedule, answer pings, obey commands.
+#[expect(
+    clippy::too_many_lines,
+    reason = "not yet split into named steps; a function-length exemption to remove (docs/architecture.md)"
+)]
 async fn run_open(
     w: &Worker,
     ctl: &Ctl,

@@ -115,6 +115,10 @@ impl Node {
     /// Starts one shard per CPU of `config.placement`. `payloads[i]` is moved to shard `i`
     /// (e.g. its listening socket); `init` runs on each shard's thread, inside its executor,
     /// and returns the shard's main future or an error that fails the whole node.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "not yet split into named steps; a function-length exemption to remove (docs/architecture.md)"
+    )]
     pub fn start<M, P, I, F>(
         config: NodeConfig,
         payloads: Vec<P>,

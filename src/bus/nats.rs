@@ -485,6 +485,10 @@ async fn subscribe_forwarding(
 }
 
 #[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_lines,
+    reason = "not yet split into named steps; a function-length exemption to remove (docs/architecture.md)"
+)]
 async fn bridge_main(
     options: async_nats::ConnectOptions,
     addrs: Vec<async_nats::ServerAddr>,
@@ -642,6 +646,10 @@ async fn publish(client: &async_nats::Client, msg: BusMessage, stats: &BusStats)
     }
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one match arm per operation, in protocol order: a dispatcher reads best whole"
+)]
 async fn handle_command(
     client: &async_nats::Client,
     js: &JetStream,

@@ -43,6 +43,10 @@ impl MessagingConfig {
     /// setting at all (no secret, key, insecure mode or NATS), so the node runs without `/ws`
     /// (authentication stays on by default: there is no unauthenticated device endpoint unless
     /// asked for).
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one setting after another in the settings table's order"
+    )]
     pub fn resolve(s: &Settings) -> Result<Option<MessagingConfig>, ConfigError> {
         let configured = s.jwt_secret.is_some()
             || s.jwt_secret_file.is_some()

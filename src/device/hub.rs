@@ -164,6 +164,10 @@ impl DeviceStats {
     }
 
     /// Appends the device metrics in Prometheus text format.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "straight-line emitter: one section after another in output order, split it and the format scatters"
+    )]
     pub fn render_prometheus(&self, out: &mut String) {
         use std::fmt::Write as _;
         let rows: [(&str, &str, &AtomicU64); 20] = [
@@ -631,6 +635,10 @@ impl<O: Outlet> Hub<O> {
     }
 
     /// A text frame from a device.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one match arm per operation, in protocol order: a dispatcher reads best whole"
+    )]
     pub fn text(&mut self, conn: ConnId, text: &str, now_ms: u64) {
         bump(&self.stats.ops_total);
         let Some(session) = self.sessions.get(&conn) else {
@@ -1203,6 +1211,10 @@ impl<O: Outlet> Hub<O> {
         self.mailbox_actions(conn, actions, None);
     }
 
+    #[expect(
+        clippy::too_many_lines,
+        reason = "not yet split into named steps; a function-length exemption to remove (docs/architecture.md)"
+    )]
     fn on_message(&mut self, msg: BusMessage, now_ms: u64) {
         let delay_us = (msg.arrived_unix_us != 0)
             .then(|| crate::bus::unix_us().saturating_sub(msg.arrived_unix_us));

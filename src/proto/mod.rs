@@ -278,6 +278,10 @@ fn u64_field(field: &'static str, raw: Option<&RawValue>) -> Result<Option<u64>,
 }
 
 /// Parses one text frame from a device. Never panics; every rejection names its field.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one match arm per client operation, in the order of docs/protocol.md"
+)]
 pub fn parse_client<'a>(text: &'a str) -> Result<ClientFrame<'a>, ProtoError> {
     // serde would also read a JSON array into the envelope, field by field.
     if !text.trim_start().starts_with('{') {

@@ -431,6 +431,27 @@ impl Decoder {
             self.reassembly.reserve_exact(want - len);
         }
         self.reassembly.extend_from_slice(payload);
+        debug_assert!(
+            self.reassembly.len() <= self.limits.message_bytes_max,
+            "reassembly past message_bytes_max (the header check refuses it first)"
+        );
+    }
+
+    /// The decoder's invariants between calls (debug builds: this is on the hot path).
+    #[inline]
+    fn check_invariants(&self) {
+        debug_assert!(
+            !(self.delivered && self.fragmented.is_some()),
+            "a message delivered while another is in progress"
+        );
+        debug_assert!(
+            self.fragmented.is_some() || self.delivered || self.reassembly.is_empty(),
+            "reassembly bytes without a fragmented message"
+        );
+        debug_assert!(
+            self.reassembly.len() <= self.limits.message_bytes_max,
+            "reassembly past message_bytes_max"
+        );
     }
 
     /// Decodes at most one frame from the front of `buf`, unmasking its payload in place.
@@ -442,6 +463,7 @@ impl Decoder {
         &'a mut self,
         buf: &'a mut [u8],
     ) -> Result<Option<(Option<Event<'a>>, usize)>, ProtocolError> {
+        self.check_invariants();
         if self.delivered {
             self.delivered = false;
             self.reassembly = Vec::new();
@@ -450,8 +472,13 @@ impl Decoder {
             return Ok(None);
         };
         let total = h.header_len + h.payload_len;
+        debug_assert!(
+            !h.opcode.is_control() || (h.fin && h.payload_len <= 125),
+            "control frame checks"
+        );
         if buf.len() < total {
             self.check_partial_text(&h, &buf[h.header_len..])?;
+            debug_assert!(self.partial_checked_bytes <= buf.len() - h.header_len);
             return Ok(None);
         }
         self.partial_checked_bytes = 0;
@@ -845,6 +872,7 @@ mod tests {
     }
 
     #[test]
+    #[expect(clippy::too_many_lines, reason = "one scenario read top to bottom")]
     fn every_protocol_error_has_its_close_code() {
         let cases: Vec<(Role, Vec<u8>, ProtocolError, u16)> = vec![
             (

