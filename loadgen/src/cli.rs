@@ -209,6 +209,10 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
 
 impl Args {
     /// Builds the plan (without the worker count, which the preflight decides).
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one option after another in the order of the command line"
+    )]
     pub fn plan(&self) -> Result<Plan, String> {
         let targets = self
             .urls

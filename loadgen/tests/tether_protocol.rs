@@ -114,6 +114,7 @@ fn push_needs_nats() {
 /// confirmed. Messages stored *before* the preload are older than the `?last_seq=` the devices
 /// present, so they must not arrive (they would show up as duplicates and gaps).
 #[test]
+#[expect(clippy::too_many_lines, reason = "one scenario read top to bottom")]
 fn durable_preload_replays_and_burst_arrives_live() {
     const DEVICES: u64 = 60;
     let nats = nats_server_js();
