@@ -296,6 +296,10 @@ impl Scenario {
         Ok(s)
     }
 
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one check after another in the order of the scenario file's sections"
+    )]
     pub fn validate(&self) -> Result<(), String> {
         if !self
             .name
