@@ -22,7 +22,8 @@
 #       tether and nats-server RSS before the first connect and 1 s before the end of the
 #       hold, the difference divided by the devices connected then.
 #
-# DRAIN (default 300s): how long a delivery run waits for its devices to complete.
+# DRAIN (default 300s): how long a delivery run waits for its devices to complete; RATE
+# (default 5000): connects per second of a memory run.
 # Needs release binaries ($CARGO_TARGET_DIR/release/{tether,tether-loadgen}) and nats-server.
 # Run heavy modes under the machine-wide lock: flock /work/bench.lock scripts/bench-durable.sh ...
 set -euo pipefail
@@ -153,7 +154,7 @@ memory)
             up "$OUT/memory-$cfg" "$nodes" 1 "${extra[@]+"${extra[@]}"}"
             # Idle devices (tether protocol, nothing sent): with --durable each session has
             # its mailbox (replayed, empty) and its announcement interest.
-            loadgen "memory-$cfg-$r" --workload push --clients "$devices" --rate 5000 \
+            loadgen "memory-$cfg-$r" --workload push --clients "$devices" --rate "${RATE:-5000}" \
                 --hold 15s --connect-timeout 30s --handshake-timeout 30s --nats "$nats_url" \
                 "${urls[@]}" "${pids[@]}" --device-prefix "mem$r-"
             jq -c --arg l "$cfg-$r" '{run: $l, handshakes_ok, errors: .handshake_errors_total,
