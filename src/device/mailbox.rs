@@ -203,18 +203,22 @@ impl Mailbox {
                 highest_delivered: highest,
             });
         }
-        if seq <= self.acked_through {
+        // What lies above the cursor (up to the presented `last_seq`) is not read yet: the read
+        // loop receipts and purges it when it gets there. Purging it now would remove messages
+        // nobody ever sends a receipt for.
+        let through = seq.min(self.cursor);
+        if through <= self.acked_through {
             return Ok(());
         }
         while let Some(&first) = self.unacked.front() {
-            if first > seq {
+            if first > through {
                 break;
             }
             self.unacked.pop_front();
             out.push(Action::Receipt(first));
         }
-        self.acked_through = seq;
-        out.push(Action::Purge { through: seq });
+        self.acked_through = through;
+        out.push(Action::Purge { through });
         self.maybe_read(now_ms, out);
         Ok(())
     }
@@ -372,6 +376,34 @@ mod tests {
         // An ack below the presented seq is already done.
         m.ack(6, 0, &mut out).unwrap();
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn an_ack_up_to_last_seq_before_the_read_leaves_receipts_and_purge_to_the_read() {
+        let mut m = Mailbox::new(limits(), 10);
+        let mut out = Vec::new();
+        m.start(&mut out);
+        out.clear();
+        // The device acknowledges what it presented before anything was read: nothing is
+        // purged yet, or messages 3 and 7 would go without receipts.
+        m.ack(10, 0, &mut out).unwrap();
+        assert!(out.is_empty());
+        m.read_done(vec![msg(3), msg(7), msg(12)], true, 0, &mut out);
+        assert_eq!(
+            out,
+            vec![
+                Action::Receipt(3),
+                Action::Receipt(7),
+                Action::Deliver(msg(12)),
+                Action::Purge { through: 7 },
+            ]
+        );
+        out.clear();
+        m.ack(12, 0, &mut out).unwrap();
+        assert_eq!(
+            out,
+            vec![Action::Receipt(12), Action::Purge { through: 12 }]
+        );
     }
 
     #[test]
