@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::{Parser, ValueEnum};
 
 use crate::plan::{parse_sources, parse_url, Arrivals, Plan, Rate, Workload, MSG_HEADER_BYTES};
+use crate::tls::TlsOptions;
 
 /// Open-loop WebSocket load generator: connects `--clients` clients on a schedule, holds them,
 /// optionally churns and storms them, drains, and reports coordinated-omission-correct
@@ -13,7 +14,7 @@ use crate::plan::{parse_sources, parse_url, Arrivals, Plan, Rate, Workload, MSG_
 #[derive(Parser, Debug, Clone)]
 #[command(name = "tether-loadgen", version)]
 pub struct Args {
-    /// Target URL (ws://host:port/path); repeat to spread clients round-robin.
+    /// Target URL (ws://host:port/path or wss://...); repeat to spread clients round-robin.
     #[arg(long = "url", required = true)]
     pub urls: Vec<String>,
     /// Total clients to connect.
@@ -124,6 +125,18 @@ pub struct Args {
     /// TOML file of options (keys are the long option names); the command line wins over it.
     #[arg(long, value_name = "FILE")]
     pub scenario: Option<PathBuf>,
+    /// wss:// targets: PEM file of the authorities that may sign the server's certificate
+    /// (default: the system's).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// wss:// targets: accept any server certificate (the handshake signature is still
+    /// checked); for test nodes with throw-away certificates.
+    #[arg(long)]
+    pub insecure: bool,
+    /// wss:// targets: resume TLS sessions with the tickets of earlier connections (`on`) or
+    /// make every handshake a full one (`off`).
+    #[arg(long, value_enum, default_value = "on")]
+    pub tls_resumption: OnOff,
     /// Write the summary as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -147,6 +160,12 @@ pub enum WorkloadArg {
     D2d,
     Push,
     Durable,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -299,6 +318,20 @@ impl Args {
             })
             .map_err(|e| format!("--device-jwt-secret: {e}"))?;
         }
+        let tls = if targets.iter().any(|t| t.tls) {
+            if self.insecure && self.ca_file.is_some() {
+                return Err("--insecure accepts any certificate: drop --ca-file or it".into());
+            }
+            Some(TlsOptions {
+                ca_file: self.ca_file.clone(),
+                insecure: self.insecure,
+                resumption: self.tls_resumption == OnOff::On,
+            })
+        } else if self.insecure || self.ca_file.is_some() {
+            return Err("--insecure and --ca-file are for wss:// URLs".into());
+        } else {
+            None
+        };
         let seed = self.seed.unwrap_or_else(|| {
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -339,6 +372,7 @@ impl Args {
             publish_in_flight: self.publish_in_flight,
             last_seq: None,
             workers: 1,
+            tls,
         })
     }
 }

@@ -755,6 +755,9 @@ fn build_report(r: &ReportInput) -> Value {
             "gave_up": c.storm_gave_up,
             "recovered": c.storm_gave_up == 0 && c.storm_recovery_us.is_some(),
             "recovery_s": c.storm_recovery_us.map(|u| u as f64 / 1e6),
+            // Reconnects per second from the drop until the last one was back.
+            "reconnect_rate_per_s": c.storm_recovery_us.filter(|&u| u > 0 && c.storm_gave_up == 0)
+                .map(|u| (c.storm_reconnected as f64 / (u as f64 / 1e6)).round()),
         });
     }
     let expected = r.plan.expected_per_device();
@@ -799,6 +802,9 @@ fn build_report(r: &ReportInput) -> Value {
             "connected_at_sample": r.held_connected,
             "processes": r.server_rss,
         });
+    }
+    if r.plan.tls.is_some() {
+        v["tls"] = json!({"full": c.tls_full, "resumed": c.tls_resumed});
     }
     if let Some(s) = r.server_cpu_us {
         v["server_cpu_s"] = json!(s as f64 / 1e6);

@@ -16,4 +16,5 @@ pub mod scenario;
 pub mod stats;
 pub mod sys;
 pub mod threshold;
+pub mod tls;
 pub mod worker;

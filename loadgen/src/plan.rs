@@ -24,16 +24,30 @@ pub struct Target {
     pub host: String,
     /// Request target: path plus optional `?query`.
     pub resource: String,
+    /// A `wss://` URL: TLS, with the host (without the port) as SNI and certificate name.
+    #[serde(default)]
+    pub tls: bool,
 }
 
-/// Parses and resolves a `ws://host:port/path?query` URL.
+impl Target {
+    /// The host part of `host` (no port, no IPv6 brackets): the TLS server name.
+    pub fn host_name(&self) -> &str {
+        let h = match self.host.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => &self.host,
+        };
+        h.trim_start_matches('[').trim_end_matches(']')
+    }
+}
+
+/// Parses and resolves a `ws://host:port/path?query` or `wss://...` URL.
 pub fn parse_url(url: &str) -> Result<Target, String> {
-    let rest = if let Some(r) = url.strip_prefix("ws://") {
-        r
-    } else if url.starts_with("wss://") {
-        return Err(format!("{url}: wss:// (TLS) is not supported; use ws://"));
+    let (rest, tls, default_port) = if let Some(r) = url.strip_prefix("ws://") {
+        (r, false, 80)
+    } else if let Some(r) = url.strip_prefix("wss://") {
+        (r, true, 443)
     } else {
-        return Err(format!("{url}: the URL must start with ws://"));
+        return Err(format!("{url}: the URL must start with ws:// or wss://"));
     };
     let (authority, resource) = match rest.find(['/', '?']) {
         Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
@@ -49,7 +63,7 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
     {
         authority.to_string()
     } else {
-        format!("{}:80", authority.trim_end_matches(':'))
+        format!("{}:{default_port}", authority.trim_end_matches(':'))
     };
     let addr = with_port
         .to_socket_addrs()
@@ -61,6 +75,7 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
         addr,
         host: authority.to_string(),
         resource,
+        tls,
     })
 }
 
@@ -249,6 +264,9 @@ pub struct Plan {
     #[serde(default)]
     pub last_seq: Option<u64>,
     pub workers: u32,
+    /// TLS settings for `wss://` targets (present exactly when one target is `wss://`).
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsOptions>,
 }
 
 impl Plan {
@@ -362,7 +380,16 @@ pub(crate) mod tests {
         assert_eq!(parse_url("ws://127.0.0.1:9").unwrap().resource, "/");
         assert_eq!(parse_url("ws://127.0.0.1:9?a").unwrap().resource, "/?a");
         assert_eq!(parse_url("ws://127.0.0.1/").unwrap().addr.port(), 80);
-        assert!(parse_url("wss://127.0.0.1:1/").unwrap_err().contains("TLS"));
+        assert!(!parse_url("ws://127.0.0.1:9").unwrap().tls);
+        let t = parse_url("wss://localhost:8443/echo").unwrap();
+        assert!(t.tls);
+        assert_eq!(t.host_name(), "localhost");
+        assert_eq!(t.resource, "/echo");
+        assert_eq!(parse_url("wss://127.0.0.1/").unwrap().addr.port(), 443);
+        assert_eq!(
+            parse_url("wss://127.0.0.1/").unwrap().host_name(),
+            "127.0.0.1"
+        );
         assert!(parse_url("http://x/").is_err());
     }
 
@@ -462,6 +489,7 @@ pub(crate) mod tests {
             publish_in_flight: 512,
             last_seq: None,
             workers: 1,
+            tls: None,
         }
     }
 }

@@ -83,6 +83,12 @@ pub struct Counters {
     /// Durable messages whose `seq` was at or below one the device had already processed
     /// (a redelivery; the device deduplicates them by `seq`).
     pub durable_redelivered: u64,
+    /// `wss://` handshakes that were full ones.
+    #[serde(default)]
+    pub tls_full: u64,
+    /// `wss://` handshakes that resumed an earlier session.
+    #[serde(default)]
+    pub tls_resumed: u64,
 }
 
 impl Counters {
@@ -146,6 +152,8 @@ impl Counters {
         self.durable_acks_sent += o.durable_acks_sent;
         self.durable_acks_confirmed += o.durable_acks_confirmed;
         self.durable_redelivered += o.durable_redelivered;
+        self.tls_full += o.tls_full;
+        self.tls_resumed += o.tls_resumed;
     }
 }
 

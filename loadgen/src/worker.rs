@@ -24,7 +24,7 @@ use tether::ws::{
     encode_close, encode_frame, encode_pong, ClientHandshake, ClientHandshakeError, Context,
     DecoderLimits, Ended, Incoming, OpCode, Role,
 };
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio::sync::Notify;
 use tokio::time::{sleep_until, timeout_at, Instant};
 
@@ -33,6 +33,7 @@ use crate::plan::MSG_HEADER_BYTES;
 use crate::plan::{storm_drops, worker_clients, ConnectSchedule, Phases, Plan, Target, Workload};
 use crate::stats::{Counters, Hists, StartSignal, WorkerCmd, WorkerMsg, WorkerPlan};
 use crate::sys;
+use crate::tls::{self, Conn, Handshake};
 
 /// Size of the shared read buffer of a worker thread.
 const SCRATCH_BYTES: usize = 64 * 1024;
@@ -110,6 +111,16 @@ pub fn main() -> ExitCode {
         },
         None => None,
     };
+    let tls = match &wp.plan.tls {
+        Some(t) => match t.client_config() {
+            Ok(c) => Some(c),
+            Err(error) => {
+                emit(&WorkerMsg::Failed { error });
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
     emit(&WorkerMsg::Ready { fd_soft_limit });
     let start: StartSignal = match next_line()
         .and_then(|l| serde_json::from_str(&l).map_err(|e| format!("bad start line: {e}")))
@@ -136,7 +147,7 @@ pub fn main() -> ExitCode {
     });
     let (counters, hists, samples, elapsed_us) = local.block_on(&rt, async move {
         let start_at = instant_of_unix_ns(start.start_unix_ns);
-        run(wp, start_at, nats, stop).await
+        run(wp, start_at, nats, tls, stop).await
     });
     let usage = sys::self_usage();
     emit(&WorkerMsg::Final {
@@ -201,6 +212,9 @@ struct Ctl {
     durable_seq: Cell<u64>,
     durable_got: Cell<u64>,
     durable_next_index: Cell<u64>,
+    /// `wss://` with resumption on: this client's own TLS configuration and session store,
+    /// made on its first connect (see `tls::for_one_client`).
+    tls: RefCell<Option<Arc<rustls::ClientConfig>>>,
 }
 
 struct StormState {
@@ -239,6 +253,8 @@ struct Worker {
     nats: Option<async_nats::Client>,
     /// When this worker's burst started, in microseconds from the start.
     burst_started_us: Cell<Option<u64>>,
+    /// Client configuration for `wss://` targets (each client copies it; see `connection`).
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Worker {
@@ -293,6 +309,7 @@ async fn run(
     wp: WorkerPlan,
     start: Instant,
     nats: Option<async_nats::Client>,
+    tls: Option<Arc<rustls::ClientConfig>>,
     stop: Arc<Notify>,
 ) -> (Counters, Hists, Vec<(u64, u64)>, u64) {
     let plan = wp.plan;
@@ -317,6 +334,7 @@ async fn run(
                 durable_seq: Cell::new(0),
                 durable_got: Cell::new(0),
                 durable_next_index: Cell::new(0),
+                tls: RefCell::new(None),
             })
             .collect(),
         live_tasks: Cell::new(0),
@@ -333,6 +351,7 @@ async fn run(
         connect_end,
         nats,
         burst_started_us: Cell::new(None),
+        tls,
         plan,
     });
     let phases = Phases::of(&w.plan);
@@ -630,6 +649,9 @@ fn jitter(window_ms: u64) -> Duration {
 
 /// Maps an I/O error to an error cause name.
 pub fn io_cause(e: &io::Error) -> String {
+    if let Some(cause) = tls::error_cause(e) {
+        return cause;
+    }
     match e.raw_os_error() {
         Some(libc::ECONNREFUSED) => "refused".into(),
         Some(libc::EADDRNOTAVAIL) => "address_unavailable".into(),
@@ -705,6 +727,10 @@ async fn session(
         .connect
         .saturating_record(us(t_tcp - intended).max(1));
     let _ = stream.set_nodelay(true);
+    let stream = match connection(w, ctl, stream, target) {
+        Ok(s) => s,
+        Err(cause) => return fail(cause),
+    };
 
     let upgrade = timeout_at(
         t_tcp + Duration::from_millis(w.plan.handshake_timeout_ms),
@@ -776,13 +802,46 @@ impl Drop for Attempt<'_> {
     }
 }
 
-/// Sends the upgrade request and reads the response; returns the bytes that followed it.
+/// The client's connection on a connected socket: TLS for a `wss://` target.
+fn connection(
+    w: &Worker,
+    ctl: &Ctl,
+    tcp: tokio::net::TcpStream,
+    target: &Target,
+) -> Result<Conn, String> {
+    let tls = match (&w.tls, target.tls) {
+        (Some(worker), true) => {
+            let name = rustls::pki_types::ServerName::try_from(target.host_name().to_string())
+                .map_err(|_| "tls_bad_server_name".to_string())?;
+            let resumes = w.plan.tls.as_ref().is_some_and(|t| t.resumption);
+            let config = if resumes {
+                ctl.tls
+                    .borrow_mut()
+                    .get_or_insert_with(|| tls::for_one_client(worker))
+                    .clone()
+            } else {
+                worker.clone()
+            };
+            Some((config, name))
+        }
+        _ => None,
+    };
+    Conn::new(tcp, tls.as_ref().map(|(c, n)| (c, n))).map_err(|e| io_cause(&e))
+}
+
+/// Runs the TLS handshake (`wss://`), sends the upgrade request and reads the response;
+/// returns the bytes that followed it.
 async fn upgrade(
     w: &Worker,
-    stream: &TcpStream,
+    stream: &Conn,
     target: &Target,
     global: u64,
 ) -> Result<Vec<u8>, String> {
+    match stream.handshake().await.map_err(|e| io_cause(&e))? {
+        Handshake::None => {}
+        Handshake::Full => w.counters.borrow_mut().tls_full += 1,
+        Handshake::Resumed => w.counters.borrow_mut().tls_resumed += 1,
+    }
     let (hs, request) = if w.plan.workload == Workload::Echo {
         ClientHandshake::new(&target.host, &target.resource, &[], &[])
     } else {
@@ -858,20 +917,11 @@ async fn upgrade(
 }
 
 /// Writes all of `buf` (waiting for writability; callers bound the time).
-async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> Result<(), String> {
-    while !buf.is_empty() {
-        match stream.try_write(buf) {
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                stream.writable().await.map_err(|e| io_cause(&e))?
-            }
-            Err(e) => return Err(io_cause(&e)),
-        }
-    }
-    Ok(())
+async fn write_all(stream: &Conn, buf: &[u8]) -> Result<(), String> {
+    stream.write_all(buf).await.map_err(|e| io_cause(&e))
 }
 
-async fn write_until(stream: &TcpStream, buf: &[u8], deadline: Instant) -> Result<(), String> {
+async fn write_until(stream: &Conn, buf: &[u8], deadline: Instant) -> Result<(), String> {
     match timeout_at(deadline, write_all(stream, buf)).await {
         Ok(r) => r,
         Err(_) => Err("write_timeout".into()),
@@ -918,7 +968,7 @@ impl ConnState {
 
 /// Reads what is available and feeds it to the connection's context; replies (pong, close) go
 /// to `out`.
-fn read_some(w: &Worker, stream: &TcpStream, st: &mut ConnState, out: &mut Vec<u8>) {
+fn read_some(w: &Worker, stream: &Conn, st: &mut ConnState, out: &mut Vec<u8>) {
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
         match stream.try_read(&mut s[..]) {
@@ -1147,7 +1197,7 @@ async fn run_open(
     w: &Worker,
     ctl: &Ctl,
     global: u64,
-    stream: &TcpStream,
+    stream: &Conn,
     leftover: Vec<u8>,
     t_up: Instant,
 ) -> End {
@@ -1427,7 +1477,7 @@ fn partner(w: &Worker, global: u64) -> u64 {
 }
 
 /// Sends our close frame and waits for the server's (counted as clean or timed out).
-async fn close_and_wait(w: &Worker, stream: &TcpStream, st: &mut ConnState, deadline: Instant) {
+async fn close_and_wait(w: &Worker, stream: &Conn, st: &mut ConnState, deadline: Instant) {
     let mut out = Vec::new();
     st.ws.encode_close(&mut out, Some(1000), "");
     let mut clean = false;
