@@ -2,7 +2,8 @@
 # Independent clients against tether's /echo: Python `websockets` (pytest) and Node's `ws` and
 # built-in WebSocket (node --test), over ws:// and then over wss:// (a test CA made for the run
 # by scripts/test-pki.sh, trusted by the clients through SSL_CERT_FILE and NODE_EXTRA_CA_CERTS;
-# each client verifies the certificate and the host name). Starts one tether node (release
+# each client verifies the certificate and the host name), and headless Chromium over wss://
+# (tests/interop/browser_tls.mjs, trusting the test certificate by its public key). Starts one tether node (release
 # binary) with both listeners on free loopback ports and stops it on exit. Fails, never skips,
 # when the binary or a client is missing.
 set -euo pipefail
@@ -66,6 +67,10 @@ TETHER_ECHO_URL="wss://localhost:$tls_port/echo" SSL_CERT_FILE="$pki/ca.pem" \
     python3 -m pytest -q tests/interop || status=1
 (cd tests/node && TETHER_ECHO_URL="wss://localhost:$tls_port/echo" \
     NODE_EXTRA_CA_CERTS="$pki/ca.pem" node --experimental-websocket --test echo.test.mjs) || status=1
+# Headless Chromium over wss://, trusting the test certificate by its public key's SHA-256.
+spki="$(openssl x509 -in "$pki/cert.pem" -pubkey -noout | openssl pkey -pubin -outform der |
+    openssl dgst -sha256 -binary | base64)"
+node tests/interop/browser_tls.mjs "wss://localhost:$tls_port/echo" "$spki" || status=1
 if ! kill -0 "$pid" 2>/dev/null; then
     echo "interop: tether died during the tests; its log:" >&2
     tail -50 "$log" >&2
