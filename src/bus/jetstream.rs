@@ -26,6 +26,17 @@
 //! Bounds: at most [`DurableConfig::api_concurrency`] JetStream requests in flight (the rest wait
 //! for a permit), each with [`DurableConfig::api_timeout`]; a read collects at most the batch it
 //! asked for; the capture cache holds at most [`CAPTURE_CACHE_MAX`] subjects.
+//!
+//! **No gap from a lost reply.** A direct get's answer is core NATS: the inbox subscription's
+//! bounded queue drops what does not fit (async-nats' slow-consumer rule). Two things keep a
+//! dropped reply from becoming a gap in a device's mailbox. The reads in flight together may
+//! expect at most the inbox queue's capacity in replies (each read reserves its batch plus the
+//! end-of-batch status from a budget of that size before it asks), so the queue cannot fill with
+//! answers to live reads. And every read checks the batch's chain: nats-server stamps each message
+//! of a batch, and the end-of-batch status, with `Nats-Last-Sequence`, the stream sequence of the
+//! message it sent before (0 for the first); a broken chain means a reply was lost on the way,
+//! and the read fails (counted in `tether_mailbox_read_failures_total`) and is retried from the
+//! session's cursor, so nothing after the hole is delivered before the hole is filled.
 
 use super::{BusStats, StoredMessage};
 use crate::proto::subject;
@@ -256,6 +267,9 @@ pub(crate) struct JetStream {
     config: Arc<DurableConfig>,
     stats: Arc<BusStats>,
     permits: Arc<tokio::sync::Semaphore>,
+    /// Replies the reads in flight may expect on the inbox, together (its queue's capacity).
+    reply_budget: Arc<tokio::sync::Semaphore>,
+    reply_budget_max: usize,
     inbox: Arc<str>,
     waiters: Waiters,
     next_token: Arc<AtomicU64>,
@@ -276,17 +290,25 @@ pub(crate) fn announced_seq(msg: &async_nats::Message) -> Option<u64> {
 
 impl JetStream {
     /// Subscribes the node's direct-get inbox and starts keeping the mailbox stream. `durable`
-    /// is `None` when only durable upstream is wanted.
+    /// is `None` when only durable upstream is wanted. `inbox_capacity` is the client's
+    /// subscription queue capacity (messages a subscription holds before async-nats drops).
     pub(crate) async fn start(
         client: async_nats::Client,
         durable: Option<DurableConfig>,
         stats: Arc<BusStats>,
+        inbox_capacity: usize,
     ) -> JetStream {
+        assert!(
+            inbox_capacity >= 2,
+            "a read needs room for a message and its end of batch"
+        );
         let config = Arc::new(durable.clone().unwrap_or_default());
         let inbox: Arc<str> = Arc::from(client.new_inbox());
         let waiters: Waiters = Arc::new(Mutex::new(AHashMap::new()));
         let js = JetStream {
             permits: Arc::new(tokio::sync::Semaphore::new(config.api_concurrency.max(1))),
+            reply_budget: Arc::new(tokio::sync::Semaphore::new(inbox_capacity)),
+            reply_budget_max: inbox_capacity,
             client: client.clone(),
             config,
             stats,
@@ -475,6 +497,14 @@ impl JetStream {
         after: u64,
         max: usize,
     ) -> Result<(Vec<StoredMessage>, bool), String> {
+        // The batch and its end-of-batch status, within what the inbox queue holds.
+        let max = max.clamp(1, self.reply_budget_max - 1);
+        let replies = u32::try_from(max + 1).expect("the inbox capacity fits a u32");
+        let _replies = self
+            .reply_budget
+            .acquire_many(replies)
+            .await
+            .map_err(|_| "JetStream door closed".to_owned())?;
         let _permit = self
             .permits
             .acquire()
@@ -488,7 +518,7 @@ impl JetStream {
         let request = serde_json::json!({
             "seq": after + 1,
             "next_by_subj": subject::mailbox_filter(device),
-            "batch": max.max(1),
+            "batch": max,
         });
         let reply = format!("{}.{token}", self.inbox);
         let stream = &self.config.stream;
@@ -510,6 +540,7 @@ impl JetStream {
                 .await
                 .map_err(|e| format!("direct get publish: {e}"))?;
             let mut messages = Vec::new();
+            let mut chain = BatchChain::default();
             // The server answers at most `batch` messages then an end-of-batch status; the
             // channel is unbounded but never holds more than that.
             while let Some(msg) = rx.recv().await {
@@ -517,6 +548,7 @@ impl JetStream {
                     return match status.as_u16() {
                         // End of batch: Nats-Num-Pending says whether more are waiting.
                         204 => {
+                            chain.link(header(&msg, "Nats-Last-Sequence"), None)?;
                             let pending: u64 = header(&msg, "Nats-Num-Pending")
                                 .and_then(|p| p.parse().ok())
                                 .unwrap_or(1);
@@ -532,11 +564,12 @@ impl JetStream {
                 let seq = header(&msg, "Nats-Sequence")
                     .and_then(|s| s.parse().ok())
                     .ok_or("direct get message without Nats-Sequence")?;
+                chain.link(header(&msg, "Nats-Last-Sequence"), Some(seq))?;
                 messages.push(StoredMessage {
                     seq,
                     payload: msg.payload,
                 });
-                if messages.len() > max.max(1) {
+                if messages.len() > max {
                     return Err("direct get returned more than the batch".into());
                 }
             }
@@ -682,9 +715,60 @@ impl Drop for WaiterGuard<'_> {
     }
 }
 
+/// The chain of one direct-get batch: each reply names, in `Nats-Last-Sequence`, the stream
+/// sequence of the message sent before it (0 before the first), so a reply lost between the
+/// server and the read shows as a broken link.
+#[derive(Default)]
+struct BatchChain {
+    /// Sequence of the last message received in this batch (0: none yet).
+    last_seq: u64,
+}
+
+impl BatchChain {
+    /// Checks the next reply: a message with its sequence, or the end of batch (`None`).
+    fn link(&mut self, last_sequence: Option<&str>, seq: Option<u64>) -> Result<(), String> {
+        let named: u64 = last_sequence
+            .and_then(|s| s.parse().ok())
+            .ok_or("direct get reply without Nats-Last-Sequence")?;
+        if named != self.last_seq {
+            return Err(format!(
+                "direct get batch lost a reply: the server sent {named} before this one, the last \
+                 received was {}",
+                self.last_seq
+            ));
+        }
+        if let Some(seq) = seq {
+            debug_assert!(seq > self.last_seq, "a batch is in stream order");
+            self.last_seq = seq;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_chain_holds_only_when_no_reply_was_lost() {
+        // 1, 3, 5 then the end of batch, as nats-server stamps them.
+        let mut chain = BatchChain::default();
+        chain.link(Some("0"), Some(1)).unwrap();
+        chain.link(Some("1"), Some(3)).unwrap();
+        chain.link(Some("3"), Some(5)).unwrap();
+        chain.link(Some("5"), None).unwrap();
+        // The middle message lost: 5 names 3, the read last saw 1.
+        let mut chain = BatchChain::default();
+        chain.link(Some("0"), Some(1)).unwrap();
+        assert!(chain.link(Some("3"), Some(5)).is_err());
+        // The first message lost.
+        assert!(BatchChain::default().link(Some("1"), Some(3)).is_err());
+        // Every message lost, the end of batch arrived.
+        assert!(BatchChain::default().link(Some("5"), None).is_err());
+        // An empty batch, and a reply from a server that does not stamp the chain.
+        BatchChain::default().link(Some("0"), None).unwrap();
+        assert!(BatchChain::default().link(None, Some(1)).is_err());
+    }
 
     #[test]
     fn stream_config_reads_one_filter_and_announces_on_the_device_wildcard() {

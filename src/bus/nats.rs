@@ -541,7 +541,13 @@ async fn bridge_main(
             return;
         }
     };
-    let js = JetStream::start(client.clone(), durable, stats.clone()).await;
+    let js = JetStream::start(
+        client.clone(),
+        durable,
+        stats.clone(),
+        SUBSCRIPTION_CAPACITY,
+    )
+    .await;
     let mut subs: AHashMap<(usize, String), tokio::task::JoinHandle<()>> = AHashMap::new();
     for (shard, data) in tx.data.iter().enumerate() {
         let inbox = format!("{}*", subject::inbox_prefix(&node, shard));
