@@ -1,6 +1,8 @@
 //! The system under test of one run, and its processes: one server (tether or a peer), or a
 //! tether cluster (a nats-server and `nodes` tether processes joined by it, serving devices on
-//! `/ws` with HS256 tokens signed with a secret made for the run). Starts them on free ports,
+//! `/ws` with HS256 tokens signed with a secret made for the run), over `wss://` with the
+//! run's test PKI when the scenario has a `[tls]` table (nginx in front of a `ws://` tether is
+//! two processes measured together: see `tls_stack`). Starts them on free ports,
 //! waits until each accepts (and, for device-serving nodes, until `/readyz` answers 200), reads
 //! the nodes' `tether_connections` from their `/metrics`, and stops everything (SIGTERM, then
 //! SIGKILL after `SERVER_STOP_TIMEOUT`). Every child gets `PR_SET_PDEATHSIG`, so none outlives
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::runner::RunConfig;
 use crate::scenario::{Bus, ServerKind, ServerSpec};
+use crate::tls_stack::{self, Pki};
 
 /// How long a server may take to accept its first connection (and a device-serving node to
 /// report ready).
@@ -44,6 +47,10 @@ pub struct Deployment {
     /// Whether `connections()` reads the nodes' metrics (device-serving rows only: scraping
     /// costs the server CPU that single-server scenarios measure).
     pub scrape: bool,
+    /// Processes behind the nodes, measured with them (the `ws://` tether behind nginx).
+    pub backends: Vec<Proc>,
+    /// Whether the nodes serve `wss://` (URLs name `localhost`, the test certificate's name).
+    pub tls: bool,
 }
 
 pub fn free_port() -> Result<u16, String> {
@@ -125,6 +132,7 @@ fn server_command(
     listen: SocketAddr,
     admin: SocketAddr,
     device: Option<(&str, Option<&str>, usize)>,
+    tls: Option<&Pki>,
 ) -> Result<Command, String> {
     let peer = |name: &str| -> Result<Command, String> {
         let path = cfg.bin(name);
@@ -150,12 +158,23 @@ fn server_command(
             let mut c = Command::new(path);
             c.args(["serve", "--echo", "--shards"])
                 .arg(spec.shards.unwrap_or(1).to_string())
-                .arg("--listen")
-                .arg(listen.to_string())
                 .arg("--admin")
                 .arg(admin.to_string())
                 // The peers log nothing; tether logs only warnings and errors here too.
                 .env("TETHER_LOG", "warn");
+            if let Some(pki) = tls {
+                // The wss:// listener is the one measured; the ws:// one stays idle.
+                c.arg("--listen")
+                    .arg(free_addr()?.to_string())
+                    .arg("--tls-listen")
+                    .arg(listen.to_string())
+                    .arg("--tls-cert")
+                    .arg(&pki.cert)
+                    .arg("--tls-key")
+                    .arg(&pki.key);
+            } else {
+                c.arg("--listen").arg(listen.to_string());
+            }
             if let Some((secret, nats_url, index)) = device {
                 c.arg("--jwt-secret").arg(secret);
                 if let Some(url) = nats_url {
@@ -167,6 +186,17 @@ fn server_command(
             }
             c
         }
+        ServerKind::TungsteniteRustls => {
+            let pki = tls.ok_or("tokio-rustls + tungstenite needs [tls]")?;
+            let mut c = peer("peer-tungstenite-rustls")?;
+            c.arg("--tls-cert")
+                .arg(&pki.cert)
+                .arg("--tls-key")
+                .arg(&pki.key);
+            c
+        }
+        // Started by `Deployment::start_nginx_tether` (two processes).
+        ServerKind::NginxTether => return Err("nginx-tether has no single command".into()),
         ServerKind::Tungstenite => peer("peer-tungstenite")?,
         ServerKind::Fastwebsockets => peer("peer-fastwebsockets")?,
         ServerKind::Raw101 => peer("peer-raw101")?,
@@ -312,13 +342,27 @@ impl Deployment {
         cfg: &RunConfig,
         dir: &Path,
         base: &str,
+        tls: Option<&Pki>,
     ) -> Result<(Deployment, String), String> {
         let mut d = Deployment {
             nats: None,
             nodes: Vec::new(),
             jwt_secret: None,
             scrape: spec.bus.is_some(),
+            backends: Vec::new(),
+            tls: tls.is_some(),
         };
+        if spec.kind == ServerKind::NginxTether {
+            let pki = tls.ok_or("nginx-tether needs [tls]")?;
+            let cmdline = d.start_nginx_tether(spec, cfg, dir, base, pki);
+            return match cmdline {
+                Ok(c) => Ok((d, c)),
+                Err(e) => {
+                    d.stop();
+                    Err(e)
+                }
+            };
+        }
         let mut nats_url = None;
         if spec.bus == Some(Bus::Nats) {
             let listen = free_addr()?;
@@ -338,7 +382,7 @@ impl Deployment {
             let listen = free_addr()?;
             let admin = free_addr()?;
             let device = d.jwt_secret.as_deref().map(|s| (s, nats_url.as_deref(), i));
-            let cmd = match server_command(spec, cfg, listen, admin, device) {
+            let cmd = match server_command(spec, cfg, listen, admin, device, tls) {
                 Ok(c) => c,
                 Err(e) => {
                     d.stop();
@@ -365,16 +409,66 @@ impl Deployment {
         Ok((d, first_cmdline))
     }
 
+    /// nginx on a free port terminating TLS in front of a `ws://` tether (the row's shards)
+    /// on another: the node is nginx, tether its backend. Returns both command lines.
+    fn start_nginx_tether(
+        &mut self,
+        spec: &ServerSpec,
+        cfg: &RunConfig,
+        dir: &Path,
+        base: &str,
+        pki: &Pki,
+    ) -> Result<String, String> {
+        let tether_spec = ServerSpec {
+            kind: ServerKind::Tether,
+            ..spec.clone()
+        };
+        let (backend, admin) = (free_addr()?, free_addr()?);
+        let tether = server_command(&tether_spec, cfg, backend, admin, None, None)?;
+        let listen = free_addr()?;
+        let nginx = tls_stack::nginx_command(&dir.join("nginx"), listen, backend, pki)?;
+        let cmdline = format!("{} <- {}", command_line(&nginx), command_line(&tether));
+        let tether_log = dir.join(format!("logs/{base}-tether.log"));
+        let back = start_process(tether, backend, Some(admin), false, &tether_log)?;
+        self.backends.push(back);
+        let log = dir.join(format!("logs/{base}-server.log"));
+        self.nodes
+            .push(start_process(nginx, listen, None, false, &log)?);
+        Ok(cmdline)
+    }
+
     /// One URL per node, with `path`.
     pub fn urls(&self, path: &str) -> Vec<String> {
         self.nodes
             .iter()
-            .map(|n| format!("ws://{}{path}", n.listen))
+            .map(|n| match self.tls {
+                // The name the test certificate is made for, resolved to the loopback address.
+                true => format!("wss://localhost:{}{path}", n.listen.port()),
+                false => format!("ws://{}{path}", n.listen),
+            })
             .collect()
     }
 
+    /// Every process measured as the server: the nodes, their descendants (nginx's workers
+    /// under its master) and the backends.
     pub fn node_pids(&self) -> Vec<u32> {
-        self.nodes.iter().map(|n| n.child.id()).collect()
+        let mut pids = Vec::new();
+        for n in &self.nodes {
+            pids.push(n.child.id());
+            pids.extend(tls_stack::descendants(n.child.id()));
+        }
+        pids.extend(self.backends.iter().map(|b| b.child.id()));
+        pids
+    }
+
+    /// Descriptors the measured processes hold per client connection: behind nginx, three
+    /// (nginx's two and tether's one).
+    pub fn fds_per_conn(&self) -> u64 {
+        if self.backends.is_empty() {
+            1
+        } else {
+            3
+        }
     }
 
     pub fn nats_pid(&self) -> Option<u32> {
@@ -406,6 +500,9 @@ impl Deployment {
         }
         for n in &mut self.nodes {
             stop(n);
+        }
+        for b in &mut self.backends {
+            stop(b);
         }
         if let Some(n) = &mut self.nats {
             stop(n);

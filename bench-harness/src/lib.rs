@@ -4,7 +4,8 @@
 //! (`scenario`), the system under test of a run (`deploy`: one server, or a nats-server and
 //! tether nodes), the run orchestration (`runner`: drive `tether-loadgen` and the probe, sample
 //! the servers' RSS and CPU through `procfs`), the results' schema and statistics (`results`,
-//! `stats`), and the Markdown report and SVG plots (`report`, `plot`). The criterion
+//! `stats`), the Markdown report and SVG plots (`report`, `plot`), and the `wss://` set-up:
+//! test PKI, nginx in front of tether (`tls_stack`). The criterion
 //! micro-benchmarks of the codec live in `benches/`.
 
 pub mod deploy;
@@ -16,3 +17,4 @@ pub mod results;
 pub mod runner;
 pub mod scenario;
 pub mod stats;
+pub mod tls_stack;

@@ -48,6 +48,8 @@ fn color_for(index: usize, kind: ServerKind) -> RGBColor {
         ServerKind::Tungstenite => RGBColor(0x1f, 0x77, 0xb4),
         ServerKind::Fastwebsockets => RGBColor(0x2c, 0xa0, 0x2c),
         ServerKind::NodeWs => RGBColor(0x94, 0x67, 0xbd),
+        ServerKind::TungsteniteRustls => RGBColor(0x17, 0xbe, 0xcf),
+        ServerKind::NginxTether => RGBColor(0xff, 0x7f, 0x0e),
     }
     .mix_index(index)
 }

@@ -23,6 +23,10 @@
 //! both ends, per connection); `loadgen.cpu_s` (with the probe's), `loadgen.cpu_us_per_handshake`,
 //! `loadgen.wall_s`; `clients_target`; and `host.loadavg_1m` (the machine's load average as
 //! the load started: noise from other work).
+//!
+//! A scenario with a `[tls]` table runs every server over `wss://` with the run's test PKI
+//! (`tls_stack`, loadgen given `--ca-file`); for nginx in front of tether, "the server" is
+//! nginx's processes and the tether behind it together (their RSS, CPU and descriptors summed).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -37,6 +41,7 @@ use crate::results::{
     flatten_numbers, LoadgenSecond, Machine, Results, RunResult, Sample, ServerResult,
 };
 use crate::scenario::{Probe, Scenario, ServerKind, ServerSpec};
+use crate::tls_stack::Pki;
 
 /// Where things are and what to run.
 #[derive(Clone, Debug)]
@@ -215,7 +220,8 @@ fn run_once(
         loadgen_seconds: Vec::new(),
         error: None,
     };
-    let (mut deployment, cmdline) = match Deployment::start(spec, cfg, dir, &base) {
+    let pki = scenario.tls.as_ref().map(|_| Pki::in_dir(&dir.join("pki")));
+    let (mut deployment, cmdline) = match Deployment::start(spec, cfg, dir, &base, pki.as_ref()) {
         Ok(d) => d,
         Err(e) => {
             run.error = Some(e);
@@ -237,6 +243,9 @@ fn run_once(
     let _ = std::fs::remove_file(&probe_json);
     let urls = deployment.urls(&scenario.loadgen.path);
     let mut args = loadgen_args(scenario, &urls, &json);
+    if let Some(pki) = &pki {
+        args.extend(["--ca-file".to_string(), pki.ca.display().to_string()]);
+    }
     if let Some(secret) = &deployment.jwt_secret {
         args.extend(["--device-jwt-secret".to_string(), secret.clone()]);
     }
@@ -289,7 +298,7 @@ fn run_once(
     );
     run.metrics
         .insert("server.nodes".into(), Scenario::nodes_of(spec) as f64);
-    derive_metrics(&mut run);
+    derive_metrics(&mut run, deployment.fds_per_conn());
     (cmdline, run)
 }
 
@@ -410,7 +419,9 @@ fn drive_load(
     Ok(())
 }
 
-fn derive_metrics(run: &mut RunResult) {
+/// The derived metrics of a run; `fds_per_conn` descriptors per connection tell when every
+/// connection was open.
+fn derive_metrics(run: &mut RunResult, fds_per_conn: u64) {
     let Some(first) = run.timeline.first().copied() else {
         return;
     };
@@ -461,7 +472,7 @@ fn derive_metrics(run: &mut RunResult) {
         (tcp_mem_peak as f64 - first.tcp_mem_pages as f64) * procfs::page_size_bytes() as f64;
     m.insert("kernel.tcp_mem_delta_bytes".into(), tcp_delta);
     let slab_delta = (slab_peak_kib as f64 - first.slab_kib as f64) * 1024.0;
-    let all_open = first.fds + connected as u64;
+    let all_open = first.fds + fds_per_conn * connected as u64;
     let rss_held = run
         .timeline
         .iter()
@@ -634,6 +645,9 @@ pub fn run(scenario: &Scenario, cfg: &RunConfig) -> Result<PathBuf, String> {
                 Some("Node `ws` not installed (tests/node/node_modules/ws or global)".into());
         }
     }
+    if let Some(tls) = &scenario.tls {
+        Pki::make(&cfg.repo_root, &dir.join("pki"), tls.key)?;
+    }
     let results_path = dir.join("results.json");
     for repetition in 1..=scenario.repetitions {
         for (i, spec) in specs.iter().enumerate() {
@@ -718,7 +732,7 @@ mod tests {
             loadgen_seconds: Vec::new(),
             error: None,
         };
-        derive_metrics(&mut run);
+        derive_metrics(&mut run, 1);
         let m = &run.metrics;
         assert_eq!(m["server.rss_delta_bytes"], 2_000_000.0);
         assert_eq!(m["server.rss_delta_per_conn_bytes"], 2000.0);

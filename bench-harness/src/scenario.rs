@@ -47,6 +47,25 @@ pub struct Scenario {
     /// Probe devices measuring message latency end to end while the load holds.
     #[serde(default)]
     pub probe: Option<Probe>,
+    /// Every server over `wss://` with a test certificate of this key type (see `tls_stack`).
+    #[serde(default)]
+    pub tls: Option<TlsSpec>,
+}
+
+/// The `[tls]` table: the servers listen with TLS, loadgen trusts the run's test CA.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSpec {
+    pub key: KeyType,
+}
+
+/// Key type of the test certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyType {
+    #[serde(rename = "ecdsa-p256")]
+    EcdsaP256,
+    #[serde(rename = "rsa-2048")]
+    Rsa2048,
 }
 
 /// A second `tether-loadgen` run beside the main load: `devices` devices (in pairs, each on
@@ -144,12 +163,20 @@ pub enum ServerKind {
     Raw101,
     /// Node `ws` (`peers/ws-echo.mjs`), when the module is installed.
     NodeWs,
+    /// `peer-tungstenite-rustls` (tokio-rustls + tokio-tungstenite); `[tls]` scenarios only.
+    TungsteniteRustls,
+    /// nginx terminating TLS in front of `tether serve --echo --shards N` on `ws://`, measured
+    /// together (RSS, CPU and descriptors of nginx's processes and tether's); `[tls]` only.
+    NginxTether,
 }
 
 impl ServerKind {
     /// The Rust peers: "the best Rust peer" is the best of these per metric.
     pub fn is_rust_peer(self) -> bool {
-        matches!(self, ServerKind::Tungstenite | ServerKind::Fastwebsockets)
+        matches!(
+            self,
+            ServerKind::Tungstenite | ServerKind::Fastwebsockets | ServerKind::TungsteniteRustls
+        )
     }
 
     pub fn default_label(self) -> &'static str {
@@ -159,6 +186,8 @@ impl ServerKind {
             ServerKind::Fastwebsockets => "fastwebsockets",
             ServerKind::Raw101 => "raw epoll 101",
             ServerKind::NodeWs => "node ws",
+            ServerKind::TungsteniteRustls => "tokio-rustls + tungstenite",
+            ServerKind::NginxTether => "nginx in front of tether",
         }
     }
 }
@@ -170,7 +199,7 @@ pub struct ServerSpec {
     /// Row name in the report; defaults to the kind's name (with the shard count for tether).
     #[serde(default)]
     pub label: Option<String>,
-    /// Shards for tether (required for tether, refused for the peers).
+    /// Shards for tether (required for tether and nginx-tether, refused for the peers).
     #[serde(default)]
     pub shards: Option<u32>,
     /// Further server arguments, passed verbatim.
@@ -209,6 +238,9 @@ impl ServerSpec {
         match (&self.label, self.kind, self.shards) {
             (Some(l), _, _) => l.clone(),
             (None, ServerKind::Tether, Some(n)) => format!("tether ({n} shards)"),
+            (None, ServerKind::NginxTether, Some(n)) => {
+                format!("nginx in front of tether ({n} shards)")
+            }
             (None, kind, _) => kind.default_label().to_string(),
         }
     }
@@ -296,6 +328,29 @@ impl Scenario {
         Ok(s)
     }
 
+    /// A server row against the `[tls]` table: the TLS-only kinds need it, the peers that
+    /// serve no `wss://` refuse it, and TLS runs are single servers (no bus, nodes or probe).
+    fn check_tls(&self, s: &ServerSpec) -> Result<(), String> {
+        let tls_only = matches!(
+            s.kind,
+            ServerKind::TungsteniteRustls | ServerKind::NginxTether
+        );
+        match (&self.tls, tls_only || s.kind == ServerKind::Tether) {
+            (None, _) if tls_only => Err(format!(
+                "{:?} serves wss:// only: add a [tls] table",
+                s.kind
+            )),
+            (Some(_), false) => Err(format!(
+                "{:?} does not serve wss://: drop it or [tls]",
+                s.kind
+            )),
+            (Some(_), true) if s.bus.is_some() || s.nodes.is_some() || self.probe.is_some() => {
+                Err("[tls] runs one echo server per row: no bus, nodes or [probe]".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
     #[expect(
         clippy::too_many_lines,
         reason = "one check after another in the order of the scenario file's sections"
@@ -338,15 +393,18 @@ impl Scenario {
         }
         let mut labels = BTreeSet::new();
         for s in &self.servers {
+            let with_tether = matches!(s.kind, ServerKind::Tether | ServerKind::NginxTether);
             match (s.kind, s.shards) {
-                (ServerKind::Tether, None) | (ServerKind::Tether, Some(0)) => {
+                (_, None | Some(0)) if with_tether => {
                     return Err("a tether server needs shards >= 1".into())
                 }
-                (ServerKind::Tether, Some(_)) | (_, None) => {}
+                (_, Some(_)) if with_tether => {}
+                (_, None) => {}
                 (kind, Some(_)) => {
                     return Err(format!("shards is for tether, not {kind:?}"));
                 }
             }
+            self.check_tls(s)?;
             if s.kind != ServerKind::Tether && (s.bus.is_some() || s.nodes.is_some()) {
                 return Err(format!("bus and nodes are for tether, not {:?}", s.kind));
             }
@@ -528,6 +586,16 @@ better = "higher"
     }
 
     #[test]
+    fn tls_scenarios() {
+        let text = MINIMAL.replace("kind = \"raw101\"", "kind = \"tungstenite-rustls\"")
+            + "[[server]]\nkind = \"nginx-tether\"\nshards = 2\n[tls]\nkey = \"rsa-2048\"\n";
+        let s = Scenario::parse(&text, "t").unwrap();
+        assert_eq!(s.tls.unwrap().key, KeyType::Rsa2048);
+        assert_eq!(s.servers[2].label(), "nginx in front of tether (2 shards)");
+        assert!(Scenario::parse(&text.replace("shards = 2\n[tls]", "[tls]"), "t").is_err());
+    }
+
+    #[test]
     fn overrides_set_keys_and_every_server() {
         let text = Scenario::apply_overrides(
             MINIMAL,
@@ -574,6 +642,14 @@ better = "higher"
             MINIMAL.replace("shards = 2", "shards = 2\nnodes = 2"),
             MINIMAL.replace("kind = \"raw101\"", "kind = \"raw101\"\nbus = \"nats\""),
             MINIMAL.replace("shards = 2", "shards = 2\nnodes = 0\nbus = \"nats\""),
+            // A TLS-only server without [tls], a plain peer with it, TLS on a cluster.
+            MINIMAL.replace("kind = \"raw101\"", "kind = \"tungstenite-rustls\""),
+            format!("{MINIMAL}\n[tls]\nkey = \"ecdsa-p256\"\n"),
+            MINIMAL.replace("kind = \"raw101\"", "kind = \"nginx-tether\""),
+            MINIMAL
+                .replace("[[server]]\nkind = \"raw101\"\n", "")
+                .replace("shards = 2", "shards = 1\nnodes = 2\nbus = \"nats\"")
+                + "\n[tls]\nkey = \"ecdsa-p256\"\n",
         ];
         for case in cases {
             assert!(Scenario::parse(&case, "x").is_err(), "accepted:\n{case}");

@@ -52,6 +52,15 @@ fn every_scenario_file_parses() {
             "nodes-17-vs-2",
             "prove-300k",
             "routed-saturation",
+            "tls-handshake-full-ecdsa",
+            "tls-handshake-full-rsa",
+            "tls-handshake-latency-ecdsa",
+            "tls-handshake-latency-rsa",
+            "tls-idle-memory",
+            "tls-storm-off-ecdsa",
+            "tls-storm-off-rsa",
+            "tls-storm-on-ecdsa",
+            "tls-storm-on-rsa",
             "ws-idle-memory",
         ]
     );
