@@ -73,8 +73,10 @@ fn device_token_secrets_a_node_would_refuse() {
 
 #[test]
 fn bad_urls_sources_and_sizes() {
-    let e = refused(&["--url", "wss://127.0.0.1:9/", "--clients", "1"]);
-    assert!(e.contains("TLS"), "{e}");
+    let e = refused(&["--url", "http://127.0.0.1:9/", "--clients", "1"]);
+    assert!(e.contains("must start with ws:// or wss://"), "{e}");
+    let e = refused(&["--url", "ws://127.0.0.1:9/", "--clients", "1", "--insecure"]);
+    assert!(e.contains("for wss:// URLs"), "{e}");
     let e = refused(&[
         "--url",
         "ws://127.0.0.1:9/",
