@@ -360,7 +360,7 @@ pub fn parse_client<'a>(text: &'a str) -> Result<ClientFrame<'a>, ProtoError> {
         Some(kind @ ("sub" | "unsub" | "pub")) => {
             let topic = required("topic", field("topic", env.topic)?, idr)?;
             if let Err(why) = check_topic(&topic) {
-                return Err(ProtoError::new(idr, ErrorCode::BadField, why));
+                return Err(ProtoError::new(idr, ErrorCode::BadField, why.to_string()));
             }
             match kind {
                 "sub" => ClientOp::Sub { topic },
@@ -464,25 +464,50 @@ pub fn valid_service(s: &str) -> bool {
     valid_token(s, SERVICE_BYTES_MAX)
 }
 
+/// Why a topic is refused (the text goes to the device in a `bad_field` error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    /// Longer than [`TOPIC_BYTES_MAX`].
+    #[error("topic is {bytes} bytes, at most {max}")]
+    TooLong {
+        /// The topic's length in bytes.
+        bytes: usize,
+        /// [`TOPIC_BYTES_MAX`].
+        max: usize,
+    },
+    /// An empty token, or a byte outside `A-Z a-z 0-9 _ -` (wildcards included).
+    #[error("topic tokens are non-empty A-Z a-z 0-9 _ - separated by dots")]
+    BadToken,
+    /// More than [`TOPIC_TOKENS_MAX`] dot-separated tokens.
+    #[error("topic has {tokens} tokens, at most {max}")]
+    TooManyTokens {
+        /// The topic's token count.
+        tokens: usize,
+        /// [`TOPIC_TOKENS_MAX`].
+        max: usize,
+    },
+}
+
 /// Checks a topic: 1–8 dot-separated tokens, at most 200 bytes, no wildcards.
-pub fn check_topic(topic: &str) -> Result<(), String> {
+pub fn check_topic(topic: &str) -> Result<(), TopicError> {
     if topic.len() > TOPIC_BYTES_MAX {
-        return Err(format!(
-            "topic is {} bytes, at most {TOPIC_BYTES_MAX}",
-            topic.len()
-        ));
+        return Err(TopicError::TooLong {
+            bytes: topic.len(),
+            max: TOPIC_BYTES_MAX,
+        });
     }
     let mut tokens = 0usize;
     for token in topic.split('.') {
         tokens += 1;
         if !valid_token(token, TOPIC_BYTES_MAX) {
-            return Err("topic tokens are non-empty A-Z a-z 0-9 _ - separated by dots".into());
+            return Err(TopicError::BadToken);
         }
     }
     if tokens > TOPIC_TOKENS_MAX {
-        return Err(format!(
-            "topic has {tokens} tokens, at most {TOPIC_TOKENS_MAX}"
-        ));
+        return Err(TopicError::TooManyTokens {
+            tokens,
+            max: TOPIC_TOKENS_MAX,
+        });
     }
     Ok(())
 }
@@ -863,6 +888,18 @@ pub fn from_is_backend(bus_payload: &[u8]) -> bool {
     }
 }
 
+/// Why a bus payload cannot be delivered to a device (the hub counts it in
+/// `tether_device_bad_bus_payloads_total` and drops it).
+#[derive(Debug, thiserror::Error)]
+pub enum BusPayloadError {
+    /// Not a JSON object of the v1 bus payload's shape.
+    #[error("bus payload: {0}")]
+    NotV1(#[from] serde_json::Error),
+    /// `b64` is present but is not a JSON string.
+    #[error("bus payload: b64 must be a string")]
+    B64NotString,
+}
+
 /// A device envelope built from a bus payload, and the payload's delivery deadline.
 #[derive(Debug)]
 pub struct Encoded {
@@ -880,13 +917,12 @@ pub fn encode_delivery(
     bus_payload: &[u8],
     delivery: Delivery<'_>,
     ack_id: Option<&str>,
-) -> Result<Encoded, String> {
-    let raw: RawBusPayload<'_> =
-        serde_json::from_slice(bus_payload).map_err(|err| format!("bus payload: {err}"))?;
+) -> Result<Encoded, BusPayloadError> {
+    let raw: RawBusPayload<'_> = serde_json::from_slice(bus_payload)?;
     let from = raw.from.as_deref().unwrap_or("backend");
     let payload = match (raw.data, raw.b64) {
         (_, Some(b64)) if b64.get().starts_with('"') => Some(Payload::B64(b64)),
-        (_, Some(_)) => return Err("bus payload: b64 must be a string".into()),
+        (_, Some(_)) => return Err(BusPayloadError::B64NotString),
         (Some(data), None) => Some(Payload::Data(data)),
         (None, None) => None,
     };
@@ -935,6 +971,29 @@ mod tests {
 
     fn json(s: &str) -> Value {
         serde_json::from_str(s).expect("valid json")
+    }
+
+    #[test]
+    fn topic_refusals_name_what_is_wrong() {
+        assert_eq!(check_topic("a.b-c_1"), Ok(()));
+        let long = "a".repeat(TOPIC_BYTES_MAX + 1);
+        assert_eq!(
+            check_topic(&long),
+            Err(TopicError::TooLong {
+                bytes: TOPIC_BYTES_MAX + 1,
+                max: TOPIC_BYTES_MAX
+            })
+        );
+        for bad in ["", "a..b", "a.*", "a.>", "a b"] {
+            assert_eq!(check_topic(bad), Err(TopicError::BadToken), "{bad:?}");
+        }
+        assert_eq!(
+            check_topic("a.b.c.d.e.f.g.h.i"),
+            Err(TopicError::TooManyTokens {
+                tokens: 9,
+                max: TOPIC_TOKENS_MAX
+            })
+        );
     }
 
     #[test]
@@ -1194,8 +1253,14 @@ mod tests {
             json(&text(b"{}", Delivery::Direct)),
             json(r#"{"op":"msg","from":"backend","data":null}"#)
         );
-        assert!(encode_delivery(b"nope", Delivery::Direct, None).is_err());
-        assert!(encode_delivery(br#"{"b64":1}"#, Delivery::Direct, None).is_err());
+        assert!(matches!(
+            encode_delivery(b"nope", Delivery::Direct, None),
+            Err(BusPayloadError::NotV1(_))
+        ));
+        assert!(matches!(
+            encode_delivery(br#"{"b64":1}"#, Delivery::Direct, None),
+            Err(BusPayloadError::B64NotString)
+        ));
         // A send with ack: the deadline travels on the bus, the ack_id goes to the device.
         let p = Payload::Data(serde_json::from_str::<&RawValue>("[1]").unwrap());
         let bus = encode_bus_from_until("phone", &p, Some(1_700_000_000_123));

@@ -198,19 +198,50 @@ async fn respond(
     }
 }
 
+/// Why `/readyz` answers 503 (the text follows "not ready: " in the body).
+#[derive(Debug, thiserror::Error)]
+enum NotReady {
+    /// The node is draining (SIGTERM): it takes no new connections.
+    #[error("draining")]
+    Draining,
+    /// A registered [`ReadinessCheck`] failed, with its reason.
+    #[error("{0}")]
+    Check(String),
+    /// The shard's ping queue ([`SHARD_PING_QUEUE`]) is full.
+    #[error("shard {shard} is not answering (ping queue full)")]
+    PingQueueFull {
+        /// The shard's index.
+        shard: usize,
+    },
+    /// The shard dropped the ping without answering: its executor has stopped.
+    #[error("shard {shard} has stopped")]
+    Stopped {
+        /// The shard's index.
+        shard: usize,
+    },
+    /// The shard did not answer within [`SHARD_PING_TIMEOUT`].
+    #[error("shard {shard} did not answer within {waited_ms} ms")]
+    Silent {
+        /// The shard's index.
+        shard: usize,
+        /// [`SHARD_PING_TIMEOUT`] in milliseconds.
+        waited_ms: u128,
+    },
+}
+
 /// Whether a new device would be served now; `Err` says why not.
-async fn readiness(state: &AdminState) -> Result<(), String> {
+async fn readiness(state: &AdminState) -> Result<(), NotReady> {
     if state.node.draining.load(Ordering::Relaxed) {
-        return Err("draining".to_string());
+        return Err(NotReady::Draining);
     }
     for check in &state.readiness {
-        check()?;
+        check().map_err(NotReady::Check)?;
     }
     let mut answers = Vec::with_capacity(state.pings.len());
     for (shard, ping) in state.pings.iter().enumerate() {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if ping.try_send(tx).is_err() {
-            return Err(format!("shard {shard} is not answering (ping queue full)"));
+            return Err(NotReady::PingQueueFull { shard });
         }
         answers.push((shard, rx));
     }
@@ -218,12 +249,12 @@ async fn readiness(state: &AdminState) -> Result<(), String> {
     for (shard, rx) in answers {
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(format!("shard {shard} has stopped")),
+            Ok(Err(_)) => return Err(NotReady::Stopped { shard }),
             Err(_) => {
-                return Err(format!(
-                    "shard {shard} did not answer within {} ms",
-                    SHARD_PING_TIMEOUT.as_millis()
-                ))
+                return Err(NotReady::Silent {
+                    shard,
+                    waited_ms: SHARD_PING_TIMEOUT.as_millis(),
+                })
             }
         }
     }
