@@ -1,14 +1,17 @@
 //! What every peer server built here shares: the `--listen ADDR` command line, raising the
-//! open-files soft limit to the hard limit, and the listening socket (tether's own
-//! `SO_REUSEPORT` listener set-up, so that every peer gets the same backlog as tether).
+//! open-files soft limit to the hard limit, the listening socket (tether's own `SO_REUSEPORT`
+//! listener set-up, so that every peer gets the same backlog as tether), and the tokio peers'
+//! runtime and accept loop (`serve_tokio`).
 //!
 //! The peers are comparison points for tether, so they must not lose for a reason that is not
 //! theirs: the same listen backlog (`LISTEN_BACKLOG`, the kernel clamps it to
 //! `net.core.somaxconn`), `TCP_NODELAY` on accepted sockets, and as many file descriptors as the
 //! process may hold.
 
+use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
 
 /// Listen backlog asked of the kernel by every peer (clamped to `net.core.somaxconn`, 4096 here).
 /// A reconnect storm overflows glommio's and tokio's default of 1024.
@@ -83,6 +86,43 @@ pub fn cpus_available() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
+}
+
+/// How long a tokio peer's accept loop waits after a failed accept (EMFILE and friends) before
+/// accepting again.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(10);
+
+/// Runs a tokio peer: raises the open-files limit, builds a multi-thread runtime with one worker
+/// per CPU, listens on `addr` (`bind_listener`) and spawns `serve(stream)` for every accepted
+/// socket, forever. A failed accept is printed and retried after `ACCEPT_ERROR_BACKOFF`; a
+/// set-up failure exits with status 1 (`die`).
+pub fn serve_tokio<F, Fut>(addr: SocketAddr, serve: F) -> !
+where
+    F: Fn(tokio::net::TcpStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    raise_nofile_limit().unwrap_or_else(|e| die(format!("setrlimit: {e}")));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cpus_available())
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| die(format!("tokio runtime: {e}")));
+    runtime.block_on(async move {
+        let std_listener = bind_listener(addr).unwrap_or_else(|e| die(format!("bind {addr}: {e}")));
+        let listener = tokio::net::TcpListener::from_std(std_listener)
+            .unwrap_or_else(|e| die(format!("listener: {e}")));
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    tokio::spawn(serve(stream));
+                }
+                Err(e) => {
+                    eprintln!("accept: {e}");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                }
+            }
+        }
+    })
 }
 
 /// Prints `err` to stderr and exits with status 1: the peers print nothing but errors.

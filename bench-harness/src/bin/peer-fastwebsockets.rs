@@ -11,40 +11,21 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use tether_bench::peer;
-use tokio::net::TcpListener;
+use tokio::net::TcpStream;
 
 fn main() {
     let addr = peer::listen_addr_from_args("peer-fastwebsockets").unwrap_or_else(|e| peer::die(e));
-    peer::raise_nofile_limit().unwrap_or_else(|e| peer::die(format!("setrlimit: {e}")));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(peer::cpus_available())
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| peer::die(format!("tokio runtime: {e}")));
-    runtime.block_on(async move {
-        let std_listener =
-            peer::bind_listener(addr).unwrap_or_else(|e| peer::die(format!("bind {addr}: {e}")));
-        let listener = TcpListener::from_std(std_listener)
-            .unwrap_or_else(|e| peer::die(format!("listener: {e}")));
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    tokio::spawn(async move {
-                        let io = hyper_util::rt::TokioIo::new(stream);
-                        let _ = http1::Builder::new()
-                            .serve_connection(io, service_fn(upgrade_request))
-                            .with_upgrades()
-                            .await;
-                    });
-                }
-                Err(e) => {
-                    eprintln!("accept: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
-            }
-        }
-    });
+    peer::serve_tokio(addr, serve)
+}
+
+/// One connection: hyper's HTTP/1.1 server with upgrades, as in fastwebsockets' echo example.
+async fn serve(stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let _ = http1::Builder::new()
+        .serve_connection(io, service_fn(upgrade_request))
+        .with_upgrades()
+        .await;
 }
 
 async fn upgrade_request(
