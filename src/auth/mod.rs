@@ -25,8 +25,10 @@ pub struct Claims {
     pub sub: String,
     /// Expiry, seconds since the epoch.
     pub exp: u64,
+    /// Not valid before, seconds since the epoch (checked with `--jwt-leeway`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
+    /// Issued at, seconds since the epoch (carried, not checked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
     /// Topic patterns the device may subscribe to (absent: none).
@@ -88,11 +90,16 @@ impl Claims {
 /// Why a device was refused at the handshake.
 #[derive(Debug, PartialEq, Eq)]
 pub enum AuthError {
+    /// No token in the header, the query or a subprotocol entry (401).
     Missing,
     /// Credentials given more than once (see [`extract_token`]).
     Ambiguous(String),
+    /// The token does not verify: malformed, bad signature, unknown `kid`, wrong audience or
+    /// issuer, or a `sub` that is not a device id (401); the text says which, for the log only.
     Invalid(String),
+    /// `exp` is in the past, beyond the leeway (401).
     Expired,
+    /// `nbf` is in the future, beyond the leeway (401).
     NotYetValid,
     /// The backend authorisation said no.
     Denied(String),
@@ -205,11 +212,20 @@ impl AuthFailureStats {
 #[derive(Clone)]
 pub enum KeyConfig {
     /// HS256 with a shared secret.
-    Hs256 { secret: Vec<u8> },
+    Hs256 {
+        /// The shared secret's bytes.
+        secret: Vec<u8>,
+    },
     /// RS256 with a PEM public key.
-    Rs256 { public_pem: Vec<u8> },
+    Rs256 {
+        /// The PEM text of the RSA public key.
+        public_pem: Vec<u8>,
+    },
     /// ES256 with a PEM public key.
-    Es256 { public_pem: Vec<u8> },
+    Es256 {
+        /// The PEM text of the P-256 public key.
+        public_pem: Vec<u8>,
+    },
 }
 
 /// A configuration problem found at start (the node refuses to start).
@@ -522,8 +538,12 @@ impl Verifier {
 /// Where a token was found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TokenSource {
+    /// `Authorization: Bearer <token>`.
     Header,
+    /// The `token` query parameter of the request path.
     Query,
+    /// A `tether.token.<jwt>` entry of `Sec-WebSocket-Protocol` (for browsers, which cannot set
+    /// headers).
     Subprotocol,
 }
 
@@ -672,11 +692,14 @@ pub fn mint_pem_kid(
 /// The request the node sends to `--auth-subject`.
 #[derive(Serialize)]
 pub struct AuthRequest<'a> {
+    /// The device id (the verified token's `sub`).
     pub device: &'a str,
+    /// The node's id (`node_id`).
     pub node: &'a str,
     /// The device's address (`ip:port`): the socket's peer, or the client a PROXY protocol
     /// header names on a listener with `proxy_protocol`.
     pub client_addr: std::net::SocketAddr,
+    /// The verified token's claims, for the backend's own rules.
     pub claims: &'a Claims,
 }
 

@@ -14,23 +14,36 @@ use std::time::Duration;
 /// How devices are authenticated.
 #[derive(Clone)]
 pub enum AuthMode {
+    /// Every device presents a token, checked by this verifier (HS256 secret, public key or
+    /// JWKS).
     Jwt(Box<Verifier>),
+    /// `insecure_no_auth`: no token; the device names itself with `?device=` (tests and
+    /// closed networks only).
     Insecure,
 }
 
 /// Messaging settings after validation.
 #[derive(Clone)]
 pub struct MessagingConfig {
+    /// How devices are authenticated at the handshake.
     pub auth: AuthMode,
     /// The node's NATS login and TLS options.
     pub nats_auth: NatsAuth,
     /// Where the verification keys come from when they are a JWKS document.
     pub jwks: Option<JwksSource>,
+    /// NATS server URLs; empty: the embedded bus (one node, no NATS).
     pub nats: Vec<String>,
+    /// This node's id in presence answers, events and inbox subjects (checked like a device
+    /// id; random `n-xxxxxxxx` when not set).
     pub node_id: String,
+    /// The subject of the backend that authorises each verified device; `None`: a valid token
+    /// is enough.
     pub auth_subject: Option<String>,
+    /// How long the handshake waits for the `auth_subject` backend before answering 503.
     pub auth_timeout: Duration,
+    /// Length of each bus queue (shard to bridge, bridge to shard, shard to shard), in messages.
     pub bus_queue_len: usize,
+    /// The device-protocol limits every shard's hub applies.
     pub limits: HubLimits,
     /// Sessions one device may hold on this node (see [`crate::device::sessions`]).
     pub sessions_per_device_max: usize,

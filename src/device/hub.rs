@@ -88,28 +88,59 @@ impl Default for HubLimits {
 /// Counters of the device endpoint, shared by all shards; rendered in `/metrics`.
 #[derive(Debug, Default)]
 pub struct DeviceStats {
+    /// `tether_device_sessions_opened_total`: Device sessions opened on /ws.
     pub sessions_opened_total: AtomicU64,
+    /// `tether_device_sessions_closed_total`: Device sessions closed.
     pub sessions_closed_total: AtomicU64,
+    /// `tether_device_ops_total`: Protocol operations received from devices.
     pub ops_total: AtomicU64,
+    /// `tether_device_errors_total`: error envelopes sent to devices.
     pub errors_total: AtomicU64,
+    /// `tether_device_deliveries_total`: msg/request envelopes queued to devices.
     pub deliveries_total: AtomicU64,
+    /// `tether_device_bad_bus_payloads_total`: Bus payloads that were not valid v1 JSON (dropped).
     pub bad_bus_payloads_total: AtomicU64,
+    /// `tether_device_acks_timed_out_total`: sends with ack answered delivered:false at their
+    /// deadline (timeout or closed).
     pub acks_timed_out_total: AtomicU64,
+    /// `tether_device_ready_failures_total`: Sessions closed because their interest could not be
+    /// registered.
     pub ready_failures_total: AtomicU64,
+    /// `tether_device_insecure_sessions_total`: Sessions accepted with --insecure-no-auth.
     pub insecure_sessions_total: AtomicU64,
+    /// `tether_device_receipts_acked_total`: Messages a device acknowledged with ack_id (receipt
+    /// sent to the sender).
     pub receipts_acked_total: AtomicU64,
+    /// `tether_device_sends_offline_total`: sends with ack answered delivered:false at once: no
+    /// session anywhere (offline).
     pub sends_offline_total: AtomicU64,
+    /// `tether_device_deliveries_expired_total`: Messages that reached this node at or after their
+    /// deadline_ms (dropped).
     pub deliveries_expired_total: AtomicU64,
+    /// `tether_device_events_published_total`: Connection events and heartbeats published for
+    /// backends.
     pub events_published_total: AtomicU64,
     /// When the node started (unix ms; set by [`DeviceStats::starting_now`]), carried by
     /// events and heartbeats.
     pub node_started_at_unix_ms: u64,
+    /// `tether_device_sessions_expired_total`: Sessions closed with 4001 because their token
+    /// expired without a refresh.
     pub sessions_expired_total: AtomicU64,
+    /// `tether_device_forged_from_total`: Backend pushes on tether.dev.* dropped because their from
+    /// was not svc:... (only nodes speak for devices).
     pub forged_from_total: AtomicU64,
+    /// `tether_device_token_refreshes_total`: refresh operations accepted (a fresh token for the
+    /// same device).
     pub token_refreshes_total: AtomicU64,
+    /// `tether_device_token_refresh_failures_total`: refresh operations refused with bad_token.
     pub token_refresh_failures_total: AtomicU64,
+    /// `tether_device_durable_deliveries_total`: Durable (mailbox) messages queued to devices,
+    /// replayed or live.
     pub durable_deliveries_total: AtomicU64,
+    /// `tether_device_durable_acks_total`: Durable acknowledgements taken from devices (ack seq or
+    /// last_seq).
     pub durable_acks_total: AtomicU64,
+    /// `tether_device_receipts_total`: Receipts published on `tether.receipt.<device>`.
     pub receipts_total: AtomicU64,
     /// Refused /ws upgrades by reason.
     pub auth_failures: crate::auth::AuthFailureStats,

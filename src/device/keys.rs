@@ -29,7 +29,12 @@ pub enum JwksSource {
     /// A file, read at start and on SIGHUP.
     File(PathBuf),
     /// An `http://` or `https://` URL, fetched at start and every `refresh`.
-    Url { url: String, refresh: Duration },
+    Url {
+        /// The document's URL (`jwt_jwks_url`).
+        url: String,
+        /// Time between two scheduled fetches (`jwt_jwks_refresh`).
+        refresh: Duration,
+    },
 }
 
 impl std::fmt::Display for JwksSource {
@@ -44,7 +49,9 @@ impl std::fmt::Display for JwksSource {
 /// Reloads counted by result: `tether_jwks_reloads_total{result="ok"|"failed"}`.
 #[derive(Debug, Default)]
 pub struct JwksStats {
+    /// Reloads that replaced the key set (`result="ok"`).
     pub ok: AtomicU64,
+    /// Reloads that failed; the keys in use stayed (`result="failed"`).
     pub failed: AtomicU64,
     /// Keys in the set now.
     pub keys: AtomicU64,

@@ -37,19 +37,33 @@ pub const ACK_ID_BYTES_MAX: usize = 32;
 /// Stable error codes (section 7 of `docs/protocol.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorCode {
+    /// `bad_json`: the frame is not a JSON object.
     BadJson,
+    /// `bad_op`: `op` missing or unknown.
     BadOp,
+    /// `bad_field`: a field is missing, of the wrong type or invalid; the message names it.
     BadField,
+    /// `binary_unsupported`: a binary frame; payloads travel as `b64` in text frames.
     BinaryUnsupported,
+    /// `forbidden`: the token's claims do not allow this topic or service.
     Forbidden,
+    /// `unknown_request`: `reply` to a `rid` that is unknown, answered or expired.
     UnknownRequest,
+    /// `unknown_ack`: `ack` of an `ack_id` that is unknown, already acknowledged or expired.
     UnknownAck,
+    /// `too_many_topics`: the per-connection topic limit is reached.
     TooManyTopics,
+    /// `too_many_pending`: too many `send`s with `ack` (or `up`s with `id`) wait for an answer.
     TooManyPending,
+    /// `bus_unavailable`: the bus queue is full or NATS is disconnected; nothing was sent.
     BusUnavailable,
+    /// `no_backend`: `up` on a node without NATS.
     NoBackend,
+    /// `bad_token`: a `refresh` token that does not verify or names another device.
     BadToken,
+    /// `durable_unavailable`: a durable operation on a node without durable delivery.
     DurableUnavailable,
+    /// `not_stored`: JetStream did not store a durable `up` or apply an `ack` with `seq`.
     NotStored,
 }
 
@@ -78,8 +92,11 @@ impl ErrorCode {
 /// A rejected device frame: the `id` (when it could be read), the code and a message for people.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ProtoError {
+    /// The frame's `id`, echoed in the `error` envelope; `None` when it could not be read.
     pub id: Option<String>,
+    /// The stable code a device program acts on.
     pub code: ErrorCode,
+    /// What was wrong, for people (names the field and the limit).
     pub message: String,
 }
 
@@ -126,34 +143,53 @@ impl Payload<'_> {
 /// One operation a device can ask for.
 #[derive(Debug)]
 pub enum ClientOp<'a> {
+    /// `send`: a message to every live session of another device.
     Send {
+        /// The receiving device's id (checked: a valid device id).
         to: Cow<'a, str>,
+        /// What to deliver, verbatim.
         payload: Payload<'a>,
+        /// Whether the sender wants the outcome (`delivered`) answered in its `ack`.
         ack: bool,
     },
+    /// `sub`: receive publishes on a topic (allowed by the token's `topics_sub`).
     Sub {
+        /// The topic (checked by [`check_topic`]).
         topic: Cow<'a, str>,
     },
+    /// `unsub`: stop receiving a topic.
     Unsub {
+        /// The topic (checked by [`check_topic`]).
         topic: Cow<'a, str>,
     },
+    /// `pub`: publish to a topic (allowed by the token's `topics_pub`).
     Pub {
+        /// The topic (checked by [`check_topic`]).
         topic: Cow<'a, str>,
+        /// What subscribers receive, verbatim.
         payload: Payload<'a>,
     },
+    /// `up`: a message to a backend service over NATS.
     Up {
+        /// The service name (checked by [`valid_service`]).
         service: Cow<'a, str>,
+        /// What the service receives, verbatim.
         payload: Payload<'a>,
     },
+    /// `reply`: the answer to a backend's `request`.
     Reply {
+        /// The server-chosen request id the device was given (at most [`RID_BYTES_MAX`]).
         rid: Cow<'a, str>,
+        /// The answer, verbatim.
         payload: Payload<'a>,
     },
     /// The device acknowledges a message it received.
     Ack(AckRef<'a>),
+    /// `ping`: answered with `pong` (an application-level liveness check).
     Ping,
     /// A fresh token for this session (same `sub`), before the current one expires.
     Refresh {
+        /// The compact JWT (at most [`TOKEN_BYTES_MAX`]).
         token: Cow<'a, str>,
     },
 }
@@ -171,7 +207,9 @@ pub enum AckRef<'a> {
 /// A parsed device frame: the optional client `id` and the operation.
 #[derive(Debug)]
 pub struct ClientFrame<'a> {
+    /// The device's correlation id (at most [`CLIENT_ID_BYTES_MAX`]), echoed in the answer.
     pub id: Option<Cow<'a, str>>,
+    /// The operation.
     pub op: ClientOp<'a>,
 }
 
@@ -736,9 +774,13 @@ pub enum EventKind {
 /// Everything a connection event carries.
 #[derive(Clone, Copy, Debug)]
 pub struct Event<'a> {
+    /// Connect, disconnect (with its close code) or resync.
     pub kind: EventKind,
+    /// The device id of the session (its token's `sub`).
     pub device: &'a str,
+    /// The node's id (`node_id`).
     pub node: &'a str,
+    /// The shard (0-based) that holds the session.
     pub shard: usize,
     /// The node-unique id of the session (pairs a connect with its disconnect).
     pub session: u64,
@@ -795,14 +837,19 @@ pub fn encode_event(e: &Event<'_>) -> String {
 /// Everything a node heartbeat carries.
 #[derive(Clone, Copy, Debug)]
 pub struct Heartbeat<'a> {
+    /// The node's id (`node_id`).
     pub node: &'a str,
+    /// When the node started (unix ms): tells a restarted node from its previous run.
     pub node_started_at_ms: u64,
     /// 1, 2, 3, ... from the node's start: a gap means heartbeats were lost.
     pub seq: u64,
+    /// When the heartbeat was sent (unix ms, the node's clock).
     pub at_ms: u64,
     /// Device sessions open on the node.
     pub sessions: u64,
+    /// The node's shard count.
     pub shards: usize,
+    /// Time between two heartbeats, in milliseconds.
     pub interval_ms: u64,
     /// The silence after which a backend declares the node dead.
     pub dead_after_ms: u64,
@@ -903,6 +950,7 @@ pub enum BusPayloadError {
 /// A device envelope built from a bus payload, and the payload's delivery deadline.
 #[derive(Debug)]
 pub struct Encoded {
+    /// The JSON text frame to send to the device.
     pub text: String,
     /// `deadline_ms` of the bus payload (unix ms): not to be delivered at or after it.
     pub deadline_unix_ms: Option<u64>,

@@ -125,17 +125,28 @@ pub fn inbox_prefix(node: &str, shard: usize) -> String {
 /// What kind of subject a shard received a message on, with the name it carries.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed<'a> {
+    /// `tether.dev.<device>` (a backend push) or `tether.peer.<device>` (another device's
+    /// `send`): a message for this device's sessions.
     Device(&'a str),
+    /// `tether.req.<device>`: a backend's NATS request for this device.
     Request(&'a str),
+    /// `tether.presence.<device>`: a backend asks which shards hold this device.
     Presence(&'a str),
+    /// `tether.topic.<topic>`: a publish on this topic.
     Topic(&'a str),
     /// The mailbox stream stored a message for this device.
     MailboxNotify(&'a str),
+    /// `tether.inbox.<node>.<shard>.<seq>`: a receipt for a `send` with `ack` made by that
+    /// shard.
     Inbox {
+        /// The node that sent the message.
         node: &'a str,
+        /// The shard that sent it (0-based).
         shard: usize,
+        /// The shard's sequence number of the send awaiting this receipt.
         seq: u64,
     },
+    /// Any other subject (not one a shard subscribes to, or malformed): ignored.
     Other,
 }
 

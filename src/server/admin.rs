@@ -61,7 +61,9 @@ pub type ShardPing = tokio::sync::oneshot::Sender<()>;
 
 /// What the admin thread reads.
 pub struct AdminState {
+    /// Every shard's counters, in shard order (summed or labelled by shard in `/metrics`).
     pub shards: Vec<Arc<ShardMetrics>>,
+    /// Node-wide state: draining, capacity, open-files limit.
     pub node: Arc<NodeShared>,
     /// Other parts of the node (e.g. the messaging bus).
     pub extra: Vec<MetricsSource>,

@@ -154,16 +154,29 @@ pub struct ShardMetrics {
     pub connections: AtomicU64,
     /// Accepted sockets still in the opening handshake (gauge).
     pub handshaking: AtomicU64,
+    /// `tether_handshakes_total`: upgrade attempts, indexed like [`HandshakeResult::ALL`].
     pub handshakes: [AtomicU64; HandshakeResult::ALL.len()],
+    /// `tether_messages_received_total`: complete data messages received.
     pub messages_received: AtomicU64,
+    /// `tether_messages_sent_total`: data messages queued for sending.
     pub messages_sent: AtomicU64,
+    /// `tether_bytes_received_total`: bytes read from upgraded connections.
     pub bytes_received: AtomicU64,
+    /// `tether_bytes_sent_total`: bytes written to upgraded connections.
     pub bytes_sent: AtomicU64,
+    /// `tether_closes_total`: ended connections, indexed like [`CLOSE_CODES`]; the last slot
+    /// counts every other code.
     pub closes: [AtomicU64; CLOSE_CODES.len() + 1],
+    /// `tether_slow_consumer_closes_total`: closed because the outbound queue exceeded
+    /// `outbound_bytes_max`.
     pub slow_consumer_closes: AtomicU64,
+    /// `tether_silence_timeouts_total`: dropped after `silence_timeout` without a frame.
     pub silence_timeouts: AtomicU64,
+    /// `tether_pings_sent_total`: pings sent to idle peers.
     pub pings_sent: AtomicU64,
+    /// `tether_pongs_dropped_total`: pongs skipped because control frames were already queued.
     pub pongs_dropped: AtomicU64,
+    /// `tether_accept_errors_total`: `accept()` failures (e.g. EMFILE).
     pub accept_errors: AtomicU64,
     /// Bytes queued for sending and not yet written, over all connections (gauge).
     pub outbound_queued_bytes: AtomicU64,
@@ -253,6 +266,7 @@ pub fn render_histogram(out: &mut String, name: &str, help: &str, parts: &[&Hist
 }
 
 impl ShardMetrics {
+    /// Counts one upgrade attempt's outcome.
     pub fn handshake(&self, r: HandshakeResult) {
         let i = HandshakeResult::ALL
             .iter()
@@ -270,6 +284,7 @@ impl ShardMetrics {
         add(&self.proxy_headers[i], 1);
     }
 
+    /// Counts one ended connection under its close code (1006: no close handshake).
     pub fn close(&self, code: u16) {
         add(&self.closes[close_index(code)], 1);
     }
@@ -278,8 +293,13 @@ impl ShardMetrics {
 /// Node-wide values the admin endpoint reports beside the shard counters.
 #[derive(Debug, Clone, Copy)]
 pub struct NodeGauges {
+    /// `tether_capacity_connections`: connections this node admits (the smaller of
+    /// `max_connections` and the open-files capacity).
     pub capacity_connections: u64,
+    /// `tether_open_files_limit`: the RLIMIT_NOFILE soft limit after raising it to the hard
+    /// limit.
     pub open_files_limit: u64,
+    /// `tether_draining`: the node drains (stops accepting, closes with 1001).
     pub draining: bool,
 }
 

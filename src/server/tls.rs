@@ -79,20 +79,43 @@ const TLS13_TICKETS: usize = 1;
 /// Why a certificate or key could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// The certificate file cannot be read or is not PEM.
     #[error("cannot read certificate file {path}: {reason}")]
-    Cert { path: PathBuf, reason: String },
+    Cert {
+        /// The certificate file.
+        path: PathBuf,
+        /// The IO or PEM error.
+        reason: String,
+    },
+    /// The file is PEM but holds no `CERTIFICATE` block.
     #[error("certificate file {path} holds no PEM certificate")]
-    NoCert { path: PathBuf },
+    NoCert {
+        /// The certificate file.
+        path: PathBuf,
+    },
+    /// The key file cannot be read, or holds no private key rustls can use.
     #[error("cannot read private key file {path}: {reason} (PKCS#8, PKCS#1 or SEC1 PEM expected)")]
-    Key { path: PathBuf, reason: String },
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// The IO or PEM error.
+        reason: String,
+    },
+    /// rustls refuses the pair (the key does not match the certificate, an unsupported key
+    /// type).
     #[error("certificate {cert} and key {key} do not make a usable TLS configuration: {source}")]
     Config {
+        /// The certificate file.
         cert: PathBuf,
+        /// The key file.
         key: PathBuf,
+        /// rustls's reason.
         source: rustls::Error,
     },
+    /// The key that encrypts TLS 1.3 session tickets cannot be made (no randomness).
     #[error("cannot create the session-ticket key: {0}")]
     Ticketer(rustls::Error),
+    /// TLS asked for without any certificate pair.
     #[error("no TLS certificate given")]
     NoFiles,
 }
@@ -111,11 +134,13 @@ pub struct TlsFiles {
 pub struct TlsMetrics {
     /// TLS handshakes that failed (bad client hello, no common version or cipher, alert).
     pub handshake_failures: AtomicU64,
-    /// TLS handshakes completed, by kind.
+    /// TLS handshakes completed with a full key exchange (`result="full"`).
     pub handshakes_full: AtomicU64,
+    /// TLS handshakes completed by resuming a session (ticket or cache; `result="resumed"`).
     pub handshakes_resumed: AtomicU64,
-    /// Certificate reloads, by outcome.
+    /// Certificate reloads (SIGHUP) that replaced the configuration.
     pub reloads_ok: AtomicU64,
+    /// Certificate reloads that failed; the certificates in use stayed.
     pub reloads_failed: AtomicU64,
 }
 
@@ -150,6 +175,7 @@ pub struct TlsCerts {
     current: RwLock<Arc<ServerConfig>>,
     ticketer: Arc<dyn ProducesTickets>,
     sessions: Arc<dyn StoresServerSessions>,
+    /// Handshake and reload counters of every `wss://` listener of the node.
     pub metrics: TlsMetrics,
 }
 
@@ -326,7 +352,10 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 
 /// A connection's byte stream: plain TCP (`ws://`) or TLS over TCP (`wss://`).
 pub enum ConnStream {
+    /// A `ws://` connection.
     Plain(TcpStream),
+    /// A `wss://` connection after its TLS handshake (boxed: the rustls state is large and
+    /// plain connections should not pay for it).
     Tls(Box<TlsStream>),
 }
 
