@@ -2,7 +2,8 @@
 //! tether cluster (a nats-server and `nodes` tether processes joined by it, serving devices on
 //! `/ws` with HS256 tokens signed with a secret made for the run), over `wss://` with the
 //! run's test PKI when the scenario has a `[tls]` table (nginx in front of a `ws://` tether is
-//! two processes measured together: see `tls_stack`). Starts them on free ports,
+//! two processes measured together: see `tls_stack`), or nats-server's own WebSocket listener
+//! (`natsws`). Starts them on free ports,
 //! waits until each accepts (and, for device-serving nodes, until `/readyz` answers 200), reads
 //! the nodes' `tether_connections` from their `/metrics`, and stops everything (SIGTERM, then
 //! SIGKILL after `SERVER_STOP_TIMEOUT`). Every child gets `PR_SET_PDEATHSIG`, so none outlives
@@ -51,6 +52,11 @@ pub struct Deployment {
     pub backends: Vec<Proc>,
     /// Whether the nodes serve `wss://` (URLs name `localhost`, the test certificate's name).
     pub tls: bool,
+    /// Arguments every `tether-loadgen` of this deployment gets (`--protocol nats` and the
+    /// token of a nats-server WebSocket row).
+    pub loadgen_args: Vec<String>,
+    /// The node is a nats-server: `connections()` reads its monitoring `/varz`.
+    pub nats_monitor: bool,
 }
 
 pub fn free_port() -> Result<u16, String> {
@@ -58,7 +64,7 @@ pub fn free_port() -> Result<u16, String> {
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
 
-fn free_addr() -> Result<SocketAddr, String> {
+pub(crate) fn free_addr() -> Result<SocketAddr, String> {
     Ok(([127, 0, 0, 1], free_port()?).into())
 }
 
@@ -197,6 +203,8 @@ fn server_command(
         }
         // Started by `Deployment::start_nginx_tether` (two processes).
         ServerKind::NginxTether => return Err("nginx-tether has no single command".into()),
+        // Started by `natsws::start` (a configuration file of its own).
+        ServerKind::NatsWs => return Err("nats-ws is started by natsws::start".into()),
         ServerKind::Tungstenite => peer("peer-tungstenite")?,
         ServerKind::Fastwebsockets => peer("peer-fastwebsockets")?,
         ServerKind::Raw101 => peer("peer-raw101")?,
@@ -233,7 +241,7 @@ fn spawn_logged(mut cmd: Command, log: &Path) -> Result<Child, String> {
 
 /// Starts `cmd` and waits until it accepts on `listen` (and answers 200 on `ready`'s
 /// `/readyz`, when given).
-fn start_process(
+pub(crate) fn start_process(
     cmd: Command,
     listen: SocketAddr,
     admin: Option<SocketAddr>,
@@ -298,7 +306,7 @@ fn stop(p: &mut Proc) {
 }
 
 /// 24 random bytes from the kernel, hex: the run's device-token secret.
-fn random_secret() -> Result<String, String> {
+pub(crate) fn random_secret() -> Result<String, String> {
     let mut b = [0u8; 24];
     File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut b))
@@ -351,7 +359,20 @@ impl Deployment {
             scrape: spec.bus.is_some(),
             backends: Vec::new(),
             tls: tls.is_some(),
+            loadgen_args: Vec::new(),
+            nats_monitor: false,
         };
+        if spec.kind == ServerKind::NatsWs {
+            return crate::natsws::start(spec, dir, base).map(|(node, cmdline, token)| {
+                d.nodes.push(node);
+                d.scrape = true;
+                d.nats_monitor = true;
+                d.loadgen_args = ["--protocol", "nats", "--device-token", &token]
+                    .map(String::from)
+                    .to_vec();
+                (d, cmdline)
+            });
+        }
         if spec.kind == ServerKind::NginxTether {
             let pki = tls.ok_or("nginx-tether needs [tls]")?;
             let cmdline = d.start_nginx_tether(spec, cfg, dir, base, pki);
@@ -483,11 +504,20 @@ impl Deployment {
         }
         let mut sum = 0;
         for n in &self.nodes {
-            let (status, body) = http_get(n.admin?, "/metrics")?;
+            let path = if self.nats_monitor {
+                "/varz"
+            } else {
+                "/metrics"
+            };
+            let (status, body) = http_get(n.admin?, path)?;
             if status != 200 {
                 return None;
             }
-            sum += connections_in(&body);
+            sum += if self.nats_monitor {
+                crate::natsws::connections_in_varz(&body)?
+            } else {
+                connections_in(&body)
+            };
         }
         Some(sum)
     }

@@ -9,6 +9,7 @@
 //! micro-benchmarks of the codec live in `benches/`.
 
 pub mod deploy;
+pub mod natsws;
 pub mod peer;
 pub mod plot;
 pub mod procfs;

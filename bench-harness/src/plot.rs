@@ -50,6 +50,7 @@ fn color_for(index: usize, kind: ServerKind) -> RGBColor {
         ServerKind::NodeWs => RGBColor(0x94, 0x67, 0xbd),
         ServerKind::TungsteniteRustls => RGBColor(0x17, 0xbe, 0xcf),
         ServerKind::NginxTether => RGBColor(0xff, 0x7f, 0x0e),
+        ServerKind::NatsWs => RGBColor(0x8c, 0x56, 0x4b),
     }
     .mix_index(index)
 }

@@ -17,7 +17,10 @@
 //! the messages loadgen received), `server.cpu_cores_busy` (server CPU over loadgen's wall
 //! time), `server.nodes`, and on device-serving rows `server.connections_peak` (the highest sum
 //! of the nodes' `tether_connections`) and `server.connections_missing` (clients and probe
-//! devices asked for minus that peak); `nats.cpu_s`, `nats.rss_peak_bytes`;
+//! devices asked for minus that peak; a nats-server WebSocket row reads its `/varz`
+//! `connections`); `nats.cpu_s`, `nats.rss_peak_bytes`; `system.rss_held_per_conn_bytes`,
+//! `system.cpu_s`, `system.cpu_us_per_message` (the same, of the nodes and the nats-server
+//! behind them together: what a device costs the whole system);
 //! `kernel.tcp_mem_delta_bytes` (sockstat TCP memory, both ends of every loopback connection),
 //! `kernel.tcp_mem_per_conn_bytes`, `kernel.slab_per_conn_bytes` (growth of the kernel's slab,
 //! both ends, per connection); `loadgen.cpu_s` (with the probe's), `loadgen.cpu_us_per_handshake`,
@@ -249,6 +252,7 @@ fn run_once(
     if let Some(secret) = &deployment.jwt_secret {
         args.extend(["--device-jwt-secret".to_string(), secret.clone()]);
     }
+    args.extend(deployment.loadgen_args.iter().cloned());
     args.extend(spec.loadgen_args.iter().cloned());
     let probe = match (&scenario.probe, &deployment.jwt_secret) {
         (Some(p), Some(secret)) => Some((
@@ -482,6 +486,7 @@ fn derive_metrics(run: &mut RunResult, fds_per_conn: u64) {
     if let Some(held) = rss_held {
         m.insert("server.rss_held_bytes".into(), held as f64);
     }
+
     if connected > 0.0 {
         m.insert(
             "server.rss_delta_per_conn_bytes".into(),
@@ -493,6 +498,7 @@ fn derive_metrics(run: &mut RunResult, fds_per_conn: u64) {
                 (held as f64 - first.rss_bytes as f64) / connected,
             );
         }
+
         m.insert(
             "kernel.tcp_mem_per_conn_bytes".into(),
             tcp_delta / connected,
@@ -509,6 +515,35 @@ fn derive_metrics(run: &mut RunResult, fds_per_conn: u64) {
         if let Some(lg) = m.get("loadgen.cpu_s").copied() {
             m.insert("loadgen.cpu_us_per_handshake".into(), lg * 1e6 / handshakes);
         }
+    }
+    derive_system_metrics(run, all_open, connected);
+}
+
+/// `system.*`: the nodes and the nats-server behind them together (what a device costs the
+/// whole system); `all_open` descriptors tell when every one of `connected` was open.
+fn derive_system_metrics(run: &mut RunResult, all_open: u64, connected: f64) {
+    let Some(first) = run.timeline.first().copied() else {
+        return;
+    };
+    let last = *run.timeline.last().unwrap_or(&first);
+    let held = run
+        .timeline
+        .iter()
+        .filter(|s| s.fds >= all_open)
+        .map(|s| s.rss_bytes + s.nats_rss_bytes)
+        .min();
+    let m = &mut run.metrics;
+    let cpu_s = (last.cpu_s - first.cpu_s) + (last.nats_cpu_s - first.nats_cpu_s);
+    m.insert("system.cpu_s".into(), cpu_s);
+    if let Some(received) = m.get("messages.received").copied().filter(|r| *r > 0.0) {
+        m.insert("system.cpu_us_per_message".into(), cpu_s * 1e6 / received);
+    }
+    if let (Some(held), true) = (held, connected > 0.0) {
+        let before = first.rss_bytes + first.nats_rss_bytes;
+        m.insert(
+            "system.rss_held_per_conn_bytes".into(),
+            (held as f64 - before as f64) / connected,
+        );
     }
 }
 
@@ -745,5 +780,42 @@ mod tests {
         assert_eq!(m["loadgen.cpu_us_per_handshake"], 500.0);
         let page = procfs::page_size_bytes() as f64;
         assert_eq!(m["kernel.tcp_mem_per_conn_bytes"], 200.0 * page / 1000.0);
+    }
+
+    /// `system.*` adds the nats-server behind the nodes, sample by sample: the held RSS is the
+    /// lowest sum while every connection was open, not the sum of two minimums.
+    #[test]
+    fn system_metrics_count_the_nats_server() {
+        let s = |t_s, rss_bytes, nats_rss_bytes, fds, nats_cpu_s| Sample {
+            t_s,
+            rss_bytes,
+            cpu_s: t_s,
+            fds,
+            nats_rss_bytes,
+            nats_cpu_s,
+            ..Sample::default()
+        };
+        let mut run = RunResult {
+            repetition: 1,
+            metrics: [("connected_peak", 100.0), ("messages.received", 1000.0)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            timeline: vec![
+                s(0.0, 1_000_000, 2_000_000, 10, 0.0),
+                s(1.0, 1_100_000, 2_300_000, 110, 0.2),
+                s(2.0, 1_200_000, 2_150_000, 110, 0.4),
+                s(3.0, 1_000_000, 2_000_000, 10, 0.5),
+            ],
+            loadgen_seconds: Vec::new(),
+            error: None,
+        };
+        derive_metrics(&mut run, 1);
+        let m = &run.metrics;
+        // Node alone: lowest held 1,100,000; with nats: min(3,400,000, 3,350,000).
+        assert_eq!(m["server.rss_held_per_conn_bytes"], 1000.0);
+        assert_eq!(m["system.rss_held_per_conn_bytes"], 3500.0);
+        assert_eq!(m["system.cpu_s"], 3.5);
+        assert_eq!(m["system.cpu_us_per_message"], 3500.0);
     }
 }

@@ -168,6 +168,9 @@ pub enum ServerKind {
     /// nginx terminating TLS in front of `tether serve --echo --shards N` on `ws://`, measured
     /// together (RSS, CPU and descriptors of nginx's processes and tether's); `[tls]` only.
     NginxTether,
+    /// nats-server's own WebSocket listener, devices as NATS clients over WebSocket
+    /// (`tether-loadgen --protocol nats`, token authentication); see `natsws`.
+    NatsWs,
 }
 
 impl ServerKind {
@@ -188,6 +191,7 @@ impl ServerKind {
             ServerKind::NodeWs => "node ws",
             ServerKind::TungsteniteRustls => "tokio-rustls + tungstenite",
             ServerKind::NginxTether => "nginx in front of tether",
+            ServerKind::NatsWs => "nats-server WebSocket",
         }
     }
 }

@@ -49,6 +49,8 @@ fn every_scenario_file_parses() {
             "handshake-10k",
             "handshake-saturation",
             "idle-memory",
+            "natsws-idle-memory",
+            "natsws-routed",
             "nodes-17-vs-2",
             "prove-300k",
             "routed-saturation",

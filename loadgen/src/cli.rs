@@ -5,7 +5,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, ValueEnum};
 
-use crate::plan::{parse_sources, parse_url, Arrivals, Plan, Rate, Workload, MSG_HEADER_BYTES};
+use crate::plan::{
+    parse_sources, parse_url, Arrivals, Plan, Protocol, Rate, Workload, MSG_HEADER_BYTES,
+};
 use crate::tls::TlsOptions;
 
 /// Open-loop WebSocket load generator: connects `--clients` clients on a schedule, holds them,
@@ -90,6 +92,17 @@ pub struct Args {
     /// token for its device id (`sub` = PREFIX + client index) signed with this secret.
     #[arg(long, value_name = "SECRET")]
     pub device_jwt_secret: Option<String>,
+    /// What devices speak: `tether` (docs/protocol.md), or `nats`: each device is a NATS
+    /// client over WebSocket (nats-server's `websocket` listener) that subscribes to
+    /// `dev.<device id>`; with `--workload d2d` it publishes its messages to its partner's
+    /// subject. A device is routable (its sends start) once the server answered the `PING`
+    /// after its `SUB`.
+    #[arg(long, value_enum, default_value = "tether")]
+    pub protocol: ProtocolArg,
+    /// `--protocol nats` against a server with token authentication: the `auth_token` every
+    /// device presents in its `CONNECT`.
+    #[arg(long, value_name = "TOKEN")]
+    pub device_token: Option<String>,
     /// NATS server URL the push workload publishes to.
     #[arg(long)]
     pub nats: Option<String>,
@@ -160,6 +173,12 @@ pub enum WorkloadArg {
     D2d,
     Push,
     Durable,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProtocolArg {
+    Tether,
+    Nats,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -318,6 +337,34 @@ impl Args {
             })
             .map_err(|e| format!("--device-jwt-secret: {e}"))?;
         }
+        let protocol = match self.protocol {
+            ProtocolArg::Tether => Protocol::Tether,
+            ProtocolArg::Nats => Protocol::Nats,
+        };
+        if protocol == Protocol::Nats {
+            if workload != Workload::D2d {
+                return Err(
+                    "--protocol nats runs devices that publish to each other: use \
+                            --workload d2d"
+                        .into(),
+                );
+            }
+            if self.device_jwt_secret.is_some() {
+                return Err(
+                    "--device-jwt-secret signs tether device tokens; NATS devices \
+                            present --device-token"
+                        .into(),
+                );
+            }
+        }
+        if let Some(token) = &self.device_token {
+            if protocol != Protocol::Nats {
+                return Err("--device-token is for --protocol nats".into());
+            }
+            if token.is_empty() {
+                return Err("--device-token: empty".into());
+            }
+        }
         let tls = if targets.iter().any(|t| t.tls) {
             if self.insecure && self.ca_file.is_some() {
                 return Err("--insecure accepts any certificate: drop --ca-file or it".into());
@@ -364,6 +411,8 @@ impl Args {
             device_prefix: self.device_prefix.clone(),
             nats_url: self.nats.clone(),
             device_jwt_secret: self.device_jwt_secret.clone(),
+            protocol,
+            device_token: self.device_token.clone(),
             msg_in_flight_max: self.msg_in_flight_max.max(1),
             lag_threshold_us: self.lag_threshold,
             preload_per_device: self.preload,

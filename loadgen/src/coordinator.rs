@@ -723,7 +723,7 @@ fn build_report(r: &ReportInput) -> Value {
         "loadgen_worker_max_rss_kib": r.worker_rss_kib,
         "worker_failures": r.failures,
     });
-    if c.messages_sent > 0 || c.messages_received > 0 {
+    if c.messages_sent > 0 || c.messages_received > 0 || !c.tether_errors.is_empty() {
         // Echo: round trip from the intended send; tether workloads: one-way delivery.
         let key = match r.plan.workload {
             crate::plan::Workload::Echo => "message_rtt_us",
@@ -731,6 +731,7 @@ fn build_report(r: &ReportInput) -> Value {
         };
         v[key] = json!(LatencySummary::of(&r.totals.rtt));
         v["workload"] = json!(r.plan.workload);
+        v["protocol"] = json!(r.plan.protocol);
         v["tether_errors"] = json!(c.tether_errors);
         v["messages"] = json!({
             "sent": c.messages_sent,

@@ -207,6 +207,18 @@ pub enum Workload {
     Durable,
 }
 
+/// What a device speaks once its WebSocket is open (tether workloads).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// tether's device protocol (docs/protocol.md): `hello`, `send`, `msg`.
+    #[default]
+    Tether,
+    /// A NATS client over WebSocket (nats-server's `websocket` listener): `CONNECT`, then
+    /// `SUB dev.<device>`; the `d2d` workload publishes to `dev.<partner>` (`nats_proto`).
+    Nats,
+}
+
 /// Everything a worker needs to run its share. Sent to workers as one JSON line on stdin.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Plan {
@@ -243,6 +255,12 @@ pub struct Plan {
     /// `Authorization: Bearer` (for nodes with authentication on); none: rely on `?device=`.
     #[serde(default)]
     pub device_jwt_secret: Option<String>,
+    /// What devices speak: tether's protocol or NATS (`--protocol`).
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// `--protocol nats`: the `auth_token` every device presents in its `CONNECT`.
+    #[serde(default)]
+    pub device_token: Option<String>,
     /// Unanswered messages a connection may have before it skips sends (counted).
     pub msg_in_flight_max: u64,
     /// A scheduled event started later than this counts as lag.
@@ -481,6 +499,8 @@ pub(crate) mod tests {
             device_prefix: "lg-".into(),
             nats_url: None,
             device_jwt_secret: None,
+            protocol: Protocol::Tether,
+            device_token: None,
             msg_in_flight_max: 1000,
             lag_threshold_us: 5000,
             preload_per_device: 0,

@@ -30,10 +30,14 @@ use tokio::time::{sleep_until, timeout_at, Instant};
 
 use crate::backend::backend_body;
 use crate::plan::MSG_HEADER_BYTES;
-use crate::plan::{storm_drops, worker_clients, ConnectSchedule, Phases, Plan, Target, Workload};
+use crate::plan::{
+    storm_drops, worker_clients, ConnectSchedule, Phases, Plan, Protocol, Target, Workload,
+};
 use crate::stats::{Counters, Hists, StartSignal, WorkerCmd, WorkerMsg, WorkerPlan};
 use crate::sys;
 use crate::tls::{self, Conn, Handshake};
+
+mod natsws;
 
 /// Size of the shared read buffer of a worker thread.
 const SCRATCH_BYTES: usize = 64 * 1024;
@@ -842,7 +846,7 @@ async fn upgrade(
         Handshake::Full => w.counters.borrow_mut().tls_full += 1,
         Handshake::Resumed => w.counters.borrow_mut().tls_resumed += 1,
     }
-    let (hs, request) = if w.plan.workload == Workload::Echo {
+    let (hs, request) = if w.plan.workload == Workload::Echo || w.plan.protocol == Protocol::Nats {
         ClientHandshake::new(&target.host, &target.resource, &[], &[])
     } else {
         // tether's protocol: subprotocol tether.v1, device id in the query (read by a node with
@@ -945,6 +949,8 @@ struct ConnState {
     local: usize,
     /// Durable workload: messages processed since this session's last `ack`.
     unacked: u64,
+    /// `--protocol nats`: the device's NATS state.
+    nats: Option<natsws::Session>,
 }
 
 impl ConnState {
@@ -990,6 +996,8 @@ fn feed(w: &Worker, st: &mut ConnState, data: &mut [u8], out: &mut Vec<u8>) {
         hello,
         local,
         unacked,
+        nats,
+        error,
         ..
     } = st;
     let ctl = &w.ctl[*local];
@@ -1005,7 +1013,15 @@ fn feed(w: &Worker, st: &mut ConnState, data: &mut [u8], out: &mut Vec<u8>) {
                     expect_seq,
                     unacked,
                 };
-                on_tether_frame(w, data, &mut session, out)
+                match nats.as_mut() {
+                    Some(n) => {
+                        let global = *local as u64 * u64::from(w.plan.workers) + u64::from(w.index);
+                        if let Err(cause) = natsws::on_data(w, n, data, &mut session, global, out) {
+                            error.get_or_insert(cause);
+                        }
+                    }
+                    None => on_tether_frame(w, data, &mut session, out),
+                }
             }
         }
         Incoming::Ping(payload) => encode_pong(out, Role::Client, payload),
@@ -1219,6 +1235,7 @@ async fn run_open(
         hello: false,
         local: (global / u64::from(w.plan.workers)) as usize,
         unacked: 0,
+        nats: (w.plan.protocol == Protocol::Nats).then(natsws::Session::default),
     };
     let mut out = Vec::new();
     if !leftover.is_empty() {
@@ -1346,6 +1363,10 @@ fn send_message(
             payload[0..8].copy_from_slice(&seq.to_le_bytes());
             payload[8..16].copy_from_slice(&sent_ns.to_le_bytes());
             encode_frame(out, Role::Client, OpCode::Binary, true, &payload);
+            None
+        }
+        Workload::D2d if w.plan.protocol == Protocol::Nats => {
+            natsws::publish(w, out, partner(w, global), seq, sent_ns);
             None
         }
         Workload::D2d => {
