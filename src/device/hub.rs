@@ -1242,150 +1242,182 @@ impl<O: Outlet> Hub<O> {
         self.mailbox_actions(conn, actions, None);
     }
 
-    #[expect(
-        clippy::too_many_lines,
-        reason = "not yet split into named steps; a function-length exemption to remove (docs/architecture.md)"
-    )]
+    /// Routes one bus message to the step for its subject.
     fn on_message(&mut self, msg: BusMessage, now_ms: u64) {
         let delay_us = (msg.arrived_unix_us != 0)
             .then(|| crate::bus::unix_us().saturating_sub(msg.arrived_unix_us));
         match subject::parse(&msg.subject) {
-            subject::Parsed::Device(device) => match msg.reply {
-                _ if subject::is_backend_push(&msg.subject)
-                    && !proto::from_is_backend(&msg.payload) =>
-                {
+            subject::Parsed::Device(device) => {
+                if subject::is_backend_push(&msg.subject) && !proto::from_is_backend(&msg.payload) {
                     // Only nodes speak for devices (on `tether.peer.*`).
                     tracing::debug!(subject = %msg.subject, "dropped: a backend push with a device's from");
                     bump(&self.stats.forged_from_total);
-                }
-                None => {
-                    let Some(conns) = self.devices.get(device) else {
-                        return;
-                    };
-                    let text = match proto::encode_delivery(&msg.payload, Delivery::Direct, None) {
-                        Ok(encoded) => match encoded.deadline_unix_ms {
-                            Some(d) if d <= (self.wall_clock)() => {
-                                return bump(&self.stats.deliveries_expired_total)
-                            }
-                            _ => encoded.text,
-                        },
-                        Err(_) => return bump(&self.stats.bad_bus_payloads_total),
-                    };
-                    for conn in conns {
-                        if let Some(s) = self.sessions.get(conn) {
-                            if s.out.send_text(&text) {
-                                bump(&self.stats.deliveries_total);
-                                observe_delivery(&self.stats, self.shard, delay_us);
-                            }
-                        }
-                    }
-                }
-                Some(reply) => {
-                    let device = device.to_owned();
-                    self.deliver_for_receipt(&device, &msg.payload, reply, now_ms, delay_us);
-                }
-            },
-            subject::Parsed::Request(device) => {
-                let Some(conns) = self.devices.get(device).cloned() else {
                     return;
-                };
-                let Some(reply) = msg.reply else { return };
-                let mut delivered = 0usize;
-                for conn in conns {
-                    let rid = self.seq();
-                    let max = self.limits.pending_requests_per_connection_max;
-                    let lifetime = self.limits.request_lifetime_ms;
-                    let Some(s) = self.sessions.get_mut(&conn) else {
-                        continue;
-                    };
-                    if s.requests.len() >= max {
-                        continue;
-                    }
-                    let rid_text = rid.to_string();
-                    let text = match proto::encode_delivery(
-                        &msg.payload,
-                        Delivery::Request(&rid_text),
-                        None,
-                    ) {
-                        Ok(encoded) => encoded.text,
-                        Err(_) => return bump(&self.stats.bad_bus_payloads_total),
-                    };
-                    if s.out.send_text(&text) {
-                        s.requests.insert(rid, (reply.clone(), now_ms + lifetime));
-                        delivered += 1;
-                        bump(&self.stats.deliveries_total);
-                        observe_delivery(&self.stats, self.shard, delay_us);
+                }
+                match msg.reply {
+                    None => self.deliver_direct(device, &msg.payload, delay_us),
+                    Some(reply) => {
+                        let device = device.to_owned();
+                        self.deliver_for_receipt(&device, &msg.payload, reply, now_ms, delay_us);
                     }
                 }
-                if delivered == 0 {
-                    let _ = self.bus.publish(
-                        &reply,
-                        None,
-                        Bytes::from(proto::encode_bus_error(ErrorCode::TooManyPending)),
-                    );
+            }
+            subject::Parsed::Request(device) => {
+                if let Some(reply) = msg.reply {
+                    self.deliver_request(device, &msg.payload, reply, now_ms, delay_us);
                 }
             }
             subject::Parsed::Presence(device) => {
-                let Some(conns) = self.devices.get(device) else {
-                    return;
-                };
                 if let Some(reply) = msg.reply.as_deref() {
-                    let body = proto::encode_presence(device, &self.node, self.shard, conns.len());
-                    let _ = self.bus.publish(reply, None, Bytes::from(body));
+                    self.answer_presence(device, reply);
                 }
             }
-            subject::Parsed::Topic(topic) => {
-                let Some(conns) = self.topics.get(topic) else {
-                    return;
-                };
-                let text = match proto::encode_delivery(&msg.payload, Delivery::Topic(topic), None)
-                {
-                    Ok(encoded) => encoded.text,
-                    Err(_) => return bump(&self.stats.bad_bus_payloads_total),
-                };
-                for conn in conns {
-                    if let Some(s) = self.sessions.get(conn) {
-                        if s.out.send_text(&text) {
-                            bump(&self.stats.deliveries_total);
-                            observe_delivery(&self.stats, self.shard, delay_us);
-                        }
-                    }
-                }
-            }
-            subject::Parsed::Inbox { seq, .. } => match proto::parse_receipt(&msg.payload) {
-                Some(Ok(())) => self.settle(seq, Ok(())),
-                // Another session of the target may still acknowledge: remember why, answer at
-                // the deadline.
-                Some(Err(reason)) => {
-                    if let Some(ack) = self.acks.get_mut(&seq) {
-                        ack.reason = Some(reason);
-                    }
-                }
-                None => bump(&self.stats.bad_bus_payloads_total),
-            },
+            subject::Parsed::Topic(topic) => self.deliver_topic(topic, &msg.payload, delay_us),
+            subject::Parsed::Inbox { seq, .. } => self.on_receipt(seq, &msg.payload),
             subject::Parsed::MailboxNotify(device) => {
-                let Some(seq) = std::str::from_utf8(&msg.payload)
-                    .ok()
-                    .and_then(|t| t.parse::<u64>().ok())
-                else {
-                    return bump(&self.stats.bad_bus_payloads_total);
-                };
-                let Some(conns) = self.devices.get(device).cloned() else {
-                    return;
-                };
-                for conn in conns {
-                    let mut actions = Vec::new();
-                    if let Some(m) = self
-                        .sessions
-                        .get_mut(&conn)
-                        .and_then(|s| s.mailbox.as_mut())
-                    {
-                        m.announced(seq, now_ms, &mut actions);
-                    }
-                    self.mailbox_actions(conn, actions, None);
-                }
+                self.on_mailbox_notify(device, &msg.payload, now_ms)
             }
             subject::Parsed::Other => {}
+        }
+    }
+
+    /// A message for `device` that wants no receipt: the same text to each of its sessions
+    /// here, unless it is past its `deadline_ms`.
+    fn deliver_direct(&mut self, device: &str, payload: &[u8], delay_us: Option<u64>) {
+        let Some(conns) = self.devices.get(device) else {
+            return;
+        };
+        let text = match proto::encode_delivery(payload, Delivery::Direct, None) {
+            Ok(encoded) => match encoded.deadline_unix_ms {
+                Some(d) if d <= (self.wall_clock)() => {
+                    return bump(&self.stats.deliveries_expired_total)
+                }
+                _ => encoded.text,
+            },
+            Err(_) => return bump(&self.stats.bad_bus_payloads_total),
+        };
+        for conn in conns {
+            if let Some(s) = self.sessions.get(conn) {
+                if s.out.send_text(&text) {
+                    bump(&self.stats.deliveries_total);
+                    observe_delivery(&self.stats, self.shard, delay_us);
+                }
+            }
+        }
+    }
+
+    /// A backend's request for `device`: each session here with room for another pending
+    /// request gets it under its own `rid`; when none could take it, the backend is answered
+    /// `too_many_pending` at once.
+    fn deliver_request(
+        &mut self,
+        device: &str,
+        payload: &[u8],
+        reply: String,
+        now_ms: u64,
+        delay_us: Option<u64>,
+    ) {
+        let Some(conns) = self.devices.get(device).cloned() else {
+            return;
+        };
+        let mut delivered = 0usize;
+        for conn in conns {
+            let rid = self.seq();
+            let max = self.limits.pending_requests_per_connection_max;
+            let lifetime = self.limits.request_lifetime_ms;
+            let Some(s) = self.sessions.get_mut(&conn) else {
+                continue;
+            };
+            if s.requests.len() >= max {
+                continue;
+            }
+            let rid_text = rid.to_string();
+            let text = match proto::encode_delivery(payload, Delivery::Request(&rid_text), None) {
+                Ok(encoded) => encoded.text,
+                Err(_) => return bump(&self.stats.bad_bus_payloads_total),
+            };
+            if s.out.send_text(&text) {
+                s.requests.insert(rid, (reply.clone(), now_ms + lifetime));
+                delivered += 1;
+                bump(&self.stats.deliveries_total);
+                observe_delivery(&self.stats, self.shard, delay_us);
+            }
+        }
+        if delivered == 0 {
+            let _ = self.bus.publish(
+                &reply,
+                None,
+                Bytes::from(proto::encode_bus_error(ErrorCode::TooManyPending)),
+            );
+        }
+    }
+
+    /// A presence request: this shard answers with its session count of `device` when it
+    /// holds any (shards without one stay silent).
+    fn answer_presence(&mut self, device: &str, reply: &str) {
+        let Some(conns) = self.devices.get(device) else {
+            return;
+        };
+        let body = proto::encode_presence(device, &self.node, self.shard, conns.len());
+        let _ = self.bus.publish(reply, None, Bytes::from(body));
+    }
+
+    /// A publish on `topic`: the same text to every session here subscribed to it.
+    fn deliver_topic(&mut self, topic: &str, payload: &[u8], delay_us: Option<u64>) {
+        let Some(conns) = self.topics.get(topic) else {
+            return;
+        };
+        let text = match proto::encode_delivery(payload, Delivery::Topic(topic), None) {
+            Ok(encoded) => encoded.text,
+            Err(_) => return bump(&self.stats.bad_bus_payloads_total),
+        };
+        for conn in conns {
+            if let Some(s) = self.sessions.get(conn) {
+                if s.out.send_text(&text) {
+                    bump(&self.stats.deliveries_total);
+                    observe_delivery(&self.stats, self.shard, delay_us);
+                }
+            }
+        }
+    }
+
+    /// A receipt on this shard's inbox for the `send` with `ack` numbered `seq`.
+    fn on_receipt(&mut self, seq: u64, payload: &[u8]) {
+        match proto::parse_receipt(payload) {
+            Some(Ok(())) => self.settle(seq, Ok(())),
+            // Another session of the target may still acknowledge: remember why, answer at
+            // the deadline.
+            Some(Err(reason)) => {
+                if let Some(ack) = self.acks.get_mut(&seq) {
+                    ack.reason = Some(reason);
+                }
+            }
+            None => bump(&self.stats.bad_bus_payloads_total),
+        }
+    }
+
+    /// The mailbox stream stored message `seq` (the payload, decimal) for `device`: each of
+    /// its sessions here with a mailbox learns of it.
+    fn on_mailbox_notify(&mut self, device: &str, payload: &[u8], now_ms: u64) {
+        let Some(seq) = std::str::from_utf8(payload)
+            .ok()
+            .and_then(|t| t.parse::<u64>().ok())
+        else {
+            return bump(&self.stats.bad_bus_payloads_total);
+        };
+        let Some(conns) = self.devices.get(device).cloned() else {
+            return;
+        };
+        for conn in conns {
+            let mut actions = Vec::new();
+            if let Some(m) = self
+                .sessions
+                .get_mut(&conn)
+                .and_then(|s| s.mailbox.as_mut())
+            {
+                m.announced(seq, now_ms, &mut actions);
+            }
+            self.mailbox_actions(conn, actions, None);
         }
     }
 
