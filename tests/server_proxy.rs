@@ -25,10 +25,7 @@ use std::{
 
 use futures::StreamExt;
 use messaging_support::{free_port, NatsServer};
-use rustls::{
-    pki_types::{pem::PemObject, CertificateDer, ServerName},
-    ClientConfig, ClientConnection, RootCertStore, StreamOwned,
-};
+use server_support::tls::{tls_client, tls_port, Pki};
 use server_support::*;
 use tether::auth::{mint_hs256, Claims};
 
@@ -95,112 +92,6 @@ fn upgrade_status<S: Read + Write>(stream: &mut S, device: &str) -> u16 {
         }
     }
     parse_status(&head).0
-}
-
-/// The `wss://` port from the start line.
-fn tls_port(srv: &Server) -> u16 {
-    assert!(eventually(Duration::from_secs(5), || srv
-        .log()
-        .contains(" tls_listen=")));
-    let log = srv.log();
-    let at = log.find(" tls_listen=").unwrap();
-    let addr = log[at + 12..].split_whitespace().next().unwrap();
-    addr.rsplit(':').next().unwrap().parse().unwrap()
-}
-
-/// A test CA and a `localhost` leaf it signed, in a temporary directory.
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = std::env::temp_dir().join(format!("tether-proxy-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ];
-        let mut a = vec!["req", "-x509"];
-        a.extend(ec);
-        a.extend([
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=proxy test CA",
-        ]);
-        openssl(&dir, &a);
-        let mut a = vec!["req"];
-        a.extend(ec);
-        a.extend([
-            "-keyout",
-            "key.pem",
-            "-out",
-            "leaf.csr",
-            "-subj",
-            "/CN=localhost",
-        ]);
-        openssl(&dir, &a);
-        std::fs::write(dir.join("ext"), "subjectAltName=DNS:localhost\n").unwrap();
-        openssl(
-            &dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "leaf.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                "cert.pem",
-                "-days",
-                "2",
-                "-extfile",
-                "ext",
-            ],
-        );
-        Pki { dir }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.join(name).to_str().unwrap().to_string()
-    }
-
-    /// A TLS client over `tcp` trusting the test CA.
-    fn client(&self, tcp: TcpStream) -> StreamOwned<ClientConnection, TcpStream> {
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_file(self.dir.join("ca.pem")).unwrap())
-            .unwrap();
-        let mut config =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let conn =
-            ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
-                .unwrap();
-        StreamOwned::new(conn, tcp)
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// An HAProxy process in TCP mode: one frontend per `(name, backend port, server option)`.
@@ -332,7 +223,8 @@ fn haproxy_in_front_passes_the_client_address() {
     }
     let nats = NatsServer::start();
     let backend = AuthBackend::start(nats.url(), "tether.auth");
-    let pki = Pki::new();
+    let pki = Pki::new("proxy");
+    pki.issue("");
     let (cert, key) = (pki.path("cert.pem"), pki.path("key.pem"));
     let env = [("TETHER_JWT_SECRET", SECRET)];
     let proxied = Server::start_with_env(
@@ -392,7 +284,7 @@ fn haproxy_in_front_passes_the_client_address() {
     // wss://: HAProxy's v2 header, then the ClientHello.
     let tcp = connect_from("127.0.0.9", haproxy.port("v2tls"));
     let client = tcp.local_addr().unwrap().to_string();
-    let mut tls = pki.client(tcp);
+    let mut tls = tls_client(&[pki.der("ca.pem")], tcp);
     assert_eq!(upgrade_status(&mut tls, "dev-tls"), 101);
     assert_eq!(backend.client_addr("dev-tls").as_deref(), Some(&*client));
 
@@ -447,7 +339,10 @@ fn haproxy_in_front_passes_the_client_address() {
     );
     // On a wss:// listener that does not expect one, the header is not a TLS record: the TLS
     // handshake fails.
-    let mut tls = pki.client(connect_from("127.0.0.12", haproxy.port("plaintls")));
+    let mut tls = tls_client(
+        &[pki.der("ca.pem")],
+        connect_from("127.0.0.12", haproxy.port("plaintls")),
+    );
     assert!(tls.write_all(&upgrade_request("/echo")).is_err());
     assert!(eventually(Duration::from_secs(5), || plain
         .metric("tether_tls_handshakes_total{result=\"failed\"}")

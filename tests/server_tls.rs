@@ -9,130 +9,18 @@ mod server_support;
 use std::{
     io::{Read, Write},
     net::TcpStream,
-    path::PathBuf,
-    sync::Arc,
     time::Duration,
 };
 
-use rustls::{
-    pki_types::{pem::PemObject, CertificateDer, ServerName},
-    ClientConfig, ClientConnection, RootCertStore, StreamOwned,
-};
+use rustls::pki_types::CertificateDer;
+use server_support::tls::{tls_client, tls_port, Pki, Tls};
 use server_support::*;
-
-type Tls = StreamOwned<ClientConnection, TcpStream>;
-
-/// A temporary directory with a CA and a `localhost` leaf it signed.
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let dir = std::env::temp_dir().join(format!("tether-tls-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Pki { dir }
-    }
-
-    /// Makes `ca<tag>.pem` and a leaf `cert<tag>.pem`/`key<tag>.pem` for localhost.
-    fn issue(&self, tag: &str) {
-        self.issue_for(tag, "DNS:localhost,IP:127.0.0.1");
-    }
-
-    /// Makes `ca<tag>.pem` and a leaf `cert<tag>.pem`/`key<tag>.pem` with these subject
-    /// alternative names (openssl syntax).
-    fn issue_for(&self, tag: &str, san: &str) {
-        let d = &self.dir;
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ];
-        let ca = format!("ca{tag}.pem");
-        let cakey = format!("ca{tag}.key");
-        let mut a = vec!["req", "-x509"];
-        a.extend(ec);
-        a.extend(["-keyout", &cakey, "-out", &ca, "-days", "2", "-subj"]);
-        let subj = format!("/CN=tether test CA {tag}");
-        a.push(&subj);
-        openssl(d, &a);
-        let key = format!("key{tag}.pem");
-        let csr = format!("leaf{tag}.csr");
-        let mut a = vec!["req"];
-        a.extend(ec);
-        a.extend(["-keyout", &key, "-out", &csr, "-subj", "/CN=localhost"]);
-        openssl(d, &a);
-        std::fs::write(d.join("ext"), format!("subjectAltName={san}\n")).unwrap();
-        let cert = format!("cert{tag}.pem");
-        openssl(
-            d,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                &ca,
-                "-CAkey",
-                &cakey,
-                "-CAcreateserial",
-                "-out",
-                &cert,
-                "-days",
-                "2",
-                "-extfile",
-                "ext",
-            ],
-        );
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.join(name).to_str().unwrap().to_string()
-    }
-
-    fn der(&self, name: &str) -> CertificateDer<'static> {
-        CertificateDer::from_pem_file(self.dir.join(name)).unwrap()
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn tls_port(srv: &Server) -> u16 {
-    // The start line reaches the log just after `Server::start` returns.
-    assert!(eventually(Duration::from_secs(5), || srv
-        .log()
-        .contains(" tls_listen=")));
-    let log = srv.log();
-    let at = log.find(" tls_listen=").unwrap();
-    let addr = log[at + 12..].split_whitespace().next().unwrap();
-    addr.rsplit(':').next().unwrap().parse().unwrap()
-}
 
 /// Connects over TLS trusting the CAs given, upgrades to `/echo`.
 fn connect(port: u16, cas: &[CertificateDer<'static>]) -> Result<Tls, String> {
-    let mut roots = RootCertStore::empty();
-    for ca in cas {
-        roots.add(ca.clone()).unwrap();
-    }
-    let mut config =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let conn = ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
-        .unwrap();
     let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut s = StreamOwned::new(conn, tcp);
+    let mut s = tls_client(cas, tcp);
     s.write_all(&upgrade_request("/echo"))
         .map_err(|e| e.to_string())?;
     let mut head = Vec::new();

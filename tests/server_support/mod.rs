@@ -2,6 +2,8 @@
 //! process on free ports, talk to it with raw sockets and the crate's own client-side codec.
 #![allow(dead_code)]
 
+pub(crate) mod tls;
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{Shutdown, TcpStream},
