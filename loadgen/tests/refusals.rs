@@ -4,17 +4,9 @@ mod common;
 
 use std::process::Command;
 
+/// A refusal by the preflight: exit status 2 and a `refused:` line; returns stderr.
 fn refused(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_tether-loadgen"))
-        .args(args)
-        .output()
-        .expect("tether-loadgen runs");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "expected a refusal for {args:?}: {stderr}"
-    );
+    let stderr = common::usage_refused(args);
     assert!(stderr.contains("refused:"), "{stderr}");
     stderr
 }

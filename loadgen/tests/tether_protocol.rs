@@ -7,9 +7,17 @@
 mod common;
 
 use common::{
-    assert_all_delivered, assert_latency, http_get, loadgen, metric_sum, nats_server,
-    nats_server_js, tether_node_with, u, Run,
+    assert_all_delivered, assert_latency, loadgen, nats_server, nats_server_js, tether_node_with,
+    u, usage_refused, Run, Server,
 };
+
+/// A nats-server and a node with 2 shards on it, devices admitted without a token (each
+/// stops when dropped).
+fn nats_and_node() -> (Server, Server) {
+    let nats = nats_server();
+    let node = tether_node_with(2, &["--insecure-no-auth", "--nats", &nats.nats_url()]);
+    (nats, node)
+}
 
 /// A device-to-device run against `url`: `clients` devices connecting at 400/s, held 2 s after
 /// the last connect, each sending 5 messages/s to its partner.
@@ -36,7 +44,7 @@ fn d2d(url: &str, clients: &str, extra: &[&str]) -> Run {
 #[test]
 fn device_to_device_through_tether() {
     let node = tether_node_with(2, &["--insecure-no-auth"]);
-    let url = format!("ws://127.0.0.1:{}/ws", node.port);
+    let url = node.ws_url();
     let run = d2d(&url, "200", &["--msg-size", "100"]);
     let v = run.succeeded();
     assert_eq!(u(v, "handshake_errors_total"), 0, "{v:#}");
@@ -49,7 +57,7 @@ fn device_to_device_through_tether() {
 fn device_tokens_are_minted_per_device() {
     let secret = "lg-test-secret-0123456789";
     let node = tether_node_with(2, &["--jwt-secret", secret]);
-    let url = format!("ws://127.0.0.1:{}/ws", node.port);
+    let url = node.ws_url();
     let run = d2d(&url, "100", &["--device-jwt-secret", secret]);
     let v = run.succeeded();
     assert_all_delivered(v, 100, 5);
@@ -65,10 +73,8 @@ fn device_tokens_are_minted_per_device() {
 
 #[test]
 fn nats_pushes_reach_every_device() {
-    let nats = nats_server();
-    let nats_url = format!("nats://127.0.0.1:{}", nats.port);
-    let node = tether_node_with(2, &["--insecure-no-auth", "--nats", &nats_url]);
-    let url = format!("ws://127.0.0.1:{}/ws", node.port);
+    let (nats, node) = nats_and_node();
+    let (url, nats_url) = (node.ws_url(), nats.nats_url());
     let run = loadgen(&[
         "--url",
         &url,
@@ -93,19 +99,15 @@ fn nats_pushes_reach_every_device() {
 
 #[test]
 fn push_needs_nats() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether-loadgen"))
-        .args([
-            "--url",
-            "ws://127.0.0.1:9/ws",
-            "--clients",
-            "1",
-            "--workload",
-            "push",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--nats"));
+    let err = usage_refused(&[
+        "--url",
+        "ws://127.0.0.1:9/ws",
+        "--clients",
+        "1",
+        "--workload",
+        "push",
+    ]);
+    assert!(err.contains("--nats"), "{err}");
 }
 
 /// Durable delivery end to end: messages stored while the devices are offline (`--preload`)
@@ -114,11 +116,10 @@ fn push_needs_nats() {
 /// confirmed. Messages stored *before* the preload are older than the `?last_seq=` the devices
 /// present, so they must not arrive (they would show up as duplicates and gaps).
 #[test]
-#[expect(clippy::too_many_lines, reason = "one scenario read top to bottom")]
 fn durable_preload_replays_and_burst_arrives_live() {
     const DEVICES: u64 = 60;
     let nats = nats_server_js();
-    let nats_url = format!("nats://127.0.0.1:{}", nats.port);
+    let nats_url = nats.nats_url();
     let node = tether_node_with(
         2,
         &[
@@ -130,19 +131,7 @@ fn durable_preload_replays_and_burst_arrives_live() {
             "memory",
         ],
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while metric_sum(
-        &http_get(node.admin_port, "/metrics"),
-        "tether_mailbox_stream_ready",
-        "",
-    ) != 1
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "mailbox stream never ready"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    node.wait_mailbox_ready();
     // Three old messages per device, processed "before" (below the presented last_seq).
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -161,7 +150,7 @@ fn durable_preload_replays_and_burst_arrives_live() {
                 }
             }
         });
-    let url = format!("ws://127.0.0.1:{}/ws", node.port);
+    let url = node.ws_url();
     let devices = DEVICES.to_string();
     let run = loadgen(&[
         "--url",
@@ -231,10 +220,8 @@ fn durable_preload_replays_and_burst_arrives_live() {
 
 #[test]
 fn push_burst_reaches_every_connected_device() {
-    let nats = nats_server();
-    let nats_url = format!("nats://127.0.0.1:{}", nats.port);
-    let node = tether_node_with(2, &["--insecure-no-auth", "--nats", &nats_url]);
-    let url = format!("ws://127.0.0.1:{}/ws", node.port);
+    let (nats, node) = nats_and_node();
+    let (url, nats_url) = (node.ws_url(), nats.nats_url());
     let run = loadgen(&[
         "--url",
         &url,
@@ -284,13 +271,9 @@ fn durable_needs_its_messages() {
             "--workload push or durable",
         ),
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether-loadgen"))
-            .args(["--url", "ws://127.0.0.1:9/ws", "--clients", "1"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        let err = String::from_utf8_lossy(&out.stderr);
+        let mut all = vec!["--url", "ws://127.0.0.1:9/ws", "--clients", "1"];
+        all.extend_from_slice(args);
+        let err = usage_refused(&all);
         assert!(err.contains(want), "{args:?}: {err}");
     }
 }

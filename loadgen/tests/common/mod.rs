@@ -18,6 +18,36 @@ pub(crate) struct Server {
     pub admin_port: u16,
 }
 
+impl Server {
+    /// The device endpoint of a tether node: `ws://127.0.0.1:PORT/ws`.
+    pub(crate) fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+
+    /// The client URL of a nats-server: `nats://127.0.0.1:PORT`.
+    pub(crate) fn nats_url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Waits (20 s at most) until a tether node started with `--durable` reports its mailbox
+    /// stream ready in `/metrics`.
+    pub(crate) fn wait_mailbox_ready(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while metric_sum(
+            &http_get(self.admin_port, "/metrics"),
+            "tether_mailbox_stream_ready",
+            "",
+        ) != 1
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mailbox stream never ready"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -97,6 +127,22 @@ impl Run {
             )
         })
     }
+}
+
+/// Runs `tether-loadgen ARGS` expecting a usage refusal: asserts exit status 2 and returns
+/// stderr (which names the missing or conflicting option).
+pub(crate) fn usage_refused(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_tether-loadgen"))
+        .args(args)
+        .output()
+        .expect("tether-loadgen runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "expected a refusal for {args:?}: {stderr}"
+    );
+    stderr
 }
 
 /// Runs `tether-loadgen ARGS --json FILE` and parses the report.
