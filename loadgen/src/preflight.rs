@@ -83,14 +83,40 @@ pub struct Verdict {
     pub lines: Vec<String>,
 }
 
-/// Checks the plan against the host; `workers_requested` is `--workers` when given.
-#[expect(
-    clippy::too_many_lines,
-    reason = "not yet split into named steps; a function-length exemption to remove (docs/architecture.md)"
-)]
+/// Checks the plan against the host; `workers_requested` is `--workers` when given. The steps:
+/// worker processes for the open-files limit, ephemeral ports per (source, destination) pair,
+/// then the host's source addresses, accept queue and system-wide files.
 pub fn check(plan: &Plan, host: &Host, workers_requested: Option<u32>) -> Result<Verdict, String> {
     let mut lines = Vec::new();
     let cap = host.per_worker_capacity();
+    let workers = size_workers(plan, host, cap, workers_requested, &mut lines)?;
+    let (port_capacity, busiest) = check_ports(plan, host, &mut lines)?;
+    check_host(plan, host, &mut lines)?;
+    let allowed = port_capacity.min(cap * WORKERS_MAX);
+    lines.push(format!(
+        "plan: {} clients to {} target(s); this host allows about {allowed} -> ok",
+        plan.clients,
+        plan.targets.len()
+    ));
+    Ok(Verdict {
+        workers: workers as u32,
+        per_worker_capacity: cap,
+        port_capacity,
+        busiest_pair_clients: busiest,
+        host: host.clone(),
+        lines,
+    })
+}
+
+/// The worker processes: enough that none holds more than `cap` sockets (the open-files
+/// limit), at least one per CPU when `--workers` is not given, at most [`WORKERS_MAX`].
+fn size_workers(
+    plan: &Plan,
+    host: &Host,
+    cap: u64,
+    workers_requested: Option<u32>,
+    lines: &mut Vec<String>,
+) -> Result<u64, String> {
     if cap == 0 {
         return Err(format!(
             "the open-files hard limit is {}, which leaves no room for sockets after the {} \
@@ -133,8 +159,13 @@ pub fn check(plan: &Plan, host: &Host, workers_requested: Option<u32>) -> Result
         plan.clients.div_ceil(workers),
         needed
     ));
+    Ok(workers)
+}
 
-    // Ports: every (source address, destination) pair has its own ephemeral port range.
+/// Ports: every (source address, destination) pair has its own ephemeral port range, and the
+/// busiest pair must fit in it. Returns the port capacity of the plan and the busiest pair's
+/// client count.
+fn check_ports(plan: &Plan, host: &Host, lines: &mut Vec<String>) -> Result<(u64, u64), String> {
     let ports = host.ports();
     let sources = plan.sources.len().max(1) as u64;
     let targets = plan.targets.len() as u64;
@@ -192,7 +223,12 @@ pub fn check(plan: &Plan, host: &Host, workers_requested: Option<u32>) -> Result
                 .into(),
         );
     }
-    // Source addresses must be local.
+    Ok((port_capacity, busiest))
+}
+
+/// The host: every source address is local, the accept queue (reported), and enough free
+/// file descriptors system-wide.
+fn check_host(plan: &Plan, host: &Host, lines: &mut Vec<String>) -> Result<(), String> {
     for src in plan.sources.iter().take(4096) {
         if let Err(e) = UdpSocket::bind(SocketAddr::new((*src).into(), 0)) {
             return Err(format!(
@@ -218,19 +254,7 @@ pub fn check(plan: &Plan, host: &Host, workers_requested: Option<u32>) -> Result
             ));
         }
     }
-    let allowed = port_capacity.min(cap * WORKERS_MAX);
-    lines.push(format!(
-        "plan: {} clients to {} target(s); this host allows about {allowed} -> ok",
-        plan.clients, targets
-    ));
-    Ok(Verdict {
-        workers: workers as u32,
-        per_worker_capacity: cap,
-        port_capacity,
-        busiest_pair_clients: busiest,
-        host: host.clone(),
-        lines,
-    })
+    Ok(())
 }
 
 #[cfg(test)]
