@@ -954,6 +954,30 @@ struct ConnState {
 }
 
 impl ConnState {
+    /// The state of client `global` of worker `w` when its upgrade completed.
+    fn new(w: &Worker, global: u64) -> ConnState {
+        let (frame_max, message_max) = w.decoder_limits;
+        ConnState {
+            ws: Context::new(
+                Role::Client,
+                DecoderLimits {
+                    frame_bytes_max: frame_max,
+                    message_bytes_max: message_max,
+                },
+            ),
+            sent: 0,
+            received: 0,
+            expect_seq: 0,
+            peer_close: None,
+            eof: false,
+            error: None,
+            hello: false,
+            local: (global / u64::from(w.plan.workers)) as usize,
+            unacked: 0,
+            nats: (w.plan.protocol == Protocol::Nats).then(natsws::Session::default),
+        }
+    }
+
     fn finished(&self) -> bool {
         self.peer_close.is_some() || self.eof || self.error.is_some()
     }
@@ -1205,10 +1229,6 @@ fn on_probe(w: &Worker, seq: u64, sent_ns: Option<u64>, received: &mut u64, expe
 }
 
 /// The open connection: echo messages on schedule, answer pings, obey commands.
-#[expect(
-    clippy::too_many_lines,
-    reason = "not yet split into named steps; a function-length exemption to remove (docs/architecture.md)"
-)]
 async fn run_open(
     w: &Worker,
     ctl: &Ctl,
@@ -1217,26 +1237,7 @@ async fn run_open(
     leftover: Vec<u8>,
     t_up: Instant,
 ) -> End {
-    let (frame_max, message_max) = w.decoder_limits;
-    let mut st = ConnState {
-        ws: Context::new(
-            Role::Client,
-            DecoderLimits {
-                frame_bytes_max: frame_max,
-                message_bytes_max: message_max,
-            },
-        ),
-        sent: 0,
-        received: 0,
-        expect_seq: 0,
-        peer_close: None,
-        eof: false,
-        error: None,
-        hello: false,
-        local: (global / u64::from(w.plan.workers)) as usize,
-        unacked: 0,
-        nats: (w.plan.protocol == Protocol::Nats).then(natsws::Session::default),
-    };
+    let mut st = ConnState::new(w, global);
     let mut out = Vec::new();
     if !leftover.is_empty() {
         let mut buf = leftover;
@@ -1282,27 +1283,13 @@ async fn run_open(
         }
         tokio::select! {
             biased;
-            _ = ctl.notify.notified() => match ctl.cmd.get() {
-                Cmd::Drain if !settled(w, &st, global) => {
+            _ = ctl.notify.notified() => match obey(w, ctl, global, stream, &mut st, drain_timeout).await {
+                Obeyed::Ended(end) => return end,
+                Obeyed::Quiesce => {
                     next_send = None;
                     quiesce_until = Some(Instant::now() + drain_timeout);
                 }
-                Cmd::Drain => {
-                    close_and_wait(w, stream, &mut st, Instant::now() + drain_timeout).await;
-                    return End::Drained;
-                }
-                Cmd::Churn => {
-                    ctl.cmd.set(Cmd::None);
-                    w.counters.borrow_mut().churn_disconnects += 1;
-                    close_and_wait(w, stream, &mut st, Instant::now() + CHURN_CLOSE_WAIT).await;
-                    return End::Churned;
-                }
-                Cmd::StormDrop => {
-                    ctl.cmd.set(Cmd::None);
-                    w.counters.borrow_mut().storm_dropped += 1;
-                    return End::StormDropped;
-                }
-                Cmd::None => {}
+                Obeyed::Nothing => {}
             },
             r = stream.readable() => match r {
                 Ok(()) => read_some(w, stream, &mut st, &mut out),
@@ -1311,23 +1298,81 @@ async fn run_open(
             _ = sleep_until(next_send.unwrap_or(far)), if next_send.is_some() => {
                 let (Some(intended), Some(iv)) = (next_send, interval) else { continue };
                 next_send = Some(intended + iv);
-                // d2d: a send before the partner's `hello` may be missed (it is not routable
-                // yet, which a loaded machine makes likely even after the connect schedule):
-                // the first sends wait for it.
-                if w.plan.workload == Workload::D2d
-                    && !w.ctl[(partner(w, global) / u64::from(w.plan.workers)) as usize].hello.get()
-                {
-                    continue;
-                }
-                if let Some((subject, payload)) = send_message(w, &mut st, &mut out, intended, global) {
-                    if let Some(nats) = &w.nats {
-                        if let Err(e) = nats.publish(subject, payload.into()).await {
-                            *w.counters.borrow_mut().tether_errors.entry(format!("nats_publish: {e}")).or_default() += 1;
-                        }
-                    }
-                }
+                send_due(w, &mut st, &mut out, intended, global).await;
             }
             _ = sleep_until(quiesce_until.unwrap_or(far)), if quiesce_until.is_some() => {}
+        }
+    }
+}
+
+/// What an open connection did with a command.
+enum Obeyed {
+    /// The connection ended (a drain with nothing outstanding, a churn, a storm drop).
+    Ended(End),
+    /// A drain while messages are outstanding: sends stop, the close waits for them.
+    Quiesce,
+    /// No command.
+    Nothing,
+}
+
+/// Carries out the command in `ctl` on an open connection.
+async fn obey(
+    w: &Worker,
+    ctl: &Ctl,
+    global: u64,
+    stream: &Conn,
+    st: &mut ConnState,
+    drain_timeout: Duration,
+) -> Obeyed {
+    match ctl.cmd.get() {
+        Cmd::Drain if !settled(w, st, global) => Obeyed::Quiesce,
+        Cmd::Drain => {
+            close_and_wait(w, stream, st, Instant::now() + drain_timeout).await;
+            Obeyed::Ended(End::Drained)
+        }
+        Cmd::Churn => {
+            ctl.cmd.set(Cmd::None);
+            w.counters.borrow_mut().churn_disconnects += 1;
+            close_and_wait(w, stream, st, Instant::now() + CHURN_CLOSE_WAIT).await;
+            Obeyed::Ended(End::Churned)
+        }
+        Cmd::StormDrop => {
+            ctl.cmd.set(Cmd::None);
+            w.counters.borrow_mut().storm_dropped += 1;
+            Obeyed::Ended(End::StormDropped)
+        }
+        Cmd::None => Obeyed::Nothing,
+    }
+}
+
+/// The send scheduled for `intended` is due: queue it (or publish it on NATS for a push),
+/// unless a d2d partner is not routable yet.
+async fn send_due(
+    w: &Worker,
+    st: &mut ConnState,
+    out: &mut Vec<u8>,
+    intended: Instant,
+    global: u64,
+) {
+    // d2d: a send before the partner's `hello` may be missed (it is not routable yet, which a
+    // loaded machine makes likely even after the connect schedule): the first sends wait for
+    // it.
+    if w.plan.workload == Workload::D2d
+        && !w.ctl[(partner(w, global) / u64::from(w.plan.workers)) as usize]
+            .hello
+            .get()
+    {
+        return;
+    }
+    if let Some((subject, payload)) = send_message(w, st, out, intended, global) {
+        if let Some(nats) = &w.nats {
+            if let Err(e) = nats.publish(subject, payload.into()).await {
+                *w.counters
+                    .borrow_mut()
+                    .tether_errors
+                    .entry(format!("nats_publish: {e}"))
+                    .or_default() += 1;
+            }
         }
     }
 }
