@@ -4,7 +4,16 @@
 //! (including itself). Channels are bounded (`capacity` messages per destination): a sender
 //! either waits ([`MeshEndpoint::send_to`]) or gets the message back
 //! ([`MeshEndpoint::try_send_to`]) when the destination is behind, so a slow shard cannot make
-//! another grow memory without limit.
+//! another grow memory without limit. A channel is FIFO per sender: what one shard sends to
+//! another arrives in the order it was sent (the embedded bus's barriers rely on it).
+//!
+//! This is the one way shards talk to each other. A mesh carries one `Send` message type; a
+//! service that needs its own kinds of traffic builds its own mesh of its own type with
+//! [`Mesh::build`] (as glommio's `Sharded` takes a `MeshBuilder` per use): the node's mesh
+//! ([`crate::node::Shard::mesh`]) carries the server's closures, and the embedded bus builds
+//! one for its control messages and one for its data (each bounded on its own, so that data
+//! cannot crowd out interest changes). A thread outside the node that feeds shards (the NATS
+//! bridge) takes senders into a mesh with [`MeshEndpoint::sender`].
 
 /// Why a mesh message was not delivered; the message comes back.
 #[derive(Debug)]
@@ -17,12 +26,24 @@ pub enum MeshSendError<M> {
     NoSuchShard(M),
 }
 
+impl<M> From<flume::TrySendError<M>> for MeshSendError<M> {
+    fn from(e: flume::TrySendError<M>) -> MeshSendError<M> {
+        match e {
+            flume::TrySendError::Full(m) => MeshSendError::Full(m),
+            flume::TrySendError::Disconnected(m) => MeshSendError::Stopped(m),
+        }
+    }
+}
+
 /// Builds the endpoints of a mesh.
 pub struct Mesh;
 
 impl Mesh {
     /// One endpoint per shard; each destination channel holds `capacity` messages.
     pub fn build<M: Send>(shards: usize, capacity: usize) -> Vec<MeshEndpoint<M>> {
+        assert!(shards > 0, "a mesh joins at least one shard");
+        // A zero capacity would make flume's channels rendezvous: every try_send would fail.
+        assert!(capacity > 0, "a mesh channel holds at least one message");
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..shards).map(|_| flume::bounded(capacity)).unzip();
         receivers
@@ -70,10 +91,7 @@ impl<M> MeshEndpoint<M> {
     pub fn try_send_to(&self, to: usize, msg: M) -> Result<(), MeshSendError<M>> {
         match self.senders.get(to) {
             None => Err(MeshSendError::NoSuchShard(msg)),
-            Some(s) => s.try_send(msg).map_err(|e| match e {
-                flume::TrySendError::Full(m) => MeshSendError::Full(m),
-                flume::TrySendError::Disconnected(m) => MeshSendError::Stopped(m),
-            }),
+            Some(s) => s.try_send(msg).map_err(MeshSendError::from),
         }
     }
 
@@ -82,7 +100,19 @@ impl<M> MeshEndpoint<M> {
         self.receiver.recv_async().await.ok()
     }
 
-    /// A sender to shard `to`, e.g. for a thread outside the node (a bus bridge).
+    /// This shard's receiving end, for a task that waits for messages without borrowing the
+    /// endpoint (e.g. while other code on the shard sends with it).
+    pub fn receiver(&self) -> flume::Receiver<M> {
+        self.receiver.clone()
+    }
+
+    /// Messages waiting for this shard now.
+    pub fn queued(&self) -> usize {
+        self.receiver.len()
+    }
+
+    /// A sender to shard `to`, for a thread outside the node (the NATS bridge feeds each
+    /// shard's bus lanes with them).
     pub fn sender(&self, to: usize) -> Option<flume::Sender<M>> {
         self.senders.get(to).cloned()
     }
@@ -107,7 +137,9 @@ mod tests {
             eps[0].try_send_to(5, 1),
             Err(MeshSendError::NoSuchShard(1))
         ));
-        let got: Vec<u32> = eps[2].receiver.try_iter().collect();
+        assert_eq!(eps[2].queued(), 2);
+        let got: Vec<u32> = eps[2].receiver().try_iter().collect();
         assert_eq!(got, vec![7, 8]);
+        assert_eq!(eps[2].queued(), 0);
     }
 }

@@ -1,28 +1,31 @@
 //! The embedded bus: the node's shards route among themselves, no NATS needed.
 //!
 //! Each shard holds a replica of the node's interest table (exact subject -> interested
-//! shards). An interest change is applied locally and sent to every other shard on its bounded
-//! control channel; a barrier is acknowledged by every other shard after it applied everything
-//! sent before it (channels are FIFO), which is how a new session knows it is routable. A
-//! publish looks up the local replica and puts the message on each interested shard's bounded
-//! data channel (including its own). Inbox subjects of this node (`tether.inbox.<node>.<shard>.*`)
-//! go straight to the named shard.
+//! shards). An interest change is applied locally and sent to every other shard on the control
+//! mesh; a barrier is acknowledged by every other shard after it applied everything sent before
+//! it (a mesh channel is FIFO per sender), which is how a new session knows it is routable. A
+//! publish looks up the local replica and sends the message over the data mesh to each
+//! interested shard (including its own). Inbox subjects of this node
+//! (`tether.inbox.<node>.<shard>.*`) go straight to the named shard. Both meshes are the
+//! shard's [`Lanes`], held by its [`ShardBus`] and passed in to every operation.
 
-use super::{Backlog, BusConfig, BusError, BusEvent, BusMessage, BusStats, Ctrl, Link, ShardBus};
+use super::{
+    Backlog, BusConfig, BusError, BusEvent, BusMessage, BusStats, Ctrl, Lanes, Link, ShardBus,
+    ToShard,
+};
 use crate::proto::subject;
 use ahash::AHashMap;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use tether_shards::MeshSendError;
 
 pub(crate) struct EmbeddedLink {
     shard: usize,
     node: Arc<str>,
     /// subject -> interested shards (small, unsorted, no duplicates).
     table: AHashMap<String, Vec<u16>>,
-    ctrl_tx: Vec<flume::Sender<Ctrl>>,
-    data_tx: Vec<flume::Sender<BusMessage>>,
-    /// One ordered backlog per destination shard.
+    /// One ordered backlog of control messages per destination shard.
     backlog: Vec<Backlog<Ctrl>>,
     /// token -> acknowledgements still expected.
     barriers: AHashMap<u64, usize>,
@@ -30,16 +33,15 @@ pub(crate) struct EmbeddedLink {
 
 pub(crate) fn build(config: &BusConfig, stats: Arc<BusStats>) -> Vec<ShardBus> {
     let n = config.shards;
+    assert!(
+        n <= usize::from(u16::MAX) + 1,
+        "shard indexes are kept as u16 in the interest table"
+    );
     let node: Arc<str> = Arc::from(config.node.as_str());
-    let (ctrl_tx, ctrl_rx): (Vec<_>, Vec<_>) =
-        (0..n).map(|_| flume::bounded(config.queue_len)).unzip();
-    let (data_tx, data_rx): (Vec<_>, Vec<_>) =
-        (0..n).map(|_| flume::bounded(config.queue_len)).unzip();
-    ctrl_rx
+    Lanes::build(n, config.queue_len)
         .into_iter()
-        .zip(data_rx)
         .enumerate()
-        .map(|(shard, (ctrl_rx, data_rx))| ShardBus {
+        .map(|(shard, lanes)| ShardBus {
             shard,
             shards: n,
             node: node.clone(),
@@ -47,13 +49,10 @@ pub(crate) fn build(config: &BusConfig, stats: Arc<BusStats>) -> Vec<ShardBus> {
                 shard,
                 node: node.clone(),
                 table: AHashMap::new(),
-                ctrl_tx: ctrl_tx.clone(),
-                data_tx: data_tx.clone(),
                 backlog: (0..n).map(|_| Backlog::new()).collect(),
                 barriers: AHashMap::new(),
             }),
-            ctrl_rx,
-            data_rx,
+            lanes,
             local: VecDeque::new(),
             stats: stats.clone(),
         })
@@ -78,38 +77,44 @@ impl EmbeddedLink {
 
     pub(crate) fn interest(
         &mut self,
+        lanes: &Lanes,
         subject: &str,
         add: bool,
         stats: &BusStats,
     ) -> Result<(), BusError> {
         self.apply(subject, self.shard, add);
-        for to in 0..self.ctrl_tx.len() {
+        for to in 0..lanes.ctrl.shards() {
             if to != self.shard {
                 let msg = Ctrl::Interest {
                     subject: subject.to_owned(),
                     shard: self.shard,
                     add,
                 };
-                self.backlog[to].send(&self.ctrl_tx[to], msg, stats)?;
+                self.backlog[to].send(&ToShard(&lanes.ctrl, to), msg, stats)?;
             }
         }
         Ok(())
     }
 
     /// Starts a barrier; returns the event at once when there is no other shard.
-    pub(crate) fn barrier(&mut self, token: u64, stats: &BusStats) -> Option<BusEvent> {
-        let others = self.ctrl_tx.len() - 1;
+    pub(crate) fn barrier(
+        &mut self,
+        lanes: &Lanes,
+        token: u64,
+        stats: &BusStats,
+    ) -> Option<BusEvent> {
+        let others = lanes.ctrl.shards() - 1;
         if others == 0 {
             return Some(BusEvent::Ready(token));
         }
-        for to in 0..self.ctrl_tx.len() {
+        for to in 0..lanes.ctrl.shards() {
             if to != self.shard {
                 let msg = Ctrl::Barrier {
                     from: self.shard,
                     token,
                 };
                 if self.backlog[to]
-                    .send(&self.ctrl_tx[to], msg, stats)
+                    .send(&ToShard(&lanes.ctrl, to), msg, stats)
                     .is_err()
                 {
                     return Some(BusEvent::Failed(token));
@@ -120,7 +125,12 @@ impl EmbeddedLink {
         None
     }
 
-    pub(crate) fn on_ctrl(&mut self, ctrl: Ctrl, stats: &BusStats) -> Option<BusEvent> {
+    pub(crate) fn on_ctrl(
+        &mut self,
+        lanes: &Lanes,
+        ctrl: Ctrl,
+        stats: &BusStats,
+    ) -> Option<BusEvent> {
         match ctrl {
             Ctrl::Interest {
                 subject,
@@ -133,8 +143,11 @@ impl EmbeddedLink {
             Ctrl::Barrier { from, token } => {
                 // An acknowledgement that cannot even be backlogged fails the barrier's session
                 // by timeout on the other side; the backlog cap makes that practically unreachable.
-                let _ =
-                    self.backlog[from].send(&self.ctrl_tx[from], Ctrl::BarrierAck { token }, stats);
+                let _ = self.backlog[from].send(
+                    &ToShard(&lanes.ctrl, from),
+                    Ctrl::BarrierAck { token },
+                    stats,
+                );
                 None
             }
             Ctrl::BarrierAck { token } => {
@@ -154,15 +167,20 @@ impl EmbeddedLink {
     }
 
     /// Routes a message; `Ok(n)`: the number of shards it reached.
-    pub(crate) fn publish(&mut self, msg: BusMessage, stats: &BusStats) -> Result<usize, BusError> {
+    pub(crate) fn publish(
+        &mut self,
+        lanes: &Lanes,
+        msg: BusMessage,
+        stats: &BusStats,
+    ) -> Result<usize, BusError> {
         if let subject::Parsed::Inbox { node, shard, .. } = subject::parse(&msg.subject) {
-            if node != &*self.node || shard >= self.data_tx.len() {
+            if node != &*self.node || shard >= lanes.data.shards() {
                 return Ok(0);
             }
-            return match self.data_tx[shard].try_send(msg) {
+            return match lanes.data.try_send_to(shard, msg) {
                 Ok(()) => Ok(1),
-                Err(flume::TrySendError::Disconnected(_)) => Ok(0),
-                Err(flume::TrySendError::Full(_)) => {
+                Err(MeshSendError::Stopped(_) | MeshSendError::NoSuchShard(_)) => Ok(0),
+                Err(MeshSendError::Full(_)) => {
                     stats.dropped_outbound_total.fetch_add(1, Ordering::Relaxed);
                     Err(BusError::Full)
                 }
@@ -174,10 +192,10 @@ impl EmbeddedLink {
         let mut sent = 0usize;
         let mut dropped = 0usize;
         for &to in shards {
-            match self.data_tx[to as usize].try_send(msg.clone()) {
+            match lanes.data.try_send_to(usize::from(to), msg.clone()) {
                 Ok(()) => sent += 1,
-                Err(flume::TrySendError::Full(_)) => dropped += 1,
-                Err(flume::TrySendError::Disconnected(_)) => {}
+                Err(MeshSendError::Full(_)) => dropped += 1,
+                Err(MeshSendError::Stopped(_) | MeshSendError::NoSuchShard(_)) => {}
             }
         }
         if dropped > 0 {
@@ -191,9 +209,9 @@ impl EmbeddedLink {
         Ok(sent)
     }
 
-    pub(crate) fn flush_backlog(&mut self) {
+    pub(crate) fn flush_backlog(&mut self, lanes: &Lanes) {
         for (to, backlog) in self.backlog.iter_mut().enumerate() {
-            backlog.flush(&self.ctrl_tx[to]);
+            backlog.flush(&ToShard(&lanes.ctrl, to));
         }
     }
 }
@@ -229,9 +247,9 @@ mod tests {
                     any = true;
                 }
             }
-            let queued = buses
-                .iter()
-                .any(|b| !b.ctrl_rx.is_empty() || !b.data_rx.is_empty() || !b.local.is_empty());
+            let queued = buses.iter().any(|b| {
+                b.lanes.ctrl.queued() > 0 || b.lanes.data.queued() > 0 || !b.local.is_empty()
+            });
             if !any && !queued {
                 return out;
             }
@@ -340,5 +358,46 @@ mod tests {
         };
         assert_eq!(l.table.len(), 9);
         assert!(!l.table.contains_key("s3"));
+    }
+
+    #[test]
+    fn a_full_data_lane_holds_back_no_interest_change_or_barrier() {
+        let (mut buses, node) = start(&config(2, 2)).unwrap();
+        buses[1].subscribe("t").unwrap();
+        pump(&mut buses);
+        // Shard 1 reads nothing: its data lane fills, and what does not fit is dropped.
+        for _ in 0..3 {
+            let _ = buses[0].publish("t", None, Bytes::new());
+        }
+        assert_eq!(buses[1].lanes.data.queued(), 2);
+        let stats = node.stats();
+        assert_eq!(
+            stats
+                .dropped_outbound_total
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        // Interest and a barrier still reach shard 1 on its own lane and come back first.
+        buses[0].subscribe("u").unwrap();
+        buses[0].barrier(4);
+        assert_eq!(buses[1].lanes.ctrl.queued(), 2);
+        // Control is read before data: the interest change, then the barrier (acknowledged).
+        let inbox = buses[1].inbox();
+        for _ in 0..2 {
+            let raw = inbox.try_next().unwrap();
+            assert!(buses[1].accept(raw).is_none(), "internal control, not data");
+        }
+        assert_eq!(buses[1].lanes.data.queued(), 2);
+        assert!(matches!(next(&mut buses[0]), Some(BusEvent::Ready(4))));
+        let super::super::Link::Embedded(l) = &buses[1].link else {
+            panic!()
+        };
+        assert!(l.table.contains_key("u"));
+        assert_eq!(
+            stats
+                .control_backlogged_total
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
     }
 }

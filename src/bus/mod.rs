@@ -6,14 +6,22 @@
 //! asks for a barrier ([`ShardBus::barrier`]: a [`BusEvent::Ready`] arrives once every earlier
 //! interest change is in effect everywhere) and receives ([`ShardBus::recv`]).
 //!
-//! - **Embedded** ([`embedded`], the default): the node's shards route among themselves. Each
-//!   shard keeps its own replica of the node's interest table (subject -> shards), updated by
-//!   interest messages that every shard sends to every other on bounded flume channels; a
-//!   publish looks up its local replica and sends to the interested shards' data channels. No
-//!   shared map, no lock.
+//! Each shard receives on two lanes, each one shard mesh (`tether_shards::Mesh`, bounded
+//! channels into every shard, FIFO per sender) of its own message type: control (interest
+//! changes, barriers and their acknowledgements, answers) and data (messages). Two meshes, not
+//! one, so that a flood of data cannot hold back an interest change or a barrier: each lane is
+//! bounded on its own and control is read first.
+//!
+//! - **Embedded** ([`embedded`], the default): the node's shards route among themselves over
+//!   those meshes. Each shard keeps its own replica of the node's interest table (subject ->
+//!   shards), updated by interest messages that every shard sends to every other on the control
+//!   mesh; a publish looks up its local replica and sends to the interested shards over the data
+//!   mesh. No shared map, no lock.
 //! - **NATS** ([`nats`], `--nats URL[,URL...]`): one bridge thread runs async-nats on a tokio
-//!   current-thread runtime; shards talk to it over bounded flume channels. NATS's interest graph
-//!   is the routing table, across shards and nodes alike.
+//!   current-thread runtime. It is not a shard: shards send to it on two bounded flume channels
+//!   of its own (commands, publishes), and it feeds each shard's two lanes through the meshes'
+//!   senders ([`tether_shards::MeshEndpoint::sender`]). NATS's interest graph is the routing
+//!   table, across shards and nodes alike, so shards send nothing to each other directly.
 //!
 //! Every queue is bounded. Data that meets a full queue is dropped and counted
 //! ([`BusStats`]); interest changes and barrier messages are never dropped: when their channel is
@@ -32,6 +40,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tether_shards::{Mesh, MeshEndpoint, MeshSendError};
 
 /// Most control messages a shard may hold back while the control channel is full.
 pub const CONTROL_BACKLOG_MAX: usize = 1 << 20;
@@ -330,6 +339,27 @@ enum Link {
     Nats(nats::NatsLink),
 }
 
+/// One shard's ends of the bus's two meshes: what it receives, and (embedded bus) how it
+/// reaches every other shard.
+pub(crate) struct Lanes {
+    /// Interest changes, barriers, acknowledgements and answers; never dropped (senders
+    /// backlog what does not fit).
+    pub(crate) ctrl: MeshEndpoint<Ctrl>,
+    /// Messages; dropped and counted when the destination's lane is full.
+    pub(crate) data: MeshEndpoint<BusMessage>,
+}
+
+impl Lanes {
+    /// One [`Lanes`] per shard, each lane holding `queue_len` messages per destination.
+    pub(crate) fn build(shards: usize, queue_len: usize) -> Vec<Lanes> {
+        Mesh::build(shards, queue_len)
+            .into_iter()
+            .zip(Mesh::build(shards, queue_len))
+            .map(|(ctrl, data)| Lanes { ctrl, data })
+            .collect()
+    }
+}
+
 /// One shard's door to the bus. Created on the main thread, then moved to and used only by its
 /// shard.
 pub struct ShardBus {
@@ -337,8 +367,7 @@ pub struct ShardBus {
     shards: usize,
     node: Arc<str>,
     link: Link,
-    ctrl_rx: flume::Receiver<Ctrl>,
-    data_rx: flume::Receiver<BusMessage>,
+    lanes: Lanes,
     local: VecDeque<BusEvent>,
     stats: Arc<BusStats>,
 }
@@ -440,7 +469,7 @@ impl ShardBus {
     pub fn subscribe(&mut self, subject: &str) -> Result<(), BusError> {
         self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
         match &mut self.link {
-            Link::Embedded(l) => l.interest(subject, true, &self.stats),
+            Link::Embedded(l) => l.interest(&self.lanes, subject, true, &self.stats),
             Link::Nats(l) => l.subscribe(subject, None, &self.stats),
         }
     }
@@ -482,7 +511,7 @@ impl ShardBus {
     pub fn unsubscribe(&mut self, subject: &str) {
         self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
         let _ = match &mut self.link {
-            Link::Embedded(l) => l.interest(subject, false, &self.stats),
+            Link::Embedded(l) => l.interest(&self.lanes, subject, false, &self.stats),
             Link::Nats(l) => l.unsubscribe(subject, &self.stats),
         };
     }
@@ -492,7 +521,7 @@ impl ShardBus {
     pub fn barrier(&mut self, token: u64) {
         match &mut self.link {
             Link::Embedded(l) => {
-                if let Some(done) = l.barrier(token, &self.stats) {
+                if let Some(done) = l.barrier(&self.lanes, token, &self.stats) {
                     self.local.push_back(done);
                 }
             }
@@ -521,7 +550,7 @@ impl ShardBus {
         let result = match &mut self.link {
             Link::Embedded(l) => {
                 let reply = msg.reply.clone();
-                let reached = l.publish(msg, &self.stats);
+                let reached = l.publish(&self.lanes, msg, &self.stats);
                 if let (Ok(0), Some(reply)) = (&reached, reply) {
                     self.local.push_back(BusEvent::NoResponders(reply));
                 }
@@ -561,7 +590,7 @@ impl ShardBus {
     /// timer tick).
     pub fn maintain(&mut self) {
         match &mut self.link {
-            Link::Embedded(l) => l.flush_backlog(),
+            Link::Embedded(l) => l.flush_backlog(&self.lanes),
             Link::Nats(l) => l.flush_backlog(),
         }
     }
@@ -571,8 +600,8 @@ impl ShardBus {
     /// what it returns to [`ShardBus::accept`].
     pub fn inbox(&self) -> BusInbox {
         BusInbox {
-            ctrl_rx: self.ctrl_rx.clone(),
-            data_rx: self.data_rx.clone(),
+            ctrl_rx: self.lanes.ctrl.receiver(),
+            data_rx: self.lanes.data.receiver(),
         }
     }
 
@@ -593,7 +622,7 @@ impl ShardBus {
             Raw::Ctrl(Ctrl::NoResponders(reply)) => Some(BusEvent::NoResponders(reply)),
             Raw::Ctrl(Ctrl::Durable(ev)) => Some(BusEvent::Durable(ev)),
             Raw::Ctrl(other) => match &mut self.link {
-                Link::Embedded(l) => l.on_ctrl(other, &self.stats),
+                Link::Embedded(l) => l.on_ctrl(&self.lanes, other, &self.stats),
                 Link::Nats(_) => None,
             },
         }
@@ -660,7 +689,29 @@ impl BusInbox {
     }
 }
 
-/// An ordered backlog of messages for one channel: a message goes straight to the channel only
+/// Where a [`Backlog`] sends: a bounded channel that may be full.
+pub(crate) trait Lane<T> {
+    /// Puts `msg` in the channel now, or gives it back.
+    fn try_put(&self, msg: T) -> Result<(), MeshSendError<T>>;
+}
+
+/// The NATS bridge's command channel.
+impl<T> Lane<T> for flume::Sender<T> {
+    fn try_put(&self, msg: T) -> Result<(), MeshSendError<T>> {
+        self.try_send(msg).map_err(MeshSendError::from)
+    }
+}
+
+/// The channel of a mesh towards one shard.
+pub(crate) struct ToShard<'a, T>(pub(crate) &'a MeshEndpoint<T>, pub(crate) usize);
+
+impl<T> Lane<T> for ToShard<'_, T> {
+    fn try_put(&self, msg: T) -> Result<(), MeshSendError<T>> {
+        self.0.try_send_to(self.1, msg)
+    }
+}
+
+/// An ordered backlog of messages for one [`Lane`]: a message goes straight to the lane only
 /// when nothing is already waiting, so order is kept.
 pub(crate) struct Backlog<T> {
     queue: VecDeque<T>,
@@ -673,18 +724,20 @@ impl<T> Backlog<T> {
         }
     }
 
-    /// Sends or defers. `Err(Full)` only when the backlog itself is at its cap.
+    /// Sends or defers. `Err(Full)` only when the backlog itself is at its cap. A stopped
+    /// destination takes the message as sent (nobody is left to need it).
     pub(crate) fn send(
         &mut self,
-        tx: &flume::Sender<T>,
+        lane: &impl Lane<T>,
         msg: T,
         stats: &BusStats,
     ) -> Result<(), BusError> {
         if self.queue.is_empty() {
-            match tx.try_send(msg) {
-                Ok(()) => return Ok(()),
-                Err(flume::TrySendError::Disconnected(_)) => return Ok(()),
-                Err(flume::TrySendError::Full(msg)) => {
+            match lane.try_put(msg) {
+                Ok(()) | Err(MeshSendError::Stopped(_) | MeshSendError::NoSuchShard(_)) => {
+                    return Ok(())
+                }
+                Err(MeshSendError::Full(msg)) => {
                     stats
                         .control_backlogged_total
                         .fetch_add(1, Ordering::Relaxed);
@@ -704,15 +757,15 @@ impl<T> Backlog<T> {
     }
 
     /// Moves as much of the backlog as fits into the channel.
-    pub(crate) fn flush(&mut self, tx: &flume::Sender<T>) {
+    pub(crate) fn flush(&mut self, lane: &impl Lane<T>) {
         while let Some(msg) = self.queue.pop_front() {
-            match tx.try_send(msg) {
+            match lane.try_put(msg) {
                 Ok(()) => {}
-                Err(flume::TrySendError::Full(msg)) => {
+                Err(MeshSendError::Full(msg)) => {
                     self.queue.push_front(msg);
                     return;
                 }
-                Err(flume::TrySendError::Disconnected(_)) => {
+                Err(MeshSendError::Stopped(_) | MeshSendError::NoSuchShard(_)) => {
                     self.queue.clear();
                     return;
                 }

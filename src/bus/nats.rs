@@ -1,8 +1,10 @@
 //! The NATS bus: one bridge thread between the shards and NATS.
 //!
 //! The bridge thread (`tether-nats-bridge`) runs async-nats on a tokio current-thread runtime.
-//! Shards talk to it over two bounded flume channels (commands: interest, barriers, requests;
-//! publishes), and it answers each shard on that shard's bounded control and data channels.
+//! It is not a shard (no glommio executor, no shard index), so it is no peer on the shard
+//! meshes: shards talk to it over two bounded flume channels of its own (commands: interest,
+//! barriers, requests; publishes), and it answers each shard on that shard's bounded control and
+//! data lanes, through the lanes' mesh senders.
 //! Each (shard, subject) interest is one NATS subscription served by one small tokio task that
 //! forwards its messages to the shard, so NATS itself routes between the shards of one node as
 //! between nodes.
@@ -23,7 +25,7 @@
 
 use super::jetstream::{self, DurableConfig, JetStream};
 use super::{
-    Backlog, BusConfig, BusError, BusMessage, BusStats, Ctrl, DurableEvent, Link, NatsAuth,
+    Backlog, BusConfig, BusError, BusMessage, BusStats, Ctrl, DurableEvent, Lanes, Link, NatsAuth,
     RequestError, ShardBus,
 };
 use crate::proto::subject;
@@ -249,6 +251,7 @@ pub fn reconnect_delay(attempts: usize) -> Duration {
     Duration::from_millis((base_ms as f64 * factor) as u64)
 }
 
+/// The bridge's senders into each shard's two lanes (the meshes' senders, see [`Lanes`]).
 struct ShardTx {
     ctrl: Vec<flume::Sender<Ctrl>>,
     data: Vec<flume::Sender<BusMessage>>,
@@ -339,16 +342,19 @@ pub(crate) fn start(
     let node: Arc<str> = Arc::from(config.node.as_str());
     let (cmd_tx, cmd_rx) = flume::bounded(config.queue_len);
     let (pub_tx, pub_rx) = flume::bounded(config.queue_len);
-    let (ctrl_tx, ctrl_rx): (Vec<_>, Vec<_>) =
-        (0..n).map(|_| flume::bounded(config.queue_len)).unzip();
-    let (data_tx, data_rx): (Vec<_>, Vec<_>) =
-        (0..n).map(|_| flume::bounded(config.queue_len)).unzip();
     let (stop_tx, stop_rx) = flume::bounded(1);
-    let links = ctrl_rx
+    let lanes = Lanes::build(n, config.queue_len);
+    // The bridge feeds every shard's lanes; shards send nothing to each other on them.
+    let tx = ShardTx {
+        ctrl: (0..n).filter_map(|to| lanes[0].ctrl.sender(to)).collect(),
+        data: (0..n).filter_map(|to| lanes[0].data.sender(to)).collect(),
+    };
+    assert_eq!(tx.ctrl.len(), n, "one control sender per shard");
+    assert_eq!(tx.data.len(), n, "one data sender per shard");
+    let links = lanes
         .into_iter()
-        .zip(data_rx)
         .enumerate()
-        .map(|(shard, (ctrl_rx, data_rx))| ShardBus {
+        .map(|(shard, lanes)| ShardBus {
             shard,
             shards: n,
             node: node.clone(),
@@ -359,16 +365,11 @@ pub(crate) fn start(
                 pub_tx: pub_tx.clone(),
                 backlog: Backlog::new(),
             }),
-            ctrl_rx,
-            data_rx,
+            lanes,
             local: VecDeque::new(),
             stats: stats.clone(),
         })
         .collect();
-    let tx = ShardTx {
-        ctrl: ctrl_tx,
-        data: data_tx,
-    };
     let node_name = config.node.clone();
     let durable = config.durable.clone();
     let thread = std::thread::Builder::new()

@@ -2,9 +2,9 @@
 //! handed to its shard's [`Hub`], and the shard's bus loop as a per-shard service.
 //!
 //! [`install`] starts the bus (embedded or the NATS bridge) for the server's shards and adds one
-//! per-shard service to the [`Server`]: on each shard it takes that shard's [`ShardBus`], builds
-//! the shard's hub, and returns the `/ws` endpoint and the hub's bus loop (with its 100 ms
-//! tick) side by side, sharing the hub. It also registers the bus and device metrics, the
+//! per-shard service to the [`Server`] ([`Server::per_shard_with`]): each shard is handed its
+//! own [`ShardBus`], builds its hub, and returns the `/ws` endpoint and the hub's bus loop (with
+//! its 100 ms tick) side by side, sharing the hub. It also registers the bus and device metrics, the
 //! bus's readiness check and the bus's stop at exit, so `main` only parses and runs.
 
 use super::config::{AuthMode, MessagingConfig};
@@ -16,13 +16,13 @@ use crate::bus::{self, BusConfig, ShardBus};
 use crate::server::conn::ConnHandle;
 use crate::server::endpoint::{Accepted, ConnInfo, Endpoint, LocalFuture, Rejected, Session};
 use crate::server::metrics::HandshakeResult;
-use crate::server::shard::{ShardCtx, ShardMsg};
-use crate::server::{Server, ServiceError, ShardService};
+use crate::server::shard::ShardCtx;
+use crate::server::{Server, ShardService};
 use crate::ws::{MessageKind, UpgradeRequest};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How often each shard's hub expires acks and requests and retries bus backlogs.
@@ -86,8 +86,6 @@ pub fn install(mut server: Server, mut config: MessagingConfig) -> Result<Server
         nats = %config.nats.join(","),
         "messaging bus started"
     );
-    let slots: Arc<Mutex<Vec<Option<ShardBus>>>> =
-        Arc::new(Mutex::new(links.into_iter().map(Some).collect()));
     let sessions = Arc::new(DeviceSessions::new(config.sessions_per_device_max));
     let sessions_metrics = sessions.clone();
     let config = Arc::new(config);
@@ -96,15 +94,7 @@ pub fn install(mut server: Server, mut config: MessagingConfig) -> Result<Server
     let bus_connected = bus_stats.clone();
     let device_stats = devices.clone();
     let server = server
-        .per_shard(move |ctx: &Rc<ShardCtx>| {
-            let bus = slots
-                .lock()
-                .ok()
-                .and_then(|mut s| s.get_mut(ctx.index).and_then(Option::take))
-                .ok_or_else(|| ServiceError {
-                    shard: ctx.index,
-                    reason: "no bus link for the /ws endpoint".to_string(),
-                })?;
+        .per_shard_with(links, move |ctx: &Rc<ShardCtx>, bus: ShardBus| {
             let mut hub = Hub::new(bus, config.limits.clone(), stats.clone());
             if let AuthMode::Jwt(verifier) = &config.auth {
                 let verifier = verifier.clone();
@@ -333,25 +323,9 @@ impl Session for DeviceSession {
 
 /// Closes the replaced session `id` with [`REPLACED_CLOSE_CODE`], on whichever shard holds it.
 fn close_replaced(ctx: &Rc<ShardCtx>, id: u64) {
-    let close = move |ctx: &Rc<ShardCtx>| {
+    ctx.invoke_on(ShardCtx::shard_of(id), move |ctx| {
         if let Some(c) = ctx.conn(id) {
             c.close(REPLACED_CLOSE_CODE, REPLACED_CLOSE_REASON);
         }
-    };
-    let shard = ShardCtx::shard_of(id);
-    if shard == ctx.index {
-        close(ctx);
-        return;
-    }
-    let sent = ctx
-        .mesh()
-        .try_send_to(shard, ShardMsg::Run(Box::new(close)));
-    if let Err(tether_shards::MeshSendError::Full(msg)) = sent {
-        // The mesh is busy: deliver it when there is room.
-        let ctx = ctx.clone();
-        glommio::spawn_local(async move {
-            let _ = ctx.mesh().send_to(shard, msg).await;
-        })
-        .detach();
-    }
+    });
 }

@@ -18,8 +18,9 @@
 //!   `sharded<Service>`) called on every shard while it starts (before the start latch: an
 //!   error, a [`ServiceError`], fails the whole node). It returns the shard's [`ShardService`]:
 //!   the endpoints it serves and the tasks it runs for the shard's life (e.g. a bus link), built
-//!   side by side so they share state through plain `Rc`s. Node-level work at the end (stopping
-//!   a bus) is a [`Server::on_exit`] hook.
+//!   side by side so they share state through plain `Rc`s. A value made for each shard before
+//!   the node starts (a bus link) is moved to its shard with [`Server::per_shard_with`].
+//!   Node-level work at the end (stopping a bus) is a [`Server::on_exit`] hook.
 //! - **Endpoints are pluggable.** [`Server::endpoint`] (a per-shard service with one endpoint)
 //!   maps a request path to a factory that builds one [`endpoint::Endpoint`] per shard, on that
 //!   shard. For each upgrade request on
@@ -33,9 +34,9 @@
 //!   up a [`conn::ConnHandle`] (`Rc<Conn>`, `!Send`) by its node-unique [`conn::ConnId`];
 //!   through it any code on the same shard can enqueue a message ([`conn::Conn::send`], subject
 //!   to `outbound_bytes_max` and the slow-consumer policy) or close the connection
-//!   ([`conn::Conn::close`]). Other shards reach it through the mesh
-//!   ([`shard::ShardMsg::Run`] sent with [`shard::ShardCtx::mesh`]; the shard of an id is
-//!   [`shard::ShardCtx::shard_of`]).
+//!   ([`conn::Conn::close`]). Other shards reach it with [`shard::ShardCtx::invoke_on`]
+//!   (seastar's `invoke_on`: a closure run on that shard, carried over the node's mesh as a
+//!   [`shard::ShardMsg::Run`]; the shard of an id is [`shard::ShardCtx::shard_of`]).
 //!
 //! # Drain
 //!
@@ -65,7 +66,7 @@ use std::{
     future::Future,
     pin::Pin,
     rc::Rc,
-    sync::{atomic::Ordering, Arc},
+    sync::{atomic::Ordering, Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -198,6 +199,30 @@ impl Server {
     ) -> Server {
         self.services.push(Arc::new(factory));
         self
+    }
+
+    /// Adds a per-shard service built from one value per shard: `values[i]` is moved to shard
+    /// `i` and handed to `factory` there (e.g. the shard's bus link, made before the node
+    /// starts). Panics unless there is exactly one value per shard.
+    pub fn per_shard_with<T: Send + 'static>(
+        self,
+        values: Vec<T>,
+        factory: impl Fn(&Rc<ShardCtx>, T) -> Result<ShardService, ServiceError> + Send + Sync + 'static,
+    ) -> Server {
+        assert_eq!(values.len(), self.shard_count(), "one value per shard");
+        // Each shard takes its own slot, once, while it starts.
+        let slots = Mutex::new(values.into_iter().map(Some).collect::<Vec<_>>());
+        self.per_shard(move |ctx| {
+            let value = slots
+                .lock()
+                .ok()
+                .and_then(|mut s| s.get_mut(ctx.index).and_then(Option::take))
+                .ok_or_else(|| ServiceError {
+                    shard: ctx.index,
+                    reason: "the shard's value was taken already".to_string(),
+                })?;
+            factory(ctx, value)
+        })
     }
 
     /// Serves `path` with the endpoint `factory` builds on each shard (a per-shard service

@@ -5,8 +5,8 @@
 //! A [`ShardCtx`] is created on its shard's thread and is `!Send`; everything on the shard
 //! reaches it through `Rc<ShardCtx>`. It owns the shard's registry of upgraded connections
 //! (id -> [`ConnHandle`]), the scratch buffer all its connections read into, the endpoints of
-//! this shard, and its metrics. Code from other shards or threads reaches it only through the
-//! mesh ([`ShardMsg`]).
+//! this shard, and its metrics. Code from other shards reaches it only through the node's mesh
+//! ([`ShardCtx::invoke_on`], carried as a [`ShardMsg`]).
 
 use std::{
     cell::{Cell, OnceCell, RefCell},
@@ -16,7 +16,7 @@ use std::{
 };
 
 use ahash::AHashMap;
-use tether_shards::MeshEndpoint;
+use tether_shards::{MeshEndpoint, MeshSendError};
 
 use super::{
     config::ServerConfig,
@@ -122,9 +122,33 @@ impl ShardCtx {
         (id >> CONN_SEQ_BITS) as usize
     }
 
-    /// This shard's end of the mesh (send to other shards with `send_to`/`try_send_to`).
-    pub fn mesh(&self) -> &MeshEndpoint<ShardMsg> {
+    /// This shard's end of the node's mesh (its receiver is the shard's mesh loop).
+    pub(super) fn mesh(&self) -> &MeshEndpoint<ShardMsg> {
         &self.mesh
+    }
+
+    /// Runs `f` with shard `to`'s context (seastar's `invoke_on`): at once when `to` is this
+    /// shard, else on `to` as a [`ShardMsg::Run`] over the node's mesh, after everything this
+    /// shard sent it before. When `to`'s mesh channel is full, a task of this shard waits for
+    /// room, so `f` is not lost while both shards run. Panics if `to` is not a shard of the node.
+    pub fn invoke_on(self: &Rc<Self>, to: usize, f: impl FnOnce(&Rc<ShardCtx>) + Send + 'static) {
+        assert!(to < self.count, "shard {to} of {}", self.count);
+        if to == self.index {
+            f(self);
+            return;
+        }
+        match self.mesh.try_send_to(to, ShardMsg::Run(Box::new(f))) {
+            // A stopped shard has nothing left to run it on.
+            Ok(()) | Err(MeshSendError::Stopped(_)) => {}
+            Err(MeshSendError::Full(msg)) => {
+                let ctx = self.clone();
+                glommio::spawn_local(async move {
+                    let _ = ctx.mesh.send_to(to, msg).await;
+                })
+                .detach();
+            }
+            Err(MeshSendError::NoSuchShard(_)) => unreachable!("shard {to} checked above"),
+        }
     }
 
     /// True once the node drains.
