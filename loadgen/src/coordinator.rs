@@ -265,10 +265,8 @@ fn stop_workers(workers: &mut [WorkerHandle]) {
     }
 }
 
-#[expect(
-    clippy::too_many_lines,
-    reason = "not yet split into named steps; a function-length exemption to remove (docs/architecture.md)"
-)]
+/// A run after the preflight: the preload (durable workload), the workers started behind a
+/// barrier, their reports collected, the report written and the thresholds checked.
 fn run(
     args: &Args,
     plan: &Plan,
@@ -295,48 +293,8 @@ fn run(
     let plan = &plan;
     let mut workers = spawn_workers(plan, &tx)?;
     drop(tx);
-    let kill_all = |workers: &mut Vec<WorkerHandle>| {
-        for w in workers.iter_mut() {
-            let _ = w.child.kill();
-            let _ = w.child.wait();
-        }
-    };
-
-    // Start barrier: every worker reports ready, then all get the same start instant.
-    let ready_deadline = Instant::now() + READY_TIMEOUT;
-    let mut ready = 0;
-    while ready < workers.len() {
-        let left = ready_deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(Ev::Msg(i, m)) => match *m {
-                WorkerMsg::Ready { .. } => ready += 1,
-                WorkerMsg::Failed { error } => {
-                    kill_all(&mut workers);
-                    return Err(format!("worker {i} failed to start: {error}"));
-                }
-                _ => {}
-            },
-            Ok(Ev::Bad(i, error)) => {
-                kill_all(&mut workers);
-                return Err(format!("worker {i} failed to start: {error}"));
-            }
-            Ok(Ev::Eof(i)) => {
-                kill_all(&mut workers);
-                return Err(format!("worker {i} exited before it was ready"));
-            }
-            Ok(Ev::Interrupt | Ev::Kill) => {
-                kill_all(&mut workers);
-                eprintln!("tether-loadgen: interrupted before the start");
-                return Ok(ExitCode::from(EXIT_INTERRUPTED));
-            }
-            Err(_) => {
-                kill_all(&mut workers);
-                return Err(format!(
-                    "only {ready} of {} workers were ready after {READY_TIMEOUT:?}",
-                    workers.len()
-                ));
-            }
-        }
+    if let Some(code) = await_ready(&rx, &mut workers)? {
+        return Ok(code);
     }
     let server_cpu_start: Vec<Option<u64>> = args
         .server_pids
@@ -353,6 +311,116 @@ fn run(
             held_kib: None,
         })
         .collect();
+    let start_unix_ns = start_workers(&mut workers)?;
+    let Some(mut c) = collect(args, plan, &rx, &mut workers, &mut server_rss)? else {
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    };
+    for w in workers.iter_mut() {
+        w.stdin = None;
+        let _ = w.child.wait();
+    }
+    reaped.store(true, Ordering::SeqCst);
+    if args.hdr_dir.is_some() {
+        c.interval_logs
+            .push((c.last_printed_k + 1, c.finals_hists.encode()));
+    }
+    let server_cpu_us = server_cpu_used(args, &server_cpu_start);
+    let failures: Vec<String> = workers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| w.failed.as_ref().map(|e| format!("worker {i}: {e}")))
+        .collect();
+    let mut report = report_of(
+        args,
+        plan,
+        verdict,
+        &workers,
+        &c,
+        server_cpu_us,
+        &failures,
+        preload.as_ref(),
+        &server_rss,
+    );
+    let outcomes: Vec<Outcome> = thresholds.iter().map(|t| t.evaluate(&report)).collect();
+    report["thresholds"] = json!(outcomes);
+    print_summary(&report);
+    print_thresholds(&outcomes);
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report).expect("report serialises");
+        std::fs::write(path, text + "\n")
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    if let Some(dir) = &args.hdr_dir {
+        write_interval_logs(dir, start_unix_ns, &c.interval_logs)?;
+    }
+    for f in &failures {
+        eprintln!("tether-loadgen: {f}");
+    }
+    Ok(if !failures.is_empty() {
+        ExitCode::FAILURE
+    } else if outcomes.iter().any(|o| !o.ok) {
+        ExitCode::from(EXIT_THRESHOLD_CROSSED)
+    } else if c.interrupted {
+        ExitCode::from(EXIT_INTERRUPTED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn kill_all(workers: &mut [WorkerHandle]) {
+    for w in workers.iter_mut() {
+        let _ = w.child.kill();
+        let _ = w.child.wait();
+    }
+}
+
+/// Start barrier, first half: waits until every worker reports ready. `Some(code)`: interrupted
+/// before the start (workers killed); an error kills the workers too.
+fn await_ready(
+    rx: &mpsc::Receiver<Ev>,
+    workers: &mut [WorkerHandle],
+) -> Result<Option<ExitCode>, String> {
+    let ready_deadline = Instant::now() + READY_TIMEOUT;
+    let mut ready = 0;
+    while ready < workers.len() {
+        let left = ready_deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Ev::Msg(i, m)) => match *m {
+                WorkerMsg::Ready { .. } => ready += 1,
+                WorkerMsg::Failed { error } => {
+                    kill_all(workers);
+                    return Err(format!("worker {i} failed to start: {error}"));
+                }
+                _ => {}
+            },
+            Ok(Ev::Bad(i, error)) => {
+                kill_all(workers);
+                return Err(format!("worker {i} failed to start: {error}"));
+            }
+            Ok(Ev::Eof(i)) => {
+                kill_all(workers);
+                return Err(format!("worker {i} exited before it was ready"));
+            }
+            Ok(Ev::Interrupt | Ev::Kill) => {
+                kill_all(workers);
+                eprintln!("tether-loadgen: interrupted before the start");
+                return Ok(Some(ExitCode::from(EXIT_INTERRUPTED)));
+            }
+            Err(_) => {
+                kill_all(workers);
+                return Err(format!(
+                    "only {ready} of {} workers were ready after {READY_TIMEOUT:?}",
+                    workers.len()
+                ));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Start barrier, second half: every worker gets the same start instant, [`START_DELAY`] from
+/// now; returns once it has come (unix ns).
+fn start_workers(workers: &mut [WorkerHandle]) -> Result<u64, String> {
     let start_unix_ns = unix_ns_now() + START_DELAY.as_nanos() as u64;
     let start_line = serde_json::to_string(&StartSignal { start_unix_ns }).expect("serialises");
     for (i, w) in workers.iter_mut().enumerate() {
@@ -362,25 +430,45 @@ fn run(
             .map_err(|e| format!("starting worker {i}: {e}"))?;
     }
     std::thread::sleep(START_DELAY);
+    Ok(start_unix_ns)
+}
+
+/// What the coordinator gathers from the workers' reports during the run.
+#[derive(Default)]
+struct Collected {
+    totals: Hists,
+    /// Seconds not printed yet, until every running worker has reported them.
+    intervals: BTreeMap<u64, Interval>,
+    interval_logs: Vec<(u64, crate::stats::HistBlobs)>,
+    /// Connected clients per sampling slot, summed over workers.
+    slots: BTreeMap<u64, u64>,
+    printed: Counters,
+    last_printed_k: u64,
+    finals_hists: Hists,
+    interrupted: bool,
+    /// Clients connected when the servers' RSS was sampled near the end of the hold.
+    held_connected: Option<u64>,
+}
+
+/// Takes the workers' reports until all are done, printing each second once every running
+/// worker has reported it, and samples the servers' RSS near the end of the hold. `None`: a
+/// second interrupt killed the workers (no summary).
+fn collect(
+    args: &Args,
+    plan: &Plan,
+    rx: &mpsc::Receiver<Ev>,
+    workers: &mut [WorkerHandle],
+    server_rss: &mut [ServerRss],
+) -> Result<Option<Collected>, String> {
     // The servers' RSS is sampled again one second before the end of the hold (every client
     // connected, none closing yet; at the end of the connects if the hold is shorter).
     let phases = Phases::of(plan);
     let hold_end_at = Instant::now()
         + Duration::from_secs_f64((phases.hold_end_s - 1.0).max(phases.connect_end_s));
-    let mut held_connected: Option<u64> = None;
-
-    let mut totals = Hists::default();
-    let mut intervals: BTreeMap<u64, Interval> = BTreeMap::new();
-    let mut interval_logs: Vec<(u64, crate::stats::HistBlobs)> = Vec::new();
-    let mut slots: BTreeMap<u64, u64> = BTreeMap::new();
-    let mut printed = Counters::default();
-    let mut last_printed_k = 0u64;
-    let mut finals_hists = Hists::default();
-    let mut interrupted = false;
-
+    let mut c = Collected::default();
     while workers.iter().any(|w| !w.done) {
         // Wake up at the end of the hold to sample the servers' RSS then.
-        let wait = match held_connected {
+        let wait = match c.held_connected {
             None => hold_end_at
                 .saturating_duration_since(Instant::now())
                 .clamp(Duration::from_millis(1), Duration::from_secs(5)),
@@ -388,9 +476,9 @@ fn run(
         };
         let ev = match rx.recv_timeout(wait) {
             Ok(ev) => ev,
-            Err(mpsc::RecvTimeoutError::Timeout) if held_connected.is_none() => {
+            Err(mpsc::RecvTimeoutError::Timeout) if c.held_connected.is_none() => {
                 if Instant::now() >= hold_end_at {
-                    held_connected = Some(sample_rss(&mut server_rss, &workers));
+                    c.held_connected = Some(sample_rss(server_rss, workers));
                 }
                 continue;
             }
@@ -415,18 +503,18 @@ fn run(
                 continue;
             }
             Ev::Interrupt => {
-                interrupted = true;
+                c.interrupted = true;
                 eprintln!(
                     "tether-loadgen: interrupted: stopping the schedule and closing every client \
                      with 1000 (interrupt again to exit at once)"
                 );
-                stop_workers(&mut workers);
+                stop_workers(workers);
                 continue;
             }
             Ev::Kill => {
-                kill_all(&mut workers);
+                kill_all(workers);
                 eprintln!("tether-loadgen: interrupted again: workers killed, no summary");
-                return Ok(ExitCode::from(EXIT_INTERRUPTED));
+                return Ok(None);
             }
             Ev::Eof(i) => {
                 let w = &mut workers[i];
@@ -438,6 +526,18 @@ fn run(
                 (i, WorkerMsg::Ready { fd_soft_limit: 0 })
             }
         };
+        c.take(&mut workers[i], msg)?;
+        if c.held_connected.is_none() && Instant::now() >= hold_end_at {
+            c.held_connected = Some(sample_rss(server_rss, workers));
+        }
+        c.print_complete_seconds(args, workers);
+    }
+    Ok(Some(c))
+}
+
+impl Collected {
+    /// Takes one report of worker `w`.
+    fn take(&mut self, w: &mut WorkerHandle, msg: WorkerMsg) -> Result<(), String> {
         match msg {
             WorkerMsg::Tick {
                 k,
@@ -446,12 +546,12 @@ fn run(
                 samples,
             } => {
                 let h = Hists::decode(&hist)?;
-                totals.add(&h);
+                self.totals.add(&h);
                 for (slot, c) in samples {
-                    *slots.entry(slot).or_default() += c;
+                    *self.slots.entry(slot).or_default() += c;
                 }
-                workers[i].counters = counters.clone();
-                let iv = intervals.entry(k).or_default();
+                w.counters = counters.clone();
+                let iv = self.intervals.entry(k).or_default();
                 iv.reports += 1;
                 iv.counters.add(&counters);
                 match &mut iv.hists {
@@ -468,12 +568,11 @@ fn run(
                 max_rss_kib,
             } => {
                 let h = Hists::decode(&hist)?;
-                totals.add(&h);
-                finals_hists.add(&h);
+                self.totals.add(&h);
+                self.finals_hists.add(&h);
                 for (slot, c) in samples {
-                    *slots.entry(slot).or_default() += c;
+                    *self.slots.entry(slot).or_default() += c;
                 }
-                let w = &mut workers[i];
                 w.counters = counters;
                 w.elapsed_us = elapsed_us;
                 w.cpu_us = cpu_us;
@@ -481,56 +580,70 @@ fn run(
                 w.done = true;
             }
             WorkerMsg::Failed { error } => {
-                workers[i].failed = Some(error);
+                w.failed = Some(error);
             }
             WorkerMsg::Ready { .. } => {}
         }
-        if held_connected.is_none() && Instant::now() >= hold_end_at {
-            held_connected = Some(sample_rss(&mut server_rss, &workers));
-        }
-        // Print every second that all still-running workers have reported.
+        Ok(())
+    }
+
+    /// Prints (and logs for `--hdr-dir`) every second that all still-running workers have
+    /// reported.
+    fn print_complete_seconds(&mut self, args: &Args, workers: &[WorkerHandle]) {
         let running = workers.iter().filter(|w| !w.done).count();
-        while let Some((&k, iv)) = intervals.iter().next() {
+        while let Some((&k, iv)) = self.intervals.iter().next() {
             let all_done = running == 0;
             if iv.reports < workers.len() && !all_done && iv.reports < running.max(1) {
                 break;
             }
-            let iv = intervals.remove(&k).expect("present");
+            let iv = self.intervals.remove(&k).expect("present");
             let h = iv.hists.unwrap_or_default();
             if !args.quiet {
-                print_live(k, k - last_printed_k, &printed, &iv.counters, &h);
+                print_live(k, k - self.last_printed_k, &self.printed, &iv.counters, &h);
             }
-            interval_logs.push((k, h.encode()));
-            printed = iv.counters;
-            last_printed_k = k;
+            self.interval_logs.push((k, h.encode()));
+            self.printed = iv.counters;
+            self.last_printed_k = k;
         }
     }
-    for w in workers.iter_mut() {
-        w.stdin = None;
-        let _ = w.child.wait();
-    }
-    reaped.store(true, Ordering::SeqCst);
-    if args.hdr_dir.is_some() {
-        interval_logs.push((last_printed_k + 1, finals_hists.encode()));
-    }
-    let server_cpu_us: Option<u64> = if args.server_pids.is_empty() {
-        None
-    } else {
-        let mut sum = 0;
-        for (pid, start) in args.server_pids.iter().zip(&server_cpu_start) {
-            match (start, sys::proc_cpu_us(*pid)) {
-                (Some(s), Ok(e)) => sum += e.saturating_sub(*s),
-                _ => eprintln!("tether-loadgen: cannot read the CPU time of server pid {pid}"),
-            }
-        }
-        Some(sum)
-    };
+}
 
+/// CPU time the `--server-pid` processes used during the run, summed; `None` without any.
+fn server_cpu_used(args: &Args, server_cpu_start: &[Option<u64>]) -> Option<u64> {
+    if args.server_pids.is_empty() {
+        return None;
+    }
+    let mut sum = 0;
+    for (pid, start) in args.server_pids.iter().zip(server_cpu_start) {
+        match (start, sys::proc_cpu_us(*pid)) {
+            (Some(s), Ok(e)) => sum += e.saturating_sub(*s),
+            _ => eprintln!("tether-loadgen: cannot read the CPU time of server pid {pid}"),
+        }
+    }
+    Some(sum)
+}
+
+/// The JSON report of a finished run, from the workers' final state and what was collected.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the run's parts, each named once"
+)]
+fn report_of(
+    args: &Args,
+    plan: &Plan,
+    verdict: &Verdict,
+    workers: &[WorkerHandle],
+    c: &Collected,
+    server_cpu_us: Option<u64>,
+    failures: &[String],
+    preload: Option<&backend::Preload>,
+    server_rss: &[ServerRss],
+) -> Value {
     let mut counters = Counters::default();
-    for w in &workers {
+    for w in workers {
         counters.add(&w.counters);
     }
-    let sampled_peak = slots.values().copied().max().unwrap_or(0);
+    let sampled_peak = c.slots.values().copied().max().unwrap_or(0);
     let single_peak = workers
         .iter()
         .map(|w| w.counters.connected_peak)
@@ -540,52 +653,22 @@ fn run(
     let duration_us = workers.iter().map(|w| w.elapsed_us).max().unwrap_or(0);
     let own = sys::self_usage();
     let loadgen_cpu_us = own.cpu_us + workers.iter().map(|w| w.cpu_us).sum::<u64>();
-    let failures: Vec<String> = workers
-        .iter()
-        .enumerate()
-        .filter_map(|(i, w)| w.failed.as_ref().map(|e| format!("worker {i}: {e}")))
-        .collect();
-
-    let mut report = build_report(&ReportInput {
+    build_report(&ReportInput {
         plan,
         verdict,
         counters: &counters,
-        totals: &totals,
+        totals: &c.totals,
         connected_peak,
         duration_us,
         loadgen_cpu_us,
         worker_rss_kib: workers.iter().map(|w| w.max_rss_kib).collect(),
         server_cpu_us,
-        failures: &failures,
-        interrupted,
+        failures,
+        interrupted: c.interrupted,
         scenario: args.scenario.as_deref(),
-        preload: preload.as_ref(),
-        server_rss: &server_rss,
-        held_connected,
-    });
-    let outcomes: Vec<Outcome> = thresholds.iter().map(|t| t.evaluate(&report)).collect();
-    report["thresholds"] = json!(outcomes);
-    print_summary(&report);
-    print_thresholds(&outcomes);
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report).expect("report serialises");
-        std::fs::write(path, text + "\n")
-            .map_err(|e| format!("writing {}: {e}", path.display()))?;
-    }
-    if let Some(dir) = &args.hdr_dir {
-        write_interval_logs(dir, start_unix_ns, &interval_logs)?;
-    }
-    for f in &failures {
-        eprintln!("tether-loadgen: {f}");
-    }
-    Ok(if !failures.is_empty() {
-        ExitCode::FAILURE
-    } else if outcomes.iter().any(|o| !o.ok) {
-        ExitCode::from(EXIT_THRESHOLD_CROSSED)
-    } else if interrupted {
-        ExitCode::from(EXIT_INTERRUPTED)
-    } else {
-        ExitCode::SUCCESS
+        preload,
+        server_rss,
+        held_connected: c.held_connected,
     })
 }
 
