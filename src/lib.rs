@@ -8,17 +8,9 @@
 #![warn(missing_docs)]
 
 pub mod auth;
-#[expect(
-    missing_docs,
-    reason = "src/bus is being restructured (issue 10 item 3, issue 11): documented when that lands"
-)]
 pub mod bus;
 pub mod config;
 pub mod device;
 pub mod proto;
-#[expect(
-    missing_docs,
-    reason = "src/server/{mod,node,shard}.rs are being restructured (issue 10 item 3): documented when that lands"
-)]
 pub mod server;
 pub mod ws;

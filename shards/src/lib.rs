@@ -23,5 +23,5 @@ pub mod uring;
 pub use cpus::{CpuListError, Placement, PlacementError, ShardCount};
 pub use listener::{bind_reuseport, ListenerError};
 pub use mesh::{Mesh, MeshEndpoint, MeshSendError};
-pub use node::{Node, NodeConfig, Shard, StartError};
+pub use node::{Node, NodeConfig, Shard, ShardsPanicked, StartError};
 pub use uring::IoUringUnavailable;

@@ -54,6 +54,14 @@ impl NodeConfig {
     }
 }
 
+/// Shards whose thread panicked while the node ran (found by [`Node::join`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("shard(s) {} panicked", .shards.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "))]
+pub struct ShardsPanicked {
+    /// Their indexes, in order.
+    pub shards: Vec<usize>,
+}
+
 /// Why a node did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -268,22 +276,22 @@ impl Node {
 
     /// OS thread ids are not exposed by std; the thread names are `tether-shard-N`.
     /// Waits until every shard has finished. Err names the shards whose thread panicked.
-    pub fn join(self) -> Result<(), String> {
+    pub fn join(self) -> Result<(), ShardsPanicked> {
         let mut panicked = Vec::new();
         for (index, t) in self.threads {
             if t.join().is_err() {
-                panicked.push(index.to_string());
+                panicked.push(index);
             }
         }
         if panicked.is_empty() {
             Ok(())
         } else {
-            Err(format!("shard(s) {} panicked", panicked.join(", ")))
+            Err(ShardsPanicked { shards: panicked })
         }
     }
 
     /// Stops every shard and waits for them.
-    pub fn stop(self) -> Result<(), String> {
+    pub fn stop(self) -> Result<(), ShardsPanicked> {
         self.stop.stop();
         self.join()
     }

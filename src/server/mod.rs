@@ -128,24 +128,49 @@ pub struct ServiceError {
 /// Why the server did not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// `--shards`/`--cpus` name CPUs this process may not use, or too few.
     #[error(transparent)]
     Placement(#[from] tether_shards::PlacementError),
+    /// A listener (`ws://` or `wss://`) could not be bound on every shard.
     #[error(transparent)]
     Listen(#[from] tether_shards::ListenerError),
+    /// The admin address is taken or not local.
     #[error("cannot bind the admin endpoint on {addr}: {source} (choose another --admin address)")]
     Admin {
+        /// The `--admin` address.
         addr: std::net::SocketAddr,
+        /// The bind error.
         source: std::io::Error,
     },
+    /// A shard's thread or its service did not start (the node starts whole or not at all).
     #[error(transparent)]
     Start(#[from] tether_shards::StartError),
     /// io_uring is refused (seccomp, sysctl) or missing: no shard could start.
     #[error(transparent)]
     IoUring(#[from] tether_shards::IoUringUnavailable),
+    /// SIGTERM/SIGINT/SIGHUP could not be blocked for the signal thread.
     #[error("signal handling: {0}")]
     Signals(std::io::Error),
-    #[error("{0}")]
-    Shards(String),
+    /// A bound listener cannot report its address.
+    #[error("cannot read the {scheme} listener's address: {source}")]
+    ListenerAddress {
+        /// `ws://` or `wss://`.
+        scheme: &'static str,
+        /// The `getsockname` error.
+        source: std::io::Error,
+    },
+    /// A node thread beside the shards (admin, reload, signal) could not be spawned.
+    #[error("cannot start the {name} thread: {source}")]
+    Thread {
+        /// Which thread.
+        name: &'static str,
+        /// The spawn error (thread limit, memory).
+        source: std::io::Error,
+    },
+    /// A shard panicked while the node ran.
+    #[error(transparent)]
+    Shards(#[from] tether_shards::ShardsPanicked),
+    /// A certificate or key cannot be loaded.
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
 }
@@ -292,9 +317,13 @@ impl Server {
         let placement = self.placement;
         let n = placement.shards();
         let listeners = listener::bind_reuseport_group(cfg.listen, n, cfg.backlog)?;
-        let listen_addr = listeners[0]
-            .local_addr()
-            .map_err(|e| ServeError::Shards(format!("listener address: {e}")))?;
+        let listen_addr =
+            listeners[0]
+                .local_addr()
+                .map_err(|source| ServeError::ListenerAddress {
+                    scheme: "ws://",
+                    source,
+                })?;
         let tls = match &cfg.tls {
             None => None,
             Some(t) => {
@@ -302,7 +331,10 @@ impl Server {
                 let ls = listener::bind_reuseport_group(t.listen, n, cfg.backlog)?;
                 let addr = ls[0]
                     .local_addr()
-                    .map_err(|e| ServeError::Shards(format!("wss:// listener address: {e}")))?;
+                    .map_err(|source| ServeError::ListenerAddress {
+                        scheme: "wss://",
+                        source,
+                    })?;
                 Some((certs, ls, addr))
             }
         };
@@ -434,7 +466,10 @@ impl Server {
                 pings,
             },
         )
-        .map_err(|e| ServeError::Shards(format!("cannot start the admin thread: {e}")))?;
+        .map_err(|source| ServeError::Thread {
+            name: "admin",
+            source,
+        })?;
         // Listeners and admin endpoint are up: tell systemd (Type=notify) we are ready.
         notify::notify_or_log("READY=1");
 
@@ -458,7 +493,10 @@ impl Server {
                     }
                 }
             })
-            .map_err(|e| ServeError::Shards(format!("cannot start the reload thread: {e}")))?;
+            .map_err(|source| ServeError::Thread {
+                name: "reload",
+                source,
+            })?;
 
         // Signals: the first makes the node unready, then (after `drain_delay`) starts the
         // drain; a second stops at once.
@@ -504,7 +542,10 @@ impl Server {
                     stop.stop();
                 }
             })
-            .map_err(|e| ServeError::Shards(format!("cannot start the signal thread: {e}")))?;
+            .map_err(|source| ServeError::Thread {
+                name: "signal",
+                source,
+            })?;
 
         let joined = node.join().map_err(ServeError::Shards);
         for hook in on_exit {

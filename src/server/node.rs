@@ -34,6 +34,8 @@ pub struct NodeShared {
 }
 
 impl NodeShared {
+    /// A node admitting at most `capacity` sockets at once, not draining; `open_files_limit`
+    /// is reported in `/metrics`.
     pub fn new(capacity: usize, open_files_limit: u64) -> NodeShared {
         NodeShared {
             draining: AtomicBool::new(false),
@@ -71,14 +73,17 @@ impl NodeShared {
         Some(RefusingSlot(self.clone()))
     }
 
+    /// Sets the most sockets admitted at once (once the open-files limit is known).
     pub fn set_capacity(&self, capacity: usize) {
         self.capacity.store(capacity, Ordering::Relaxed);
     }
 
+    /// The most sockets admitted at once.
     pub fn capacity(&self) -> usize {
         self.capacity.load(Ordering::Relaxed)
     }
 
+    /// The node-wide gauges of `/metrics`.
     pub fn gauges(&self) -> NodeGauges {
         NodeGauges {
             capacity_connections: self.capacity() as u64,

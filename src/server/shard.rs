@@ -41,7 +41,10 @@ pub enum ShardMsg {
 #[derive(Debug, Clone, Copy)]
 pub enum ShardControl {
     /// Stop accepting, close every connection with 1001 paced until `deadline`, then end.
-    Drain { deadline: Instant },
+    Drain {
+        /// When every connection must be closed (from `drain_time`).
+        deadline: Instant,
+    },
 }
 
 /// One shard's state. Lives on its shard; `!Send`.
@@ -52,7 +55,9 @@ pub struct ShardCtx {
     pub count: usize,
     /// CPU the shard is pinned to.
     pub cpu: usize,
+    /// The node's checked configuration (limits, timeouts), shared by every shard.
     pub config: Arc<ServerConfig>,
+    /// This shard's counters (written only here; the admin thread reads them).
     pub metrics: Arc<ShardMetrics>,
     pub(super) node: Arc<NodeShared>,
     mesh: MeshEndpoint<ShardMsg>,
