@@ -42,6 +42,8 @@ pub struct Proc {
 /// Every process of one run's system under test.
 pub struct Deployment {
     pub nats: Option<Proc>,
+    /// `nats://ADDR` of `nats` (for loadgen's backend publisher).
+    pub nats_url: Option<String>,
     pub nodes: Vec<Proc>,
     /// The HS256 secret device tokens are signed with (device-serving rows).
     pub jwt_secret: Option<String>,
@@ -154,7 +156,10 @@ fn server_command(
     };
     let cmd = match spec.kind {
         ServerKind::Tether => {
-            let path = cfg.bin("tether");
+            let path = match &spec.bin_dir {
+                Some(dir) => cfg.bin_dir.join(dir).join("tether"),
+                None => cfg.bin("tether"),
+            };
             if !path.is_file() {
                 return Err(format!(
                     "{} not built (cargo build --release -p tether)",
@@ -208,6 +213,22 @@ fn server_command(
         ServerKind::Tungstenite => peer("peer-tungstenite")?,
         ServerKind::Fastwebsockets => peer("peer-fastwebsockets")?,
         ServerKind::Raw101 => peer("peer-raw101")?,
+        ServerKind::Hold101 => {
+            // A release build leaves examples in `examples/` under the binaries' folder.
+            let path = [cfg.bin("hold101"), cfg.bin_dir.join("examples/hold101")]
+                .into_iter()
+                .find(|p| p.is_file())
+                .ok_or_else(|| {
+                    format!(
+                        "{} not built (cargo build --release -p tether-shards --example hold101)",
+                        cfg.bin("hold101").display()
+                    )
+                })?;
+            let mut c = Command::new(path);
+            c.arg(listen.to_string())
+                .arg(spec.shards.unwrap_or(1).to_string());
+            c
+        }
         ServerKind::NodeWs => {
             let ws = find_ws_module(&cfg.repo_root).ok_or_else(|| {
                 "Node `ws` not installed (tests/node/node_modules/ws or global)".to_string()
@@ -286,6 +307,30 @@ pub(crate) fn start_process(
     }
 }
 
+/// Waits until a `--durable` node's `/metrics` says `tether_mailbox_stream_ready 1` (the node
+/// is ready before its mailbox stream exists), for at most `SERVER_START_TIMEOUT`.
+fn wait_mailbox_ready(admin: Option<SocketAddr>) -> Result<(), String> {
+    let admin = admin.ok_or("a --durable node without an admin listener")?;
+    let deadline = Instant::now() + SERVER_START_TIMEOUT;
+    loop {
+        let ready = http_get(admin, "/metrics").is_some_and(|(status, body)| {
+            status == 200
+                && body
+                    .lines()
+                    .any(|l| l.trim() == "tether_mailbox_stream_ready 1")
+        });
+        if ready {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "mailbox stream not ready within {SERVER_START_TIMEOUT:?} (tether_mailbox_stream_ready)"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// SIGTERM, then SIGKILL after `SERVER_STOP_TIMEOUT`; reaps the child.
 fn stop(p: &mut Proc) {
     let pid = p.child.id() as i32;
@@ -316,9 +361,14 @@ pub(crate) fn random_secret() -> Result<String, String> {
 
 /// One HTTP/1.1 GET on the admin listener: (status, body), or None on any failure.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, ADMIN_TIMEOUT).ok()?;
-    s.set_read_timeout(Some(ADMIN_TIMEOUT)).ok()?;
-    s.set_write_timeout(Some(ADMIN_TIMEOUT)).ok()?;
+    http_get_within(addr, path, ADMIN_TIMEOUT)
+}
+
+/// `http_get` with `timeout` on the connect and on each read and write.
+pub fn http_get_within(addr: SocketAddr, path: &str, timeout: Duration) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.set_write_timeout(Some(timeout)).ok()?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
@@ -354,6 +404,7 @@ impl Deployment {
     ) -> Result<(Deployment, String), String> {
         let mut d = Deployment {
             nats: None,
+            nats_url: None,
             nodes: Vec::new(),
             jwt_secret: None,
             scrape: spec.bus.is_some(),
@@ -385,15 +436,24 @@ impl Deployment {
             };
         }
         let mut nats_url = None;
-        if spec.bus == Some(Bus::Nats) {
+        if let Some(bus @ (Bus::Nats | Bus::Jetstream)) = spec.bus {
             let listen = free_addr()?;
             let mut cmd = Command::new("nats-server");
             cmd.args(["-a", "127.0.0.1", "-p"])
                 .arg(listen.port().to_string());
+            if bus == Bus::Jetstream {
+                // A store of this run's own: no stream or message left from an earlier run.
+                let store = dir.join(format!("js/{base}"));
+                let _ = std::fs::remove_dir_all(&store);
+                std::fs::create_dir_all(&store).map_err(|e| format!("{}: {e}", store.display()))?;
+                cmd.arg("-js").arg("-sd").arg(&store);
+            }
             let log = dir.join(format!("logs/{base}-nats.log"));
             d.nats = Some(start_process(cmd, listen, None, false, &log)?);
             nats_url = Some(format!("nats://{listen}"));
+            d.nats_url.clone_from(&nats_url);
         }
+        let durable = spec.extra_args.iter().any(|a| a == "--durable");
         if spec.bus.is_some() {
             d.jwt_secret = Some(random_secret()?);
         }
@@ -424,6 +484,12 @@ impl Deployment {
                 Err(e) => {
                     d.stop();
                     return Err(e);
+                }
+            }
+            if durable {
+                if let Err(e) = wait_mailbox_ready(admin) {
+                    d.stop();
+                    return Err(format!("node {i}: {e}"));
                 }
             }
         }

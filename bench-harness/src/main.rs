@@ -3,14 +3,17 @@
 //!
 //! ```text
 //! tether-bench run bench-harness/scenarios/handshake-saturation.toml
+//! tether-bench run bench-harness/scenarios/*.toml --publish docs/bench
 //! tether-bench run bench-harness/scenarios/prove-300k.toml --repetitions 1 \
 //!     --set loadgen.clients=30000 --set server.nodes=3
 //! tether-bench report target/bench/handshake-saturation/results.json
 //! tether-bench check bench-harness/scenarios/*.toml
+//! tether-bench hostile --bin-dir before --bin-dir after parked 1000 1048576
 //! ```
 //!
-//! `run` exits with status 99 when a `[[target]]` of the scenario is missed on a tether row
-//! (after writing the report, which says which and by how much), 1 on an error, 0 otherwise.
+//! `run` runs its scenarios one after the other. It exits with status 99 when a `[[target]]` is
+//! missed on a tether row (after writing the report, which says which and by how much, and
+//! running the scenarios that follow), 1 on an error (at once), 0 otherwise.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -34,9 +37,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run a scenario against every server it names; writes target/bench/<scenario>/.
+    /// Run scenarios, one after the other, against every server each names; writes
+    /// target/bench/<scenario>/.
     Run {
-        scenario: PathBuf,
+        #[arg(required = true)]
+        scenarios: Vec<PathBuf>,
         /// Folder with the release binaries [default: ${CARGO_TARGET_DIR:-target}/release].
         #[arg(long)]
         bin_dir: Option<PathBuf>,
@@ -55,6 +60,24 @@ enum Cmd {
         /// Only servers whose label contains this or whose kind is this (repeatable).
         #[arg(long)]
         only: Vec<String>,
+        /// Also copy each scenario's report.md, results.json and plots to DIR/<scenario>/
+        /// (docs/bench for the published results).
+        #[arg(long, value_name = "DIR")]
+        publish: Option<PathBuf>,
+    },
+    /// Hostile clients against each build in turn (folders holding `tether`, 2 shards): `parked
+    /// N FRAME_BYTES`, `fanout N` or `admin SECONDS`; one JSON line per build (see
+    /// docs/benchmarks.md, "Hostile clients").
+    Hostile {
+        /// A folder holding a `tether` build (repeatable: the builds run in this order).
+        #[arg(long = "bin-dir", required = true)]
+        builds: Vec<PathBuf>,
+        /// Logs go to DIR/hostile/logs [default: ${CARGO_TARGET_DIR:-target}/bench].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// `parked N FRAME_BYTES`, `fanout N` or `admin SECONDS`.
+        #[arg(required = true, num_args = 2..=3)]
+        what: Vec<String>,
     },
     /// Re-render report.md and the plots from a results.json (into its folder).
     Report { results: PathBuf },
@@ -99,19 +122,33 @@ fn print_targets(outcomes: &[TargetOutcome]) -> bool {
     outcomes.iter().any(|o| !o.met)
 }
 
+/// Copies a run's report.md, results.json and SVG plots from `dir` into `to`.
+fn publish_report(dir: &Path, to: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(to).map_err(|e| format!("{}: {e}", to.display()))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in entries {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name == "report.md" || name == "results.json" || name.ends_with(".svg") {
+            std::fs::copy(&path, to.join(name))
+                .map_err(|e| format!("copy {} to {}: {e}", path.display(), to.display()))?;
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Run {
-            scenario,
+            scenarios,
             bin_dir,
             out,
             repetitions,
             sets,
             only,
+            publish,
         } => (|| {
-            let sc = Scenario::load_with(&scenario, &sets)
-                .map_err(|e| format!("{}: {e}", scenario.display()))?;
             match repetitions {
                 Some(0) => return Err("--repetitions must be at least 1".to_string()),
                 Some(r) if r < tether_bench::scenario::REPETITIONS_MIN => eprintln!(
@@ -120,6 +157,13 @@ fn main() -> ExitCode {
                 ),
                 _ => {}
             }
+            // Every file is checked before the first run starts.
+            let loaded = scenarios
+                .iter()
+                .map(|path| {
+                    Scenario::load_with(path, &sets).map_err(|e| format!("{}: {e}", path.display()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             let repo = repo_root();
             let target = target_dir(&repo);
             let cfg = RunConfig {
@@ -130,10 +174,35 @@ fn main() -> ExitCode {
                 only,
                 command: std::env::args().collect::<Vec<_>>().join(" "),
             };
-            let dir = runner::run(&sc, &cfg)?;
-            println!("{}", dir.join("report.md").display());
-            let results = Results::load(&dir.join("results.json"))?;
-            Ok(print_targets(&report::check_targets(&results)))
+            let mut missed = false;
+            for sc in &loaded {
+                let dir = runner::run(sc, &cfg)?;
+                println!("{}", dir.join("report.md").display());
+                if let Some(root) = &publish {
+                    publish_report(&dir, &root.join(&sc.name))?;
+                }
+                let results = Results::load(&dir.join("results.json"))?;
+                missed |= print_targets(&report::check_targets(&results));
+            }
+            Ok(missed)
+        })(),
+        Cmd::Hostile { builds, out, what } => (|| {
+            let what = tether_bench::hostile::Hostile::parse(&what)?;
+            let repo = repo_root();
+            let target = target_dir(&repo);
+            // Relative build folders are taken from the working directory.
+            let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
+            let builds: Vec<PathBuf> = builds.iter().map(|b| cwd.join(b)).collect();
+            let cfg = RunConfig {
+                bin_dir: cwd,
+                out_root: out.unwrap_or_else(|| target.join("bench")),
+                repo_root: repo,
+                repetitions: None,
+                only: Vec::new(),
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+            };
+            tether_bench::hostile::run(what, &builds, &cfg)?;
+            Ok(false)
         })(),
         Cmd::Report { results } => (|| {
             let r = Results::load(&results)?;

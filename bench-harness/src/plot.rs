@@ -51,6 +51,7 @@ fn color_for(index: usize, kind: ServerKind) -> RGBColor {
         ServerKind::TungsteniteRustls => RGBColor(0x17, 0xbe, 0xcf),
         ServerKind::NginxTether => RGBColor(0xff, 0x7f, 0x0e),
         ServerKind::NatsWs => RGBColor(0x8c, 0x56, 0x4b),
+        ServerKind::Hold101 => RGBColor(0x7f, 0x7f, 0x7f),
     }
     .mix_index(index)
 }

@@ -18,12 +18,15 @@
 //! time), `server.nodes`, and on device-serving rows `server.connections_peak` (the highest sum
 //! of the nodes' `tether_connections`) and `server.connections_missing` (clients and probe
 //! devices asked for minus that peak; a nats-server WebSocket row reads its `/varz`
-//! `connections`); `nats.cpu_s`, `nats.rss_peak_bytes`; `system.rss_held_per_conn_bytes`,
-//! `system.cpu_s`, `system.cpu_us_per_message` (the same, of the nodes and the nats-server
-//! behind them together: what a device costs the whole system);
+//! `connections`); `nats.cpu_s`, `nats.rss_peak_bytes`, `nats.rss_held_per_conn_bytes` (the
+//! nats-server's RSS at the server's held sample, minus its RSS before, over `connected_peak`);
+//! `system.rss_held_per_conn_bytes`, `system.cpu_s`, `system.cpu_us_per_message` (the same, of
+//! the nodes and the nats-server behind them together: what a device costs the whole system);
 //! `kernel.tcp_mem_delta_bytes` (sockstat TCP memory, both ends of every loopback connection),
 //! `kernel.tcp_mem_per_conn_bytes`, `kernel.slab_per_conn_bytes` (growth of the kernel's slab,
 //! both ends, per connection); `loadgen.cpu_s` (with the probe's), `loadgen.cpu_us_per_handshake`,
+//! `server.cpu_per_loadgen_cpu` (server CPU over loadgen's for the same handshakes: steadier than
+//! either on a shared machine, where both slow down together),
 //! `loadgen.wall_s`; `clients_target`; and `host.loadavg_1m` (the machine's load average as
 //! the load started: noise from other work).
 //!
@@ -135,6 +138,12 @@ pub fn loadgen_args(scenario: &Scenario, urls: &[String], json: &Path) -> Vec<St
                 size.to_string(),
             ]);
         }
+    }
+    if let Some(drain) = l.drain_timeout_s {
+        a.extend([
+            "--drain-timeout".to_string(),
+            format!("{}s", trim_float(drain)),
+        ]);
     }
     a.extend(["--json".to_string(), json.display().to_string()]);
     a.extend(l.extra_args.iter().cloned());
@@ -253,6 +262,9 @@ fn run_once(
         args.extend(["--device-jwt-secret".to_string(), secret.clone()]);
     }
     args.extend(deployment.loadgen_args.iter().cloned());
+    if let (true, Some(url)) = (scenario.loadgen.nats_publisher, &deployment.nats_url) {
+        args.extend(["--nats".to_string(), url.clone()]);
+    }
     args.extend(spec.loadgen_args.iter().cloned());
     let probe = match (&scenario.probe, &deployment.jwt_secret) {
         (Some(p), Some(secret)) => Some((
@@ -477,16 +489,18 @@ fn derive_metrics(run: &mut RunResult, fds_per_conn: u64) {
     m.insert("kernel.tcp_mem_delta_bytes".into(), tcp_delta);
     let slab_delta = (slab_peak_kib as f64 - first.slab_kib as f64) * 1024.0;
     let all_open = first.fds + fds_per_conn * connected as u64;
-    let rss_held = run
+    let held_sample = run
         .timeline
         .iter()
         .filter(|s| s.fds >= all_open)
-        .map(|s| s.rss_bytes)
-        .min();
+        .min_by_key(|s| s.rss_bytes);
+    let rss_held = held_sample.map(|s| s.rss_bytes);
+    let nats_held = held_sample
+        .map(|s| s.nats_rss_bytes)
+        .filter(|_| first.nats_rss_bytes > 0);
     if let Some(held) = rss_held {
         m.insert("server.rss_held_bytes".into(), held as f64);
     }
-
     if connected > 0.0 {
         m.insert(
             "server.rss_delta_per_conn_bytes".into(),
@@ -498,7 +512,12 @@ fn derive_metrics(run: &mut RunResult, fds_per_conn: u64) {
                 (held as f64 - first.rss_bytes as f64) / connected,
             );
         }
-
+        if let Some(held) = nats_held {
+            m.insert(
+                "nats.rss_held_per_conn_bytes".into(),
+                (held as f64 - first.nats_rss_bytes as f64) / connected,
+            );
+        }
         m.insert(
             "kernel.tcp_mem_per_conn_bytes".into(),
             tcp_delta / connected,
@@ -514,6 +533,9 @@ fn derive_metrics(run: &mut RunResult, fds_per_conn: u64) {
         );
         if let Some(lg) = m.get("loadgen.cpu_s").copied() {
             m.insert("loadgen.cpu_us_per_handshake".into(), lg * 1e6 / handshakes);
+            if lg > 0.0 {
+                m.insert("server.cpu_per_loadgen_cpu".into(), cpu_s / lg);
+            }
         }
     }
     derive_system_metrics(run, all_open, connected);
@@ -778,6 +800,7 @@ mod tests {
         assert_eq!(m["server.cpu_s"], 1.0);
         assert_eq!(m["server.cpu_us_per_handshake"], 1000.0);
         assert_eq!(m["loadgen.cpu_us_per_handshake"], 500.0);
+        assert_eq!(m["server.cpu_per_loadgen_cpu"], 2.0);
         let page = procfs::page_size_bytes() as f64;
         assert_eq!(m["kernel.tcp_mem_per_conn_bytes"], 200.0 * page / 1000.0);
     }

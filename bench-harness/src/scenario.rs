@@ -129,6 +129,14 @@ pub struct Schedule {
     /// Further `tether-loadgen` arguments, passed verbatim after the schedule's.
     #[serde(default)]
     pub extra_args: Vec<String>,
+    /// loadgen's `--drain-timeout` (docs/loadgen.md): with `--burst` or `--preload`, how long
+    /// the run waits for the devices to get what they are owed. Unset: loadgen's default.
+    #[serde(default)]
+    pub drain_timeout_s: Option<f64>,
+    /// Give loadgen `--nats URL` of the row's nats-server: its backend publisher (the `push`
+    /// and `durable` workloads publish to the devices through NATS). Needs `bus` on every row.
+    #[serde(default)]
+    pub nats_publisher: bool,
     /// CPUs loadgen runs on (`taskset -c LIST`); unset: all.
     #[serde(default)]
     pub cpus: Option<String>,
@@ -171,6 +179,10 @@ pub enum ServerKind {
     /// nats-server's own WebSocket listener, devices as NATS clients over WebSocket
     /// (`tether-loadgen --protocol nats`, token authentication); see `natsws`.
     NatsWs,
+    /// `hold101 ADDR N` (the example of `tether-shards`): N glommio shards on tether's own
+    /// runtime that accept, answer a canned `101` and hold the socket, reading nothing more:
+    /// the least a server on tether's runtime holds per idle connection (no framing, no echo).
+    Hold101,
 }
 
 impl ServerKind {
@@ -192,6 +204,7 @@ impl ServerKind {
             ServerKind::TungsteniteRustls => "tokio-rustls + tungstenite",
             ServerKind::NginxTether => "nginx in front of tether",
             ServerKind::NatsWs => "nats-server WebSocket",
+            ServerKind::Hold101 => "bare glommio 101",
         }
     }
 }
@@ -203,9 +216,15 @@ pub struct ServerSpec {
     /// Row name in the report; defaults to the kind's name (with the shard count for tether).
     #[serde(default)]
     pub label: Option<String>,
-    /// Shards for tether (required for tether and nginx-tether, refused for the peers).
+    /// Shards for tether (required for tether, nginx-tether and hold101, refused for the
+    /// peers).
     #[serde(default)]
     pub shards: Option<u32>,
+    /// tether and nginx-tether only: the folder of this row's `tether` binary instead of the
+    /// run's `--bin-dir` (a relative folder is taken inside `--bin-dir`). Two rows of two
+    /// builds compare them in one run, their repetitions interleaved (before/after checks).
+    #[serde(default)]
+    pub bin_dir: Option<std::path::PathBuf>,
     /// Further server arguments, passed verbatim.
     #[serde(default)]
     pub extra_args: Vec<String>,
@@ -235,6 +254,10 @@ pub enum Bus {
     Embedded,
     /// A nats-server started by the runner.
     Nats,
+    /// A nats-server with JetStream (`-js`, its store in the run's folder, fresh every run):
+    /// for nodes with `--durable` in `extra_args`, which the runner waits for until their
+    /// mailbox stream is ready (`tether_mailbox_stream_ready 1`).
+    Jetstream,
 }
 
 impl ServerSpec {
@@ -245,6 +268,7 @@ impl ServerSpec {
             (None, ServerKind::NginxTether, Some(n)) => {
                 format!("nginx in front of tether ({n} shards)")
             }
+            (None, ServerKind::Hold101, Some(n)) => format!("bare glommio 101 ({n} shards)"),
             (None, kind, _) => kind.default_label().to_string(),
         }
     }
@@ -395,18 +419,32 @@ impl Scenario {
         if self.servers.is_empty() {
             return Err("no [[server]]".into());
         }
+        if l.nats_publisher
+            && self
+                .servers
+                .iter()
+                .any(|s| !matches!(s.bus, Some(Bus::Nats | Bus::Jetstream)))
+        {
+            return Err(
+                "loadgen.nats_publisher needs bus = \"nats\" or \"jetstream\" on every row".into(),
+            );
+        }
         let mut labels = BTreeSet::new();
         for s in &self.servers {
             let with_tether = matches!(s.kind, ServerKind::Tether | ServerKind::NginxTether);
+            let sharded = with_tether || s.kind == ServerKind::Hold101;
             match (s.kind, s.shards) {
-                (_, None | Some(0)) if with_tether => {
-                    return Err("a tether server needs shards >= 1".into())
+                (_, None | Some(0)) if sharded => {
+                    return Err(format!("{:?} needs shards >= 1", s.kind))
                 }
-                (_, Some(_)) if with_tether => {}
+                (_, Some(_)) if sharded => {}
                 (_, None) => {}
                 (kind, Some(_)) => {
                     return Err(format!("shards is for tether, not {kind:?}"));
                 }
+            }
+            if s.bin_dir.is_some() && !with_tether {
+                return Err(format!("bin_dir is for tether rows, not {:?}", s.kind));
             }
             self.check_tls(s)?;
             if s.kind != ServerKind::Tether && (s.bus.is_some() || s.nodes.is_some()) {

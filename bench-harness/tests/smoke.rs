@@ -43,12 +43,16 @@ fn every_scenario_file_parses() {
     assert_eq!(
         names,
         [
+            "durable-delivery",
+            "durable-memory",
             "echo-saturation-1k",
             "echo-saturation-64",
             "echo-throughput",
             "handshake-10k",
+            "handshake-cpu",
             "handshake-saturation",
             "idle-memory",
+            "idle-memory-19k",
             "natsws-idle-memory",
             "natsws-routed",
             "nodes-17-vs-2",

@@ -1,6 +1,8 @@
 //! `tether-bench run` judges the targets its scenario declares: exit status 99 when one is
-//! missed on the tether row, 0 when all are met; the report says which. Runs a tiny scenario
-//! against the real `tether` and `tether-loadgen` binaries of the same build profile.
+//! missed on the tether row, 0 when all are met; the report says which. Several scenarios run
+//! in one invocation (a missed target does not stop the next), `--publish` copies their
+//! reports, and a tether row's `bin_dir` runs that folder's build. Runs tiny scenarios against
+//! the real `tether` and `tether-loadgen` binaries of the same build profile.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -23,6 +25,11 @@ fn bin_dir() -> PathBuf {
 }
 
 fn scenario(name: &str, at_least: u64) -> String {
+    scenario_with(name, at_least, "")
+}
+
+/// `row` is added to the tether row (`bin_dir = "..."`).
+fn scenario_with(name: &str, at_least: u64, row: &str) -> String {
     format!(
         r#"name = "{name}"
 description = "50 clients, a target on the handshakes that completed"
@@ -37,6 +44,7 @@ timeout_s = 60
 [[server]]
 kind = "tether"
 shards = 1
+{row}
 [[metric]]
 key = "handshakes_ok"
 label = "handshakes ok"
@@ -94,4 +102,82 @@ fn a_missed_target_exits_99_and_a_met_one_0() {
         stdout.contains("target met: every client upgraded"),
         "{stdout}"
     );
+}
+
+#[test]
+fn scenarios_run_in_turn_are_published_and_rows_take_their_build() {
+    let dir = std::env::temp_dir().join(format!("tether-bench-several-{}", std::process::id()));
+    let other = dir.join("other-build");
+    std::fs::create_dir_all(&other).expect("temp dir");
+    let bins = bin_dir();
+    std::os::unix::fs::symlink(bins.join("tether"), other.join("tether")).expect("symlink");
+    let first = dir.join("first.toml");
+    std::fs::write(&first, scenario("first", 51)).expect("written");
+    let second = dir.join("second.toml");
+    let row = format!(
+        "bin_dir = {:?}\nlabel = \"other build\"",
+        other.display().to_string()
+    );
+    std::fs::write(&second, scenario_with("second", 50, &row)).expect("written");
+    let out = Command::new(env!("CARGO_BIN_EXE_tether-bench"))
+        .arg("run")
+        .arg(&first)
+        .arg(&second)
+        .arg("--bin-dir")
+        .arg(&bins)
+        .arg("--out")
+        .arg(dir.join("out"))
+        .arg("--publish")
+        .arg(dir.join("pub"))
+        .output()
+        .expect("tether-bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The first scenario's missed target is the exit status; the second still ran.
+    assert_eq!(out.status.code(), Some(99), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("target MISSED: every client upgraded on tether"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("target met: every client upgraded on other build"),
+        "{stdout}"
+    );
+    for name in ["first", "second"] {
+        for file in ["report.md", "results.json"] {
+            assert!(
+                dir.join("pub").join(name).join(file).is_file(),
+                "{name}/{file} not published"
+            );
+        }
+    }
+    let results = std::fs::read_to_string(dir.join("out/second/results.json")).expect("results");
+    assert!(
+        results.contains(&other.join("tether").display().to_string()),
+        "{results}"
+    );
+
+    // A row whose folder holds no tether fails the run with the path it looked for.
+    let missing = dir.join("missing.toml");
+    std::fs::write(
+        &missing,
+        scenario_with("missing", 50, "bin_dir = \"no-such-build\""),
+    )
+    .expect("written");
+    let out = Command::new(env!("CARGO_BIN_EXE_tether-bench"))
+        .arg("run")
+        .arg(&missing)
+        .arg("--bin-dir")
+        .arg(&bins)
+        .arg("--out")
+        .arg(dir.join("out"))
+        .output()
+        .expect("tether-bench runs");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("no-such-build/tether not built"), "{all}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

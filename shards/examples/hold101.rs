@@ -1,7 +1,8 @@
-//! Baseline for the idle-memory measurement (scripts/measure-idle-memory.sh): the least a
-//! glommio server on `tether-shards` can hold per connection. Each shard accepts on its
-//! SO_REUSEPORT socket; each connection's task reads the request once into a small stack
-//! buffer, answers a fixed `101`, then waits for more input (which it discards) until EOF.
+//! Baseline for the idle-memory measurement (tether-bench's `hold101` server kind, scenario
+//! `idle-memory-19k`): the least a glommio server on `tether-shards` can hold per connection.
+//! Each shard accepts on its SO_REUSEPORT socket; each connection's task reads the request once
+//! into a small stack buffer, answers a fixed `101`, then waits for more input (which it
+//! discards) until EOF.
 //!
 //!   cargo run --release -p tether-shards --example hold101 -- 127.0.0.1:0 2
 //!
