@@ -526,19 +526,25 @@ fn derive_metrics(run: &mut RunResult, fds_per_conn: u64) {
             m.insert("kernel.slab_per_conn_bytes".into(), slab_delta / connected);
         }
     }
-    if handshakes > 0.0 {
-        m.insert(
-            "server.cpu_us_per_handshake".into(),
-            cpu_s * 1e6 / handshakes,
-        );
-        if let Some(lg) = m.get("loadgen.cpu_s").copied() {
-            m.insert("loadgen.cpu_us_per_handshake".into(), lg * 1e6 / handshakes);
-            if lg > 0.0 {
-                m.insert("server.cpu_per_loadgen_cpu".into(), cpu_s / lg);
-            }
+    derive_handshake_cpu(m, cpu_s, handshakes);
+    derive_system_metrics(run, all_open, connected);
+}
+
+/// CPU per handshake of the server (`cpu_s`) and of loadgen, and the ratio of the two.
+fn derive_handshake_cpu(m: &mut BTreeMap<String, f64>, cpu_s: f64, handshakes: f64) {
+    if handshakes <= 0.0 {
+        return;
+    }
+    m.insert(
+        "server.cpu_us_per_handshake".into(),
+        cpu_s * 1e6 / handshakes,
+    );
+    if let Some(lg) = m.get("loadgen.cpu_s").copied() {
+        m.insert("loadgen.cpu_us_per_handshake".into(), lg * 1e6 / handshakes);
+        if lg > 0.0 {
+            m.insert("server.cpu_per_loadgen_cpu".into(), cpu_s / lg);
         }
     }
-    derive_system_metrics(run, all_open, connected);
 }
 
 /// `system.*`: the nodes and the nats-server behind them together (what a device costs the
