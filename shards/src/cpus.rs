@@ -15,14 +15,28 @@ pub const CPU_NUMBER_MAX: usize = 1023;
 /// Errors in a CPU list such as `0-3,6`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CpuListError {
+    /// No CPU at all (an empty string or only commas).
     #[error("empty CPU list")]
     Empty,
+    /// An item that is not a number or a `start-end` range (the item as written).
     #[error("invalid CPU number {0:?} in CPU list (expected e.g. 0-3,6)")]
     BadNumber(String),
+    /// `start-end` with `start > end`.
     #[error("CPU range {start}-{end} is reversed")]
-    ReversedRange { start: usize, end: usize },
+    ReversedRange {
+        /// The range's first CPU as written.
+        start: usize,
+        /// The range's last CPU as written.
+        end: usize,
+    },
+    /// A CPU number above the largest a CPU set can hold.
     #[error("CPU {cpu} is above the maximum CPU number {max}")]
-    TooLarge { cpu: usize, max: usize },
+    TooLarge {
+        /// The CPU number written.
+        cpu: usize,
+        /// The largest CPU number accepted.
+        max: usize,
+    },
 }
 
 /// Parses a Linux CPU list (`0-3,6`, the syntax of `/sys/devices/system/cpu/online` and
@@ -142,8 +156,10 @@ pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
 /// `--shards`: a number, or `auto` for one shard per usable CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ShardCount {
+    /// One shard per usable CPU (online and within the affinity mask).
     #[default]
     Auto,
+    /// Exactly this many shards (at least 1), one per CPU.
     Fixed(usize),
 }
 
@@ -176,22 +192,34 @@ impl fmt::Display for ShardCount {
 /// Errors choosing where shards run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlacementError {
+    /// The online CPUs or the affinity mask cannot be read.
     #[error("cannot read the usable CPU set: {0}")]
     Discovery(String),
+    /// Online CPUs within the affinity mask: none.
     #[error("no usable CPUs (online CPUs within the affinity mask are empty)")]
     NoCpus,
     #[error(
         "--cpus lists CPU(s) {missing} that this process cannot use; usable CPUs are {usable} \
          (online CPUs within the affinity mask; check taskset/cgroup cpuset)"
     )]
-    CpusNotUsable { missing: String, usable: String },
+    /// `--cpus` names CPUs outside the usable set.
+    CpusNotUsable {
+        /// The listed CPUs that cannot be used, as a CPU list.
+        missing: String,
+        /// The usable CPUs, as a CPU list.
+        usable: String,
+    },
     #[error(
         "{required} shards requested but only {available} CPU(s) available ({cpus}); one shard \
          per CPU: lower --shards or widen --cpus"
     )]
+    /// More shards than CPUs to pin them to.
     InsufficientCpus {
+        /// Shards asked for.
         required: usize,
+        /// CPUs usable (within `--cpus` when given).
         available: usize,
+        /// Those CPUs, as a CPU list.
         cpus: String,
     },
 }
@@ -199,6 +227,7 @@ pub enum PlacementError {
 /// Where each shard runs: `cpus[i]` is the CPU of shard `i`. Shard indexes are dense `0..n`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
+    /// The CPU of each shard, by shard index; no CPU twice.
     pub cpus: Vec<usize>,
 }
 

@@ -14,6 +14,8 @@
 //! - [`listener`]: an `SO_REUSEPORT` listening socket built with libc so that the backlog is
 //!   configurable (glommio's own `TcpListener::bind` fixes it at 1024), handed to glommio.
 
+#![warn(missing_docs)]
+
 pub mod cpus;
 pub mod listener;
 pub mod mesh;

@@ -17,11 +17,17 @@ use std::{
 /// Why a listening socket could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
+    /// A system call on the way to a listening socket failed.
     #[error("cannot {step} listening socket on {addr}: {source}{hint}")]
     Socket {
+        /// The step that failed (`create`, `set SO_REUSEPORT on`, `bind`, `listen on`, `read the
+        /// address of`).
         step: &'static str,
+        /// The address asked for.
         addr: SocketAddr,
+        /// The system call's error.
         source: std::io::Error,
+        /// The likely cause and fix (e.g. the address is in use), or empty.
         hint: &'static str,
     },
 }

@@ -65,21 +65,32 @@ pub struct ShardsPanicked {
 /// Why a node did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The OS thread of a shard could not be spawned (thread limit, memory).
     #[error("cannot spawn the thread of shard {index}: {source}")]
     Spawn {
+        /// The shard.
         index: usize,
+        /// The spawn error.
         source: std::io::Error,
     },
+    /// A shard's executor or its `init` failed.
     #[error("shard {index} (CPU {cpu}) failed to start: {message}")]
     Shard {
+        /// The shard.
         index: usize,
+        /// The CPU it was to be pinned to.
         cpu: usize,
+        /// Its error, as `init` or glommio gave it.
         message: String,
     },
+    /// Not every shard reported ready within the start timeout.
     #[error("shards did not all start within {timeout_ms} ms (started: {started} of {total})")]
     Timeout {
+        /// The start timeout, in milliseconds.
         timeout_ms: u128,
+        /// Shards that had reported ready.
         started: usize,
+        /// Shards in the node.
         total: usize,
     },
 }
