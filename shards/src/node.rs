@@ -130,14 +130,126 @@ pub struct Node {
 
 type Ready = (usize, Result<(), String>);
 
+/// Everything one shard's thread takes with it.
+struct ShardSeed<M, P> {
+    index: usize,
+    count: usize,
+    cpu: usize,
+    mesh: MeshEndpoint<M>,
+    payload: P,
+    io_memory: usize,
+    ring_depth: usize,
+    /// Reports once: started, or why not.
+    ready_tx: flume::Sender<Ready>,
+    /// The latch: `true` runs the shard, `false` (or a dropped sender) aborts it.
+    go_rx: flume::Receiver<bool>,
+    /// A message (or a dropped sender) ends the shard's main future.
+    stop_rx: flume::Receiver<()>,
+}
+
+/// A shard's thread: pins itself to its CPU, builds its executor, runs `init` and reports,
+/// waits for the latch, then runs the shard's main future until it ends or the node stops.
+fn run_shard<M, P, I, F>(seed: ShardSeed<M, P>, init: &I)
+where
+    I: Fn(Shard<M>, P) -> Result<F, String>,
+    F: Future<Output = ()> + 'static,
+{
+    let ShardSeed {
+        index,
+        count,
+        cpu,
+        mesh,
+        payload,
+        io_memory,
+        ring_depth,
+        ready_tx,
+        go_rx,
+        stop_rx,
+    } = seed;
+    let fail = |message: String| {
+        let _ = ready_tx.send((index, Err(message)));
+    };
+    if let Err(e) = crate::cpus::pin_current_thread(cpu) {
+        return fail(format!("cannot pin the thread to CPU {cpu}: {e}"));
+    }
+    let executor = match glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name(&format!("tether-shard-{index}"))
+        .io_memory(io_memory)
+        .ring_depth(ring_depth)
+        .make()
+    {
+        Ok(ex) => ex,
+        Err(e) => {
+            return fail(format!(
+                "cannot create the glommio executor: {e} (io_uring must be \
+                 enabled and RLIMIT_MEMLOCK at least 512 KiB)"
+            ))
+        }
+    };
+    executor.run(async move {
+        let shard = Shard {
+            index,
+            count,
+            cpu,
+            mesh,
+        };
+        let main = match init(shard, payload) {
+            Ok(f) => f,
+            Err(message) => {
+                let _ = ready_tx.send((index, Err(message)));
+                return;
+            }
+        };
+        let _ = ready_tx.send((index, Ok(())));
+        drop(ready_tx);
+        if go_rx.recv_async().await != Ok(true) {
+            return;
+        }
+        tracing::debug!(shard = index, cpu, "shard running");
+        futures_lite::future::or(main, async {
+            let _ = stop_rx.recv_async().await;
+        })
+        .await;
+    });
+}
+
+/// The start latch's first half: waits until every shard (`cpus[i]` is shard `i`'s CPU)
+/// reported started, within `timeout`; the first failure or the timeout is the node's error.
+fn await_started(
+    ready_rx: &flume::Receiver<Ready>,
+    cpus: &[usize],
+    timeout: Duration,
+) -> Result<(), StartError> {
+    let count = cpus.len();
+    let deadline = Instant::now() + timeout;
+    let mut started = 0;
+    while started < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match ready_rx.recv_timeout(left) {
+            Ok((_, Ok(()))) => started += 1,
+            Ok((index, Err(message))) => {
+                return Err(StartError::Shard {
+                    index,
+                    cpu: cpus[index],
+                    message,
+                })
+            }
+            Err(_) => {
+                return Err(StartError::Timeout {
+                    timeout_ms: timeout.as_millis(),
+                    started,
+                    total: count,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Node {
     /// Starts one shard per CPU of `config.placement`. `payloads[i]` is moved to shard `i`
     /// (e.g. its listening socket); `init` runs on each shard's thread, inside its executor,
     /// and returns the shard's main future or an error that fails the whole node.
-    #[expect(
-        clippy::too_many_lines,
-        reason = "not yet split into named steps; a function-length exemption to remove (docs/architecture.md)"
-    )]
     pub fn start<M, P, I, F>(
         config: NodeConfig,
         payloads: Vec<P>,
@@ -175,61 +287,22 @@ impl Node {
             let (stop_tx, stop_rx) = flume::bounded::<()>(1);
             go_txs.push(go_tx);
             stop_txs.push(stop_tx);
-            let ready_tx = ready_tx.clone();
+            let seed = ShardSeed {
+                index,
+                count,
+                cpu,
+                mesh,
+                payload,
+                io_memory: config.io_memory_bytes,
+                ring_depth: config.ring_depth,
+                ready_tx: ready_tx.clone(),
+                go_rx,
+                stop_rx,
+            };
             let init = init.clone();
-            let io_memory = config.io_memory_bytes;
-            let ring_depth = config.ring_depth;
             let spawned = std::thread::Builder::new()
                 .name(format!("tether-shard-{index}"))
-                .spawn(move || {
-                    let fail = |message: String| {
-                        let _ = ready_tx.send((index, Err(message)));
-                    };
-                    let fail_in_executor = ready_tx.clone();
-                    if let Err(e) = crate::cpus::pin_current_thread(cpu) {
-                        return fail(format!("cannot pin the thread to CPU {cpu}: {e}"));
-                    }
-                    let executor =
-                        match glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-                            .name(&format!("tether-shard-{index}"))
-                            .io_memory(io_memory)
-                            .ring_depth(ring_depth)
-                            .make()
-                        {
-                            Ok(ex) => ex,
-                            Err(e) => {
-                                return fail(format!(
-                                    "cannot create the glommio executor: {e} (io_uring must be \
-                                 enabled and RLIMIT_MEMLOCK at least 512 KiB)"
-                                ))
-                            }
-                        };
-                    executor.run(async move {
-                        let shard = Shard {
-                            index,
-                            count,
-                            cpu,
-                            mesh,
-                        };
-                        let main = match init(shard, payload) {
-                            Ok(f) => f,
-                            Err(message) => {
-                                let _ = fail_in_executor.send((index, Err(message)));
-                                return;
-                            }
-                        };
-                        let _ = fail_in_executor.send((index, Ok(())));
-                        drop(fail_in_executor);
-                        if go_rx.recv_async().await != Ok(true) {
-                            return;
-                        }
-                        tracing::debug!(shard = index, cpu, "shard running");
-                        futures_lite::future::or(main, async {
-                            let _ = stop_rx.recv_async().await;
-                        })
-                        .await;
-                    });
-                });
+                .spawn(move || run_shard(seed, &*init));
             match spawned {
                 Ok(t) => threads.push((index, t)),
                 Err(source) => {
@@ -239,30 +312,9 @@ impl Node {
             }
         }
         drop(ready_tx);
-
-        let deadline = Instant::now() + config.start_timeout;
-        let mut started = 0;
-        while started < count {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match ready_rx.recv_timeout(left) {
-                Ok((_, Ok(()))) => started += 1,
-                Ok((index, Err(message))) => {
-                    abort(&go_txs, threads);
-                    return Err(StartError::Shard {
-                        index,
-                        cpu: cpus[index],
-                        message,
-                    });
-                }
-                Err(_) => {
-                    abort(&go_txs, threads);
-                    return Err(StartError::Timeout {
-                        timeout_ms: config.start_timeout.as_millis(),
-                        started,
-                        total: count,
-                    });
-                }
-            }
+        if let Err(e) = await_started(&ready_rx, &cpus, config.start_timeout) {
+            abort(&go_txs, threads);
+            return Err(e);
         }
         for g in &go_txs {
             let _ = g.send(true);
