@@ -298,10 +298,6 @@ impl Server {
     /// Starts the node, serves until SIGTERM/SIGINT, drains, returns. Blocks the calling
     /// thread, which must be the process's main thread before any other thread is spawned
     /// (it blocks SIGTERM/SIGINT for every thread and waits for them itself).
-    #[expect(
-        clippy::too_many_lines,
-        reason = "not yet split into named steps; a function-length exemption to remove (docs/architecture.md)"
-    )]
     pub fn run(self) -> Result<(), ServeError> {
         let signals = Signals::block().map_err(ServeError::Signals)?;
         tether_shards::uring::probe()?;
@@ -316,37 +312,13 @@ impl Server {
         };
         let placement = self.placement;
         let n = placement.shards();
-        let listeners = listener::bind_reuseport_group(cfg.listen, n, cfg.backlog)?;
-        let listen_addr =
-            listeners[0]
-                .local_addr()
-                .map_err(|source| ServeError::ListenerAddress {
-                    scheme: "ws://",
-                    source,
-                })?;
-        let tls = match &cfg.tls {
-            None => None,
-            Some(t) => {
-                let certs = Arc::new(tls::TlsCerts::load(t.files.clone())?);
-                let ls = listener::bind_reuseport_group(t.listen, n, cfg.backlog)?;
-                let addr = ls[0]
-                    .local_addr()
-                    .map_err(|source| ServeError::ListenerAddress {
-                        scheme: "wss://",
-                        source,
-                    })?;
-                Some((certs, ls, addr))
-            }
-        };
-        let tls_addr = tls.as_ref().map(|(_, _, a)| *a);
-        let mut tls_listeners: Vec<Option<std::net::TcpListener>> = match &tls {
-            None => (0..n).map(|_| None).collect(),
-            Some(_) => Vec::new(),
-        };
-        let tls_certs = tls.map(|(certs, ls, _)| {
-            tls_listeners = ls.into_iter().map(Some).collect();
-            certs
-        });
+        let Listeners {
+            ws: listeners,
+            ws_addr: listen_addr,
+            wss: tls_listeners,
+            wss_addr: tls_addr,
+            certs: tls_certs,
+        } = bind_listeners(&cfg, n)?;
         let admin_listener =
             std::net::TcpListener::bind(cfg.admin).map_err(|source| ServeError::Admin {
                 addr: cfg.admin,
@@ -355,23 +327,10 @@ impl Server {
         let admin_addr = admin_listener.local_addr().unwrap_or(cfg.admin);
 
         // Until the shards exist, estimate their descriptors (eventfd, io_uring rings, timers).
-        let estimate = node::open_fds() + n * 16;
-        let mut capacity = node::open_files_capacity(open_files_limit, estimate);
-        if cfg.max_connections > 0 {
-            capacity = capacity.min(cfg.max_connections);
-        }
-        let node_shared = Arc::new(NodeShared::new(capacity, open_files_limit));
+        let estimate = open_files_capacity(&cfg, open_files_limit, node::open_fds() + n * 16);
+        let node_shared = Arc::new(NodeShared::new(estimate.connections, open_files_limit));
         let metrics: Vec<Arc<ShardMetrics>> = (0..n).map(|_| Arc::default()).collect();
-        let mut controls = Vec::with_capacity(n);
-        let mut pings = Vec::with_capacity(n);
-        let mut payloads = Vec::with_capacity(n);
-        for ((l, tl), m) in listeners.into_iter().zip(tls_listeners).zip(&metrics) {
-            let (tx, rx) = flume::bounded::<ShardControl>(4);
-            let (ping_tx, ping_rx) = flume::bounded::<admin::ShardPing>(admin::SHARD_PING_QUEUE);
-            controls.push(tx);
-            pings.push(ping_tx);
-            payloads.push(((l, tl), m.clone(), rx, ping_rx));
-        }
+        let (controls, pings, payloads) = shard_payloads(listeners, tls_listeners, &metrics);
 
         let services = self.services;
         let on_exit = self.on_exit;
@@ -388,74 +347,27 @@ impl Server {
         let node = Node::start::<ShardMsg, _, _, _>(
             NodeConfig::new(placement.clone()),
             payloads,
-            move |shard, ((std_listener, tls_listener), metrics, control, pings)| {
-                let listener = listener::into_glommio(std_listener)
-                    .map_err(|e| format!("cannot make the listener non-blocking: {e}"))?;
-                let tls_listener = match (tls_listener, &shard_tls) {
-                    (Some(l), Some(certs)) => Some((
-                        listener::into_glommio(l).map_err(|e| {
-                            format!("cannot make the wss:// listener non-blocking: {e}")
-                        })?,
-                        certs.clone(),
-                    )),
-                    _ => None,
-                };
-                let ctx = Rc::new(ShardCtx::new(
-                    shard.index,
-                    shard.count,
-                    shard.cpu,
-                    cfg2.clone(),
-                    metrics,
-                    shared.clone(),
-                    shard.mesh,
-                ));
-                let mut routes: AHashMap<String, Rc<dyn Endpoint>> = AHashMap::new();
-                let mut tasks = Vec::new();
-                for f in &services {
-                    let service = f(&ctx).map_err(|e| e.to_string())?;
-                    routes.extend(service.routes);
-                    tasks.extend(service.tasks);
-                }
-                ctx.set_routes(routes);
-                Ok(run_shard(
-                    ctx,
-                    listener,
-                    tls_listener,
-                    control,
-                    pings,
-                    tasks,
-                ))
+            move |shard, payload| {
+                shard_main(
+                    shard,
+                    payload,
+                    &services,
+                    shard_tls.as_ref(),
+                    &cfg2,
+                    &shared,
+                )
             },
         )?;
 
-        let open_now = node::open_fds();
-        let mut capacity = node::open_files_capacity(open_files_limit, open_now);
-        let fd_capacity = capacity;
-        if cfg.max_connections > 0 {
-            capacity = capacity.min(cfg.max_connections);
-        }
-        node_shared.set_capacity(capacity);
-        tracing::info!(
-            listen = %listen_addr,
-            tls_listen = %tls_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
-            admin = %admin_addr,
-            shards = n,
-            cpus = %format_cpu_list(&placement.cpus),
+        let capacity = open_files_capacity(&cfg, open_files_limit, node::open_fds());
+        node_shared.set_capacity(capacity.connections);
+        log_serving(
+            &cfg,
+            (listen_addr, tls_addr, admin_addr),
+            &placement,
             open_files_limit,
-            open_fds = open_now,
-            open_files_capacity = fd_capacity,
-            max_connections = cfg.max_connections,
-            capacity_connections = capacity,
-            echo = cfg.echo,
-            "tether serving"
+            &capacity,
         );
-        if (fd_capacity as u64) < open_files_limit / 2 || fd_capacity < 1024 {
-            tracing::warn!(
-                open_files_limit,
-                "open-files limit allows only {fd_capacity} connections; raise LimitNOFILE / ulimit -Hn (docs/operations.md)"
-            );
-        }
-
         admin::spawn(
             admin_listener,
             admin::AdminState {
@@ -473,79 +385,15 @@ impl Server {
         // Listeners and admin endpoint are up: tell systemd (Type=notify) we are ready.
         notify::notify_or_log("READY=1");
 
-        // SIGHUP reloads the TLS certificate (new connections get the new one) and runs the
-        // `on_hangup` hooks; with neither it is logged and ignored.
-        std::thread::Builder::new()
-            .name("tether-reload".to_string())
-            .spawn(move || {
-                while Signals::wait_hangup().is_ok() {
-                    if let Some(certs) = &tls_certs {
-                        let certs_files = certs.files().iter().map(|f| f.cert.display().to_string()).collect::<Vec<_>>().join(",");
-                        match certs.reload() {
-                            Ok(()) => tracing::info!(certs = %certs_files, "SIGHUP: TLS certificates reloaded; new connections get them"),
-                            Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; the certificates in use stay"),
-                        }
-                    } else if on_hangup.is_empty() {
-                        tracing::info!("SIGHUP: nothing to reload");
-                    }
-                    for hook in &on_hangup {
-                        hook();
-                    }
-                }
-            })
-            .map_err(|source| ServeError::Thread {
-                name: "reload",
-                source,
-            })?;
+        spawn_reload_thread(tls_certs, on_hangup)?;
 
-        // Signals: the first makes the node unready, then (after `drain_delay`) starts the
-        // drain; a second stops at once.
-        let stop = node.stop_handle();
-        let (drain_delay, drain_time) = (cfg.drain_delay, cfg.drain_time);
-        std::thread::Builder::new()
-            .name("tether-signals".to_string())
-            .spawn(move || {
-                let Ok(sig) = signals.wait() else { return };
-                node_shared.draining.store(true, Ordering::SeqCst);
-                notify::notify_or_log("STOPPING=1");
-                if !drain_delay.is_zero() {
-                    tracing::info!(
-                        signal = sig,
-                        drain_delay_ms = drain_delay.as_millis() as u64,
-                        "not ready; still accepting for drain_delay before draining"
-                    );
-                    if let Some(sig) = signals.wait_timeout(drain_delay) {
-                        tracing::warn!(signal = sig, "second signal: stopping now");
-                        stop.stop();
-                        return;
-                    }
-                }
-                let deadline = Instant::now() + drain_time;
-                tracing::info!(
-                    signal = sig,
-                    drain_ms = drain_time.as_millis() as u64,
-                    "draining"
-                );
-                for c in &controls {
-                    let _ = c.send(ShardControl::Drain { deadline });
-                }
-                let watchdog = stop.clone();
-                let _ = std::thread::Builder::new()
-                    .name("tether-deadline".to_string())
-                    .spawn(move || {
-                        std::thread::sleep(drain_time + Duration::from_millis(200));
-                        tracing::warn!("drain deadline passed: stopping shards");
-                        watchdog.stop();
-                    });
-                if let Ok(sig) = signals.wait() {
-                    tracing::warn!(signal = sig, "second signal: stopping now");
-                    stop.stop();
-                }
-            })
-            .map_err(|source| ServeError::Thread {
-                name: "signal",
-                source,
-            })?;
+        spawn_signal_thread(
+            signals,
+            node_shared,
+            node.stop_handle(),
+            controls,
+            (cfg.drain_delay, cfg.drain_time),
+        )?;
 
         let joined = node.join().map_err(ServeError::Shards);
         for hook in on_exit {
@@ -555,6 +403,289 @@ impl Server {
         tracing::info!("tether stopped");
         Ok(())
     }
+}
+
+/// The node's client listeners, one socket per shard, bound before any shard starts.
+struct Listeners {
+    /// The `ws://` sockets.
+    ws: Vec<std::net::TcpListener>,
+    /// The address they are bound to (the port chosen when `listen` asked for port 0).
+    ws_addr: std::net::SocketAddr,
+    /// The `wss://` socket of each shard; all `None` without TLS.
+    wss: Vec<Option<std::net::TcpListener>>,
+    /// The `wss://` address; `None` without TLS.
+    wss_addr: Option<std::net::SocketAddr>,
+    /// The certificates, loaded; `None` without TLS.
+    certs: Option<Arc<tls::TlsCerts>>,
+}
+
+/// Binds `n` `SO_REUSEPORT` sockets on `listen` and, with TLS, loads the certificates and
+/// binds `n` on `tls.listen`.
+fn bind_listeners(cfg: &ServerConfig, n: usize) -> Result<Listeners, ServeError> {
+    let ws = listener::bind_reuseport_group(cfg.listen, n, cfg.backlog)?;
+    let ws_addr = ws[0]
+        .local_addr()
+        .map_err(|source| ServeError::ListenerAddress {
+            scheme: "ws://",
+            source,
+        })?;
+    let Some(t) = &cfg.tls else {
+        return Ok(Listeners {
+            ws,
+            ws_addr,
+            wss: (0..n).map(|_| None).collect(),
+            wss_addr: None,
+            certs: None,
+        });
+    };
+    let certs = Arc::new(tls::TlsCerts::load(t.files.clone())?);
+    let wss = listener::bind_reuseport_group(t.listen, n, cfg.backlog)?;
+    let wss_addr = wss[0]
+        .local_addr()
+        .map_err(|source| ServeError::ListenerAddress {
+            scheme: "wss://",
+            source,
+        })?;
+    Ok(Listeners {
+        ws,
+        ws_addr,
+        wss: wss.into_iter().map(Some).collect(),
+        wss_addr: Some(wss_addr),
+        certs: Some(certs),
+    })
+}
+
+/// How many connections the node admits with `open_fds` descriptors already in use.
+struct Capacity {
+    /// Descriptors in use when it was worked out.
+    open_fds: usize,
+    /// Connections the open-files limit leaves room for.
+    fds: usize,
+    /// `fds`, capped by `max_connections` when that is set.
+    connections: usize,
+}
+
+/// The "tether serving" line (tests and operators read the bound addresses from it), and a
+/// warning when the open-files limit leaves room for few connections.
+fn log_serving(
+    cfg: &ServerConfig,
+    (listen_addr, tls_addr, admin_addr): (
+        std::net::SocketAddr,
+        Option<std::net::SocketAddr>,
+        std::net::SocketAddr,
+    ),
+    placement: &Placement,
+    open_files_limit: u64,
+    capacity: &Capacity,
+) {
+    tracing::info!(
+        listen = %listen_addr,
+        tls_listen = %tls_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+        admin = %admin_addr,
+        shards = placement.shards(),
+        cpus = %format_cpu_list(&placement.cpus),
+        open_files_limit,
+        open_fds = capacity.open_fds,
+        open_files_capacity = capacity.fds,
+        max_connections = cfg.max_connections,
+        capacity_connections = capacity.connections,
+        echo = cfg.echo,
+        "tether serving"
+    );
+    if (capacity.fds as u64) < open_files_limit / 2 || capacity.fds < 1024 {
+        tracing::warn!(
+            open_files_limit,
+            "open-files limit allows only {} connections; raise LimitNOFILE / ulimit -Hn (docs/operations.md)",
+            capacity.fds
+        );
+    }
+}
+
+/// The connections the node admits: the open-files limit's room with `open_fds` descriptors in
+/// use, capped by `max_connections` when set.
+fn open_files_capacity(cfg: &ServerConfig, open_files_limit: u64, open_fds: usize) -> Capacity {
+    let fds = node::open_files_capacity(open_files_limit, open_fds);
+    let connections = if cfg.max_connections > 0 {
+        fds.min(cfg.max_connections)
+    } else {
+        fds
+    };
+    Capacity {
+        open_fds,
+        fds,
+        connections,
+    }
+}
+
+/// What [`Node::start`] moves to each shard: its `ws://` and `wss://` listeners, its counters,
+/// its control queue and its readiness-ping queue.
+type ShardPayload = (
+    (std::net::TcpListener, Option<std::net::TcpListener>),
+    Arc<ShardMetrics>,
+    flume::Receiver<ShardControl>,
+    flume::Receiver<admin::ShardPing>,
+);
+
+/// Each shard's payload, and the node's ends of their control and readiness-ping queues (in
+/// shard order).
+fn shard_payloads(
+    listeners: Vec<std::net::TcpListener>,
+    tls_listeners: Vec<Option<std::net::TcpListener>>,
+    metrics: &[Arc<ShardMetrics>],
+) -> (
+    Vec<flume::Sender<ShardControl>>,
+    Vec<flume::Sender<admin::ShardPing>>,
+    Vec<ShardPayload>,
+) {
+    let n = listeners.len();
+    let mut controls = Vec::with_capacity(n);
+    let mut pings = Vec::with_capacity(n);
+    let mut payloads = Vec::with_capacity(n);
+    for ((l, tl), m) in listeners.into_iter().zip(tls_listeners).zip(metrics) {
+        let (tx, rx) = flume::bounded::<ShardControl>(4);
+        let (ping_tx, ping_rx) = flume::bounded::<admin::ShardPing>(admin::SHARD_PING_QUEUE);
+        controls.push(tx);
+        pings.push(ping_tx);
+        payloads.push(((l, tl), m.clone(), rx, ping_rx));
+    }
+    (controls, pings, payloads)
+}
+
+/// A shard's `init`, on its thread: its listeners handed to glommio, its [`ShardCtx`], the
+/// routes and tasks of every per-shard service; returns the shard's main future.
+fn shard_main(
+    shard: tether_shards::Shard<ShardMsg>,
+    ((std_listener, tls_listener), metrics, control, pings): ShardPayload,
+    services: &[ServiceFactory],
+    shard_tls: Option<&Arc<tls::TlsCerts>>,
+    cfg: &Arc<ServerConfig>,
+    shared: &Arc<NodeShared>,
+) -> Result<impl Future<Output = ()>, String> {
+    let listener = listener::into_glommio(std_listener)
+        .map_err(|e| format!("cannot make the listener non-blocking: {e}"))?;
+    let tls_listener = match (tls_listener, shard_tls) {
+        (Some(l), Some(certs)) => Some((
+            listener::into_glommio(l)
+                .map_err(|e| format!("cannot make the wss:// listener non-blocking: {e}"))?,
+            certs.clone(),
+        )),
+        _ => None,
+    };
+    let ctx = Rc::new(ShardCtx::new(
+        shard.index,
+        shard.count,
+        shard.cpu,
+        cfg.clone(),
+        metrics,
+        shared.clone(),
+        shard.mesh,
+    ));
+    let mut routes: AHashMap<String, Rc<dyn Endpoint>> = AHashMap::new();
+    let mut tasks = Vec::new();
+    for f in services {
+        let service = f(&ctx).map_err(|e| e.to_string())?;
+        routes.extend(service.routes);
+        tasks.extend(service.tasks);
+    }
+    ctx.set_routes(routes);
+    Ok(run_shard(
+        ctx,
+        listener,
+        tls_listener,
+        control,
+        pings,
+        tasks,
+    ))
+}
+
+/// SIGHUP reloads the TLS certificates (new connections get the new ones) and runs the
+/// `on_hangup` hooks, on the `tether-reload` thread; with neither it is logged and ignored.
+fn spawn_reload_thread(
+    tls_certs: Option<Arc<tls::TlsCerts>>,
+    on_hangup: Vec<HangupHook>,
+) -> Result<(), ServeError> {
+    // SIGHUP reloads the TLS certificate (new connections get the new one) and runs the
+    // `on_hangup` hooks; with neither it is logged and ignored.
+    std::thread::Builder::new()
+        .name("tether-reload".to_string())
+        .spawn(move || {
+            while Signals::wait_hangup().is_ok() {
+                if let Some(certs) = &tls_certs {
+                    let certs_files = certs.files().iter().map(|f| f.cert.display().to_string()).collect::<Vec<_>>().join(",");
+                    match certs.reload() {
+                        Ok(()) => tracing::info!(certs = %certs_files, "SIGHUP: TLS certificates reloaded; new connections get them"),
+                        Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; the certificates in use stay"),
+                    }
+                } else if on_hangup.is_empty() {
+                    tracing::info!("SIGHUP: nothing to reload");
+                }
+                for hook in &on_hangup {
+                    hook();
+                }
+            }
+        })
+        .map_err(|source| ServeError::Thread {
+            name: "reload",
+            source,
+        })?;
+    Ok(())
+}
+
+/// The `tether-signals` thread: the first SIGTERM/SIGINT makes the node unready, then (after
+/// `drain_delay`) sends every shard the drain with its deadline, and a watchdog stops the
+/// shards `drain_time` later; a second signal stops at once.
+fn spawn_signal_thread(
+    signals: Signals,
+    node_shared: Arc<NodeShared>,
+    stop: tether_shards::node::StopHandle,
+    controls: Vec<flume::Sender<ShardControl>>,
+    (drain_delay, drain_time): (Duration, Duration),
+) -> Result<(), ServeError> {
+    std::thread::Builder::new()
+        .name("tether-signals".to_string())
+        .spawn(move || {
+            let Ok(sig) = signals.wait() else { return };
+            node_shared.draining.store(true, Ordering::SeqCst);
+            notify::notify_or_log("STOPPING=1");
+            if !drain_delay.is_zero() {
+                tracing::info!(
+                    signal = sig,
+                    drain_delay_ms = drain_delay.as_millis() as u64,
+                    "not ready; still accepting for drain_delay before draining"
+                );
+                if let Some(sig) = signals.wait_timeout(drain_delay) {
+                    tracing::warn!(signal = sig, "second signal: stopping now");
+                    stop.stop();
+                    return;
+                }
+            }
+            let deadline = Instant::now() + drain_time;
+            tracing::info!(
+                signal = sig,
+                drain_ms = drain_time.as_millis() as u64,
+                "draining"
+            );
+            for c in &controls {
+                let _ = c.send(ShardControl::Drain { deadline });
+            }
+            let watchdog = stop.clone();
+            let _ = std::thread::Builder::new()
+                .name("tether-deadline".to_string())
+                .spawn(move || {
+                    std::thread::sleep(drain_time + Duration::from_millis(200));
+                    tracing::warn!("drain deadline passed: stopping shards");
+                    watchdog.stop();
+                });
+            if let Ok(sig) = signals.wait() {
+                tracing::warn!(signal = sig, "second signal: stopping now");
+                stop.stop();
+            }
+        })
+        .map_err(|source| ServeError::Thread {
+            name: "signal",
+            source,
+        })?;
+    Ok(())
 }
 
 /// A shard's main future: starts its tasks, waits for the drain command, drains.
