@@ -142,10 +142,8 @@ fn margin(m: f64, bound: f64, relative: f64) -> String {
     }
 }
 
-#[expect(
-    clippy::too_many_lines,
-    reason = "not yet split into named steps; a function-length exemption to remove (docs/architecture.md)"
-)]
+/// Checks one target against a server's median: each bound the target sets is one clause of
+/// the detail; the target is met when every clause is.
 fn check_target(
     results: &Results,
     target: &TargetSpec,
@@ -164,37 +162,69 @@ fn check_target(
         return outcome;
     };
     outcome.measured = Some(m);
-    let mut met = true;
-    let mut parts = Vec::new();
-    if let Some(min) = target.at_least {
-        if m >= min {
-            parts.push(format!(
+    let clauses: Vec<(bool, String)> = [
+        target.at_least.map(|min| at_least(m, min)),
+        target.at_most.map(|max| at_most(m, max)),
+        target
+            .ratio_to_raw_at_least
+            .map(|frac| ratio_to_raw(results, &target.key, metric, m, frac)),
+        target
+            .ahead_of_best_rust
+            .then(|| ahead_of_best_rust(results, metric, m)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    outcome.met = clauses.iter().all(|(met, _)| *met);
+    outcome.detail = clauses
+        .into_iter()
+        .map(|(_, part)| part)
+        .collect::<Vec<_>>()
+        .join("; ");
+    outcome
+}
+
+/// `at_least`: whether the median `m` reaches `min`, and the clause saying by how much.
+fn at_least(m: f64, min: f64) -> (bool, String) {
+    if m >= min {
+        (
+            true,
+            format!(
                 "{} ≥ {} (margin {})",
                 fmt_num(m),
                 fmt_num(min),
                 margin(m, min, m / min - 1.0)
-            ));
-        } else {
-            met = false;
-            parts.push(format!(
+            ),
+        )
+    } else {
+        (
+            false,
+            format!(
                 "{} < {}: missed by {}",
                 fmt_num(m),
                 fmt_num(min),
                 margin(m, min, 1.0 - m / min)
-            ));
-        }
+            ),
+        )
     }
-    if let Some(max) = target.at_most {
-        if m <= max {
-            parts.push(format!(
+}
+
+/// `at_most`: whether the median `m` stays at or below `max`, and the clause saying by how much.
+fn at_most(m: f64, max: f64) -> (bool, String) {
+    if m <= max {
+        (
+            true,
+            format!(
                 "{} ≤ {} (margin {})",
                 fmt_num(m),
                 fmt_num(max),
                 margin(m, max, 1.0 - m / max)
-            ));
-        } else {
-            met = false;
-            parts.push(format!(
+            ),
+        )
+    } else {
+        (
+            false,
+            format!(
                 "{} > {}: missed by {}",
                 fmt_num(m),
                 fmt_num(max),
@@ -205,68 +235,72 @@ fn check_target(
                 } else {
                     pct(m / max - 1.0)
                 }
-            ));
-        }
+            ),
+        )
     }
-    if let Some(frac) = target.ratio_to_raw_at_least {
-        match raw_ceiling(results, &target.key) {
-            Some(raw) => {
-                let r = performance_ratio(metric.better, m, raw);
-                if r >= frac {
-                    parts.push(format!(
-                        "{} of raw ceiling {} (≥ {})",
-                        pct(r),
-                        fmt_num(raw),
-                        pct(frac)
-                    ));
-                } else {
-                    met = false;
-                    parts.push(format!(
-                        "{} of raw ceiling {} (< {}: missed by {:.1} points)",
-                        pct(r),
-                        fmt_num(raw),
-                        pct(frac),
-                        (frac - r) * 100.0
-                    ));
-                }
-            }
-            None => {
-                met = false;
-                parts.push("raw ceiling not measured".into());
-            }
-        }
+}
+
+/// `ratio_to_raw_at_least`: whether the median `m` is at least `frac` of the raw ceiling
+/// measured for `key`; missed when no raw ceiling was measured.
+fn ratio_to_raw(
+    results: &Results,
+    key: &str,
+    metric: &MetricSpec,
+    m: f64,
+    frac: f64,
+) -> (bool, String) {
+    let Some(raw) = raw_ceiling(results, key) else {
+        return (false, "raw ceiling not measured".into());
+    };
+    let r = performance_ratio(metric.better, m, raw);
+    if r >= frac {
+        (
+            true,
+            format!(
+                "{} of raw ceiling {} (≥ {})",
+                pct(r),
+                fmt_num(raw),
+                pct(frac)
+            ),
+        )
+    } else {
+        (
+            false,
+            format!(
+                "{} of raw ceiling {} (< {}: missed by {:.1} points)",
+                pct(r),
+                fmt_num(raw),
+                pct(frac),
+                (frac - r) * 100.0
+            ),
+        )
     }
-    if target.ahead_of_best_rust {
-        match best_rust_peer(results, metric) {
-            Some((peer, pm)) => {
-                let r = performance_ratio(metric.better, m, pm);
-                if is_ahead(metric.better, m, pm) {
-                    parts.push(format!(
-                        "ahead of {} {} ({:.2}×)",
-                        peer.label,
-                        fmt_num(pm),
-                        r
-                    ));
-                } else {
-                    met = false;
-                    parts.push(format!(
-                        "behind {} {} ({:.2}×: missed by {})",
-                        peer.label,
-                        fmt_num(pm),
-                        r,
-                        pct(1.0 - r)
-                    ));
-                }
-            }
-            None => {
-                met = false;
-                parts.push("no Rust peer measured".into());
-            }
-        }
+}
+
+/// `ahead_of_best_rust`: whether the median `m` is ahead of the best Rust peer; missed when no
+/// Rust peer was measured.
+fn ahead_of_best_rust(results: &Results, metric: &MetricSpec, m: f64) -> (bool, String) {
+    let Some((peer, pm)) = best_rust_peer(results, metric) else {
+        return (false, "no Rust peer measured".into());
+    };
+    let r = performance_ratio(metric.better, m, pm);
+    if is_ahead(metric.better, m, pm) {
+        (
+            true,
+            format!("ahead of {} {} ({:.2}×)", peer.label, fmt_num(pm), r),
+        )
+    } else {
+        (
+            false,
+            format!(
+                "behind {} {} ({:.2}×: missed by {})",
+                peer.label,
+                fmt_num(pm),
+                r,
+                pct(1.0 - r)
+            ),
+        )
     }
-    outcome.met = met;
-    outcome.detail = parts.join("; ");
-    outcome
 }
 
 fn schedule_line(results: &Results) -> String {
