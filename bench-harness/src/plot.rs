@@ -315,10 +315,6 @@ fn wants_log_scale(lines: &[Line]) -> bool {
     peaks.len() > 1 && hi > LOG_SCALE_RATIO * lo
 }
 
-#[expect(
-    clippy::too_many_lines,
-    reason = "not yet split into named steps; a function-length exemption to remove (docs/architecture.md)"
-)]
 fn timeline_svg(
     results: &Results,
     title: &str,
@@ -385,26 +381,7 @@ fn timeline_svg(
                 .y_label_formatter(&|y| format!("{y:.0}"))
                 .draw()
                 .map_err(|e| e.to_string())?;
-            for (pos, server, points) in tether_last(lines) {
-                let color = color_for(shade_index(results, pos), server.kind);
-                let width = stroke_px(server);
-                let points: Vec<(f64, f64)> =
-                    points.into_iter().map(|(x, y)| (x, y.max(floor))).collect();
-                chart
-                    .draw_series(LineSeries::new(points, color.stroke_width(width)))
-                    .map_err(|e| e.to_string())?
-                    .label(server.label.clone())
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(width))
-                    });
-            }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .draw()
-                .map_err(|e| e.to_string())?;
+            draw_lines(&mut chart, results, lines, Some(floor))?;
         } else {
             let mut chart = builder
                 .build_cartesian_2d(0f64..x_max * 1.02, y_min..y_max * 1.1)
@@ -416,28 +393,46 @@ fn timeline_svg(
                 .y_label_formatter(&|y| format!("{y:.0}"))
                 .draw()
                 .map_err(|e| e.to_string())?;
-            for (pos, server, points) in tether_last(lines) {
-                let color = color_for(shade_index(results, pos), server.kind);
-                let width = stroke_px(server);
-                chart
-                    .draw_series(LineSeries::new(points, color.stroke_width(width)))
-                    .map_err(|e| e.to_string())?
-                    .label(server.label.clone())
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(width))
-                    });
-            }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .draw()
-                .map_err(|e| e.to_string())?;
+            draw_lines(&mut chart, results, lines, None)?;
         }
         root.present().map_err(|e| e.to_string())?;
     }
     Ok(Some(svg))
+}
+
+/// Draws each server's line (tether's last, on top) and the legend; with a `floor` (a log
+/// scale's), values below it are drawn at it.
+fn draw_lines<'a, CT>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    results: &Results,
+    lines: Vec<Line>,
+    floor: Option<f64>,
+) -> Result<(), String>
+where
+    CT: CoordTranslate<From = (f64, f64)>,
+{
+    for (pos, server, points) in tether_last(lines) {
+        let color = color_for(shade_index(results, pos), server.kind);
+        let width = stroke_px(server);
+        let points: Vec<(f64, f64)> = match floor {
+            Some(floor) => points.into_iter().map(|(x, y)| (x, y.max(floor))).collect(),
+            None => points,
+        };
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(width)))
+            .map_err(|e| e.to_string())?
+            .label(server.label.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(width))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
