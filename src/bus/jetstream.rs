@@ -11,32 +11,33 @@
 //!   message the stream republishes its headers (with `Nats-Sequence`) to
 //!   `tether.mboxn.<device>`, a subject the per-device wildcard `tether.*.<device>` the shard
 //!   already holds matches: live delivery needs no extra subscription and no consumer.
-//! - **Reads** ([`JetStream::read`]): one batched direct get (`$JS.API.DIRECT.GET.<stream>` with
-//!   `seq`, `next_by_subj`, `batch`; the stream has `allow_direct`), answered on one wildcard
-//!   inbox subscription per node. No JetStream consumer per device, none at all.
-//! - **Acknowledgement** ([`JetStream::purge`]): the stream is its own position store. An ack
-//!   through `N` purges the device's messages up to `N` (`$JS.API.STREAM.PURGE` with a subject
-//!   filter and `seq`), so what is left for a device is exactly what it has not acknowledged,
-//!   on every node and after any restart, and an acknowledged message stops costing storage.
+//! - **Reads** ([`JetStream::read`]): one direct get (`$JS.API.DIRECT.GET.<stream>` with `seq`
+//!   and `next_by_subj`, no batch; the stream has `allow_direct`) returns the device's first
+//!   message at or after a sequence, answered on one wildcard inbox subscription per node. No
+//!   JetStream consumer per device, none at all. Why one message per request: nats-server finds
+//!   "the next message of this subject after S" by walking its block from S, and a batch also
+//!   counts what is pending after it by walking the rest of the block; a read that starts at
+//!   the sequence an announcement named finds it at once (docs/operations.md, "Durable
+//!   delivery").
+//! - **Acknowledgement** ([`JetStream::remove`]): the stream is its own position store. Each
+//!   acknowledged message is deleted by its sequence (`$JS.API.STREAM.MSG.DELETE`), so what is
+//!   left for a device is exactly what it has not acknowledged, on every node and after any
+//!   restart, and an acknowledged message stops costing storage.
 //! - **Durable upstream** ([`JetStream::publish_upstream`]): whether a stream captures a
 //!   service's subject is asked once (`$JS.API.STREAM.NAMES` with `subject`) and cached; a
 //!   captured subject is published as a JetStream publish and answered with its `seq` only once
 //!   the stream stored it.
 //!
 //! Bounds: at most [`DurableConfig::api_concurrency`] JetStream requests in flight (the rest wait
-//! for a permit), each with [`DurableConfig::api_timeout`]; a read collects at most the batch it
-//! asked for; the capture cache holds at most [`CAPTURE_CACHE_MAX`] subjects.
+//! for a permit), each with [`DurableConfig::api_timeout`]; a read returns at most one message;
+//! the capture cache holds at most [`CAPTURE_CACHE_MAX`] subjects.
 //!
 //! **No gap from a lost reply.** A direct get's answer is core NATS: the inbox subscription's
-//! bounded queue drops what does not fit (async-nats' slow-consumer rule). Two things keep a
-//! dropped reply from becoming a gap in a device's mailbox. The reads in flight together may
-//! expect at most the inbox queue's capacity in replies (each read reserves its batch plus the
-//! end-of-batch status from a budget of that size before it asks), so the queue cannot fill with
-//! answers to live reads. And every read checks the batch's chain: nats-server stamps each message
-//! of a batch, and the end-of-batch status, with `Nats-Last-Sequence`, the stream sequence of the
-//! message it sent before (0 for the first); a broken chain means a reply was lost on the way,
-//! and the read fails (counted in `tether_mailbox_read_failures_total`) and is retried from the
-//! session's cursor, so nothing after the hole is delivered before the hole is filled.
+//! bounded queue drops what does not fit (async-nats' slow-consumer rule). The reads in flight
+//! together never expect more replies than that queue holds (each reserves its one reply from a
+//! budget of the queue's capacity before it asks), and a reply that is lost anyway makes its read
+//! time out: it fails (counted in `tether_mailbox_read_failures_total`) and the session reads
+//! again from the same sequence, so nothing after it is delivered first.
 
 use super::{BusStats, StoredMessage};
 use crate::proto::subject;
@@ -55,8 +56,8 @@ const CAPTURE_TTL: Duration = Duration::from_secs(10);
 /// How often the stream's state (messages, bytes) is refreshed for `/metrics`, and how soon a
 /// missing stream is created again.
 const STREAM_REFRESH: Duration = Duration::from_secs(5);
-/// Attempts of a purge (a leader change in a cluster fails requests for a moment).
-const PURGE_ATTEMPTS: u32 = 3;
+/// Attempts of a removal (a leader change in a cluster fails requests for a moment).
+const REMOVE_ATTEMPTS: u32 = 3;
 
 /// Where the mailbox stream keeps its messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,8 +149,8 @@ pub struct MailboxStats {
     pub reads_total: AtomicU64,
     pub read_messages_total: AtomicU64,
     pub read_failures_total: AtomicU64,
-    pub purges_total: AtomicU64,
-    pub purge_failures_total: AtomicU64,
+    pub removed_total: AtomicU64,
+    pub remove_failures_total: AtomicU64,
     pub upstream_stored_total: AtomicU64,
     pub upstream_store_failures_total: AtomicU64,
     /// JetStream requests in flight.
@@ -228,14 +229,14 @@ impl MailboxStats {
                 &self.read_failures_total,
             ),
             (
-                "tether_mailbox_purges_total",
-                "Acknowledgements applied to the stream (purges).",
-                &self.purges_total,
+                "tether_mailbox_removed_total",
+                "Acknowledged messages removed from the stream.",
+                &self.removed_total,
             ),
             (
-                "tether_mailbox_purge_failures_total",
-                "Acknowledgements the stream did not take (redelivered later).",
-                &self.purge_failures_total,
+                "tether_mailbox_remove_failures_total",
+                "Acknowledged messages the stream did not remove (redelivered later).",
+                &self.remove_failures_total,
             ),
             (
                 "tether_upstream_stored_total",
@@ -269,7 +270,6 @@ pub(crate) struct JetStream {
     permits: Arc<tokio::sync::Semaphore>,
     /// Replies the reads in flight may expect on the inbox, together (its queue's capacity).
     reply_budget: Arc<tokio::sync::Semaphore>,
-    reply_budget_max: usize,
     inbox: Arc<str>,
     waiters: Waiters,
     next_token: Arc<AtomicU64>,
@@ -283,9 +283,12 @@ fn header<'a>(msg: &'a async_nats::Message, name: &str) -> Option<&'a str> {
         .map(|v| v.as_str())
 }
 
-/// The stream sequence a republished mailbox announcement carries (`Nats-Sequence`).
-pub(crate) fn announced_seq(msg: &async_nats::Message) -> Option<u64> {
-    header(msg, "Nats-Sequence").and_then(|s| s.parse().ok())
+/// The stream sequence a republished mailbox announcement carries (`Nats-Sequence`) and the
+/// previous sequence stored on the same subject (`Nats-Last-Sequence`, 0 when none).
+pub(crate) fn announced(msg: &async_nats::Message) -> Option<(u64, u64)> {
+    let seq = header(msg, "Nats-Sequence")?.parse().ok()?;
+    let previous = header(msg, "Nats-Last-Sequence").map_or(Some(0), |p| p.parse().ok())?;
+    (previous < seq).then_some((seq, previous))
 }
 
 impl JetStream {
@@ -298,17 +301,13 @@ impl JetStream {
         stats: Arc<BusStats>,
         inbox_capacity: usize,
     ) -> JetStream {
-        assert!(
-            inbox_capacity >= 2,
-            "a read needs room for a message and its end of batch"
-        );
+        assert!(inbox_capacity >= 1, "a read needs room for its reply");
         let config = Arc::new(durable.clone().unwrap_or_default());
         let inbox: Arc<str> = Arc::from(client.new_inbox());
         let waiters: Waiters = Arc::new(Mutex::new(AHashMap::new()));
         let js = JetStream {
             permits: Arc::new(tokio::sync::Semaphore::new(config.api_concurrency.max(1))),
             reply_budget: Arc::new(tokio::sync::Semaphore::new(inbox_capacity)),
-            reply_budget_max: inbox_capacity,
             client: client.clone(),
             config,
             stats,
@@ -468,21 +467,20 @@ impl JetStream {
         }
     }
 
-    /// Reads at most `max` messages of `device` with a sequence above `after`, in stream order;
-    /// the flag is true when nothing else was pending after them.
+    /// Reads the first message of `device` at or after stream sequence `from` (none when the
+    /// device has nothing there, or this replica does not have it yet).
     pub(crate) async fn read(
         &self,
         device: &str,
-        after: u64,
-        max: usize,
-    ) -> Result<(Vec<StoredMessage>, bool), String> {
+        from: u64,
+    ) -> Result<Option<StoredMessage>, String> {
         let m = &self.stats.mailbox;
         m.reads_total.fetch_add(1, Ordering::Relaxed);
-        let result = self.read_inner(device, after, max).await;
+        let result = self.next(device, from).await;
         match &result {
-            Ok((msgs, _)) => {
+            Ok(msg) => {
                 m.read_messages_total
-                    .fetch_add(msgs.len() as u64, Ordering::Relaxed);
+                    .fetch_add(u64::from(msg.is_some()), Ordering::Relaxed);
             }
             Err(_) => {
                 m.read_failures_total.fetch_add(1, Ordering::Relaxed);
@@ -491,18 +489,10 @@ impl JetStream {
         result
     }
 
-    async fn read_inner(
-        &self,
-        device: &str,
-        after: u64,
-        max: usize,
-    ) -> Result<(Vec<StoredMessage>, bool), String> {
-        // The batch and its end-of-batch status, within what the inbox queue holds.
-        let max = max.clamp(1, self.reply_budget_max - 1);
-        let replies = u32::try_from(max + 1).expect("the inbox capacity fits a u32");
-        let _replies = self
+    async fn next(&self, device: &str, from: u64) -> Result<Option<StoredMessage>, String> {
+        let _reply = self
             .reply_budget
-            .acquire_many(replies)
+            .acquire()
             .await
             .map_err(|_| "JetStream door closed".to_owned())?;
         let _permit = self
@@ -515,107 +505,99 @@ impl JetStream {
         if let Ok(mut w) = self.waiters.lock() {
             w.insert(token, tx);
         }
-        let request = serde_json::json!({
-            "seq": after + 1,
-            "next_by_subj": subject::mailbox_filter(device),
-            "batch": max,
-        });
-        let reply = format!("{}.{token}", self.inbox);
-        let stream = &self.config.stream;
         let _guard = WaiterGuard {
             waiters: &self.waiters,
             token,
         };
-        self.stats
-            .mailbox
-            .api_in_flight
-            .fetch_add(1, Ordering::Relaxed);
+        let request = serde_json::json!({
+            "seq": from,
+            "next_by_subj": subject::mailbox_filter(device),
+        });
+        let m = &self.stats.mailbox;
+        m.api_in_flight.fetch_add(1, Ordering::Relaxed);
         let outcome = tokio::time::timeout(self.config.api_timeout, async {
             self.client
                 .publish_with_reply(
-                    format!("$JS.API.DIRECT.GET.{stream}"),
-                    reply,
+                    format!("$JS.API.DIRECT.GET.{}", self.config.stream),
+                    format!("{}.{token}", self.inbox),
                     Bytes::from(request.to_string()),
                 )
                 .await
                 .map_err(|e| format!("direct get publish: {e}"))?;
-            let mut messages = Vec::new();
-            let mut chain = BatchChain::default();
-            // The server answers at most `batch` messages then an end-of-batch status; the
-            // channel is unbounded but never holds more than that.
-            while let Some(msg) = rx.recv().await {
-                if let Some(status) = msg.status {
-                    return match status.as_u16() {
-                        // End of batch: Nats-Num-Pending says whether more are waiting.
-                        204 => {
-                            chain.link(header(&msg, "Nats-Last-Sequence"), None)?;
-                            let pending: u64 = header(&msg, "Nats-Num-Pending")
-                                .and_then(|p| p.parse().ok())
-                                .unwrap_or(1);
-                            Ok((messages, pending == 0))
-                        }
-                        404 => Ok((messages, true)),
-                        code => Err(format!(
-                            "direct get answered {code} {}",
-                            msg.description.as_deref().unwrap_or("")
-                        )),
-                    };
-                }
-                let seq = header(&msg, "Nats-Sequence")
-                    .and_then(|s| s.parse().ok())
-                    .ok_or("direct get message without Nats-Sequence")?;
-                chain.link(header(&msg, "Nats-Last-Sequence"), Some(seq))?;
-                messages.push(StoredMessage {
-                    seq,
-                    payload: msg.payload,
-                });
-                if messages.len() > max {
-                    return Err("direct get returned more than the batch".into());
+            let msg = rx.recv().await.ok_or("the reply inbox closed")?;
+            match msg.status.map(|s| s.as_u16()) {
+                None => {}
+                // Nothing of the device at or after `from` (yet, on this replica).
+                Some(404) => return Ok(None),
+                Some(code) => {
+                    return Err(format!(
+                        "direct get answered {code} {}",
+                        msg.description.as_deref().unwrap_or("")
+                    ))
                 }
             }
-            Err("the reply inbox closed".to_owned())
+            let seq = header(&msg, "Nats-Sequence")
+                .and_then(|s| s.parse().ok())
+                .ok_or("direct get message without Nats-Sequence")?;
+            if seq < from {
+                return Err(format!("direct get for {from} returned {seq}"));
+            }
+            Ok(Some(StoredMessage {
+                seq,
+                payload: msg.payload,
+            }))
         })
         .await;
-        self.stats
-            .mailbox
-            .api_in_flight
-            .fetch_sub(1, Ordering::Relaxed);
-        match outcome {
-            Err(_) => Err("direct get did not finish in time".into()),
-            Ok(result) => result,
-        }
+        m.api_in_flight.fetch_sub(1, Ordering::Relaxed);
+        outcome.unwrap_or_else(|_| Err("direct get did not finish in time".into()))
     }
 
-    /// Removes every message of `device` up to and including `through` (its acknowledgement).
-    pub(crate) async fn purge(&self, device: &str, through: u64) -> Result<(), String> {
-        let body = Bytes::from(
-            serde_json::json!({"filter": subject::mailbox_filter(device), "seq": through + 1})
-                .to_string(),
-        );
-        let subject = format!("$JS.API.STREAM.PURGE.{}", self.config.stream);
+    /// Removes acknowledged messages from the stream, each by its sequence
+    /// (`$JS.API.STREAM.MSG.DELETE`). One already gone (expired, collapsed, removed through
+    /// another session) counts as removed. A purge with the device's subject filter would take
+    /// one request, but nats-server walks every message between the device's first and the
+    /// acknowledged one to apply it; a delete by sequence costs the same whatever the stream
+    /// holds.
+    pub(crate) async fn remove(&self, seqs: &[u64]) -> Result<(), String> {
+        let subject = format!("$JS.API.STREAM.MSG.DELETE.{}", self.config.stream);
+        let results = futures::future::join_all(seqs.iter().map(|&seq| {
+            let body = Bytes::from(serde_json::json!({"seq": seq, "no_erase": true}).to_string());
+            let subject = subject.clone();
+            async move { self.remove_one(subject, body).await }
+        }))
+        .await;
+        let m = &self.stats.mailbox;
+        let mut first_err = None;
+        for result in results {
+            match result {
+                Ok(()) => m.removed_total.fetch_add(1, Ordering::Relaxed),
+                Err(why) => {
+                    first_err.get_or_insert(why);
+                    m.remove_failures_total.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    async fn remove_one(&self, subject: String, body: Bytes) -> Result<(), String> {
         let mut last = String::new();
-        for attempt in 0..PURGE_ATTEMPTS {
+        for attempt in 0..REMOVE_ATTEMPTS {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
             }
             match self.api(subject.clone(), body.clone()).await {
                 Ok(v) => match Self::api_error(&v) {
-                    None => {
-                        self.stats
-                            .mailbox
-                            .purges_total
-                            .fetch_add(1, Ordering::Relaxed);
-                        return Ok(());
-                    }
+                    None => return Ok(()),
+                    // Already gone: 10043 "sequence N not found", or 10057 with the store's
+                    // "no message found".
+                    Some((10043, _)) => return Ok(()),
+                    Some((10057, why)) if why.contains("not found") => return Ok(()),
                     Some((_, why)) => last = why,
                 },
                 Err(why) => last = why,
             }
         }
-        self.stats
-            .mailbox
-            .purge_failures_total
-            .fetch_add(1, Ordering::Relaxed);
         Err(last)
     }
 
@@ -715,60 +697,9 @@ impl Drop for WaiterGuard<'_> {
     }
 }
 
-/// The chain of one direct-get batch: each reply names, in `Nats-Last-Sequence`, the stream
-/// sequence of the message sent before it (0 before the first), so a reply lost between the
-/// server and the read shows as a broken link.
-#[derive(Default)]
-struct BatchChain {
-    /// Sequence of the last message received in this batch (0: none yet).
-    last_seq: u64,
-}
-
-impl BatchChain {
-    /// Checks the next reply: a message with its sequence, or the end of batch (`None`).
-    fn link(&mut self, last_sequence: Option<&str>, seq: Option<u64>) -> Result<(), String> {
-        let named: u64 = last_sequence
-            .and_then(|s| s.parse().ok())
-            .ok_or("direct get reply without Nats-Last-Sequence")?;
-        if named != self.last_seq {
-            return Err(format!(
-                "direct get batch lost a reply: the server sent {named} before this one, the last \
-                 received was {}",
-                self.last_seq
-            ));
-        }
-        if let Some(seq) = seq {
-            debug_assert!(seq > self.last_seq, "a batch is in stream order");
-            self.last_seq = seq;
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_batch_chain_holds_only_when_no_reply_was_lost() {
-        // 1, 3, 5 then the end of batch, as nats-server stamps them.
-        let mut chain = BatchChain::default();
-        chain.link(Some("0"), Some(1)).unwrap();
-        chain.link(Some("1"), Some(3)).unwrap();
-        chain.link(Some("3"), Some(5)).unwrap();
-        chain.link(Some("5"), None).unwrap();
-        // The middle message lost: 5 names 3, the read last saw 1.
-        let mut chain = BatchChain::default();
-        chain.link(Some("0"), Some(1)).unwrap();
-        assert!(chain.link(Some("3"), Some(5)).is_err());
-        // The first message lost.
-        assert!(BatchChain::default().link(Some("1"), Some(3)).is_err());
-        // Every message lost, the end of batch arrived.
-        assert!(BatchChain::default().link(Some("5"), None).is_err());
-        // An empty batch, and a reply from a server that does not stamp the chain.
-        BatchChain::default().link(Some("0"), None).unwrap();
-        assert!(BatchChain::default().link(None, Some(1)).is_err());
-    }
 
     #[test]
     fn stream_config_reads_one_filter_and_announces_on_the_device_wildcard() {

@@ -92,11 +92,10 @@ pub struct StoredMessage {
     reason = "being reworked for issue 11 (the mailbox reads): documented when that lands"
 )]
 pub enum DurableEvent {
-    /// A mailbox read: messages in stream order; `complete` when none were left after them.
+    /// A mailbox read: the device's first message at or after the sequence asked for, or none.
     Read {
         token: u64,
-        messages: Vec<StoredMessage>,
-        complete: bool,
+        message: Option<StoredMessage>,
     },
     /// A mailbox read failed (retry later).
     ReadFailed { token: u64, reason: String },
@@ -429,13 +428,11 @@ impl ShardBus {
         }
     }
 
-    /// Asks for at most `max` mailbox messages of `device` above stream sequence `after`; the
+    /// Reads the first mailbox message of `device` at or after stream sequence `from`; the
     /// answer is a [`DurableEvent::Read`] or [`DurableEvent::ReadFailed`] with `token`.
-    pub fn mailbox_read(&mut self, device: &str, after: u64, max: usize, token: u64) {
+    pub fn mailbox_read(&mut self, device: &str, from: u64, token: u64) {
         let refused = match &mut self.link {
-            Link::Nats(l) if l.durable() => {
-                l.mailbox_read(device, after, max, token, &self.stats).err()
-            }
+            Link::Nats(l) if l.durable() => l.mailbox_read(device, from, token, &self.stats).err(),
             _ => Some(BusError::NoDurable),
         };
         if let Some(err) = refused {
@@ -447,17 +444,18 @@ impl ShardBus {
         }
     }
 
-    /// Acknowledges `device`'s mailbox through stream sequence `through` (purges it). With a
-    /// token the outcome comes back as [`DurableEvent::Acked`]; without, an acknowledgement
-    /// that does not reach the stream only means redelivery (logged and counted).
+    /// Acknowledges messages of `device`'s mailbox: removes the stream sequences `seqs` (all
+    /// the device's, as its reads returned them) from the stream. With a token the outcome
+    /// comes back as [`DurableEvent::Acked`]; without, an acknowledgement that does not reach
+    /// the stream only means redelivery (logged and counted).
     pub fn mailbox_ack(
         &mut self,
         device: &str,
-        through: u64,
+        seqs: Vec<u64>,
         token: Option<u64>,
     ) -> Result<(), BusError> {
         match &mut self.link {
-            Link::Nats(l) if l.durable() => l.mailbox_ack(device, through, token, &self.stats),
+            Link::Nats(l) if l.durable() => l.mailbox_ack(device, seqs, token, &self.stats),
             _ => Err(BusError::NoDurable),
         }
     }

@@ -80,14 +80,13 @@ pub(crate) enum Command {
     MailboxRead {
         shard: usize,
         device: String,
-        after: u64,
-        max: usize,
+        from: u64,
         token: u64,
     },
     MailboxAck {
         shard: usize,
         device: String,
-        through: u64,
+        seqs: Vec<u64>,
         token: Option<u64>,
     },
     PublishUpstream {
@@ -114,16 +113,14 @@ impl NatsLink {
     pub(crate) fn mailbox_read(
         &mut self,
         device: &str,
-        after: u64,
-        max: usize,
+        from: u64,
         token: u64,
         stats: &BusStats,
     ) -> Result<(), BusError> {
         let cmd = Command::MailboxRead {
             shard: self.shard,
             device: device.to_owned(),
-            after,
-            max,
+            from,
             token,
         };
         self.backlog.send(&self.cmd_tx, cmd, stats)
@@ -132,14 +129,14 @@ impl NatsLink {
     pub(crate) fn mailbox_ack(
         &mut self,
         device: &str,
-        through: u64,
+        seqs: Vec<u64>,
         token: Option<u64>,
         stats: &BusStats,
     ) -> Result<(), BusError> {
         let cmd = Command::MailboxAck {
             shard: self.shard,
             device: device.to_owned(),
-            through,
+            seqs,
             token,
         };
         self.backlog.send(&self.cmd_tx, cmd, stats)
@@ -414,11 +411,12 @@ fn block_termination_signals() {
 }
 
 /// A NATS message as a shard sees it. A mailbox announcement (`tether.mboxn.<device>`, headers
-/// only) becomes its stream sequence as decimal text: the one thing a shard needs from it.
+/// only) becomes its stream sequence and the previous sequence stored on the same subject, as
+/// decimal text `"<seq> <previous>"`: the one thing a shard needs from it.
 fn forward(msg: async_nats::Message) -> BusMessage {
     let payload = if msg.subject.starts_with("tether.mboxn.") {
-        match jetstream::announced_seq(&msg) {
-            Some(seq) => Bytes::from(seq.to_string()),
+        match jetstream::announced(&msg) {
+            Some((seq, previous)) => Bytes::from(format!("{seq} {previous}")),
             None => msg.payload,
         }
     } else {
@@ -471,6 +469,16 @@ async fn subscribe_forwarding(
                 }
                 match to.try_send(forward(msg)) {
                     Ok(()) => {}
+                    // A mailbox announcement is a few bytes and the shard fetches by it: it
+                    // waits for room (holding back this device's subscription) instead of
+                    // being dropped, so the session does not have to scan for what it named.
+                    Err(flume::TrySendError::Full(msg))
+                        if msg.subject.starts_with("tether.mboxn.") =>
+                    {
+                        if to.send_async(msg).await.is_err() {
+                            return;
+                        }
+                    }
                     Err(flume::TrySendError::Full(_)) => {
                         stats.dropped_inbound_total.fetch_add(1, Ordering::Relaxed);
                     }
@@ -699,18 +707,13 @@ async fn handle_command(
         Command::MailboxRead {
             shard,
             device,
-            after,
-            max,
+            from,
             token,
         } => {
             let (js, ctrl) = (js.clone(), tx.ctrl[shard].clone());
             tokio::spawn(async move {
-                let ev = match js.read(&device, after, max).await {
-                    Ok((messages, complete)) => DurableEvent::Read {
-                        token,
-                        messages,
-                        complete,
-                    },
+                let ev = match js.read(&device, from).await {
+                    Ok(message) => DurableEvent::Read { token, message },
                     Err(reason) => {
                         tracing::debug!(%device, %reason, "mailbox read failed");
                         DurableEvent::ReadFailed { token, reason }
@@ -722,14 +725,14 @@ async fn handle_command(
         Command::MailboxAck {
             shard,
             device,
-            through,
+            seqs,
             token,
         } => {
             let (js, ctrl) = (js.clone(), tx.ctrl[shard].clone());
             tokio::spawn(async move {
-                let result = js.purge(&device, through).await;
+                let result = js.remove(&seqs).await;
                 if let Err(why) = &result {
-                    tracing::warn!(%device, through, %why, "acknowledgement not applied to the mailbox stream; the device will get those messages again");
+                    tracing::warn!(%device, ?seqs, %why, "acknowledgement not applied to the mailbox stream; the device will get those messages again");
                 }
                 if let Some(token) = token {
                     let _ = ctrl

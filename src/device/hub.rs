@@ -8,7 +8,7 @@
 //! section 9), backend requests waiting for a device's `reply`, and the connection events and
 //! node heartbeat it publishes for backends, and each session's durable mailbox
 //! ([`super::mailbox`]: replay after `hello`, live durable messages, acks, receipts), whose
-//! JetStream reads and purges go through the bus. It is `!Send`, lives on its shard, never blocks,
+//! JetStream reads and removals go through the bus. It is `!Send`, lives on its shard, never blocks,
 //! and talks to sockets only through [`Outlet`], so it is tested without a server.
 //!
 //! Two clocks: `now_ms` (monotonic, from the shard) times everything local; the wall clock
@@ -933,12 +933,12 @@ impl<O: Outlet> Hub<O> {
                 match result {
                     Ok(()) => {
                         bump(&self.stats.durable_acks_total);
-                        let purges = actions
+                        let removes = actions
                             .iter()
-                            .any(|a| matches!(a, mailbox::Action::Purge { .. }));
+                            .any(|a| matches!(a, mailbox::Action::Remove(_)));
                         match id {
                             // Confirmed once the stream applied it.
-                            Some(id) if purges => {
+                            Some(id) if removes => {
                                 let token = self.seq();
                                 self.ack_waits.insert(token, (conn, id.to_owned()));
                                 self.mailbox_actions(conn, actions, Some(token));
@@ -1024,7 +1024,7 @@ impl<O: Outlet> Hub<O> {
         }
     }
 
-    /// Carries out what a session's mailbox asked for; a purge carries `ack_token` when the
+    /// Carries out what a session's mailbox asked for; a removal carries `ack_token` when the
     /// device wants its `ack` confirmed.
     fn mailbox_actions(
         &mut self,
@@ -1040,10 +1040,10 @@ impl<O: Outlet> Hub<O> {
         };
         for action in actions {
             match action {
-                mailbox::Action::Read { after, max } => {
+                mailbox::Action::Read { from } => {
                     let token = self.seq();
                     self.reads.insert(token, conn);
-                    self.bus.mailbox_read(&device, after, max, token);
+                    self.bus.mailbox_read(&device, from, token);
                 }
                 mailbox::Action::Deliver(msg) => {
                     let text = match proto::encode_delivery(
@@ -1079,9 +1079,9 @@ impl<O: Outlet> Hub<O> {
                         bump(&self.stats.receipts_total);
                     }
                 }
-                mailbox::Action::Purge { through } => {
-                    if let Err(err) = self.bus.mailbox_ack(&device, through, ack_token) {
-                        tracing::warn!(%device, through, ?err, "acknowledgement not passed to the bus; the device will get those messages again");
+                mailbox::Action::Remove(seqs) => {
+                    if let Err(err) = self.bus.mailbox_ack(&device, seqs, ack_token) {
+                        tracing::warn!(%device, ?err, "acknowledgement not passed to the bus; the device will get those messages again");
                     }
                 }
             }
@@ -1090,11 +1090,7 @@ impl<O: Outlet> Hub<O> {
 
     fn on_durable(&mut self, event: DurableEvent, now_ms: u64) {
         match event {
-            DurableEvent::Read {
-                token,
-                messages,
-                complete,
-            } => {
+            DurableEvent::Read { token, message } => {
                 let Some(conn) = self.reads.remove(&token) else {
                     return;
                 };
@@ -1104,7 +1100,7 @@ impl<O: Outlet> Hub<O> {
                     .get_mut(&conn)
                     .and_then(|s| s.mailbox.as_mut())
                 {
-                    m.read_done(messages, complete, now_ms, &mut actions);
+                    m.read_done(message, now_ms, &mut actions);
                 }
                 self.mailbox_actions(conn, actions, None);
             }
@@ -1399,9 +1395,13 @@ impl<O: Outlet> Hub<O> {
     /// The mailbox stream stored message `seq` (the payload, decimal) for `device`: each of
     /// its sessions here with a mailbox learns of it.
     fn on_mailbox_notify(&mut self, device: &str, payload: &[u8], now_ms: u64) {
-        let Some(seq) = std::str::from_utf8(payload)
+        // "<seq> <previous seq on the same subject>" (the bus's rendering of the stream's
+        // republish headers).
+        let Some((seq, previous)) = std::str::from_utf8(payload)
             .ok()
-            .and_then(|t| t.parse::<u64>().ok())
+            .and_then(|t| t.split_once(' '))
+            .and_then(|(s, p)| Some((s.parse::<u64>().ok()?, p.parse::<u64>().ok()?)))
+            .filter(|(s, p)| p < s)
         else {
             return bump(&self.stats.bad_bus_payloads_total);
         };
@@ -1415,7 +1415,7 @@ impl<O: Outlet> Hub<O> {
                 .get_mut(&conn)
                 .and_then(|s| s.mailbox.as_mut())
             {
-                m.announced(seq, now_ms, &mut actions);
+                m.announced(seq, previous, now_ms, &mut actions);
             }
             self.mailbox_actions(conn, actions, None);
         }

@@ -263,9 +263,8 @@ def test_offline_device_gets_unexpired_uncollapsed_in_order_then_the_other_half_
         # never received it; one seq beyond is refused.
         s3 = await push(js, "stb-7", {"n": 3})
         d = await Device.connect(a.url("last_seq=%d" % (s3 + 5)), mint("stb-7"))
-        # s2 was received unacknowledged in the session before: skipped now, with s3. (The acks
-        # below wait for that: an ack beyond what the session has read yet purges without
-        # receipts, a server race reported to be fixed in src/device/mailbox.rs.)
+        # s2 was received unacknowledged in the session before: skipped now, with s3 (the acks
+        # below come after the session's read got there).
         assert sorted(await receipts_until(receipts, [s2, s3])) == [s2, s3]
         await d.send(op="ack", seq=s3 + 6, id="beyond")
         err = await d.recv()
@@ -278,7 +277,7 @@ def test_offline_device_gets_unexpired_uncollapsed_in_order_then_the_other_half_
 
     try:
         run(body(), timeout=90)
-        assert a.metric("tether_mailbox_purge_failures_total") == 0
+        assert a.metric("tether_mailbox_remove_failures_total") == 0
     finally:
         a.stop()
         b.stop()
