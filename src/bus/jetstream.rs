@@ -589,10 +589,11 @@ impl JetStream {
             match self.api(subject.clone(), body.clone()).await {
                 Ok(v) => match Self::api_error(&v) {
                     None => return Ok(()),
-                    // Already gone: 10043 "sequence N not found", or 10057 with the store's
-                    // "no message found".
+                    // Already gone (also: an earlier attempt was applied and its answer lost
+                    // in a leader change): 10043 "sequence N not found", or 10057 with the
+                    // store's "no message found".
                     Some((10043, _)) => return Ok(()),
-                    Some((10057, why)) if why.contains("not found") => return Ok(()),
+                    Some((10057, why)) if why == "no message found" => return Ok(()),
                     Some((_, why)) => last = why,
                 },
                 Err(why) => last = why,
