@@ -62,7 +62,9 @@ const REMOVE_ATTEMPTS: u32 = 3;
 /// Where the mailbox stream keeps its messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Storage {
+    /// On disk (`"file"`): survives a nats-server restart (the default).
     File,
+    /// In memory (`"memory"`): lost when the nats-server holding it stops.
     Memory,
 }
 
@@ -83,6 +85,7 @@ pub struct DurableConfig {
     pub max_msg_bytes: i32,
     /// Replicas (default 1; 3 on a cluster).
     pub replicas: usize,
+    /// Where the stream keeps its messages (default [`Storage::File`]).
     pub storage: Storage,
     /// Deadline of each JetStream request (default 5 s).
     pub api_timeout: Duration,
@@ -140,18 +143,31 @@ pub struct MailboxStats {
     pub enabled: AtomicI64,
     /// 1 once the mailbox stream exists with tether's configuration.
     pub stream_ready: AtomicI64,
+    /// Messages in the stream (`tether_mailbox_stream_messages`), refreshed every 5 s.
     pub stream_messages: AtomicI64,
+    /// Bytes in the stream (`tether_mailbox_stream_bytes`), refreshed every 5 s.
     pub stream_bytes: AtomicI64,
+    /// The configured max age, seconds (`tether_mailbox_limit_max_age_seconds`).
     pub limit_max_age_seconds: AtomicI64,
+    /// The configured messages kept per device (`tether_mailbox_limit_max_msgs_per_device`).
     pub limit_max_msgs_per_device: AtomicI64,
+    /// The configured stream size limit, bytes (`tether_mailbox_limit_max_bytes`).
     pub limit_max_bytes: AtomicI64,
+    /// The configured replicas (`tether_mailbox_limit_replicas`).
     pub limit_replicas: AtomicI64,
+    /// Direct-get reads of a device mailbox (`tether_mailbox_reads_total`).
     pub reads_total: AtomicU64,
+    /// Messages those reads returned (`tether_mailbox_read_messages_total`).
     pub read_messages_total: AtomicU64,
+    /// Reads that failed: no answer in time, or an error (`tether_mailbox_read_failures_total`).
     pub read_failures_total: AtomicU64,
+    /// Acknowledged messages removed from the stream (`tether_mailbox_removed_total`).
     pub removed_total: AtomicU64,
+    /// Acknowledged messages the stream did not remove (`tether_mailbox_remove_failures_total`).
     pub remove_failures_total: AtomicU64,
+    /// `up` messages a stream stored before their ack (`tether_upstream_stored_total`).
     pub upstream_stored_total: AtomicU64,
+    /// `up` messages to a captured subject that were not stored (`tether_upstream_store_failures_total`).
     pub upstream_store_failures_total: AtomicU64,
     /// JetStream requests in flight.
     pub api_in_flight: AtomicI64,

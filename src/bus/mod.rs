@@ -29,10 +29,6 @@
 //! is retried on every [`ShardBus::recv`] and [`ShardBus::maintain`].
 
 pub mod embedded;
-#[expect(
-    missing_docs,
-    reason = "being reworked for issue 11 (the mailbox reads): documented when that lands"
-)]
 pub mod jetstream;
 pub mod nats;
 
@@ -87,27 +83,35 @@ pub struct StoredMessage {
 /// The outcome of a durable operation a shard asked for ([`ShardBus::mailbox_read`],
 /// [`ShardBus::publish_upstream`]), under the token it gave.
 #[derive(Debug)]
-#[expect(
-    missing_docs,
-    reason = "being reworked for issue 11 (the mailbox reads): documented when that lands"
-)]
 pub enum DurableEvent {
     /// A mailbox read: the device's first message at or after the sequence asked for, or none.
     Read {
+        /// The token of [`ShardBus::mailbox_read`].
         token: u64,
+        /// The message, `None` when the device has nothing there (yet, on this replica).
         message: Option<StoredMessage>,
     },
     /// A mailbox read failed (retry later).
-    ReadFailed { token: u64, reason: String },
+    ReadFailed {
+        /// The token of [`ShardBus::mailbox_read`].
+        token: u64,
+        /// Why, for the log.
+        reason: String,
+    },
     /// A mailbox acknowledgement asked for with a token: applied to the stream, or not.
     Acked {
+        /// The token of [`ShardBus::mailbox_ack`].
         token: u64,
+        /// `Err` with the reason when a message was not removed (it comes again).
         result: Result<(), String>,
     },
     /// An upstream publish: `Some(seq)` when a stream stored it, `None` when no stream captures
     /// its subject (published as a plain message).
     Upstream {
+        /// The token of [`ShardBus::publish_upstream`].
         token: u64,
+        /// The stream sequence, `None` for a plain publish, `Err` with the reason when not sent
+        /// or not stored.
         result: Result<Option<u64>, String>,
     },
 }

@@ -69,7 +69,10 @@ pub use crate::bus::StoredMessage as Stored;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
     /// Read the device's first message at or after stream sequence `from`.
-    Read { from: u64 },
+    Read {
+        /// The first stream sequence the read may return.
+        from: u64,
+    },
     /// Send this durable message to the device.
     Deliver(Stored),
     /// Publish a receipt for `seq` on `tether.receipt.<device>`.
@@ -82,7 +85,12 @@ pub enum Action {
 #[derive(Debug, PartialEq, Eq)]
 pub enum AckError {
     /// The device acknowledged a sequence this session never delivered.
-    NotDelivered { seq: u64, highest_delivered: u64 },
+    NotDelivered {
+        /// The sequence the device acknowledged.
+        seq: u64,
+        /// The highest it may acknowledge: delivered, or presented as `last_seq`.
+        highest_delivered: u64,
+    },
 }
 
 /// The read a mailbox has in flight.

@@ -11,9 +11,5 @@ pub mod config;
 pub mod endpoint;
 pub mod hub;
 pub mod keys;
-#[expect(
-    missing_docs,
-    reason = "being reworked for issue 11 (src/device/mailbox.rs): documented when that lands"
-)]
 pub mod mailbox;
 pub mod sessions;
