@@ -229,8 +229,10 @@ fn push_burst_reaches_every_connected_device() {
         "100",
         "--rate",
         "2000",
+        // The RSS sample takes the connected count from the workers' per-second reports: a
+        // hold of several seconds lets them arrive on a loaded machine.
         "--hold",
-        "2s",
+        "5s",
         "--workload",
         "push",
         "--nats",
