@@ -494,10 +494,6 @@ async fn subscribe_forwarding(
 }
 
 #[allow(clippy::too_many_arguments)]
-#[expect(
-    clippy::too_many_lines,
-    reason = "not yet split into named steps; a function-length exemption to remove (docs/architecture.md)"
-)]
 async fn bridge_main(
     options: async_nats::ConnectOptions,
     addrs: Vec<async_nats::ServerAddr>,
@@ -509,9 +505,92 @@ async fn bridge_main(
     stop_rx: flume::Receiver<Duration>,
     stats: Arc<BusStats>,
 ) {
+    let options = with_reconnects(options, &node, &stats);
+    let client = match options.connect(addrs).await {
+        Ok(client) => client,
+        Err(err) => {
+            tracing::error!(%err, "NATS connect failed");
+            return;
+        }
+    };
+    let js = JetStream::start(
+        client.clone(),
+        durable,
+        stats.clone(),
+        SUBSCRIPTION_CAPACITY,
+    )
+    .await;
+    let mut subs = subscribe_inboxes(&client, &node, &tx, &stats).await;
+    let mut barriers = Barriers::new(subject::barrier(&node));
+    let mut probes = match client.subscribe(barriers.subject.clone()).await {
+        Ok(sub) => sub,
+        Err(err) => {
+            tracing::error!(%err, "cannot subscribe to the barrier subject");
+            return;
+        }
+    };
+    let flush_timeout = loop {
+        tokio::select! {
+            biased;
+            stop = stop_rx.recv_async() => break stop.unwrap_or(Duration::from_secs(1)),
+            Some(probe) = probes.next() => {
+                for (shard, token) in barriers.on_probe(&probe.payload) {
+                    let ready = Ctrl::Ready(token);
+                    if let Err(flume::TrySendError::Full(ready)) = tx.ctrl[shard].try_send(ready) {
+                        let ctrl = tx.ctrl[shard].clone();
+                        tokio::spawn(async move { ctrl.send_async(ready).await });
+                    }
+                }
+            }
+            () = tokio::time::sleep(PROBE_RESEND), if barriers.waiting() => {}
+            cmd = cmd_rx.recv_async() => {
+                let Ok(cmd) = cmd else { break Duration::from_secs(1) };
+                // The first command and up to BATCH_MAX more that are already queued.
+                let queued = std::iter::once(cmd).chain(std::iter::from_fn(|| cmd_rx.try_recv().ok()));
+                for cmd in queued.take(1 + BATCH_MAX) {
+                    handle_command(&client, &js, cmd, &tx, &mut subs, &mut barriers, &stats).await;
+                }
+            }
+            msg = pub_rx.recv_async() => {
+                let Ok(msg) = msg else { break Duration::from_secs(1) };
+                let queued = std::iter::once(msg).chain(std::iter::from_fn(|| pub_rx.try_recv().ok()));
+                for msg in queued.take(1 + BATCH_MAX) {
+                    publish(&client, msg, &stats).await;
+                }
+            }
+        }
+        if let Some(probe) = barriers.probe_due(std::time::Instant::now()) {
+            // Through the same client (and so after every SUB handed to it before).
+            if let Err(err) = client.publish(barriers.subject.clone(), probe).await {
+                tracing::warn!(%err, "barrier probe not published; retried");
+            }
+        }
+    };
+    for (_, task) in subs.drain() {
+        task.abort();
+    }
+    // What the shards queued before the stop (e.g. the disconnect events of a drain) goes out
+    // too, within the same bound.
+    let _ = tokio::time::timeout(flush_timeout, async {
+        while let Ok(msg) = pub_rx.try_recv() {
+            publish(&client, msg, &stats).await;
+        }
+        client.flush().await
+    })
+    .await;
+}
+
+/// The bridge's connection options: named after the node, reconnecting for ever with backoff,
+/// and NATS events reflected in the bus stats (connected, reconnects, disconnects, slow-consumer
+/// drops) and the log.
+fn with_reconnects(
+    options: async_nats::ConnectOptions,
+    node: &str,
+    stats: &Arc<BusStats>,
+) -> async_nats::ConnectOptions {
     let events_stats = stats.clone();
     let connected_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let options = options
+    options
         .name(format!("tether node {node}"))
         .retry_on_initial_connect()
         .max_reconnects(None::<usize>)
@@ -542,26 +621,22 @@ async fn bridge_main(
                     other => tracing::info!(event = %other, "NATS event"),
                 }
             }
-        });
-    let client = match options.connect(addrs).await {
-        Ok(client) => client,
-        Err(err) => {
-            tracing::error!(%err, "NATS connect failed");
-            return;
-        }
-    };
-    let js = JetStream::start(
-        client.clone(),
-        durable,
-        stats.clone(),
-        SUBSCRIPTION_CAPACITY,
-    )
-    .await;
+        })
+}
+
+/// Subscribes each shard's inbox (`tether.inbox.<node>.<shard>.*`: receipts for its sends
+/// with `ack`), forwarded to that shard; returns the subscriptions by (shard, subject).
+async fn subscribe_inboxes(
+    client: &async_nats::Client,
+    node: &str,
+    tx: &ShardTx,
+    stats: &Arc<BusStats>,
+) -> AHashMap<(usize, String), tokio::task::JoinHandle<()>> {
     let mut subs: AHashMap<(usize, String), tokio::task::JoinHandle<()>> = AHashMap::new();
     for (shard, data) in tx.data.iter().enumerate() {
-        let inbox = format!("{}*", subject::inbox_prefix(&node, shard));
+        let inbox = format!("{}*", subject::inbox_prefix(node, shard));
         if let Some(task) = subscribe_forwarding(
-            &client,
+            client,
             inbox.clone(),
             None,
             data.clone(),
@@ -573,68 +648,7 @@ async fn bridge_main(
             subs.insert((shard, inbox), task);
         }
     }
-    let mut barriers = Barriers::new(subject::barrier(&node));
-    let mut probes = match client.subscribe(barriers.subject.clone()).await {
-        Ok(sub) => sub,
-        Err(err) => {
-            tracing::error!(%err, "cannot subscribe to the barrier subject");
-            return;
-        }
-    };
-    let flush_timeout = loop {
-        tokio::select! {
-            biased;
-            stop = stop_rx.recv_async() => break stop.unwrap_or(Duration::from_secs(1)),
-            Some(probe) = probes.next() => {
-                for (shard, token) in barriers.on_probe(&probe.payload) {
-                    let ready = Ctrl::Ready(token);
-                    if let Err(flume::TrySendError::Full(ready)) = tx.ctrl[shard].try_send(ready) {
-                        let ctrl = tx.ctrl[shard].clone();
-                        tokio::spawn(async move { ctrl.send_async(ready).await });
-                    }
-                }
-            }
-            () = tokio::time::sleep(PROBE_RESEND), if barriers.waiting() => {}
-            cmd = cmd_rx.recv_async() => {
-                let Ok(cmd) = cmd else { break Duration::from_secs(1) };
-                handle_command(&client, &js, cmd, &tx, &mut subs, &mut barriers, &stats).await;
-                for _ in 0..BATCH_MAX {
-                    match cmd_rx.try_recv() {
-                        Ok(cmd) => handle_command(&client, &js, cmd, &tx, &mut subs, &mut barriers, &stats).await,
-                        Err(_) => break,
-                    }
-                }
-            }
-            msg = pub_rx.recv_async() => {
-                let Ok(msg) = msg else { break Duration::from_secs(1) };
-                publish(&client, msg, &stats).await;
-                for _ in 0..BATCH_MAX {
-                    match pub_rx.try_recv() {
-                        Ok(msg) => publish(&client, msg, &stats).await,
-                        Err(_) => break,
-                    }
-                }
-            }
-        }
-        if let Some(probe) = barriers.probe_due(std::time::Instant::now()) {
-            // Through the same client (and so after every SUB handed to it before).
-            if let Err(err) = client.publish(barriers.subject.clone(), probe).await {
-                tracing::warn!(%err, "barrier probe not published; retried");
-            }
-        }
-    };
-    for (_, task) in subs.drain() {
-        task.abort();
-    }
-    // What the shards queued before the stop (e.g. the disconnect events of a drain) goes out
-    // too, within the same bound.
-    let _ = tokio::time::timeout(flush_timeout, async {
-        while let Ok(msg) = pub_rx.try_recv() {
-            publish(&client, msg, &stats).await;
-        }
-        client.flush().await
-    })
-    .await;
+    subs
 }
 
 async fn publish(client: &async_nats::Client, msg: BusMessage, stats: &BusStats) {
