@@ -461,69 +461,20 @@ fn a_refreshed_session_outlives_its_first_token() {
 fn jwks_url_over_https_is_verified_against_the_trusted_cas() {
     let dir = Scratch::new("jwks-https");
     dir.write("jwks.json", &fixture("jwks-a.json"));
-    dir.write("san.ext", b"subjectAltName=IP:127.0.0.1\n");
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509"];
-    ca.extend_from_slice(&ec);
-    ca.extend_from_slice(&[
-        "-keyout",
-        "ca-key.pem",
-        "-out",
-        "ca.pem",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=jwks-test-ca",
-    ]);
-    openssl(&dir.0, &ca);
-    let mut csr = vec!["req"];
-    csr.extend_from_slice(&ec);
-    csr.extend_from_slice(&[
-        "-keyout",
-        "server-key.pem",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=idp",
-    ]);
-    openssl(&dir.0, &csr);
-    openssl(
-        &dir.0,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca-key.pem",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "1",
-            "-extfile",
-            "san.ext",
-        ],
-    );
-    let server_py = "import http.server, ssl\n\
+    let pki = server_support::tls::Pki::new("jwks-https");
+    pki.issue_for("", "IP:127.0.0.1");
+    let server_py = "import http.server, ssl, sys\n\
         s = http.server.ThreadingHTTPServer(('127.0.0.1', 0), http.server.SimpleHTTPRequestHandler)\n\
         c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n\
-        c.load_cert_chain('server.pem', 'server-key.pem')\n\
+        c.load_cert_chain(sys.argv[1], sys.argv[2])\n\
         s.socket = c.wrap_socket(s.socket, server_side=True)\n\
         print('Serving HTTPS on 127.0.0.1 port', s.server_address[1], flush=True)\n\
         s.serve_forever()\n";
-    let https = HttpServer::start_with(&dir.0, &["-u", "-c", server_py]);
+    let (cert, key) = (pki.path("cert.pem"), pki.path("key.pem"));
+    let https = HttpServer::start_with(&dir.0, &["-u", "-c", server_py, &cert, &key]);
     let url = format!("https://127.0.0.1:{}/jwks.json", https.port);
     // The provider's CA is trusted (SSL_CERT_FILE is read like the system store): it starts.
-    let ca_file = dir.0.join("ca.pem").to_string_lossy().into_owned();
+    let ca_file = pki.path("ca.pem");
     let node = Server::start_with_env(
         &[
             "--shards",
@@ -543,7 +494,7 @@ fn jwks_url_over_https_is_verified_against_the_trusted_cas() {
     let out = std::process::Command::new(tether_bin())
         .args(["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
         .args(["--jwt-jwks-url", &url])
-        .env("SSL_CERT_FILE", dir.0.join("server.pem"))
+        .env("SSL_CERT_FILE", &cert)
         .env("SSL_CERT_DIR", &empty)
         .output()
         .unwrap();
