@@ -1,8 +1,9 @@
 //! JetStream wire calls behind the bus: the durable mailbox stream and durable upstream.
 //!
-//! This module owns every JetStream request tether makes, all on the NATS bridge thread and all
-//! as plain JetStream API messages (JSON over core NATS), so a different NATS transport can
-//! replace async-nats underneath without touching the device hub:
+//! This module owns every JetStream request tether makes, all as plain JetStream API messages
+//! (JSON over core NATS) through a small [`Transport`] (request/reply, publish, a timer) that
+//! the NATS link implements on its connection, so the NATS client underneath can change without
+//! touching this module or the device hub:
 //!
 //! - **The mailbox stream** (default `TETHER_MBOX`), created or updated at start (and again after
 //!   it disappears). It captures `tether.mbox.<device>` and `tether.mbox.<device>.<key>`; a
@@ -13,12 +14,12 @@
 //!   already holds matches: live delivery needs no extra subscription and no consumer.
 //! - **Reads** ([`JetStream::read`]): one direct get (`$JS.API.DIRECT.GET.<stream>` with `seq`
 //!   and `next_by_subj`, no batch; the stream has `allow_direct`) returns the device's first
-//!   message at or after a sequence, answered on one wildcard inbox subscription per node. No
-//!   JetStream consumer per device, none at all. Why one message per request: nats-server finds
-//!   "the next message of this subject after S" by walking its block from S, and a batch also
-//!   counts what is pending after it by walking the rest of the block; a read that starts at
-//!   the sequence an announcement named finds it at once (docs/operations.md, "Durable
-//!   delivery").
+//!   message at or after a sequence, as one request (its answer comes back on the connection's
+//!   request inbox). No JetStream consumer per device, none at all. Why one message per
+//!   request: nats-server finds "the next message of this subject after S" by walking its
+//!   block from S, and a batch also counts what is pending after it by walking the rest of the
+//!   block; a read that starts at the sequence an announcement named finds it at once
+//!   (docs/operations.md, "Durable delivery").
 //! - **Acknowledgement** ([`JetStream::remove`]): the stream is its own position store. Each
 //!   acknowledged message is deleted by its sequence (`$JS.API.STREAM.MSG.DELETE`), so what is
 //!   left for a device is exactly what it has not acknowledged, on every node and after any
@@ -28,22 +29,20 @@
 //!   captured subject is published as a JetStream publish and answered with its `seq` only once
 //!   the stream stored it.
 //!
-//! Bounds: at most [`DurableConfig::api_concurrency`] JetStream requests in flight (the rest wait
-//! for a permit), each with [`DurableConfig::api_timeout`]; a read returns at most one message;
-//! the capture cache holds at most [`CAPTURE_CACHE_MAX`] subjects.
+//! Bounds: at most [`DurableConfig::api_concurrency`] JetStream requests in flight per door (the
+//! rest wait for a permit), each with [`DurableConfig::api_timeout`]; a read returns at most one
+//! message; the capture cache holds at most [`CAPTURE_CACHE_MAX`] subjects.
 //!
-//! **No gap from a lost reply.** A direct get's answer is core NATS: the inbox subscription's
-//! bounded queue drops what does not fit (async-nats' slow-consumer rule). The reads in flight
-//! together never expect more replies than that queue holds (each reserves its one reply from a
-//! budget of the queue's capacity before it asks), and a reply that is lost anyway makes its read
-//! time out: it fails (counted in `tether_mailbox_read_failures_total`) and the session reads
-//! again from the same sequence, so nothing after it is delivered first.
+//! **No gap from a lost reply.** A direct get is a request: its one answer is handed to the
+//! read that asked (no shared queue between reads that could overflow), and an answer that is
+//! lost anyway (a disconnect, a leader change) makes its read time out: it fails (counted in
+//! `tether_mailbox_read_failures_total`) and the session reads again from the same sequence, so
+//! nothing after it is delivered first.
 
 use super::{BusStats, StoredMessage};
 use crate::proto::subject;
 use ahash::AHashMap;
 use bytes::Bytes;
-use futures::StreamExt;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -275,91 +274,98 @@ impl MailboxStats {
     }
 }
 
-type Waiters = Arc<Mutex<AHashMap<u64, tokio::sync::mpsc::UnboundedSender<async_nats::Message>>>>;
+/// Why a request to NATS got no answer.
+#[derive(Debug)]
+pub(crate) enum CallError {
+    /// No answer within the request's timeout.
+    Timeout,
+    /// Nobody subscribes to the subject (NATS "no responders").
+    NoResponders,
+    /// The request could not be sent (connection closed, client error), for the log.
+    Failed(String),
+}
 
-/// The node's JetStream door (lives on the bridge thread; cheap to clone into tasks).
+/// The one message that answered a request.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    /// The status of a status message (`NATS/1.0 404 ...`), `None` for a plain answer.
+    pub(crate) status: Option<u16>,
+    /// The description that follows the status, if any.
+    pub(crate) description: Option<String>,
+    /// The header block, name and value, in order.
+    pub(crate) headers: Vec<(String, String)>,
+    /// The body.
+    pub(crate) payload: Bytes,
+}
+
+impl Reply {
+    /// The first value of header `name` (exact name).
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What the JetStream calls need from a NATS connection: request/reply, a plain publish and a
+/// timer. The NATS link implements it on its connection; nothing here knows which client or
+/// runtime carries it.
+pub(crate) trait Transport: Clone + 'static {
+    /// Publishes `payload` on `subject` with a fresh reply subject and waits at most `timeout`
+    /// for the one answer.
+    fn request(
+        &self,
+        subject: String,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = Result<Reply, CallError>>;
+    /// Publishes `payload` on `subject` (no reply, no headers).
+    fn publish(
+        &self,
+        subject: String,
+        payload: Bytes,
+    ) -> impl std::future::Future<Output = Result<(), String>>;
+    /// Waits `duration`.
+    fn sleep(&self, duration: Duration) -> impl std::future::Future<Output = ()>;
+}
+
+/// The node's JetStream door (cheap to clone into tasks).
 #[derive(Clone)]
-pub(crate) struct JetStream {
-    client: async_nats::Client,
+pub(crate) struct JetStream<T: Transport> {
+    transport: T,
     config: Arc<DurableConfig>,
     stats: Arc<BusStats>,
     permits: Arc<tokio::sync::Semaphore>,
-    /// Replies the reads in flight may expect on the inbox, together (its queue's capacity).
-    reply_budget: Arc<tokio::sync::Semaphore>,
-    inbox: Arc<str>,
-    waiters: Waiters,
-    next_token: Arc<AtomicU64>,
     captured: Arc<Mutex<AHashMap<String, (bool, Instant)>>>,
 }
 
-fn header<'a>(msg: &'a async_nats::Message, name: &str) -> Option<&'a str> {
-    msg.headers
-        .as_ref()
-        .and_then(|h| h.get(name))
-        .map(|v| v.as_str())
-}
-
 /// The stream sequence a republished mailbox announcement carries (`Nats-Sequence`) and the
-/// previous sequence stored on the same subject (`Nats-Last-Sequence`, 0 when none).
-pub(crate) fn announced(msg: &async_nats::Message) -> Option<(u64, u64)> {
-    let seq = header(msg, "Nats-Sequence")?.parse().ok()?;
-    let previous = header(msg, "Nats-Last-Sequence").map_or(Some(0), |p| p.parse().ok())?;
+/// previous sequence stored on the same subject (`Nats-Last-Sequence`, 0 when none), from its
+/// headers (`header` looks one up by name).
+pub(crate) fn announced<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Option<(u64, u64)> {
+    let seq = header("Nats-Sequence")?.parse().ok()?;
+    let previous = header("Nats-Last-Sequence").map_or(Some(0), |p| p.parse().ok())?;
     (previous < seq).then_some((seq, previous))
 }
 
-impl JetStream {
-    /// Subscribes the node's direct-get inbox and starts keeping the mailbox stream. `durable`
-    /// is `None` when only durable upstream is wanted. `inbox_capacity` is the client's
-    /// subscription queue capacity (messages a subscription holds before async-nats drops).
-    pub(crate) async fn start(
-        client: async_nats::Client,
+impl<T: Transport> JetStream<T> {
+    /// The JetStream door on `transport`. `durable` is `None` when only durable upstream is
+    /// wanted; with it, the mailbox metrics are enabled, and whoever keeps the stream runs
+    /// [`JetStream::keep_stream`].
+    pub(crate) fn new(
+        transport: T,
         durable: Option<DurableConfig>,
         stats: Arc<BusStats>,
-        inbox_capacity: usize,
-    ) -> JetStream {
-        assert!(inbox_capacity >= 1, "a read needs room for its reply");
+    ) -> JetStream<T> {
         let config = Arc::new(durable.clone().unwrap_or_default());
-        let inbox: Arc<str> = Arc::from(client.new_inbox());
-        let waiters: Waiters = Arc::new(Mutex::new(AHashMap::new()));
         let js = JetStream {
             permits: Arc::new(tokio::sync::Semaphore::new(config.api_concurrency.max(1))),
-            reply_budget: Arc::new(tokio::sync::Semaphore::new(inbox_capacity)),
-            client: client.clone(),
+            transport,
             config,
             stats,
-            inbox: inbox.clone(),
-            waiters: waiters.clone(),
-            next_token: Arc::new(AtomicU64::new(1)),
             captured: Arc::new(Mutex::new(AHashMap::new())),
         };
-        // The direct-get inbox serves mailbox reads only: no subscription without them.
-        let inbox_sub = if durable.is_some() {
-            Some(client.subscribe(format!("{inbox}.*")).await)
-        } else {
-            None
-        };
-        match inbox_sub {
-            None => {}
-            Some(Ok(mut sub)) => {
-                tokio::spawn(async move {
-                    while let Some(msg) = sub.next().await {
-                        let token = msg
-                            .subject
-                            .rsplit('.')
-                            .next()
-                            .and_then(|t| t.parse::<u64>().ok());
-                        let Some(token) = token else { continue };
-                        let tx = waiters.lock().ok().and_then(|w| w.get(&token).cloned());
-                        if let Some(tx) = tx {
-                            let _ = tx.send(msg);
-                        }
-                    }
-                });
-            }
-            Some(Err(err)) => {
-                tracing::error!(%err, "cannot subscribe the JetStream reply inbox")
-            }
-        }
         if durable.is_some() {
             let m = &js.stats.mailbox;
             m.enabled.store(1, Ordering::Relaxed);
@@ -370,8 +376,6 @@ impl JetStream {
                 .store(c.max_msgs_per_device, Ordering::Relaxed);
             m.limit_max_bytes.store(c.max_bytes, Ordering::Relaxed);
             m.limit_replicas.store(c.replicas as i64, Ordering::Relaxed);
-            let keeper = js.clone();
-            tokio::spawn(async move { keeper.keep_stream().await });
         }
         js
     }
@@ -386,16 +390,21 @@ impl JetStream {
             .mailbox
             .api_in_flight
             .fetch_add(1, Ordering::Relaxed);
-        let answer =
-            tokio::time::timeout(self.config.api_timeout, self.client.request(subject, body)).await;
+        let answer = self
+            .transport
+            .request(subject, body, self.config.api_timeout)
+            .await;
         self.stats
             .mailbox
             .api_in_flight
             .fetch_sub(1, Ordering::Relaxed);
         let msg = match answer {
-            Err(_) => return Err("JetStream did not answer in time".into()),
-            Ok(Err(err)) => return Err(format!("JetStream request: {err}")),
-            Ok(Ok(msg)) => msg,
+            Err(CallError::Timeout) => return Err("JetStream did not answer in time".into()),
+            Err(CallError::NoResponders) => {
+                return Err("JetStream request: no responders (is JetStream enabled?)".into())
+            }
+            Err(CallError::Failed(why)) => return Err(format!("JetStream request: {why}")),
+            Ok(msg) => msg,
         };
         let value: serde_json::Value = serde_json::from_slice(&msg.payload)
             .map_err(|e| format!("JetStream answer is not JSON: {e}"))?;
@@ -415,7 +424,7 @@ impl JetStream {
 
     /// Creates the mailbox stream when it is missing (or updates it to tether's settings), then
     /// refreshes its state for `/metrics` forever.
-    async fn keep_stream(self) {
+    pub(crate) async fn keep_stream(self) {
         let name = self.config.stream.clone();
         let body = Bytes::from(self.config.stream_config().to_string());
         let m = &self.stats.mailbox;
@@ -451,12 +460,13 @@ impl JetStream {
                 }
             };
             m.stream_ready.store(i64::from(ready), Ordering::Relaxed);
-            tokio::time::sleep(if ready {
-                STREAM_REFRESH
-            } else {
-                Duration::from_secs(1)
-            })
-            .await;
+            self.transport
+                .sleep(if ready {
+                    STREAM_REFRESH
+                } else {
+                    Duration::from_secs(1)
+                })
+                .await;
         }
     }
 
@@ -506,66 +516,54 @@ impl JetStream {
     }
 
     async fn next(&self, device: &str, from: u64) -> Result<Option<StoredMessage>, String> {
-        let _reply = self
-            .reply_budget
-            .acquire()
-            .await
-            .map_err(|_| "JetStream door closed".to_owned())?;
         let _permit = self
             .permits
             .acquire()
             .await
             .map_err(|_| "JetStream door closed".to_owned())?;
-        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        if let Ok(mut w) = self.waiters.lock() {
-            w.insert(token, tx);
-        }
-        let _guard = WaiterGuard {
-            waiters: &self.waiters,
-            token,
-        };
         let request = serde_json::json!({
             "seq": from,
             "next_by_subj": subject::mailbox_filter(device),
         });
         let m = &self.stats.mailbox;
         m.api_in_flight.fetch_add(1, Ordering::Relaxed);
-        let outcome = tokio::time::timeout(self.config.api_timeout, async {
-            self.client
-                .publish_with_reply(
-                    format!("$JS.API.DIRECT.GET.{}", self.config.stream),
-                    format!("{}.{token}", self.inbox),
-                    Bytes::from(request.to_string()),
-                )
-                .await
-                .map_err(|e| format!("direct get publish: {e}"))?;
-            let msg = rx.recv().await.ok_or("the reply inbox closed")?;
-            match msg.status.map(|s| s.as_u16()) {
-                None => {}
-                // Nothing of the device at or after `from` (yet, on this replica).
-                Some(404) => return Ok(None),
-                Some(code) => {
-                    return Err(format!(
-                        "direct get answered {code} {}",
-                        msg.description.as_deref().unwrap_or("")
-                    ))
-                }
-            }
-            let seq = header(&msg, "Nats-Sequence")
-                .and_then(|s| s.parse().ok())
-                .ok_or("direct get message without Nats-Sequence")?;
-            if seq < from {
-                return Err(format!("direct get for {from} returned {seq}"));
-            }
-            Ok(Some(StoredMessage {
-                seq,
-                payload: msg.payload,
-            }))
-        })
-        .await;
+        let answer = self
+            .transport
+            .request(
+                format!("$JS.API.DIRECT.GET.{}", self.config.stream),
+                Bytes::from(request.to_string()),
+                self.config.api_timeout,
+            )
+            .await;
         m.api_in_flight.fetch_sub(1, Ordering::Relaxed);
-        outcome.unwrap_or_else(|_| Err("direct get did not finish in time".into()))
+        let msg = match answer {
+            Ok(msg) => msg,
+            Err(CallError::Timeout) => return Err("direct get did not finish in time".into()),
+            Err(CallError::NoResponders) => return Err("direct get: no responders".into()),
+            Err(CallError::Failed(why)) => return Err(format!("direct get: {why}")),
+        };
+        match msg.status {
+            None => {}
+            // Nothing of the device at or after `from` (yet, on this replica).
+            Some(404) => return Ok(None),
+            Some(code) => {
+                return Err(format!(
+                    "direct get answered {code} {}",
+                    msg.description.as_deref().unwrap_or("")
+                ))
+            }
+        }
+        let seq = msg
+            .header("Nats-Sequence")
+            .and_then(|s| s.parse().ok())
+            .ok_or("direct get message without Nats-Sequence")?;
+        if seq < from {
+            return Err(format!("direct get for {from} returned {seq}"));
+        }
+        Ok(Some(StoredMessage {
+            seq,
+            payload: msg.payload,
+        }))
     }
 
     /// Removes acknowledged messages from the stream, each by its sequence
@@ -600,7 +598,9 @@ impl JetStream {
         let mut last = String::new();
         for attempt in 0..REMOVE_ATTEMPTS {
             if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
+                self.transport
+                    .sleep(Duration::from_millis(250 << attempt))
+                    .await;
             }
             match self.api(subject.clone(), body.clone()).await {
                 Ok(v) => match Self::api_error(&v) {
@@ -626,7 +626,7 @@ impl JetStream {
         payload: Bytes,
     ) -> Result<Option<u64>, String> {
         if !self.is_captured(&subject).await? {
-            self.client
+            self.transport
                 .publish(subject, payload)
                 .await
                 .map_err(|e| format!("publish: {e}"))?;
@@ -669,20 +669,23 @@ impl JetStream {
             .acquire()
             .await
             .map_err(|_| "JetStream door closed".to_owned())?;
-        let answer = tokio::time::timeout(
-            self.config.api_timeout,
-            self.client.request("$JS.API.STREAM.NAMES", body),
-        )
-        .await;
+        let answer = self
+            .transport
+            .request(
+                "$JS.API.STREAM.NAMES".to_owned(),
+                body,
+                self.config.api_timeout,
+            )
+            .await;
         let captured = match answer {
-            Err(_) => {
+            Err(CallError::Timeout) => {
                 return Err(
                     "JetStream did not say in time whether a stream captures the service".into(),
                 )
             }
-            Ok(Err(err)) if err.kind() == async_nats::RequestErrorKind::NoResponders => false,
-            Ok(Err(err)) => return Err(format!("JetStream request: {err}")),
-            Ok(Ok(msg)) => serde_json::from_slice::<serde_json::Value>(&msg.payload)
+            Err(CallError::NoResponders) => false,
+            Err(CallError::Failed(why)) => return Err(format!("JetStream request: {why}")),
+            Ok(msg) => serde_json::from_slice::<serde_json::Value>(&msg.payload)
                 .ok()
                 .and_then(|v| {
                     v.get("streams")
@@ -698,19 +701,6 @@ impl JetStream {
             cache.insert(subject.to_owned(), (captured, Instant::now()));
         }
         Ok(captured)
-    }
-}
-
-struct WaiterGuard<'a> {
-    waiters: &'a Waiters,
-    token: u64,
-}
-
-impl Drop for WaiterGuard<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut w) = self.waiters.lock() {
-            w.remove(&self.token);
-        }
     }
 }
 

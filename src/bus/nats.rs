@@ -23,7 +23,7 @@
 //! times a random 0.5–1.0), and async-nats re-sends every live subscription after a reconnect,
 //! so all interest is restored. State and drops are counted in [`BusStats`].
 
-use super::jetstream::{self, DurableConfig, JetStream};
+use super::jetstream::{self, CallError, DurableConfig, JetStream, Reply, Transport};
 use super::{
     Backlog, BusConfig, BusError, BusMessage, BusStats, Ctrl, DurableEvent, Lanes, Link, NatsAuth,
     RequestError, ShardBus,
@@ -415,7 +415,13 @@ fn block_termination_signals() {
 /// decimal text `"<seq> <previous>"`: the one thing a shard needs from it.
 fn forward(msg: async_nats::Message) -> BusMessage {
     let payload = if msg.subject.starts_with("tether.mboxn.") {
-        match jetstream::announced(&msg) {
+        let header = |name: &str| {
+            msg.headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str())
+        };
+        match jetstream::announced(header) {
             Some((seq, previous)) => Bytes::from(format!("{seq} {previous}")),
             None => msg.payload,
         }
@@ -513,13 +519,11 @@ async fn bridge_main(
             return;
         }
     };
-    let js = JetStream::start(
-        client.clone(),
-        durable,
-        stats.clone(),
-        SUBSCRIPTION_CAPACITY,
-    )
-    .await;
+    let keep_stream = durable.is_some();
+    let js = JetStream::new(AsyncNats(client.clone()), durable, stats.clone());
+    if keep_stream {
+        tokio::spawn(js.clone().keep_stream());
+    }
     let mut subs = subscribe_inboxes(&client, &node, &tx, &stats).await;
     let mut barriers = Barriers::new(subject::barrier(&node));
     let mut probes = match client.subscribe(barriers.subject.clone()).await {
@@ -681,7 +685,7 @@ async fn publish(client: &async_nats::Client, msg: BusMessage, stats: &BusStats)
 )]
 async fn handle_command(
     client: &async_nats::Client,
-    js: &JetStream,
+    js: &JetStream<AsyncNats>,
     cmd: Command,
     tx: &ShardTx,
     subs: &mut AHashMap<(usize, String), tokio::task::JoinHandle<()>>,
@@ -791,6 +795,55 @@ async fn handle_command(
                 let _ = reply.send_async(result).await;
             });
         }
+    }
+}
+
+/// The JetStream calls' [`Transport`] on the bridge's async-nats client (its request muxer hands
+/// each answer to the request that asked).
+#[derive(Clone)]
+pub(crate) struct AsyncNats(async_nats::Client);
+
+impl Transport for AsyncNats {
+    async fn request(
+        &self,
+        subject: String,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Reply, CallError> {
+        match tokio::time::timeout(timeout, self.0.request(subject, payload)).await {
+            Err(_) => Err(CallError::Timeout),
+            Ok(Ok(msg)) => Ok(Reply {
+                status: msg.status.map(|s| s.as_u16()),
+                description: msg.description,
+                headers: msg
+                    .headers
+                    .iter()
+                    .flat_map(|h| h.iter())
+                    .flat_map(|(name, values)| {
+                        values
+                            .iter()
+                            .map(move |v| (name.to_string(), v.as_str().to_owned()))
+                    })
+                    .collect(),
+                payload: msg.payload,
+            }),
+            Ok(Err(err)) => Err(match err.kind() {
+                async_nats::RequestErrorKind::TimedOut => CallError::Timeout,
+                async_nats::RequestErrorKind::NoResponders => CallError::NoResponders,
+                _ => CallError::Failed(err.to_string()),
+            }),
+        }
+    }
+
+    async fn publish(&self, subject: String, payload: Bytes) -> Result<(), String> {
+        self.0
+            .publish(subject, payload)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn sleep(&self, duration: Duration) {
+        tokio::time::sleep(duration).await;
     }
 }
 
