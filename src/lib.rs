@@ -11,6 +11,7 @@ pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod device;
+mod few;
 pub mod proto;
 pub mod server;
 pub mod ws;

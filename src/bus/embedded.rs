@@ -1,8 +1,10 @@
 //! The embedded bus: the node's shards route among themselves, no NATS needed.
 //!
-//! Each shard holds a replica of the node's interest table (exact subject -> interested
-//! shards). An interest change is applied locally and sent to every other shard on the control
-//! mesh; a barrier is acknowledged by every other shard after it applied everything sent before
+//! Each shard holds a replica of the node's interest tables: device id -> interested shards
+//! (one entry covers the four subjects addressed to a device, [`subject::device_all`]: the
+//! table has one entry per device, not four), and exact subject -> interested shards for
+//! everything else (topics). An interest change is applied locally and sent to every other
+//! shard on the control mesh; a barrier is acknowledged by every other shard after it applied everything sent before
 //! it (a mesh channel is FIFO per sender), which is how a new session knows it is routable. A
 //! publish looks up the local replica and sends the message over the data mesh to each
 //! interested shard (including its own). Inbox subjects of this node
@@ -13,6 +15,7 @@ use super::{
     Backlog, BusConfig, BusError, BusEvent, BusMessage, BusStats, Ctrl, Lanes, Link, ShardBus,
     ToShard,
 };
+use crate::few::{Few, Removed};
 use crate::proto::subject;
 use ahash::AHashMap;
 use std::collections::VecDeque;
@@ -23,8 +26,11 @@ use tether_shards::MeshSendError;
 pub(crate) struct EmbeddedLink {
     shard: usize,
     node: Arc<str>,
-    /// subject -> interested shards (small, unsorted, no duplicates).
-    table: AHashMap<String, Vec<u16>>,
+    /// exact subject -> interested shards (unsorted, no duplicates); never a device subject.
+    table: AHashMap<Box<str>, Few<u16>>,
+    /// device id -> shards with a session of it (unsorted, no duplicates): where the device's
+    /// subjects ([`subject::device_all`]) are routed.
+    devices: AHashMap<Box<str>, Few<u16>>,
     /// One ordered backlog of control messages per destination shard.
     backlog: Vec<Backlog<Ctrl>>,
     /// token -> acknowledgements still expected.
@@ -49,6 +55,7 @@ pub(crate) fn build(config: &BusConfig, stats: Arc<BusStats>) -> Vec<ShardBus> {
                 shard,
                 node: node.clone(),
                 table: AHashMap::new(),
+                devices: AHashMap::new(),
                 backlog: (0..n).map(|_| Backlog::new()).collect(),
                 barriers: AHashMap::new(),
             }),
@@ -59,22 +66,25 @@ pub(crate) fn build(config: &BusConfig, stats: Arc<BusStats>) -> Vec<ShardBus> {
         .collect()
 }
 
-impl EmbeddedLink {
-    fn apply(&mut self, subject: &str, shard: usize, add: bool) {
-        let shard = shard as u16;
-        if add {
-            let set = self.table.entry(subject.to_owned()).or_default();
-            if !set.contains(&shard) {
-                set.push(shard);
-            }
-        } else if let Some(set) = self.table.get_mut(subject) {
-            set.retain(|s| *s != shard);
-            if set.is_empty() {
-                self.table.remove(subject);
+/// Adds (`add`) or removes `shard` in the set of `key`; an emptied set leaves the table.
+fn apply(table: &mut AHashMap<Box<str>, Few<u16>>, key: &str, shard: usize, add: bool) {
+    let shard = u16::try_from(shard).expect("shard indexes fit u16 (checked by build)");
+    if add {
+        match table.get_mut(key) {
+            Some(set) if !set.contains(shard) => set.push(shard),
+            Some(_) => {}
+            None => {
+                table.insert(key.into(), Few::new(shard));
             }
         }
+    } else if let Some(set) = table.get_mut(key) {
+        if set.remove(shard) == Removed::Last {
+            table.remove(key);
+        }
     }
+}
 
+impl EmbeddedLink {
     pub(crate) fn interest(
         &mut self,
         lanes: &Lanes,
@@ -82,11 +92,43 @@ impl EmbeddedLink {
         add: bool,
         stats: &BusStats,
     ) -> Result<(), BusError> {
-        self.apply(subject, self.shard, add);
+        debug_assert!(
+            !is_device_routed(subject),
+            "device subjects are declared with device_interest: {subject}"
+        );
+        self.declare(lanes, subject, false, add, stats)
+    }
+
+    /// Declares (`add`) or withdraws this shard's interest in every subject of `device`.
+    pub(crate) fn device_interest(
+        &mut self,
+        lanes: &Lanes,
+        device: &str,
+        add: bool,
+        stats: &BusStats,
+    ) -> Result<(), BusError> {
+        self.declare(lanes, device, true, add, stats)
+    }
+
+    fn declare(
+        &mut self,
+        lanes: &Lanes,
+        key: &str,
+        device: bool,
+        add: bool,
+        stats: &BusStats,
+    ) -> Result<(), BusError> {
+        let table = if device {
+            &mut self.devices
+        } else {
+            &mut self.table
+        };
+        apply(table, key, self.shard, add);
         for to in 0..lanes.ctrl.shards() {
             if to != self.shard {
                 let msg = Ctrl::Interest {
-                    subject: subject.to_owned(),
+                    key: key.into(),
+                    device,
                     shard: self.shard,
                     add,
                 };
@@ -133,11 +175,17 @@ impl EmbeddedLink {
     ) -> Option<BusEvent> {
         match ctrl {
             Ctrl::Interest {
-                subject,
+                key,
+                device,
                 shard,
                 add,
             } => {
-                self.apply(&subject, shard, add);
+                let table = if device {
+                    &mut self.devices
+                } else {
+                    &mut self.table
+                };
+                apply(table, &key, shard, add);
                 None
             }
             Ctrl::Barrier { from, token } => {
@@ -186,12 +234,18 @@ impl EmbeddedLink {
                 }
             };
         }
-        let Some(shards) = self.table.get(&msg.subject) else {
+        let shards = match subject::parse(&msg.subject) {
+            subject::Parsed::Device(device)
+            | subject::Parsed::Request(device)
+            | subject::Parsed::Presence(device) => self.devices.get(device),
+            _ => self.table.get(msg.subject.as_str()),
+        };
+        let Some(shards) = shards else {
             return Ok(0);
         };
         let mut sent = 0usize;
         let mut dropped = 0usize;
-        for &to in shards {
+        for to in shards.iter() {
             match lanes.data.try_send_to(usize::from(to), msg.clone()) {
                 Ok(()) => sent += 1,
                 Err(MeshSendError::Full(_)) => dropped += 1,
@@ -214,6 +268,14 @@ impl EmbeddedLink {
             backlog.flush(&ToShard(&lanes.ctrl, to));
         }
     }
+}
+
+/// True for the subjects routed by the device table: [`subject::device_all`] of some device.
+fn is_device_routed(subject: &str) -> bool {
+    matches!(
+        subject::parse(subject),
+        subject::Parsed::Device(_) | subject::Parsed::Request(_) | subject::Parsed::Presence(_)
+    )
 }
 
 #[cfg(test)]
@@ -259,7 +321,7 @@ mod tests {
     #[test]
     fn routes_by_interest_across_shards_after_barrier() {
         let (mut buses, _node) = start(&config(3, 16)).unwrap();
-        buses[1].subscribe("tether.dev.b").unwrap();
+        buses[1].subscribe_device("b").unwrap();
         buses[1].barrier(7);
         let events = pump(&mut buses);
         assert!(events
@@ -271,6 +333,13 @@ mod tests {
         buses[2]
             .publish("tether.dev.nobody", None, Bytes::from_static(b"x"))
             .unwrap();
+        // One device entry routes all four of the device's subjects, and nothing else.
+        for other in ["tether.peer.b", "tether.req.b", "tether.presence.b"] {
+            buses[2].publish(other, None, Bytes::new()).unwrap();
+        }
+        for not_routed in ["tether.mboxn.b", "tether.topic.b", "tether.dev.bb"] {
+            buses[2].publish(not_routed, None, Bytes::new()).unwrap();
+        }
         let events = pump(&mut buses);
         let msgs: Vec<_> = events
             .iter()
@@ -279,17 +348,68 @@ mod tests {
                 _ => None,
             })
             .collect();
+        // Sorted: shard 1 drains two senders' lanes (0 and 2) in no fixed order.
+        let mut msgs = msgs;
+        msgs.sort();
         assert_eq!(
             msgs,
-            vec![(1, "tether.dev.b".to_string(), Bytes::from_static(b"hi"))]
+            vec![
+                (1, "tether.dev.b".to_string(), Bytes::from_static(b"hi")),
+                (1, "tether.peer.b".to_string(), Bytes::new()),
+                (1, "tether.presence.b".to_string(), Bytes::new()),
+                (1, "tether.req.b".to_string(), Bytes::new()),
+            ]
         );
+        // Every shard's replica holds one entry for the device, none for its subjects.
+        for bus in &buses {
+            let super::super::Link::Embedded(l) = &bus.link else {
+                panic!()
+            };
+            assert_eq!(l.devices.len(), 1);
+            assert!(l.table.is_empty());
+        }
         // Interest withdrawn: nothing arrives any more.
-        buses[1].unsubscribe("tether.dev.b");
+        buses[1].unsubscribe_device("b");
         pump(&mut buses);
         buses[0]
             .publish("tether.dev.b", None, Bytes::from_static(b"late"))
             .unwrap();
         assert!(pump(&mut buses).is_empty());
+    }
+
+    /// Each shard's replica holds one entry per device (its id and the shards holding it, one
+    /// inline) and one per topic: 32-byte slots (see `Few`), fixed here so they cannot regrow.
+    #[test]
+    fn interest_table_slots_stay_small() {
+        use crate::few::Few;
+        assert_eq!(std::mem::size_of::<(Box<str>, Few<u16>)>(), 32);
+        let (mut buses, _node) = start(&config(2, 64)).unwrap();
+        buses[0].subscribe_device("a").unwrap();
+        buses[1].subscribe_device("a").unwrap();
+        pump(&mut buses);
+        for bus in &buses {
+            let super::super::Link::Embedded(l) = &bus.link else {
+                panic!()
+            };
+            let shards: Vec<u16> = l.devices["a"].iter().collect();
+            assert!(shards.contains(&0) && shards.contains(&1) && shards.len() == 2);
+        }
+        buses[0].unsubscribe_device("a");
+        pump(&mut buses);
+        for bus in &buses {
+            let super::super::Link::Embedded(l) = &bus.link else {
+                panic!()
+            };
+            assert_eq!(l.devices["a"].iter().collect::<Vec<_>>(), vec![1]);
+        }
+        buses[1].unsubscribe_device("a");
+        pump(&mut buses);
+        for bus in &buses {
+            let super::super::Link::Embedded(l) = &bus.link else {
+                panic!()
+            };
+            assert!(l.devices.is_empty());
+        }
     }
 
     #[test]

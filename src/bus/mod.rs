@@ -340,9 +340,11 @@ pub fn start_with(config: &BusConfig, auth: &NatsAuth) -> Result<(Vec<ShardBus>,
 /// Internal control messages between a shard and the rest of the bus.
 #[derive(Debug)]
 pub(crate) enum Ctrl {
-    /// Embedded: shard `shard` gained (`add`) or lost interest in `subject`.
+    /// Embedded: shard `shard` gained (`add`) or lost interest in `key`: an exact subject, or
+    /// with `device` every subject of that device id.
     Interest {
-        subject: String,
+        key: Box<str>,
+        device: bool,
         shard: usize,
         add: bool,
     },
@@ -487,8 +489,9 @@ impl ShardBus {
         &self.stats
     }
 
-    /// Declares this shard's interest in `subject` (exact subject). The caller refcounts: call
-    /// once per shard and subject.
+    /// Declares this shard's interest in `subject` (exact subject; a device's own subjects are
+    /// declared with [`ShardBus::subscribe_device`]). The caller refcounts: call once per shard
+    /// and subject.
     pub fn subscribe(&mut self, subject: &str) -> Result<(), BusError> {
         self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
         match &mut self.link {
@@ -501,31 +504,25 @@ impl ShardBus {
     /// and presence subjects), and in nothing else. On NATS this is one wildcard subscription
     /// `tether.*.<device>` (each async-nats subscription costs a few KiB, so one instead of
     /// three per device) whose other matches are filtered out before they reach the shard; on
-    /// the embedded bus, the three exact subjects. Refcounted by the caller like
-    /// [`ShardBus::subscribe`].
+    /// the embedded bus, one entry for the device id in every shard's device table, which
+    /// routes all four subjects. Refcounted by the caller like [`ShardBus::subscribe`].
     pub fn subscribe_device(&mut self, device: &str) -> Result<(), BusError> {
+        self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
         match &mut self.link {
             Link::Nats(l) => {
-                self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
                 l.subscribe(&subject::device_wildcard(device), Some(device), &self.stats)
             }
-            Link::Embedded(_) => {
-                for subj in subject::device_all(device) {
-                    self.subscribe(&subj)?;
-                }
-                Ok(())
-            }
+            Link::Embedded(l) => l.device_interest(&self.lanes, device, true, &self.stats),
         }
     }
 
     /// Withdraws what [`ShardBus::subscribe_device`] declared.
     pub fn unsubscribe_device(&mut self, device: &str) {
-        match &self.link {
+        match &mut self.link {
             Link::Nats(_) => self.unsubscribe(&subject::device_wildcard(device)),
-            Link::Embedded(_) => {
-                for subj in subject::device_all(device) {
-                    self.unsubscribe(&subj);
-                }
+            Link::Embedded(l) => {
+                self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
+                let _ = l.device_interest(&self.lanes, device, false, &self.stats);
             }
         }
     }

@@ -16,6 +16,7 @@
 //! the `at` of events and heartbeats.
 
 use super::mailbox::{self, Mailbox, MailboxLimits};
+use crate::few::{Few, Removed};
 use crate::auth::{AuthError, Claims};
 use crate::bus::{BusError, BusEvent, BusMessage, DurableEvent, ShardBus};
 use crate::proto::{self, subject, AckRef, ClientOp, Delivery, ErrorCode, EventKind, NotDelivered};
@@ -354,15 +355,21 @@ struct Session<O> {
     topics: Vec<String>,
     pending_acks: usize,
     /// rid -> (reply subject, deadline ms)
-    requests: AHashMap<u64, (String, u64)>,
+    requests: TokenMap<(String, u64)>,
     /// ack_id -> (receipt subject, deadline ms): delivered, waiting for the device's `ack`.
-    unacked: AHashMap<u64, (String, u64)>,
+    unacked: TokenMap<(String, u64)>,
     ready: bool,
     /// The `last_seq` the device presented (0: none).
     last_seq: u64,
-    /// Durable delivery state, from `hello` on (NATS with `--durable`).
-    mailbox: Option<Mailbox>,
+    /// Durable delivery state, from `hello` on (NATS with `--durable`); boxed, so that a
+    /// session without one pays 8 bytes for it.
+    mailbox: Option<Box<Mailbox>>,
 }
+
+/// A map keyed by numbers the hub hands out itself (request ids, delivery tokens): nobody can
+/// choose keys that collide, so the hasher needs no per-map random state, and an empty map
+/// is 32 bytes instead of `AHashMap`'s 64 (two of them in every session).
+type TokenMap<V> = std::collections::HashMap<u64, V, std::hash::BuildHasherDefault<ahash::AHasher>>;
 
 enum Waiting {
     Hello(ConnId),
@@ -392,9 +399,11 @@ pub struct Hub<O: Outlet> {
     inbox_prefix: String,
     limits: HubLimits,
     stats: Arc<DeviceStats>,
-    sessions: AHashMap<ConnId, Session<O>>,
-    /// device id -> local sessions
-    devices: AHashMap<String, Vec<ConnId>>,
+    /// Boxed: the table's slots stay 16 bytes, and its spare capacity (up to half of it after
+    /// a growth) costs slots, not whole sessions.
+    sessions: AHashMap<ConnId, Box<Session<O>>>,
+    /// device id -> local sessions, oldest first
+    devices: AHashMap<Box<str>, Few<ConnId>>,
     /// topic -> local subscribed sessions
     topics: AHashMap<String, Vec<ConnId>>,
     /// token -> (what waits, deadline ms, when the barrier started)
@@ -565,30 +574,36 @@ impl<O: Outlet> Hub<O> {
         now_ms: u64,
     ) {
         bump(&self.stats.sessions_opened_total);
-        let device = claims.sub.clone();
         if let Some(at) = self.expiry_of(&claims) {
             self.expiries.insert((at, conn));
         }
-        let first = {
-            let list = self.devices.entry(device.clone()).or_default();
-            list.push(conn);
-            list.len() == 1
+        let device = claims.sub.as_str();
+        let first = match self.devices.get_mut(device) {
+            Some(list) => {
+                list.push(conn);
+                false
+            }
+            None => {
+                self.devices.insert(device.into(), Few::new(conn));
+                true
+            }
         };
+        let device_interest = first.then(|| claims.clone());
         self.sessions.insert(
             conn,
-            Session {
+            Box::new(Session {
                 out,
                 claims,
                 topics: Vec::new(),
                 pending_acks: 0,
-                requests: AHashMap::new(),
-                unacked: AHashMap::new(),
+                requests: TokenMap::default(),
+                unacked: TokenMap::default(),
                 ready: false,
                 last_seq: last_seq.unwrap_or(0),
                 mailbox: None,
-            },
+            }),
         );
-        if first && self.bus.subscribe_device(&device).is_err() {
+        if device_interest.is_some_and(|c| self.bus.subscribe_device(&c.sub).is_err()) {
             self.fail_session(conn, "bus unavailable");
             return;
         }
@@ -633,10 +648,9 @@ impl<O: Outlet> Hub<O> {
         if session.ready {
             self.publish_event(EventKind::Disconnect(code), device, conn);
         }
-        if let Some(list) = self.devices.get_mut(device) {
-            list.retain(|c| *c != conn);
-            if list.is_empty() {
-                self.devices.remove(device);
+        if let Some(list) = self.devices.get_mut(device.as_str()) {
+            if list.remove(conn) == Removed::Last {
+                self.devices.remove(device.as_str());
                 self.bus.unsubscribe_device(device);
             }
         }
@@ -1233,7 +1247,7 @@ impl<O: Outlet> Hub<O> {
         let mut actions = Vec::new();
         let mut m = Mailbox::new(limits, s.last_seq);
         m.start(&mut actions);
-        s.mailbox = Some(m);
+        s.mailbox = Some(Box::new(m));
         let _ = now_ms;
         self.mailbox_actions(conn, actions, None);
     }
@@ -1292,8 +1306,8 @@ impl<O: Outlet> Hub<O> {
             },
             Err(_) => return bump(&self.stats.bad_bus_payloads_total),
         };
-        for conn in conns {
-            if let Some(s) = self.sessions.get(conn) {
+        for conn in conns.iter() {
+            if let Some(s) = self.sessions.get(&conn) {
                 if s.out.send_text(&text) {
                     bump(&self.stats.deliveries_total);
                     observe_delivery(&self.stats, self.shard, delay_us);
@@ -1313,7 +1327,7 @@ impl<O: Outlet> Hub<O> {
         now_ms: u64,
         delay_us: Option<u64>,
     ) {
-        let Some(conns) = self.devices.get(device).cloned() else {
+        let Some(conns) = self.devices.get(device).map(Few::to_vec) else {
             return;
         };
         let mut delivered = 0usize;
@@ -1367,8 +1381,8 @@ impl<O: Outlet> Hub<O> {
             Ok(encoded) => encoded.text,
             Err(_) => return bump(&self.stats.bad_bus_payloads_total),
         };
-        for conn in conns {
-            if let Some(s) = self.sessions.get(conn) {
+        for conn in conns.iter() {
+            if let Some(s) = self.sessions.get(&conn) {
                 if s.out.send_text(&text) {
                     bump(&self.stats.deliveries_total);
                     observe_delivery(&self.stats, self.shard, delay_us);
@@ -1405,7 +1419,7 @@ impl<O: Outlet> Hub<O> {
         else {
             return bump(&self.stats.bad_bus_payloads_total);
         };
-        let Some(conns) = self.devices.get(device).cloned() else {
+        let Some(conns) = self.devices.get(device).map(Few::to_vec) else {
             return;
         };
         for conn in conns {
@@ -1451,7 +1465,7 @@ impl<O: Outlet> Hub<O> {
         now_ms: u64,
         delay_us: Option<u64>,
     ) {
-        let Some(conns) = self.devices.get(device).cloned() else {
+        let Some(conns) = self.devices.get(device).map(Few::to_vec) else {
             return;
         };
         let now_unix_ms = (self.wall_clock)();
@@ -1701,6 +1715,32 @@ mod tests {
         WALL_MS.with(|w| w.set(ms));
     }
 
+    /// The per-device budget (issue 15: a device session in <= 2 KiB of RSS, `/echo`'s
+    /// ~1,450 B plus the session's own): what each idle session adds to the hub's tables,
+    /// fixed here so that it cannot silently regrow. A slot of a table costs its size times
+    /// up to 2 (spare capacity after a growth); the `Box<Session>` its size, once.
+    #[test]
+    fn a_session_s_structures_stay_within_their_budget() {
+        use crate::server::conn::ConnHandle;
+        use std::mem::size_of;
+        // sessions: ConnId -> Box<Session>: 16-byte slots, and the session itself.
+        assert_eq!(size_of::<(ConnId, Box<Session<ConnHandle>>)>(), 16);
+        assert!(
+            size_of::<Session<ConnHandle>>() <= 136,
+            "Session is {} bytes",
+            size_of::<Session<ConnHandle>>()
+        );
+        // The two per-session maps are empty (no allocation) and carry no hasher state.
+        assert_eq!(size_of::<TokenMap<(String, u64)>>(), 32);
+        // The mailbox is boxed: 8 bytes unless durable delivery is on.
+        assert_eq!(size_of::<Option<Box<Mailbox>>>(), 8);
+        // devices: device id -> its sessions here, one inline.
+        assert_eq!(size_of::<(Box<str>, Few<ConnId>)>(), 32);
+        // expiries: 16 bytes per session in the B-tree.
+        assert_eq!(size_of::<(u64, ConnId)>(), 16);
+        // The claims, shared by the endpoint's session and the hub (one `Rc`).
+        assert!(size_of::<Claims>() <= 136, "Claims is {} bytes", size_of::<Claims>());
+    }
     #[test]
     fn send_with_ack_is_delivered_only_once_a_receiver_acks() {
         let mut h = hubs(2);
@@ -1895,3 +1935,4 @@ mod tests {
         );
     }
 }
+

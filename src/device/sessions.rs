@@ -10,11 +10,11 @@
 //! queues of this node. The count is per node: a device can hold the cap on each node it
 //! reaches.
 
-use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use crate::few::{Few, Removed};
 use ahash::AHashMap;
 
 /// Connection id (the server's node-unique id).
@@ -31,7 +31,7 @@ pub const REPLACED_CLOSE_REASON: &str = "replaced: too many sessions of this dev
 #[derive(Debug)]
 pub struct DeviceSessions {
     max: usize,
-    open: Mutex<AHashMap<Box<str>, VecDeque<ConnId>>>,
+    open: Mutex<AHashMap<Box<str>, Few<ConnId>>>,
     replaced: AtomicU64,
 }
 
@@ -54,11 +54,11 @@ impl DeviceSessions {
     /// device is over the cap (its oldest).
     pub fn open(&self, device: &str, conn: ConnId) -> Option<ConnId> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let list = match open.get_mut(device) {
-            Some(list) => list,
-            None => open.entry(device.into()).or_default(),
+        let Some(list) = open.get_mut(device) else {
+            open.insert(device.into(), Few::new(conn));
+            return None;
         };
-        list.push_back(conn);
+        list.push(conn);
         if list.len() > self.max {
             self.replaced.fetch_add(1, Ordering::Relaxed);
             list.pop_front()
@@ -71,8 +71,7 @@ impl DeviceSessions {
     pub fn close(&self, device: &str, conn: ConnId) {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(list) = open.get_mut(device) {
-            list.retain(|&c| c != conn);
-            if list.is_empty() {
+            if list.remove(conn) == Removed::Last {
                 open.remove(device);
             }
         }
@@ -93,7 +92,7 @@ impl DeviceSessions {
     /// Sessions of `device` on this node.
     pub fn count(&self, device: &str) -> usize {
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        open.get(device).map_or(0, VecDeque::len)
+        open.get(device).map_or(0, Few::len)
     }
 }
 
