@@ -16,9 +16,9 @@
 //! the `at` of events and heartbeats.
 
 use super::mailbox::{self, Mailbox, MailboxLimits};
-use crate::few::{Few, Removed};
 use crate::auth::{AuthError, Claims};
 use crate::bus::{BusError, BusEvent, BusMessage, DurableEvent, ShardBus};
+use crate::few::{Few, Removed};
 use crate::proto::{self, subject, AckRef, ClientOp, Delivery, ErrorCode, EventKind, NotDelivered};
 use crate::server::metrics::{render_histogram, Histogram};
 use ahash::AHashMap;
@@ -1381,8 +1381,8 @@ impl<O: Outlet> Hub<O> {
             Ok(encoded) => encoded.text,
             Err(_) => return bump(&self.stats.bad_bus_payloads_total),
         };
-        for conn in conns.iter() {
-            if let Some(s) = self.sessions.get(&conn) {
+        for conn in conns {
+            if let Some(s) = self.sessions.get(conn) {
                 if s.out.send_text(&text) {
                     bump(&self.stats.deliveries_total);
                     observe_delivery(&self.stats, self.shard, delay_us);
@@ -1739,7 +1739,11 @@ mod tests {
         // expiries: 16 bytes per session in the B-tree.
         assert_eq!(size_of::<(u64, ConnId)>(), 16);
         // The claims, shared by the endpoint's session and the hub (one `Rc`).
-        assert!(size_of::<Claims>() <= 136, "Claims is {} bytes", size_of::<Claims>());
+        assert!(
+            size_of::<Claims>() <= 136,
+            "Claims is {} bytes",
+            size_of::<Claims>()
+        );
     }
     #[test]
     fn send_with_ack_is_delivered_only_once_a_receiver_acks() {
@@ -1935,4 +1939,3 @@ mod tests {
         );
     }
 }
-
