@@ -12,6 +12,7 @@ pub mod bus;
 pub mod config;
 pub mod device;
 mod few;
+pub mod nats;
 pub mod proto;
 pub mod server;
 pub mod ws;

@@ -6,12 +6,11 @@
 //! counters ([`stats`]) exactly. The tether workloads' backend publisher is [`backend`]. The
 //! WebSocket protocol is the project's sans-IO core in the
 //! client role (`tether::ws`); devices speak tether's protocol, or NATS over WebSocket to
-//! nats-server's own listener ([`nats_proto`], `--protocol nats`). See `docs/loadgen.md`.
+//! nats-server's own listener ([`tether::nats::proto`], `--protocol nats`). See `docs/loadgen.md`.
 
 pub mod backend;
 pub mod cli;
 pub mod coordinator;
-pub mod nats_proto;
 pub mod plan;
 pub mod preflight;
 pub mod scenario;

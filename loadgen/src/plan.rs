@@ -215,7 +215,7 @@ pub enum Protocol {
     #[default]
     Tether,
     /// A NATS client over WebSocket (nats-server's `websocket` listener): `CONNECT`, then
-    /// `SUB dev.<device>`; the `d2d` workload publishes to `dev.<partner>` (`nats_proto`).
+    /// `SUB dev.<device>`; the `d2d` workload publishes to `dev.<partner>` (`tether::nats::proto`).
     Nats,
 }
 

@@ -1,7 +1,7 @@
 //! A device as a NATS client over WebSocket (`--protocol nats`), for nats-server's own
 //! `websocket` listener: the peer users would pick to expose NATS to devices directly. The
 //! WebSocket layer is the worker's (`tether::ws::Context`, client role, binary frames); the
-//! NATS operations are [`crate::nats_proto`]; this module is the device's side of the
+//! NATS operations are [`tether::nats::proto`]; this module is the device's side of the
 //! conversation.
 //!
 //! On the server's first `INFO` the device sends `CONNECT` (with `--device-token` as
@@ -20,8 +20,8 @@
 use tether::ws::{encode_frame, OpCode, Role};
 
 use super::{on_probe, TetherSession, Worker};
-use crate::nats_proto::{self, ServerOp};
 use crate::plan::MSG_HEADER_BYTES;
+use tether::nats::proto::{self as nats_proto, ServerOp};
 
 /// The sid of the device's one subscription.
 const SID: u64 = 1;
@@ -115,7 +115,13 @@ fn handle(
                 if info.max_payload.is_some_and(|max| max < size) {
                     return Err("nats_max_payload_below_msg_size".into());
                 }
-                nats_proto::encode_connect(&mut reply, w.plan.device_token.as_deref());
+                nats_proto::encode_connect(
+                    &mut reply,
+                    &nats_proto::Connect {
+                        auth_token: w.plan.device_token.as_deref(),
+                        ..nats_proto::Connect::default()
+                    },
+                );
                 nats_proto::encode_sub(&mut reply, &subject(w, global), SID);
                 nats_proto::encode_ping(&mut reply);
             }
@@ -157,6 +163,6 @@ pub(super) fn publish(w: &Worker, out: &mut Vec<u8>, to: u64, seq: u64, sent_ns:
     payload[0..8].copy_from_slice(&seq.to_le_bytes());
     payload[8..16].copy_from_slice(&sent_ns.to_le_bytes());
     let mut op = Vec::with_capacity(payload.len() + 64);
-    nats_proto::encode_pub(&mut op, &subject(w, to), &payload);
+    nats_proto::encode_pub(&mut op, &subject(w, to), None, &payload);
     encode_frame(out, Role::Client, OpCode::Binary, true, &op);
 }
