@@ -8,91 +8,16 @@
 mod messaging_support;
 mod server_support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use messaging_support::{Nats, Scratch};
+
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use server_support::{openssl, Client, Got, Server};
 use tether::auth::{mint_hs256, Claims};
 
 const SECRET: &str = "secured-nats-test-secret-0123456789";
-
-/// A nats-server started with a config file; killed on drop.
-struct Nats {
-    child: Child,
-    port: u16,
-}
-
-impl Nats {
-    /// Starts `nats-server -c` with `conf` (which gets `listen` prepended) in `dir`.
-    fn start(dir: &Path, conf: &str) -> Nats {
-        for _ in 0..5 {
-            let port = messaging_support::free_port();
-            let path = dir.join("nats.conf");
-            std::fs::write(&path, format!("listen: \"127.0.0.1:{port}\"\n{conf}\n")).unwrap();
-            let mut child = Command::new(messaging_support::nats_server_binary())
-                .arg("-c")
-                .arg(&path)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn nats-server");
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Nats { child, port };
-                }
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("nats-server exited {status}; config:\n{conf}");
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("nats-server did not start");
-    }
-
-    fn url(&self, scheme: &str) -> String {
-        format!("{scheme}://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A scratch directory, removed at the end.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("tether-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn file(&self, name: &str, text: &str) -> String {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).unwrap();
-        path.to_string_lossy().into_owned()
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.0.join(name).to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn node(nats_url: &str, extra: &[&str]) -> Server {
     let mut args = vec!["--shards", "1", "--jwt-secret", SECRET, "--nats", nats_url];
@@ -187,77 +112,12 @@ fn start_with_env(url: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
     Server::start_with_env(&args, env)
 }
 
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// A NATS JWT (v2, `ed25519-nkey`) with `claims`, issued by `issuer` for `subject`.
-fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
-    let header = b64(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
-    let claims = serde_json::json!({
-        "jti": format!("{:016x}{:016x}", rand_u64(), rand_u64()).to_uppercase(),
-        "iat": tether::auth::now_secs(),
-        "iss": issuer.public_key(),
-        "name": name,
-        "sub": subject,
-        "nats": nats,
-    });
-    let payload = b64(claims.to_string().as_bytes());
-    let signing_input = format!("{header}.{payload}");
-    let signature = issuer.sign(signing_input.as_bytes()).unwrap();
-    format!("{signing_input}.{}", b64(&signature))
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
-    h.finish()
-}
-
 #[test]
 fn creds_file_in_operator_mode() {
     let dir = Scratch::new("nats-creds");
-    let operator = nkeys::KeyPair::new_operator();
-    let account = nkeys::KeyPair::new_account();
-    let user = nkeys::KeyPair::new_user();
-    let operator_jwt = nats_jwt(
-        &operator,
-        &operator.public_key(),
-        "test-operator",
-        serde_json::json!({"type": "operator", "version": 2}),
-    );
-    let unlimited = serde_json::json!({"subs": -1, "data": -1, "payload": -1, "imports": -1,
-        "exports": -1, "wildcards": true, "conn": -1, "leaf": -1});
-    let account_jwt = nats_jwt(
-        &operator,
-        &account.public_key(),
-        "fleet",
-        serde_json::json!({"type": "account", "version": 2, "limits": unlimited}),
-    );
-    let user_jwt = nats_jwt(
-        &account,
-        &user.public_key(),
-        "node",
-        serde_json::json!({"type": "user", "version": 2, "pub": {}, "sub": {},
-            "subs": -1, "data": -1, "payload": -1}),
-    );
-    let creds = dir.file(
-        "node.creds",
-        &format!(
-            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
-             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
-            user.seed().unwrap()
-        ),
-    );
-    let nats = Nats::start(
-        &dir.0,
-        &format!(
-            "operator: \"{operator_jwt}\"\nresolver: MEMORY\n\
-             resolver_preload: {{ {}: \"{account_jwt}\" }}",
-            account.public_key()
-        ),
-    );
+    let (conf, creds) = messaging_support::operator_mode();
+    let creds = dir.file("node.creds", &creds);
+    let nats = Nats::start(&dir.0, &conf);
     let n = node(&nats.url("nats"), &["--nats-creds-file", &creds]);
     assert_hello(&n, "tv-creds");
 }

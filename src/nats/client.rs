@@ -495,10 +495,12 @@ impl Client {
                     };
                     return Ok((Some(Event::Msg(msg)), at));
                 }
-                ServerOp::Pong => match self.pings.pop_front() {
-                    Some((n, false)) => return Ok((Some(Event::Pong(n)), at)),
-                    Some((_, true)) | None => {}
-                },
+                ServerOp::Pong => {
+                    // A keep-alive's PONG, or one nobody waits for, makes no event.
+                    if let Some((n, false)) = self.pings.pop_front() {
+                        return Ok((Some(Event::Pong(n)), at));
+                    }
+                }
                 ServerOp::Ping => proto::encode_pong(&mut self.out),
                 ServerOp::Err(text) => {
                     let text = std::str::from_utf8(text).unwrap_or("(not UTF-8)");
