@@ -17,8 +17,7 @@ use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-use tether::bus::{NatsAuth, RequestError};
-use tether::nats::{ConnectConfig, Connection, Event, Sid};
+use tether::nats::{ConnectConfig, Connection, Event, NatsAuth, RequestError, Sid};
 
 /// What the callback saw, owned.
 #[derive(Clone, Debug, PartialEq, Eq)]

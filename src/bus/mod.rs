@@ -36,7 +36,6 @@ use crate::proto::subject;
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -159,6 +158,16 @@ pub enum RequestError {
     Unavailable(String),
 }
 
+impl From<crate::nats::RequestError> for RequestError {
+    fn from(e: crate::nats::RequestError) -> RequestError {
+        match e {
+            crate::nats::RequestError::Timeout => RequestError::Timeout,
+            crate::nats::RequestError::NoResponders => RequestError::NoResponders,
+            crate::nats::RequestError::Unavailable(why) => RequestError::Unavailable(why),
+        }
+    }
+}
+
 /// Counters and gauges of the bus, shared by the shards and the bridge; rendered in `/metrics`.
 #[derive(Debug, Default)]
 pub struct BusStats {
@@ -255,25 +264,7 @@ pub struct BusConfig {
     pub durable: Option<jetstream::DurableConfig>,
 }
 
-/// How the node logs in to NATS and protects the connection (`docs/operations.md`, "Security").
-/// At most one of user and password, token, NKey seed and `.creds` file; TLS with any of them.
-#[derive(Clone, Debug, Default)]
-pub struct NatsAuth {
-    /// User and password.
-    pub user_password: Option<(String, String)>,
-    /// Authentication token.
-    pub token: Option<String>,
-    /// File holding an NKey user seed (`SU...`).
-    pub nkey_seed_file: Option<PathBuf>,
-    /// A `.creds` file (user JWT and NKey seed, as `nsc` writes it).
-    pub creds_file: Option<PathBuf>,
-    /// PEM file of the certificate authorities that signed the server's certificate.
-    pub tls_ca: Option<PathBuf>,
-    /// PEM client certificate and its key, for servers that verify clients.
-    pub tls_client: Option<(PathBuf, PathBuf)>,
-    /// TLS before any NATS protocol (servers with `handshake_first`).
-    pub tls_first: bool,
-}
+pub use crate::nats::NatsAuth;
 
 /// The node-level handle of the bus: statistics and the bridge thread's lifecycle.
 pub struct BusNode {

@@ -241,12 +241,7 @@ impl BridgeHandle {
     }
 }
 
-/// Reconnect delay: 100 ms doubling per attempt up to 5 s, times a random factor in [0.5, 1).
-pub fn reconnect_delay(attempts: usize) -> Duration {
-    let base_ms = 100u64.saturating_mul(1u64 << attempts.min(6)).min(5_000);
-    let factor = 0.5 + rand::random::<f64>() * 0.5;
-    Duration::from_millis((base_ms as f64 * factor) as u64)
-}
+use crate::nats::reconnect_delay;
 
 /// The bridge's senders into each shard's two lanes (the meshes' senders, see [`Lanes`]).
 struct ShardTx {

@@ -3,7 +3,7 @@
 //! [`Connection::spawn`] checks the configuration (URLs, credential and certificate files) and
 //! starts the task; it connects in the background and keeps trying forever: each attempt takes
 //! the next URL of the configured ones and of those the servers announced (`INFO`
-//! `connect_urls`), and failed attempts wait `bus::nats::reconnect_delay` (100 ms doubling to
+//! `connect_urls`), and failed attempts wait [`super::reconnect_delay`] (100 ms doubling to
 //! 5 s, times a random 0.5–1.0). An attempt is TCP, TLS first when `tls_first`, the server's
 //! `INFO`, TLS when either side wants it, then `CONNECT` and a `PING` whose `PONG` says the
 //! login was accepted (a `-ERR` says why not) within `connect_timeout`.
@@ -23,10 +23,9 @@
 use super::client::{
     Client, ClientError, ClientOptions, Event, Login, Msg, PublishError, ServerInfo, Sid,
 };
+use super::options::{reconnect_delay, NatsAuth, RequestError};
 use super::proto::{self, Headers, ServerOp, CONTROL_LINE_BYTES_MAX};
 use super::tls::{self, Stream};
-use crate::bus::nats::reconnect_delay;
-use crate::bus::{NatsAuth, RequestError};
 use ahash::AHashMap;
 use bytes::Bytes;
 use futures_lite::future::{self, poll_fn};

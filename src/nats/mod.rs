@@ -14,11 +14,15 @@
 //!   per wake-up, parses what arrives in place and hands each event to the shard's callback
 //!   synchronously, and answers `request()`s through one wildcard inbox subscription.
 //!
+//! Also here, as the bus shares them: [`NatsAuth`] (the login and TLS settings),
+//! [`reconnect_delay`] (the backoff) and [`RequestError`].
+//!
 //! Nothing here crosses a thread: a subscription is one entry in the client's table, not a
 //! task or a channel, and a message is handed to the callback as a slice of the read buffer.
 
 mod client;
 mod conn;
+mod options;
 pub mod proto;
 mod tls;
 
@@ -26,3 +30,4 @@ pub use client::{
     Client, ClientError, ClientOptions, Event, Login, Msg, PublishError, ServerInfo, Sid,
 };
 pub use conn::{ConnStats, ConnectConfig, ConnectError, Connection, OwnedMsg};
+pub use options::{reconnect_delay, NatsAuth, RequestError};

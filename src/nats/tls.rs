@@ -3,8 +3,8 @@
 //! The server side (`crate::server::tls`) drives rustls' unbuffered API to keep no buffers per
 //! idle device connection; here there is one connection per shard, so the buffered
 //! `ClientConnection` is used as it is, its plaintext limits bounding what it holds
-//! ([`TLS_BUFFER_BYTES_MAX`]). Certificates are read with the server's PEM reader
-//! (`crate::server::tls::read_certs`).
+//! ([`TLS_BUFFER_BYTES_MAX`]). Nothing of `crate::server` is used: this module sits below the
+//! bus, which sits beside the server (`docs/architecture.md`, "Floors").
 
 use std::io::{self, Read as _, Write as _};
 use std::path::Path;
@@ -14,7 +14,7 @@ use std::task::{ready, Context, Poll};
 
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
-use rustls::pki_types::{pem::PemObject, PrivateKeyDer, ServerName};
+use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore};
 
 /// Most plaintext rustls holds not yet encrypted, and most ciphertext read and not yet
@@ -30,8 +30,7 @@ pub(super) fn client_config(
     let mut roots = RootCertStore::empty();
     match ca {
         Some(ca) => {
-            let certs =
-                crate::server::tls::read_certs(ca).map_err(|e| format!("nats_tls_ca: {e}"))?;
+            let certs = read_certs("nats_tls_ca", ca)?;
             for cert in certs {
                 roots
                     .add(cert)
@@ -52,8 +51,7 @@ pub(super) fn client_config(
         .with_root_certificates(roots);
     let config = match client {
         Some((cert, key)) => {
-            let chain =
-                crate::server::tls::read_certs(cert).map_err(|e| format!("nats_tls_cert: {e}"))?;
+            let chain = read_certs("nats_tls_cert", cert)?;
             let key = PrivateKeyDer::from_pem_file(key)
                 .map_err(|e| format!("nats_tls_key {}: {e}", key.display()))?;
             builder
@@ -63,6 +61,17 @@ pub(super) fn client_config(
         None => builder.with_no_client_auth(),
     };
     Ok(Arc::new(config))
+}
+
+/// The certificates of a PEM file (at least one), or why not, naming `setting`.
+fn read_certs(setting: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|e| format!("{setting} {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{setting} {}: no PEM certificate", path.display()));
+    }
+    Ok(certs)
 }
 
 /// What the connection reads and writes.

@@ -333,7 +333,7 @@ fn build_config(
     Ok(Arc::new(config))
 }
 
-pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let err = |reason: String| TlsError::Cert {
         path: path.to_path_buf(),
         reason,
