@@ -440,6 +440,55 @@ fn two_urls_the_first_dead() {
     });
 }
 
+/// A cluster of two: configured with the first server only, the client learns the second from
+/// `INFO` `connect_urls` and moves there when the first dies, its subscriptions with it.
+#[test]
+fn learns_the_cluster_and_fails_over_to_an_announced_server() {
+    let (dir_a, dir_b) = (Scratch::new("nats-client-a"), Scratch::new("nats-client-b"));
+    let (route_a, route_b) = (free_port(), free_port());
+    let cluster = |me: u16, other: u16| {
+        format!(
+            "cluster {{ name: \"t\"\nlisten: \"127.0.0.1:{me}\"\nroutes: [\"nats-route://127.0.0.1:{other}\"] }}"
+        )
+    };
+    let a = Nats::start(&dir_a.0, &cluster(route_a, route_b));
+    let b = Nats::start(&dir_b.0, &cluster(route_b, route_a));
+    let url_a = a.url("nats");
+    let port_b = b.port;
+    let (kill_tx, kill_rx) = std::sync::mpsc::channel::<()>();
+    let killer = std::thread::spawn(move || {
+        kill_rx.recv().unwrap();
+        drop(a);
+    });
+    on_executor(move || async move {
+        let (conn, log) = connected(config(vec![url_a])).await;
+        let sid = conn.subscribe("fail.over").unwrap();
+        barrier(&conn, &log).await;
+        until(Duration::from_secs(15), "server B announced", &log, || {
+            conn.stats().announced_servers >= 1
+        })
+        .await;
+        kill_tx.send(()).unwrap();
+        until(Duration::from_secs(15), "the reconnect to B", &log, || {
+            has(&log, &Seen::Connected { reconnect: true })
+        })
+        .await;
+        barrier(&conn, &log).await;
+        let mut raw = Raw::connect(port_b);
+        raw.publish("fail.over", "on-b");
+        until(
+            Duration::from_secs(5),
+            "the message through B",
+            &log,
+            || payloads(&log, sid) == ["on-b"],
+        )
+        .await;
+        conn.close(Duration::from_secs(1)).await;
+    });
+    killer.join().unwrap();
+    drop(b);
+}
+
 /// Connects with `auth` to a server started with `conf` and returns the counters once a login
 /// was accepted (and a round trip made) or the first attempt failed.
 fn login(dir: &Scratch, conf: &str, scheme: &str, auth: NatsAuth) -> tether::nats::ConnStats {

@@ -207,7 +207,9 @@ pub struct Client {
     options: ClientOptions,
     subs: BTreeMap<u64, Box<str>>,
     next_sid: u64,
+    /// Queued bytes: `out[out_at..]` (what is before was written).
     out: Vec<u8>,
+    out_at: usize,
     /// Markers not answered yet, in order; `true`: the driver's keep-alive (no event).
     pings: VecDeque<(u64, bool)>,
     /// How many of `pings` (from the front) were written on a connection that broke.
@@ -229,6 +231,7 @@ impl Client {
             subs: BTreeMap::new(),
             next_sid: 1,
             out: Vec::new(),
+            out_at: 0,
             pings: VecDeque::new(),
             pings_to_resend: 0,
             next_ping: 0,
@@ -272,20 +275,27 @@ impl Client {
 
     /// Bytes queued for the socket.
     pub fn output(&self) -> &[u8] {
-        &self.out
+        &self.out[self.out_at..]
     }
 
     /// The first `n` queued bytes were written.
     pub fn consume_output(&mut self, n: usize) {
-        assert!(n <= self.out.len(), "consumed more than was queued");
-        if n == self.out.len() {
+        assert!(
+            n <= self.out.len() - self.out_at,
+            "consumed more than was queued"
+        );
+        self.out_at += n;
+        if self.out_at == self.out.len() {
             self.out.clear();
+            self.out_at = 0;
             // A burst may have grown the buffer far beyond the usual: give it back.
             if self.out.capacity() > 4 * self.options.outbound_bytes_max.min(1 << 20) {
                 self.out = Vec::new();
             }
-        } else {
-            self.out.drain(..n);
+        } else if self.out_at >= self.out.len() / 2 {
+            // Partial writes: move the rest to the front once half is written (amortised).
+            self.out.drain(..self.out_at);
+            self.out_at = 0;
         }
     }
 
@@ -344,7 +354,7 @@ impl Client {
         }
         // The control line is at most the subjects and three numbers.
         let op_bytes = size + subject.len() + reply.map_or(0, str::len) + 64;
-        if self.out.len() + op_bytes > self.options.outbound_bytes_max {
+        if self.output().len() + op_bytes > self.options.outbound_bytes_max {
             return Err(PublishError::Full);
         }
         if headers.is_empty() {
@@ -441,8 +451,9 @@ impl Client {
             proto::encode_ping(&mut head);
         }
         self.pings_to_resend = 0;
-        head.extend_from_slice(&self.out);
+        head.extend_from_slice(self.output());
         self.out = head;
+        self.out_at = 0;
         self.connected = true;
         std::mem::replace(&mut self.ever_connected, true)
     }
@@ -454,8 +465,9 @@ impl Client {
             return;
         }
         self.connected = false;
-        self.dropped_on_disconnect_bytes += self.out.len() as u64;
+        self.dropped_on_disconnect_bytes += self.output().len() as u64;
         self.out = Vec::new();
+        self.out_at = 0;
         // Keep-alives of a dead connection mean nothing on the next one.
         self.pings.retain(|&(_, keepalive)| !keepalive);
         self.pings_to_resend = self.pings.len();
@@ -676,6 +688,28 @@ mod tests {
             Err(PublishError::Invalid("header"))
         );
         assert!(matches!(c.subscribe(""), Err(ClientError::BadSubject(_))));
+    }
+
+    /// Partial writes: the rest stays queued, in order, whatever the cut.
+    #[test]
+    fn partial_writes_keep_the_rest_in_order() {
+        let mut c = client(1 << 16);
+        c.on_connected(&info());
+        for i in 0..10 {
+            c.publish(&format!("s.{i}"), None, &[], b"0123456789")
+                .unwrap();
+        }
+        let whole = c.output().to_vec();
+        let mut written = Vec::new();
+        for step in [1, 7, 30, 2, 100].iter().cycle() {
+            let n = (*step).min(c.output().len());
+            written.extend_from_slice(&c.output()[..n]);
+            c.consume_output(n);
+            if c.output().is_empty() {
+                break;
+            }
+        }
+        assert_eq!(written, whole);
     }
 
     #[test]

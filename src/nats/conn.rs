@@ -115,6 +115,9 @@ pub struct ConnStats {
     pub disconnects: u64,
     /// Attempts that failed before a login was accepted.
     pub failed_attempts: u64,
+    /// Servers learnt from `INFO` `connect_urls` (beside the configured ones), reconnect
+    /// candidates.
+    pub announced_servers: u64,
     /// Whether a connection is up now.
     pub connected: bool,
 }
@@ -786,6 +789,10 @@ impl Driver {
                 continue;
             };
             url.tls |= tls;
+            // Credentials given in a configured URL go to the cluster's other servers too.
+            if url.login.is_none() {
+                url.login = self.urls.iter().find_map(|u| u.login.clone());
+            }
             let known = self
                 .urls
                 .iter()
@@ -795,6 +802,8 @@ impl Driver {
                 announced.push(url);
             }
         }
+        let count = announced.len() as u64;
+        self.shared.update_stats(|s| s.announced_servers = count);
     }
 
     /// One attempt: TCP, TLS, `INFO`, `CONNECT` + `PING`, `PONG`. Returns the stream, the
