@@ -315,6 +315,81 @@ fn requests_answers_no_responders_and_timeouts() {
     });
 }
 
+/// A burst far above the socket buffers and the read buffer arrives whole and in order; what
+/// the outbound bound refuses is refused with `Full` (and can be sent again later); a message
+/// of nearly `max_payload` grows the read buffer and arrives too.
+#[test]
+fn a_burst_and_a_large_message_arrive_whole_and_in_order() {
+    let server = NatsServer::start();
+    let url = server.url();
+    on_executor(move || async move {
+        let mut cfg = config(vec![url]);
+        cfg.outbound_bytes_max = 1536 * 1024;
+        let log: Log = Rc::default();
+        let received: Rc<RefCell<(u64, u64, usize)>> = Rc::default(); // (count, next expected, big)
+        let r = received.clone();
+        let mut rec = record(&log);
+        let conn = Connection::spawn(cfg, move |event| {
+            let Event::Msg(m) = event else {
+                return rec(event);
+            };
+            let mut r = r.borrow_mut();
+            if m.subject == "big" {
+                r.2 = m.payload.len();
+                return;
+            }
+            let n: u64 = std::str::from_utf8(&m.payload[..8])
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(n, r.1, "in order, none lost");
+            r.0 += 1;
+            r.1 += 1;
+        })
+        .unwrap();
+        until(Duration::from_secs(10), "the connection", &log, || {
+            conn.is_connected()
+        })
+        .await;
+        conn.subscribe("burst").unwrap();
+        conn.subscribe("big").unwrap();
+        barrier(&conn, &log).await;
+        let total = 40_000u64;
+        let (mut sent, mut refused) = (0u64, 0u64);
+        let body = [b'.'; 120];
+        while sent < total {
+            let mut payload = format!("{sent:08}").into_bytes();
+            payload.extend_from_slice(&body);
+            match conn.publish("burst", None, &[], &payload) {
+                Ok(()) => sent += 1,
+                Err(tether::nats::PublishError::Full) => {
+                    refused += 1;
+                    glommio::executor().yield_now().await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(refused > 0, "1.5 MiB cannot hold 40,000 messages of 128 B");
+        until(Duration::from_secs(30), "the whole burst", &log, || {
+            received.borrow().0 == total
+        })
+        .await;
+        let big = vec![b'x'; 1024 * 1024 - 100];
+        conn.publish("big", None, &[], &big).unwrap();
+        until(Duration::from_secs(10), "the big message", &log, || {
+            received.borrow().2 == big.len()
+        })
+        .await;
+        let too_big = vec![b'x'; 1024 * 1024 + 1];
+        assert!(matches!(
+            conn.publish("big", None, &[], &too_big),
+            Err(tether::nats::PublishError::TooLarge { .. })
+        ));
+        assert_eq!(conn.stats().disconnects, 0);
+        conn.close(Duration::from_secs(1)).await;
+    });
+}
+
 /// The interest barrier: after `PONG`, a message another client publishes at once is ours.
 #[test]
 fn a_ping_after_sub_is_an_interest_barrier() {

@@ -188,12 +188,13 @@ pub enum PublishError {
     /// The outbound buffer holds `outbound_bytes_max` already (the caller counts the drop).
     #[error("NATS outbound buffer full")]
     Full,
-    /// Headers and payload together exceed the server's `max_payload`.
-    #[error("message of {size} bytes exceeds the server's max_payload {max}")]
+    /// Headers and payload together exceed the server's `max_payload`, or the whole operation
+    /// exceeds `outbound_bytes_max` (it would never fit).
+    #[error("message of {size} bytes exceeds the limit of {max}")]
     TooLarge {
-        /// Header block and payload.
+        /// Header block and payload (for `max_payload`), or the operation's bytes.
         size: usize,
-        /// The server's limit.
+        /// The server's `max_payload`, or `outbound_bytes_max`.
         max: usize,
     },
     /// A subject, reply subject or header that cannot go on the wire.
@@ -354,6 +355,13 @@ impl Client {
         }
         // The control line is at most the subjects and three numbers.
         let op_bytes = size + subject.len() + reply.map_or(0, str::len) + 64;
+        if op_bytes > self.options.outbound_bytes_max {
+            // It would never fit, however empty the buffer.
+            return Err(PublishError::TooLarge {
+                size: op_bytes,
+                max: self.options.outbound_bytes_max,
+            });
+        }
         if self.output().len() + op_bytes > self.options.outbound_bytes_max {
             return Err(PublishError::Full);
         }
@@ -682,6 +690,14 @@ mod tests {
         assert_eq!(
             c.publish("a b", None, &[], b""),
             Err(PublishError::Invalid("subject"))
+        );
+        assert_eq!(
+            c.publish("a", None, &[], &[0; 150]),
+            Err(PublishError::TooLarge {
+                size: 215,
+                max: 200
+            }),
+            "never fits in 200 bytes"
         );
         assert_eq!(
             c.publish("a", None, &[("K", "a\r\nb")], b""),
