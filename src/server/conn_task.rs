@@ -114,15 +114,16 @@ impl ws::Budget for ShardBudget<'_> {
 
 /// Decodes what the peer sent (`new`, after what the context held), hands each message to the
 /// session and queues the pongs owed; records whether a frame or message is incomplete (the
-/// sweeper's `message_timeout`). Growth of what the connection holds is taken from the shard's
-/// budget first; when the budget cannot cover it the connection ends with [`Exit::Limit`]
-/// (1013).
+/// sweeper's `message_timeout`, from `now_ms`, the shard clock read once for the whole read).
+/// Growth of what the connection holds is taken from the shard's budget first; when the
+/// budget cannot cover it the connection ends with [`Exit::Limit`] (1013).
 fn feed(
     ws: &mut ws::Context,
     new: &mut [u8],
     conn: &ConnHandle,
     session: &mut dyn Session,
     shard: &ShardCtx,
+    now_ms: u64,
 ) -> Option<Exit> {
     let m = &shard.metrics;
     let fed = ws.feed_within(new, &mut ShardBudget(shard), |incoming| match incoming {
@@ -139,7 +140,7 @@ fn feed(
         Ok(Some(Ended::Violation(e))) => Some(Exit::Protocol(e)),
         Err(OverBudget) => Some(over_budget(ws, shard, conn)),
     };
-    conn.set_partial(ws.is_partial(), shard.now_ms());
+    conn.set_partial(ws.is_partial(), now_ms);
     exit
 }
 
@@ -211,9 +212,10 @@ fn poll_open(
         reads += 1;
         let r = poll_read_scratch(shard, stream, cx, usize::MAX, |data| {
             metrics::add(&shard.metrics.bytes_received, data.len() as u64);
-            conn.touch(shard.now_ms());
+            let now_ms = shard.now_ms();
+            conn.touch(now_ms);
             conn.set_in_poll(true);
-            let exit = feed(ws, data, conn, session, shard);
+            let exit = feed(ws, data, conn, session, shard, now_ms);
             conn.set_in_poll(false);
             exit
         });
@@ -301,7 +303,7 @@ pub(super) async fn run(
         if first.is_empty() {
             None
         } else {
-            feed(&mut ws, &mut first, &conn, &mut *session, &shard)
+            feed(&mut ws, &mut first, &conn, &mut *session, &shard, shard.now_ms())
         }
     };
     let exit = if let Some(exit) = early {

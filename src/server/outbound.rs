@@ -112,6 +112,9 @@ impl Outbound {
                 frame_bytes,
             });
         }
+        // One allocation for the frame (an empty queue holds no capacity), not a small one for
+        // the header grown again for the payload.
+        self.data.reserve(frame_bytes);
         self.data.extend_from_slice(&hdr[..hlen]);
         self.data.extend_from_slice(payload);
         self.frame_ends.push_back(self.data.len());
