@@ -303,7 +303,14 @@ pub(super) async fn run(
         if first.is_empty() {
             None
         } else {
-            feed(&mut ws, &mut first, &conn, &mut *session, &shard, shard.now_ms())
+            feed(
+                &mut ws,
+                &mut first,
+                &conn,
+                &mut *session,
+                &shard,
+                shard.now_ms(),
+            )
         }
     };
     let exit = if let Some(exit) = early {
