@@ -160,6 +160,25 @@ impl Raw {
         }
     }
 
+    /// Reads until `needle` has arrived (5 s at most).
+    fn expect(&mut self, needle: &str) {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+            let n = match self.0.read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => r.unwrap_or_else(|e| {
+                    panic!(
+                        "{needle:?} not received: {e}; got {:?}",
+                        String::from_utf8_lossy(&got)
+                    )
+                }),
+            };
+            assert!(n > 0, "server closed");
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+
     /// Publishes, confirmed by a round trip.
     fn publish(&mut self, subject: &str, payload: &str) {
         write!(self.0, "PUB {subject} {}\r\n{payload}\r\n", payload.len()).unwrap();
@@ -388,6 +407,29 @@ fn a_burst_and_a_large_message_arrive_whole_and_in_order() {
         assert_eq!(conn.stats().disconnects, 0);
         conn.close(Duration::from_secs(1)).await;
     });
+}
+
+/// `close` writes what is queued before it closes the socket.
+#[test]
+fn close_flushes_what_is_queued() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let mut raw = Raw::connect(server.port);
+    raw.0.write_all(b"SUB last.words 1\r\n").unwrap();
+    raw.sync();
+    on_executor(move || async move {
+        let (conn, _log) = connected(config(vec![url])).await;
+        for i in 0..1000 {
+            conn.publish("last.words", None, &[], format!("m{i:04}").as_bytes())
+                .unwrap();
+        }
+        assert!(
+            conn.queued_bytes() > 0,
+            "nothing written yet: the task has not run"
+        );
+        conn.close(Duration::from_secs(5)).await;
+    });
+    raw.expect("m0999");
 }
 
 /// The interest barrier: after `PONG`, a message another client publishes at once is ours.
