@@ -29,7 +29,7 @@
 //!   captured subject is published as a JetStream publish and answered with its `seq` only once
 //!   the stream stored it.
 //!
-//! Bounds: at most [`DurableConfig::api_concurrency`] JetStream requests in flight per door (the
+//! Bounds: at most [`DurableConfig::api_concurrency`] JetStream requests in flight per shard (the
 //! rest wait for a permit), each with [`DurableConfig::api_timeout`]; a read returns at most one
 //! message; the capture cache holds at most [`CAPTURE_CACHE_MAX`] subjects.
 //!
@@ -88,7 +88,7 @@ pub struct DurableConfig {
     pub storage: Storage,
     /// Deadline of each JetStream request (default 5 s).
     pub api_timeout: Duration,
-    /// JetStream requests in flight per node (default 256).
+    /// JetStream requests in flight per shard connection (default 256).
     pub api_concurrency: usize,
 }
 
@@ -330,7 +330,7 @@ pub(crate) trait Transport: Clone + 'static {
     fn sleep(&self, duration: Duration) -> impl std::future::Future<Output = ()>;
 }
 
-/// The node's JetStream door (cheap to clone into tasks).
+/// A shard's JetStream door on its connection (cheap to clone into the shard's tasks).
 #[derive(Clone)]
 pub(crate) struct JetStream<T: Transport> {
     transport: T,

@@ -17,11 +17,12 @@
 //!   shards), updated by interest messages that every shard sends to every other on the control
 //!   mesh; a publish looks up its local replica and sends to the interested shards over the data
 //!   mesh. No shared map, no lock.
-//! - **NATS** ([`nats`], `--nats URL[,URL...]`): one bridge thread runs async-nats on a tokio
-//!   current-thread runtime. It is not a shard: shards send to it on two bounded flume channels
-//!   of its own (commands, publishes), and it feeds each shard's two lanes through the meshes'
-//!   senders ([`tether_shards::MeshEndpoint::sender`]). NATS's interest graph is the routing
-//!   table, across shards and nodes alike, so shards send nothing to each other directly.
+//! - **NATS** ([`nats`], `--nats URL[,URL...]`): every shard speaks NATS itself, over its own
+//!   connection ([`crate::nats::Connection`], a task on the shard's executor, started by
+//!   [`ShardBus::start`] on the shard). Its subscriptions are entries in the shard's own table,
+//!   and what arrives is copied once into the shard's own two lanes (a mesh of one shard).
+//!   NATS's interest graph is the routing table, across shards and nodes alike, so shards send
+//!   nothing to each other.
 //!
 //! Every queue is bounded. Data that meets a full queue is dropped and counted
 //! ([`BusStats`]); interest changes and barrier messages are never dropped: when their channel is
@@ -153,7 +154,7 @@ pub enum RequestError {
     NoResponders,
     /// Requests need NATS and this node runs the embedded bus.
     NoBackend,
-    /// The bus could not carry the request (queue full, bridge stopped, NATS error); the text
+    /// The bus could not carry the request (queue full, connection closed, NATS error); the text
     /// says which, for the log.
     Unavailable(String),
 }
@@ -168,7 +169,7 @@ impl From<crate::nats::RequestError> for RequestError {
     }
 }
 
-/// Counters and gauges of the bus, shared by the shards and the bridge; rendered in `/metrics`.
+/// Counters and gauges of the bus, shared by the shards; rendered in `/metrics`.
 #[derive(Debug, Default)]
 pub struct BusStats {
     /// `embedded` or `nats`.
@@ -181,8 +182,11 @@ pub struct BusStats {
     pub dropped_outbound_total: AtomicU64,
     /// Messages dropped because a queue towards a shard was full.
     pub dropped_inbound_total: AtomicU64,
-    /// 1 while connected to NATS (always 1 for the embedded bus).
-    pub connected: AtomicI64,
+    /// Shards whose bus is usable now: on NATS, shards whose connection is up; on the embedded
+    /// bus, every shard.
+    pub connected_shards: AtomicI64,
+    /// The node's shards (what [`BusStats::connected_shards`] reaches when all are connected).
+    pub shards: AtomicI64,
     /// `tether_bus_reconnects_total`: reconnections to NATS.
     pub reconnects_total: AtomicU64,
     /// `tether_bus_disconnects_total`: losses of the NATS connection.
@@ -196,11 +200,19 @@ pub struct BusStats {
 }
 
 impl BusStats {
-    pub(crate) fn new(kind: &'static str) -> BusStats {
-        BusStats {
+    pub(crate) fn new(kind: &'static str, shards: usize) -> BusStats {
+        let stats = BusStats {
             kind,
             ..BusStats::default()
-        }
+        };
+        stats.shards.store(shards as i64, Ordering::Relaxed);
+        stats
+    }
+
+    /// True when every shard's bus is usable (`tether_bus_connected` 1): always on the embedded
+    /// bus; on NATS, when every shard's connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.connected_shards.load(Ordering::Relaxed) >= self.shards.load(Ordering::Relaxed)
     }
 
     /// Appends the bus metrics in Prometheus text format.
@@ -210,9 +222,12 @@ impl BusStats {
         let g = |v: &AtomicI64| v.load(Ordering::Relaxed);
         let _ = write!(
             out,
-            "# HELP tether_bus_connected 1 while the bus is usable (NATS connected).\n\
+            "# HELP tether_bus_connected 1 while the bus is usable on every shard (NATS: every shard's connection up).\n\
              # TYPE tether_bus_connected gauge\n\
              tether_bus_connected{{bus=\"{kind}\"}} {}\n\
+             # HELP tether_bus_connected_shards Shards whose bus is usable (NATS: whose connection is up).\n\
+             # TYPE tether_bus_connected_shards gauge\n\
+             tether_bus_connected_shards{{bus=\"{kind}\"}} {}\n\
              # HELP tether_bus_published_total Messages handed to the bus by shards.\n\
              # TYPE tether_bus_published_total counter\n\
              tether_bus_published_total{{bus=\"{kind}\"}} {}\n\
@@ -223,10 +238,10 @@ impl BusStats {
              # TYPE tether_bus_dropped_total counter\n\
              tether_bus_dropped_total{{bus=\"{kind}\",direction=\"outbound\"}} {}\n\
              tether_bus_dropped_total{{bus=\"{kind}\",direction=\"inbound\"}} {}\n\
-             # HELP tether_bus_reconnects_total Reconnections to NATS.\n\
+             # HELP tether_bus_reconnects_total Reconnections to NATS (all shards' connections).\n\
              # TYPE tether_bus_reconnects_total counter\n\
              tether_bus_reconnects_total{{bus=\"{kind}\"}} {}\n\
-             # HELP tether_bus_disconnects_total Losses of the NATS connection.\n\
+             # HELP tether_bus_disconnects_total Losses of a NATS connection (all shards' connections).\n\
              # TYPE tether_bus_disconnects_total counter\n\
              tether_bus_disconnects_total{{bus=\"{kind}\"}} {}\n\
              # HELP tether_bus_subscriptions Subscriptions held on the bus (per shard and subject).\n\
@@ -235,7 +250,8 @@ impl BusStats {
              # HELP tether_bus_control_backlogged_total Interest changes that waited for a full channel.\n\
              # TYPE tether_bus_control_backlogged_total counter\n\
              tether_bus_control_backlogged_total{{bus=\"{kind}\"}} {}\n",
-            g(&self.connected),
+            i64::from(self.is_connected()),
+            g(&self.connected_shards),
             c(&self.published_total),
             c(&self.received_total),
             c(&self.dropped_outbound_total),
@@ -266,10 +282,9 @@ pub struct BusConfig {
 
 pub use crate::nats::NatsAuth;
 
-/// The node-level handle of the bus: statistics and the bridge thread's lifecycle.
+/// The node-level handle of the bus: its statistics.
 pub struct BusNode {
     stats: Arc<BusStats>,
-    bridge: Option<nats::BridgeHandle>,
 }
 
 impl BusNode {
@@ -277,23 +292,18 @@ impl BusNode {
     pub fn stats(&self) -> Arc<BusStats> {
         self.stats.clone()
     }
-
-    /// Stops the bridge thread (if any): flushes what is queued for at most `flush_timeout`.
-    pub fn stop(self, flush_timeout: Duration) {
-        if let Some(bridge) = self.bridge {
-            bridge.stop(flush_timeout);
-        }
-    }
 }
 
 /// Builds the bus: one [`ShardBus`] per shard (move each to its shard) and the node handle.
-/// With NATS URLs this starts the bridge thread, which connects in the background and keeps
-/// trying forever.
+/// With NATS URLs nothing connects yet: each shard starts its own connection on its shard
+/// ([`ShardBus::start`]), which connects in the background and keeps trying forever.
 pub fn start(config: &BusConfig) -> Result<(Vec<ShardBus>, BusNode), String> {
     start_with(config, &NatsAuth::default())
 }
 
-/// [`start`] with NATS credentials and TLS options (ignored by the embedded bus).
+/// [`start`] with NATS credentials and TLS options (ignored by the embedded bus). The URLs and
+/// the credential and TLS files are checked here, so that a typo stops the start with the
+/// setting's name instead of an endless reconnect loop.
 pub fn start_with(config: &BusConfig, auth: &NatsAuth) -> Result<(Vec<ShardBus>, BusNode), String> {
     if config.shards == 0 {
         return Err("the bus needs at least one shard".into());
@@ -305,26 +315,16 @@ pub fn start_with(config: &BusConfig, auth: &NatsAuth) -> Result<(Vec<ShardBus>,
         return Err("durable delivery keeps messages in NATS JetStream: give --nats too".into());
     }
     if config.nats_urls.is_empty() {
-        let stats = Arc::new(BusStats::new("embedded"));
-        stats.connected.store(1, Ordering::Relaxed);
+        let stats = Arc::new(BusStats::new("embedded", config.shards));
+        stats
+            .connected_shards
+            .store(config.shards as i64, Ordering::Relaxed);
         let links = embedded::build(config, stats.clone());
-        Ok((
-            links,
-            BusNode {
-                stats,
-                bridge: None,
-            },
-        ))
+        Ok((links, BusNode { stats }))
     } else {
-        let stats = Arc::new(BusStats::new("nats"));
-        let (links, bridge) = nats::start(config, auth, stats.clone())?;
-        Ok((
-            links,
-            BusNode {
-                stats,
-                bridge: Some(bridge),
-            },
-        ))
+        let stats = Arc::new(BusStats::new("nats", config.shards));
+        let links = nats::start(config, auth, stats.clone())?;
+        Ok((links, BusNode { stats }))
     }
 }
 
@@ -411,10 +411,39 @@ impl ShardBus {
     }
 
     /// True while the bus can carry messages now (always on the embedded bus; on NATS, while
-    /// the connection is up: what is published during an outage waits in client buffers and
-    /// may arrive much later).
+    /// this shard's connection is up: what is published during an outage waits in the
+    /// connection's bounded buffer and may arrive much later).
     pub fn is_connected(&self) -> bool {
-        self.stats.connected.load(Ordering::Relaxed) == 1
+        match &self.link {
+            Link::Nats(l) => l.is_connected(),
+            Link::Embedded(_) => true,
+        }
+    }
+
+    /// Starts this shard's side of the bus; call it on the shard, before anything else (the
+    /// device endpoint does when it builds the shard's hub). On NATS it starts the shard's
+    /// connection task on the current executor (it connects in the background and keeps trying
+    /// forever); nothing to do on the embedded bus. Operations before it start it too.
+    pub fn start(&mut self) -> Result<(), String> {
+        match &mut self.link {
+            Link::Nats(l) => l.start(),
+            Link::Embedded(_) => Ok(()),
+        }
+    }
+
+    /// Ends this shard's side of the bus after a drain: on NATS, writes what is queued (the
+    /// drain's disconnect events) for at most `flush_timeout` and closes the connection. The
+    /// future owns what it needs, so the shard may await it without borrowing the bus.
+    pub fn close(&mut self, flush_timeout: Duration) -> impl std::future::Future<Output = ()> {
+        let conn = match &mut self.link {
+            Link::Nats(l) => l.close(),
+            Link::Embedded(_) => None,
+        };
+        async move {
+            if let Some(conn) = conn {
+                conn.close(flush_timeout).await;
+            }
+        }
     }
 
     /// True when durable delivery is on (NATS with `--durable`).
@@ -493,10 +522,10 @@ impl ShardBus {
 
     /// Declares this shard's interest in everything addressed to `device` (its direct, request
     /// and presence subjects), and in nothing else. On NATS this is one wildcard subscription
-    /// `tether.*.<device>` (each async-nats subscription costs a few KiB, so one instead of
-    /// three per device) whose other matches are filtered out before they reach the shard; on
-    /// the embedded bus, one entry for the device id in every shard's device table, which
-    /// routes all four subjects. Refcounted by the caller like [`ShardBus::subscribe`].
+    /// `tether.*.<device>` (one entry in the shard's table and one interest on the server
+    /// instead of three per device) whose other matches are filtered out before they reach the
+    /// shard; on the embedded bus, one entry for the device id in every shard's device table,
+    /// which routes all four subjects. Refcounted by the caller like [`ShardBus::subscribe`].
     pub fn subscribe_device(&mut self, device: &str) -> Result<(), BusError> {
         self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
         match &mut self.link {
@@ -576,23 +605,21 @@ impl ShardBus {
     }
 
     /// Sends a request to a backend (NATS only) and returns a future for its reply; the future
-    /// owns everything it needs, so the shard may await it in any task.
+    /// owns everything it needs, so the shard may await it in any of its tasks.
     pub fn request(
         &mut self,
         subject: &str,
         payload: Bytes,
         timeout: Duration,
     ) -> impl std::future::Future<Output = Result<Bytes, RequestError>> + 'static {
-        let rx = match &mut self.link {
+        let reply = match &mut self.link {
             Link::Embedded(_) => None,
-            Link::Nats(l) => Some(l.request(subject, payload, timeout, &self.stats)),
+            Link::Nats(l) => Some(l.request(subject, payload, timeout)),
         };
         async move {
-            match rx {
+            match reply {
                 None => Err(RequestError::NoBackend),
-                Some(rx) => rx.recv_async().await.unwrap_or_else(|_| {
-                    Err(RequestError::Unavailable("the NATS bridge stopped".into()))
-                }),
+                Some(reply) => reply.await,
             }
         }
     }
@@ -627,6 +654,10 @@ impl ShardBus {
         match incoming.0 {
             Raw::Data(msg) => {
                 self.stats.received_total.fetch_add(1, Ordering::Relaxed);
+                if let Link::Nats(l) = &mut self.link {
+                    // Room for a mailbox announcement that waits for it.
+                    l.flush_backlog();
+                }
                 Some(BusEvent::Message(msg))
             }
             Raw::Ctrl(Ctrl::Ready(token)) => Some(BusEvent::Ready(token)),
@@ -706,7 +737,7 @@ pub(crate) trait Lane<T> {
     fn try_put(&self, msg: T) -> Result<(), MeshSendError<T>>;
 }
 
-/// The NATS bridge's command channel.
+/// A shard's own lane, as the NATS link feeds it.
 impl<T> Lane<T> for flume::Sender<T> {
     fn try_put(&self, msg: T) -> Result<(), MeshSendError<T>> {
         self.try_send(msg).map_err(MeshSendError::from)

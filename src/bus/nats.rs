@@ -1,108 +1,278 @@
-//! The NATS bus: one bridge thread between the shards and NATS.
+//! The NATS bus: every shard speaks NATS itself, over its own connection.
 //!
-//! The bridge thread (`tether-nats-bridge`) runs async-nats on a tokio current-thread runtime.
-//! It is not a shard (no glommio executor, no shard index), so it is no peer on the shard
-//! meshes: shards talk to it over two bounded flume channels of its own (commands: interest,
-//! barriers, requests; publishes), and it answers each shard on that shard's bounded control and
-//! data lanes, through the lanes' mesh senders.
-//! Each (shard, subject) interest is one NATS subscription served by one small tokio task that
-//! forwards its messages to the shard, so NATS itself routes between the shards of one node as
-//! between nodes.
+//! Each shard's [`NatsLink`] holds one [`Connection`] (`crate::nats`: a glommio task on the
+//! shard's own executor), started on the shard by [`NatsLink::start`] when the shard builds its
+//! hub. Nothing crosses a thread: a subscription is one entry in the shard's table
+//! (subject -> sid, and sid -> what to forward), the connection hands each message to the
+//! shard's callback as a slice of its read buffer, and the callback copies it once into the
+//! shard's bounded inbound queues (the shard's two lanes, see [`super::Lanes`]), which
+//! [`super::ShardBus::recv`] awaits. NATS's interest graph routes between the shards of one node
+//! as between nodes: shards send nothing to each other.
 //!
-//! A barrier is a round trip through the server on the bridge's own connection: the bridge
-//! publishes a probe on `tether.barrier.<node>`, which it subscribes to itself, and a barrier is
-//! complete when a probe published after it comes back. The server handles one client's
-//! protocol lines in order, so by the time it routes the probe it has registered every SUB the
-//! bridge wrote before it. (async-nats's `Client::flush` is not such a round trip: it only
-//! writes the client's buffer to the socket, so the server may not have read the SUB yet; that
-//! is why `hello` and `sub` acks used to race with pushes.) In a NATS cluster the server then
-//! forwards the interest to the other servers asynchronously (see `docs/protocol.md`,
-//! section 9).
-//!
-//! The client reconnects forever with exponential backoff and jitter (100 ms doubling to 5 s,
-//! times a random 0.5–1.0), and async-nats re-sends every live subscription after a reconnect,
-//! so all interest is restored. State and drops are counted in [`BusStats`].
+//! - **Inbound data** that finds the data lane full is dropped and counted
+//!   (`tether_bus_dropped_total{direction="inbound"}`). Mailbox announcements
+//!   (`tether.mboxn.<device>`) are not: they wait, in order, in a shard-local queue capped at
+//!   [`CONTROL_BACKLOG_MAX`] that moves into the lane as the shard reads it (beyond the cap an
+//!   announcement is dropped, counted and logged; the session's next announcement or its next
+//!   scan finds the message).
+//! - **A barrier** is a ping on the shard's own connection: the server handles one client's
+//!   lines in order, so its `PONG` comes back once every `SUB` written before the `PING` is in
+//!   effect on that server. A ping written before or during an outage completes after the
+//!   reconnect, once every live subscription has been sent again.
+//! - **Requests and receipts**: requests go through the connection's inbox; receipts for a
+//!   shard's sends with `ack` come to its inbox `tether.inbox.<node>.<shard>.*`, where a
+//!   "no responders" status becomes [`BusEvent::NoResponders`](super::BusEvent::NoResponders).
+//! - **JetStream** ([`super::jetstream`]) runs as shard-local tasks over requests on the same
+//!   connection; shard 0 keeps the mailbox stream.
+//! - **Reconnect**: forever, with the backoff of [`crate::nats::reconnect_delay`] across the
+//!   cluster's URLs; every subscription is restored by the connection itself.
 
 use super::jetstream::{self, CallError, DurableConfig, JetStream, Reply, Transport};
 use super::{
     Backlog, BusConfig, BusError, BusMessage, BusStats, Ctrl, DurableEvent, Lanes, Link, NatsAuth,
-    RequestError, ShardBus,
+    RequestError, ShardBus, CONTROL_BACKLOG_MAX,
 };
+use crate::nats::{ConnectConfig, Connection, Event, Msg, PublishError, Sid};
 use crate::proto::subject;
 use ahash::AHashMap;
 use bytes::Bytes;
-use futures::StreamExt;
+use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Most commands the bridge handles before it looks at barriers again.
-const BATCH_MAX: usize = 1024;
-/// How long the newest barrier probe may stay unanswered before another is sent: a probe
-/// written just before a disconnect is lost with the connection (async-nats re-sends
-/// subscriptions after a reconnect, not publishes already written), and the next one covers
-/// every waiting barrier. One second is far above a loopback or LAN round trip and well inside
-/// the hub's 10 s readiness timeout.
-const PROBE_RESEND: Duration = Duration::from_millis(1_000);
-/// How long a barrier may wait for a probe (during a NATS outage) before the bridge forgets
-/// it: six times the hub's 10 s readiness timeout, after which nobody waits for it any more.
-/// Keeps the barrier queue bounded by the sessions opened in one minute.
-const BARRIER_WAIT_MAX: Duration = Duration::from_secs(60);
-/// Capacity of each async-nats subscription channel (messages held per subscription before
-/// async-nats reports a slow consumer and drops).
-const SUBSCRIPTION_CAPACITY: usize = 1024;
+/// What the shard does with a message that arrives on a subscription.
+enum Forward {
+    /// Everything (an exact subject).
+    All,
+    /// The device wildcard `tether.*.<device>`: only that device's own subjects
+    /// ([`subject::is_device_subject`]); the other matches are addressed to a topic, a service
+    /// or a backend, and another subscription (or nobody) takes them.
+    Device(Box<str>),
+    /// The shard's inbox: receipts, and "no responders" as a control event.
+    Inbox,
+}
 
-/// What a shard asks of the bridge.
-#[derive(Debug)]
-pub(crate) enum Command {
-    Subscribe {
-        shard: usize,
-        subject: String,
-        /// `Some(device)` for the device wildcard: forward only that device's own subjects.
-        device: Option<String>,
-    },
-    Unsubscribe {
-        shard: usize,
-        subject: String,
-    },
-    Barrier {
-        shard: usize,
-        token: u64,
-    },
-    Request {
+/// The part of the link the connection's callback reaches (shared with the link on the shard).
+struct Inbound {
+    ctrl: flume::Sender<Ctrl>,
+    data: flume::Sender<BusMessage>,
+    /// Control events (barrier completions, durable answers, no responders) that found the
+    /// control lane full; never dropped below [`CONTROL_BACKLOG_MAX`].
+    ctrl_backlog: Backlog<Ctrl>,
+    /// Mailbox announcements that found the data lane full, in order.
+    announcements: VecDeque<BusMessage>,
+    /// sid -> what to forward.
+    forward: AHashMap<u64, Forward>,
+    /// Barriers waiting for their ping (marker, token), in ping order.
+    barriers: VecDeque<(u64, u64)>,
+    connected: bool,
+    stats: Arc<BusStats>,
+}
+
+impl Inbound {
+    fn on_event(&mut self, event: Event<'_>) {
+        match event {
+            Event::Msg(msg) => self.on_msg(&msg),
+            Event::Pong(marker) => {
+                while let Some(&(waits_for, token)) = self.barriers.front() {
+                    if waits_for > marker {
+                        break;
+                    }
+                    self.barriers.pop_front();
+                    self.control(Ctrl::Ready(token));
+                }
+            }
+            Event::Connected { reconnect } => {
+                if !self.connected {
+                    self.connected = true;
+                    self.stats.connected_shards.fetch_add(1, Ordering::Relaxed);
+                }
+                // The connection logs its own connects and losses.
+                if reconnect {
+                    self.stats.reconnects_total.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Event::Disconnected => {
+                if self.connected {
+                    self.connected = false;
+                    self.stats.connected_shards.fetch_sub(1, Ordering::Relaxed);
+                }
+                self.stats.disconnects_total.fetch_add(1, Ordering::Relaxed);
+            }
+            // Logged by the connection.
+            Event::ServerError(_) => {}
+        }
+    }
+
+    fn on_msg(&mut self, msg: &Msg<'_>) {
+        match self.forward.get(&msg.sid.0) {
+            // Unsubscribed; the message was on its way.
+            None => return,
+            Some(Forward::All) => {}
+            Some(Forward::Device(device)) => {
+                if !subject::is_device_subject(msg.subject, device) {
+                    return;
+                }
+            }
+            Some(Forward::Inbox) => {
+                if msg.is_no_responders() {
+                    self.control(Ctrl::NoResponders(msg.subject.to_owned()));
+                    return;
+                }
+            }
+        }
+        self.deliver(bus_message(msg));
+    }
+
+    /// Into the data lane; a full lane drops data (counted) and queues announcements.
+    fn deliver(&mut self, msg: BusMessage) {
+        let announcement = msg.subject.starts_with("tether.mboxn.");
+        if announcement && !self.announcements.is_empty() {
+            self.hold_announcement(msg);
+            return;
+        }
+        match self.data.try_send(msg) {
+            Ok(()) | Err(flume::TrySendError::Disconnected(_)) => {}
+            Err(flume::TrySendError::Full(msg)) if announcement => self.hold_announcement(msg),
+            Err(flume::TrySendError::Full(_)) => {
+                self.stats
+                    .dropped_inbound_total
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn hold_announcement(&mut self, msg: BusMessage) {
+        if self.announcements.len() >= CONTROL_BACKLOG_MAX {
+            self.stats
+                .dropped_inbound_total
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(subject = %msg.subject, "mailbox announcement dropped: its queue is full");
+            return;
+        }
+        self.stats
+            .control_backlogged_total
+            .fetch_add(1, Ordering::Relaxed);
+        self.announcements.push_back(msg);
+    }
+
+    fn control(&mut self, ctrl: Ctrl) {
+        if self
+            .ctrl_backlog
+            .send(&self.ctrl, ctrl, &self.stats)
+            .is_err()
+        {
+            tracing::error!("bus control backlog full: a control event was dropped");
+        }
+    }
+
+    /// Moves what waits into the lanes, as far as they have room.
+    fn flush(&mut self) {
+        self.ctrl_backlog.flush(&self.ctrl);
+        while let Some(msg) = self.announcements.pop_front() {
+            if let Err(flume::TrySendError::Full(msg)) = self.data.try_send(msg) {
+                self.announcements.push_front(msg);
+                return;
+            }
+        }
+    }
+}
+
+/// A NATS message as a shard sees it. A mailbox announcement (`tether.mboxn.<device>`, headers
+/// only) becomes its stream sequence and the previous sequence stored on the same subject, as
+/// decimal text `"<seq> <previous>"`: the one thing a shard needs from it.
+fn bus_message(msg: &Msg<'_>) -> BusMessage {
+    let header = |name: &str| msg.headers.and_then(|h| h.get(name));
+    let payload = match msg
+        .subject
+        .starts_with("tether.mboxn.")
+        .then(|| jetstream::announced(header))
+        .flatten()
+    {
+        Some((seq, previous)) => Bytes::from(format!("{seq} {previous}")),
+        None => Bytes::copy_from_slice(msg.payload),
+    };
+    let arrived_unix_us = header(super::ARRIVAL_HEADER)
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or_else(super::unix_us);
+    BusMessage {
+        subject: msg.subject.to_owned(),
+        reply: msg.reply.map(str::to_owned),
+        payload,
+        arrived_unix_us,
+    }
+}
+
+/// The JetStream calls' [`Transport`] on the shard's connection.
+#[derive(Clone)]
+pub(crate) struct ShardConn(Connection);
+
+impl Transport for ShardConn {
+    async fn request(
+        &self,
         subject: String,
         payload: Bytes,
         timeout: Duration,
-        reply: flume::Sender<Result<Bytes, RequestError>>,
-    },
-    MailboxRead {
-        shard: usize,
-        device: String,
-        from: u64,
-        token: u64,
-    },
-    MailboxAck {
-        shard: usize,
-        device: String,
-        seqs: Vec<u64>,
-        token: Option<u64>,
-    },
-    PublishUpstream {
-        shard: usize,
-        subject: String,
-        payload: Bytes,
-        token: u64,
-    },
+    ) -> Result<Reply, CallError> {
+        match self.0.request(&subject, &[], &payload, timeout).await {
+            Ok(msg) => {
+                let headers = msg.headers();
+                Ok(Reply {
+                    status: headers.and_then(|h| h.status()),
+                    description: None,
+                    headers: headers
+                        .iter()
+                        .flat_map(|h| h.iter())
+                        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                        .collect(),
+                    payload: msg.payload,
+                })
+            }
+            Err(crate::nats::RequestError::Timeout) => Err(CallError::Timeout),
+            Err(crate::nats::RequestError::NoResponders) => Err(CallError::NoResponders),
+            Err(crate::nats::RequestError::Unavailable(why)) => Err(CallError::Failed(why)),
+        }
+    }
+
+    async fn publish(&self, subject: String, payload: Bytes) -> Result<(), String> {
+        self.0
+            .publish(&subject, None, &[], &payload)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn sleep(&self, duration: Duration) {
+        glommio::timer::sleep(duration).await;
+    }
+}
+
+/// The link once started on its shard.
+struct Live {
+    conn: Connection,
+    inbound: Rc<RefCell<Inbound>>,
+    /// subject -> sid of this shard's subscriptions.
+    subjects: AHashMap<String, Sid>,
+    js: JetStream<ShardConn>,
+}
+
+/// How a shard starts its connection (moved to the shard with its [`ShardBus`]).
+struct Start {
+    connect: ConnectConfig,
+    durable: Option<DurableConfig>,
+    ctrl: flume::Sender<Ctrl>,
+    data: flume::Sender<BusMessage>,
 }
 
 pub(crate) struct NatsLink {
     shard: usize,
+    node: Arc<str>,
     durable: bool,
-    cmd_tx: flume::Sender<Command>,
-    pub_tx: flume::Sender<BusMessage>,
-    backlog: Backlog<Command>,
+    /// Until the shard starts it (boxed: only the first moments of the shard's life need it).
+    start: Option<Box<Start>>,
+    live: Option<OnShard<Live>>,
+    stats: Arc<BusStats>,
 }
 
 impl NatsLink {
@@ -110,20 +280,95 @@ impl NatsLink {
         self.durable
     }
 
+    /// Starts the shard's connection on the current (the shard's) executor: it connects in the
+    /// background and keeps trying forever. Idempotent.
+    pub(crate) fn start(&mut self) -> Result<(), String> {
+        let Some(start) = self.start.take().map(|s| *s) else {
+            return Ok(());
+        };
+        let inbound = Rc::new(RefCell::new(Inbound {
+            ctrl: start.ctrl,
+            data: start.data,
+            ctrl_backlog: Backlog::new(),
+            announcements: VecDeque::new(),
+            forward: AHashMap::new(),
+            barriers: VecDeque::new(),
+            connected: false,
+            stats: self.stats.clone(),
+        }));
+        let events = inbound.clone();
+        let conn = Connection::spawn(start.connect, move |event| {
+            events.borrow_mut().on_event(event);
+        })
+        .map_err(|e| e.to_string())?;
+        let inbox = format!("{}*", subject::inbox_prefix(&self.node, self.shard));
+        let sid = conn.subscribe(&inbox).map_err(|e| e.to_string())?;
+        inbound.borrow_mut().forward.insert(sid.0, Forward::Inbox);
+        let keep_stream = self.shard == 0 && start.durable.is_some();
+        let js = JetStream::new(ShardConn(conn.clone()), start.durable, self.stats.clone());
+        if keep_stream {
+            glommio::spawn_local(js.clone().keep_stream()).detach();
+        }
+        self.live = Some(OnShard::new(Live {
+            conn,
+            inbound,
+            subjects: AHashMap::new(),
+            js,
+        }));
+        Ok(())
+    }
+
+    fn live(&mut self) -> Result<&mut Live, BusError> {
+        if self.live.is_none() {
+            if let Err(why) = self.start() {
+                tracing::error!(%why, "NATS connection not started");
+            }
+        }
+        self.live
+            .as_mut()
+            .map(OnShard::get_mut)
+            .ok_or(BusError::Full)
+    }
+
+    /// Runs `op` on the shard and hands its outcome to the shard's control lane.
+    fn durable_task(
+        &mut self,
+        op: impl FnOnce(
+            JetStream<ShardConn>,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<DurableEvent>>>>,
+    ) -> Result<(), BusError> {
+        let live = self.live()?;
+        let inbound = live.inbound.clone();
+        let fut = op(live.js.clone());
+        glommio::spawn_local(async move {
+            if let Some(ev) = fut.await {
+                inbound.borrow_mut().control(Ctrl::Durable(ev));
+            }
+        })
+        .detach();
+        Ok(())
+    }
+
     pub(crate) fn mailbox_read(
         &mut self,
         device: &str,
         from: u64,
         token: u64,
-        stats: &BusStats,
+        _stats: &BusStats,
     ) -> Result<(), BusError> {
-        let cmd = Command::MailboxRead {
-            shard: self.shard,
-            device: device.to_owned(),
-            from,
-            token,
-        };
-        self.backlog.send(&self.cmd_tx, cmd, stats)
+        let device = device.to_owned();
+        self.durable_task(move |js| {
+            Box::pin(async move {
+                Some(match js.read(&device, from).await {
+                    Ok(message) => DurableEvent::Read { token, message },
+                    Err(reason) => {
+                        tracing::debug!(%device, %reason, "mailbox read failed");
+                        DurableEvent::ReadFailed { token, reason }
+                    }
+                })
+            })
+        })
     }
 
     pub(crate) fn mailbox_ack(
@@ -131,15 +376,18 @@ impl NatsLink {
         device: &str,
         seqs: Vec<u64>,
         token: Option<u64>,
-        stats: &BusStats,
+        _stats: &BusStats,
     ) -> Result<(), BusError> {
-        let cmd = Command::MailboxAck {
-            shard: self.shard,
-            device: device.to_owned(),
-            seqs,
-            token,
-        };
-        self.backlog.send(&self.cmd_tx, cmd, stats)
+        let device = device.to_owned();
+        self.durable_task(move |js| {
+            Box::pin(async move {
+                let result = js.remove(&seqs).await;
+                if let Err(why) = &result {
+                    tracing::warn!(%device, ?seqs, %why, "acknowledgement not applied to the mailbox stream; the device will get those messages again");
+                }
+                token.map(|token| DurableEvent::Acked { token, result })
+            })
+        })
     }
 
     pub(crate) fn publish_upstream(
@@ -147,55 +395,72 @@ impl NatsLink {
         subject: &str,
         payload: Bytes,
         token: u64,
-        stats: &BusStats,
+        _stats: &BusStats,
     ) -> Result<(), BusError> {
-        let cmd = Command::PublishUpstream {
-            shard: self.shard,
-            subject: subject.to_owned(),
-            payload,
-            token,
-        };
-        self.backlog.send(&self.cmd_tx, cmd, stats)
+        let subject = subject.to_owned();
+        self.durable_task(move |js| {
+            Box::pin(async move {
+                let result = js.publish_upstream(subject, payload).await;
+                Some(DurableEvent::Upstream { token, result })
+            })
+        })
     }
 
     pub(crate) fn subscribe(
         &mut self,
         subject: &str,
         device: Option<&str>,
-        stats: &BusStats,
+        _stats: &BusStats,
     ) -> Result<(), BusError> {
-        let cmd = Command::Subscribe {
-            shard: self.shard,
-            subject: subject.to_owned(),
-            device: device.map(str::to_owned),
-        };
-        self.backlog.send(&self.cmd_tx, cmd, stats)
+        let live = self.live()?;
+        if live.subjects.contains_key(subject) {
+            return Ok(());
+        }
+        let sid = live.conn.subscribe(subject).map_err(|err| {
+            tracing::warn!(%err, %subject, "NATS subscribe refused");
+            BusError::Full
+        })?;
+        let forward = device.map_or(Forward::All, |d| Forward::Device(d.into()));
+        live.inbound.borrow_mut().forward.insert(sid.0, forward);
+        live.subjects.insert(subject.to_owned(), sid);
+        Ok(())
     }
 
-    pub(crate) fn unsubscribe(&mut self, subject: &str, stats: &BusStats) -> Result<(), BusError> {
-        let cmd = Command::Unsubscribe {
-            shard: self.shard,
-            subject: subject.to_owned(),
-        };
-        self.backlog.send(&self.cmd_tx, cmd, stats)
+    pub(crate) fn unsubscribe(&mut self, subject: &str, _stats: &BusStats) -> Result<(), BusError> {
+        let live = self.live()?;
+        if let Some(sid) = live.subjects.remove(subject) {
+            live.conn.unsubscribe(sid);
+            live.inbound.borrow_mut().forward.remove(&sid.0);
+        }
+        Ok(())
     }
 
-    pub(crate) fn barrier(&mut self, token: u64, stats: &BusStats) -> Result<(), BusError> {
-        self.backlog.send(
-            &self.cmd_tx,
-            Command::Barrier {
-                shard: self.shard,
-                token,
-            },
-            stats,
-        )
+    pub(crate) fn barrier(&mut self, token: u64, _stats: &BusStats) -> Result<(), BusError> {
+        let live = self.live()?;
+        let mut inbound = live.inbound.borrow_mut();
+        if inbound.barriers.len() >= CONTROL_BACKLOG_MAX {
+            return Err(BusError::Full);
+        }
+        let marker = live.conn.ping();
+        inbound.barriers.push_back((marker, token));
+        Ok(())
     }
 
     pub(crate) fn publish(&mut self, msg: BusMessage, stats: &BusStats) -> Result<(), BusError> {
-        match self.pub_tx.try_send(msg) {
+        let live = self.live()?;
+        let arrived = msg.arrived_unix_us.to_string();
+        match live.conn.publish(
+            &msg.subject,
+            msg.reply.as_deref(),
+            &[(super::ARRIVAL_HEADER, &arrived)],
+            &msg.payload,
+        ) {
             Ok(()) => Ok(()),
-            Err(_) => {
+            Err(err) => {
                 stats.dropped_outbound_total.fetch_add(1, Ordering::Relaxed);
+                if !matches!(err, PublishError::Full) {
+                    tracing::debug!(%err, subject = %msg.subject, "NATS publish refused");
+                }
                 Err(BusError::Full)
             }
         }
@@ -206,762 +471,153 @@ impl NatsLink {
         subject: &str,
         payload: Bytes,
         timeout: Duration,
-        stats: &BusStats,
-    ) -> flume::Receiver<Result<Bytes, RequestError>> {
-        let (reply, rx) = flume::bounded(1);
-        let cmd = Command::Request {
-            subject: subject.to_owned(),
-            payload,
-            timeout,
-            reply: reply.clone(),
-        };
-        if self.backlog.send(&self.cmd_tx, cmd, stats).is_err() {
-            let _ = reply.try_send(Err(RequestError::Unavailable("bus queue full".into())));
+    ) -> impl std::future::Future<Output = Result<Bytes, RequestError>> + 'static {
+        let reply = self
+            .live()
+            .map(|live| live.conn.request(subject, &[], &payload, timeout));
+        async move {
+            match reply {
+                Ok(reply) => reply.await.map(|msg| msg.payload).map_err(Into::into),
+                Err(_) => Err(RequestError::Unavailable(
+                    "the NATS connection did not start".into(),
+                )),
+            }
         }
-        rx
     }
 
+    /// Moves waiting control events and announcements into the lanes.
     pub(crate) fn flush_backlog(&mut self) {
-        self.backlog.flush(&self.cmd_tx);
+        if let Some(live) = &self.live {
+            live.get().inbound.borrow_mut().flush();
+        }
+    }
+
+    /// True while this shard's connection is up.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.live
+            .as_ref()
+            .is_some_and(|l| l.get().conn.is_connected())
+    }
+
+    /// Takes the connection out of the link, for [`super::ShardBus::close`] to flush and close.
+    pub(crate) fn close(&mut self) -> Option<Connection> {
+        self.live.take().map(|live| live.into_inner().conn)
     }
 }
 
-/// The bridge thread, owned by [`super::BusNode`].
-pub(crate) struct BridgeHandle {
-    stop_tx: flume::Sender<Duration>,
-    thread: std::thread::JoinHandle<()>,
+/// A number that tells the calling thread from every other live thread: the address of a
+/// thread-local (cheaper than `std::thread::current().id()`, which clones the thread handle;
+/// [`OnShard`] checks it on every message).
+fn this_thread() -> usize {
+    thread_local! {
+        static MARK: u8 = const { 0 };
+    }
+    MARK.with(|mark| std::ptr::from_ref(mark) as usize)
 }
 
-impl BridgeHandle {
-    pub(crate) fn stop(self, flush_timeout: Duration) {
-        let _ = self.stop_tx.send(flush_timeout);
-        if self.thread.join().is_err() {
-            tracing::error!("the NATS bridge thread panicked");
+/// A value made on a shard and used only there. `Send` so that the [`ShardBus`] holding it
+/// (empty until its shard starts it) can be built on the main thread and moved to its shard;
+/// every use checks that it is on the thread that made the value.
+struct OnShard<T> {
+    /// [`this_thread`] of the thread that made it.
+    thread: usize,
+    value: std::mem::ManuallyDrop<T>,
+}
+
+// SAFETY: the value is reached only through `get`, `get_mut` and `into_inner`, and dropped only
+// in `Drop`, all of which assert (or, in `Drop`, check) that the caller runs on the thread that
+// made it (while that thread lives, no other thread has its mark); so the value is never touched
+// from two threads, whatever its own `Send`-ness. Its shard drops it (with the hub) before the
+// shard's thread ends.
+unsafe impl<T> Send for OnShard<T> {}
+
+impl<T> OnShard<T> {
+    fn new(value: T) -> OnShard<T> {
+        OnShard {
+            thread: this_thread(),
+            value: std::mem::ManuallyDrop::new(value),
+        }
+    }
+
+    fn check(&self) {
+        assert_eq!(
+            this_thread(),
+            self.thread,
+            "a shard's NATS link used off its shard"
+        );
+    }
+
+    fn get(&self) -> &T {
+        self.check();
+        &self.value
+    }
+
+    fn get_mut(&mut self) -> &mut T {
+        self.check();
+        &mut self.value
+    }
+
+    fn into_inner(self) -> T {
+        self.check();
+        let mut this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again, so the value is moved out once.
+        unsafe { std::mem::ManuallyDrop::take(&mut this.value) }
+    }
+}
+
+impl<T> Drop for OnShard<T> {
+    fn drop(&mut self) {
+        if this_thread() == self.thread {
+            // SAFETY: dropped once, here, on the thread that made it.
+            unsafe { std::mem::ManuallyDrop::drop(&mut self.value) }
+        } else {
+            // Dropping it here could race with its shard; leaking is the safe choice.
+            tracing::error!("a shard's NATS link dropped off its shard: leaked");
         }
     }
 }
 
-use crate::nats::reconnect_delay;
-
-/// The bridge's senders into each shard's two lanes (the meshes' senders, see [`Lanes`]).
-struct ShardTx {
-    ctrl: Vec<flume::Sender<Ctrl>>,
-    data: Vec<flume::Sender<BusMessage>>,
-}
-
-/// The connect options that carry `auth`: credentials and TLS. Files are read and checked here,
-/// at start, so that a typo stops the start with the setting's name instead of an endless
-/// reconnect loop.
-fn auth_options(auth: &NatsAuth) -> Result<async_nats::ConnectOptions, String> {
-    let given = [
-        auth.user_password.is_some(),
-        auth.token.is_some(),
-        auth.nkey_seed_file.is_some(),
-        auth.creds_file.is_some(),
-    ];
-    if given.iter().filter(|g| **g).count() > 1 {
-        return Err("give one NATS login: nats_user/nats_password, nats_token, \
-                    nats_nkey_seed_file or nats_creds_file"
-            .into());
-    }
-    let mut options = async_nats::ConnectOptions::new();
-    if let Some((user, password)) = &auth.user_password {
-        options = options.user_and_password(user.clone(), password.clone());
-    }
-    if let Some(token) = &auth.token {
-        options = options.token(token.clone());
-    }
-    if let Some(path) = &auth.nkey_seed_file {
-        let seed = std::fs::read_to_string(path)
-            .map_err(|e| format!("nats_nkey_seed_file {}: {e}", path.display()))?;
-        let seed = seed.trim().to_owned();
-        nkeys::KeyPair::from_seed(&seed).map_err(|e| {
-            format!(
-                "nats_nkey_seed_file {}: not an NKey seed: {e}",
-                path.display()
-            )
-        })?;
-        options = options.nkey(seed);
-    }
-    if let Some(path) = &auth.creds_file {
-        let creds = std::fs::read_to_string(path)
-            .map_err(|e| format!("nats_creds_file {}: {e}", path.display()))?;
-        options = options.credentials(&creds).map_err(|e| {
-            format!(
-                "nats_creds_file {}: not a NATS credentials file: {e}",
-                path.display()
-            )
-        })?;
-    }
-    let readable = |setting: &str, path: &PathBuf| {
-        std::fs::metadata(path)
-            .map(|_| ())
-            .map_err(|e| format!("{setting} {}: {e}", path.display()))
-    };
-    let mut tls = false;
-    if let Some(ca) = &auth.tls_ca {
-        readable("nats_tls_ca", ca)?;
-        options = options.add_root_certificates(ca.clone());
-        tls = true;
-    }
-    if let Some((cert, key)) = &auth.tls_client {
-        readable("nats_tls_cert", cert)?;
-        readable("nats_tls_key", key)?;
-        options = options.add_client_certificate(cert.clone(), key.clone());
-        tls = true;
-    }
-    if auth.tls_first {
-        options = options.tls_first();
-        tls = true;
-    }
-    Ok(options.require_tls(tls))
-}
-
+/// Builds one link per shard; nothing connects until each shard starts its own.
 pub(crate) fn start(
     config: &BusConfig,
     auth: &NatsAuth,
     stats: Arc<BusStats>,
-) -> Result<(Vec<ShardBus>, BridgeHandle), String> {
-    let options = auth_options(auth)?;
-    let mut addrs = Vec::new();
-    for url in &config.nats_urls {
-        let addr: async_nats::ServerAddr = url
-            .parse()
-            .map_err(|e| format!("--nats: {url:?} is not a NATS URL: {e}"))?;
-        addrs.push(addr);
-    }
+) -> Result<Vec<ShardBus>, String> {
     let n = config.shards;
     let node: Arc<str> = Arc::from(config.node.as_str());
-    let (cmd_tx, cmd_rx) = flume::bounded(config.queue_len);
-    let (pub_tx, pub_rx) = flume::bounded(config.queue_len);
-    let (stop_tx, stop_rx) = flume::bounded(1);
-    let lanes = Lanes::build(n, config.queue_len);
-    // The bridge feeds every shard's lanes; shards send nothing to each other on them.
-    let tx = ShardTx {
-        ctrl: (0..n).filter_map(|to| lanes[0].ctrl.sender(to)).collect(),
-        data: (0..n).filter_map(|to| lanes[0].data.sender(to)).collect(),
-    };
-    assert_eq!(tx.ctrl.len(), n, "one control sender per shard");
-    assert_eq!(tx.data.len(), n, "one data sender per shard");
-    let links = lanes
-        .into_iter()
-        .enumerate()
-        .map(|(shard, lanes)| ShardBus {
-            shard,
-            shards: n,
-            node: node.clone(),
-            link: Link::Nats(NatsLink {
-                shard,
-                durable: config.durable.is_some(),
-                cmd_tx: cmd_tx.clone(),
-                pub_tx: pub_tx.clone(),
-                backlog: Backlog::new(),
-            }),
-            lanes,
-            local: VecDeque::new(),
-            stats: stats.clone(),
-        })
-        .collect();
-    let node_name = config.node.clone();
-    let durable = config.durable.clone();
-    let thread = std::thread::Builder::new()
-        .name("tether-nats-bridge".into())
-        .spawn(move || {
-            block_termination_signals();
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(err) => {
-                    tracing::error!(%err, "cannot build the NATS bridge runtime");
-                    return;
-                }
+    let mut connect = ConnectConfig::new(config.nats_urls.clone(), String::new());
+    connect.auth = auth.clone();
+    connect.check().map_err(|e| e.to_string())?;
+    Ok((0..n)
+        .map(|shard| {
+            // One mesh per shard: the lanes are its own inbound queues.
+            let lanes = Lanes::build(1, config.queue_len)
+                .pop()
+                .expect("one lane set");
+            let mut connect = connect.clone();
+            connect.name = format!("tether node {} shard {shard}", config.node);
+            let start = Start {
+                connect,
+                durable: config.durable.clone(),
+                ctrl: lanes.ctrl.sender(0).expect("own control sender"),
+                data: lanes.data.sender(0).expect("own data sender"),
             };
-            runtime.block_on(bridge_main(
-                options, addrs, node_name, durable, tx, cmd_rx, pub_rx, stop_rx, stats,
-            ));
-        })
-        .map_err(|e| format!("cannot spawn the NATS bridge thread: {e}"))?;
-    Ok((links, BridgeHandle { stop_tx, thread }))
-}
-
-/// Keeps SIGTERM/SIGINT away from the bridge thread (and the threads its runtime spawns): the
-/// server waits for them on its own signal thread, and a signal delivered here would take the
-/// default action and kill the process without a drain.
-fn block_termination_signals() {
-    // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t and the signal numbers are valid; the old mask is not
-    // needed. pthread_sigmask only changes the calling thread's mask.
-    let rc = unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
-    };
-    if rc != 0 {
-        tracing::warn!(rc, "cannot block SIGTERM/SIGINT on the NATS bridge thread");
-    }
-}
-
-/// A NATS message as a shard sees it. A mailbox announcement (`tether.mboxn.<device>`, headers
-/// only) becomes its stream sequence and the previous sequence stored on the same subject, as
-/// decimal text `"<seq> <previous>"`: the one thing a shard needs from it.
-fn forward(msg: async_nats::Message) -> BusMessage {
-    let payload = if msg.subject.starts_with("tether.mboxn.") {
-        let header = |name: &str| {
-            msg.headers
-                .as_ref()
-                .and_then(|h| h.get(name))
-                .map(|v| v.as_str())
-        };
-        match jetstream::announced(header) {
-            Some((seq, previous)) => Bytes::from(format!("{seq} {previous}")),
-            None => msg.payload,
-        }
-    } else {
-        msg.payload
-    };
-    let arrived_unix_us = msg
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(super::ARRIVAL_HEADER))
-        .and_then(|v| v.as_str().parse::<u64>().ok())
-        .unwrap_or_else(super::unix_us);
-    BusMessage {
-        subject: msg.subject.to_string(),
-        reply: msg.reply.map(|r| r.to_string()),
-        payload,
-        arrived_unix_us,
-    }
-}
-
-/// Subscribes and spawns the task that forwards what arrives to a shard. With `device`, the
-/// subscription is that device's wildcard and only its own subjects are forwarded
-/// ([`subject::is_device_subject`]): the rest also matches the wildcard on the server but is
-/// addressed to a topic, a service or a backend, and another subscription (or nobody) takes it.
-///
-/// With `no_responders` (the shard's inbox), a "no responders" status (a publish of the shard
-/// with that reply subject reached nobody) goes to the shard's control channel as
-/// [`Ctrl::NoResponders`] instead of as an empty message.
-async fn subscribe_forwarding(
-    client: &async_nats::Client,
-    subject: String,
-    device: Option<String>,
-    to: flume::Sender<BusMessage>,
-    no_responders: Option<flume::Sender<Ctrl>>,
-    stats: Arc<BusStats>,
-) -> Option<tokio::task::JoinHandle<()>> {
-    match client.subscribe(subject.clone()).await {
-        Ok(mut sub) => Some(tokio::spawn(async move {
-            while let Some(msg) = sub.next().await {
-                if let Some(ctrl) = &no_responders {
-                    if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
-                        // The sender times out instead when its control queue is full.
-                        let _ = ctrl.try_send(Ctrl::NoResponders(msg.subject.to_string()));
-                        continue;
-                    }
-                }
-                if let Some(device) = &device {
-                    if !subject::is_device_subject(msg.subject.as_str(), device) {
-                        continue;
-                    }
-                }
-                match to.try_send(forward(msg)) {
-                    Ok(()) => {}
-                    // A mailbox announcement is a few bytes and the shard fetches by it: it
-                    // waits for room (holding back this device's subscription) instead of
-                    // being dropped, so the session does not have to scan for what it named.
-                    Err(flume::TrySendError::Full(msg))
-                        if msg.subject.starts_with("tether.mboxn.") =>
-                    {
-                        if to.send_async(msg).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(flume::TrySendError::Full(_)) => {
-                        stats.dropped_inbound_total.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(flume::TrySendError::Disconnected(_)) => return,
-                }
-            }
-        })),
-        Err(err) => {
-            tracing::warn!(%err, %subject, "NATS subscribe failed");
-            None
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn bridge_main(
-    options: async_nats::ConnectOptions,
-    addrs: Vec<async_nats::ServerAddr>,
-    node: String,
-    durable: Option<DurableConfig>,
-    tx: ShardTx,
-    cmd_rx: flume::Receiver<Command>,
-    pub_rx: flume::Receiver<BusMessage>,
-    stop_rx: flume::Receiver<Duration>,
-    stats: Arc<BusStats>,
-) {
-    let options = with_reconnects(options, &node, &stats);
-    let client = match options.connect(addrs).await {
-        Ok(client) => client,
-        Err(err) => {
-            tracing::error!(%err, "NATS connect failed");
-            return;
-        }
-    };
-    let keep_stream = durable.is_some();
-    let js = JetStream::new(AsyncNats(client.clone()), durable, stats.clone());
-    if keep_stream {
-        tokio::spawn(js.clone().keep_stream());
-    }
-    let mut subs = subscribe_inboxes(&client, &node, &tx, &stats).await;
-    let mut barriers = Barriers::new(subject::barrier(&node));
-    let mut probes = match client.subscribe(barriers.subject.clone()).await {
-        Ok(sub) => sub,
-        Err(err) => {
-            tracing::error!(%err, "cannot subscribe to the barrier subject");
-            return;
-        }
-    };
-    let flush_timeout = loop {
-        tokio::select! {
-            biased;
-            stop = stop_rx.recv_async() => break stop.unwrap_or(Duration::from_secs(1)),
-            Some(probe) = probes.next() => {
-                for (shard, token) in barriers.on_probe(&probe.payload) {
-                    let ready = Ctrl::Ready(token);
-                    if let Err(flume::TrySendError::Full(ready)) = tx.ctrl[shard].try_send(ready) {
-                        let ctrl = tx.ctrl[shard].clone();
-                        tokio::spawn(async move { ctrl.send_async(ready).await });
-                    }
-                }
-            }
-            () = tokio::time::sleep(PROBE_RESEND), if barriers.waiting() => {}
-            cmd = cmd_rx.recv_async() => {
-                let Ok(cmd) = cmd else { break Duration::from_secs(1) };
-                // The first command and up to BATCH_MAX more that are already queued.
-                let queued = std::iter::once(cmd).chain(std::iter::from_fn(|| cmd_rx.try_recv().ok()));
-                for cmd in queued.take(1 + BATCH_MAX) {
-                    handle_command(&client, &js, cmd, &tx, &mut subs, &mut barriers, &stats).await;
-                }
-            }
-            msg = pub_rx.recv_async() => {
-                let Ok(msg) = msg else { break Duration::from_secs(1) };
-                let queued = std::iter::once(msg).chain(std::iter::from_fn(|| pub_rx.try_recv().ok()));
-                for msg in queued.take(1 + BATCH_MAX) {
-                    publish(&client, msg, &stats).await;
-                }
-            }
-        }
-        if let Some(probe) = barriers.probe_due(std::time::Instant::now()) {
-            // Through the same client (and so after every SUB handed to it before).
-            if let Err(err) = client.publish(barriers.subject.clone(), probe).await {
-                tracing::warn!(%err, "barrier probe not published; retried");
-            }
-        }
-    };
-    for (_, task) in subs.drain() {
-        task.abort();
-    }
-    // What the shards queued before the stop (e.g. the disconnect events of a drain) goes out
-    // too, within the same bound.
-    let _ = tokio::time::timeout(flush_timeout, async {
-        while let Ok(msg) = pub_rx.try_recv() {
-            publish(&client, msg, &stats).await;
-        }
-        client.flush().await
-    })
-    .await;
-}
-
-/// The bridge's connection options: named after the node, reconnecting for ever with backoff,
-/// and NATS events reflected in the bus stats (connected, reconnects, disconnects, slow-consumer
-/// drops) and the log.
-fn with_reconnects(
-    options: async_nats::ConnectOptions,
-    node: &str,
-    stats: &Arc<BusStats>,
-) -> async_nats::ConnectOptions {
-    let events_stats = stats.clone();
-    let connected_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    options
-        .name(format!("tether node {node}"))
-        .retry_on_initial_connect()
-        .max_reconnects(None::<usize>)
-        .reconnect_delay_callback(reconnect_delay)
-        .subscription_capacity(SUBSCRIPTION_CAPACITY)
-        .event_callback(move |event| {
-            let stats = events_stats.clone();
-            let connected_once = connected_once.clone();
-            async move {
-                match event {
-                    async_nats::Event::Connected => {
-                        stats.connected.store(1, Ordering::Relaxed);
-                        if connected_once.swap(true, Ordering::Relaxed) {
-                            stats.reconnects_total.fetch_add(1, Ordering::Relaxed);
-                            tracing::info!("NATS reconnected; subscriptions restored");
-                        } else {
-                            tracing::info!("NATS connected");
-                        }
-                    }
-                    async_nats::Event::Disconnected => {
-                        stats.connected.store(0, Ordering::Relaxed);
-                        stats.disconnects_total.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!("NATS disconnected; reconnecting with backoff");
-                    }
-                    async_nats::Event::SlowConsumer(_) => {
-                        stats.dropped_inbound_total.fetch_add(1, Ordering::Relaxed);
-                    }
-                    other => tracing::info!(event = %other, "NATS event"),
-                }
+            ShardBus {
+                shard,
+                shards: n,
+                node: node.clone(),
+                link: Link::Nats(NatsLink {
+                    shard,
+                    node: node.clone(),
+                    durable: config.durable.is_some(),
+                    start: Some(Box::new(start)),
+                    live: None,
+                    stats: stats.clone(),
+                }),
+                lanes,
+                local: VecDeque::new(),
+                stats: stats.clone(),
             }
         })
-}
-
-/// Subscribes each shard's inbox (`tether.inbox.<node>.<shard>.*`: receipts for its sends
-/// with `ack`), forwarded to that shard; returns the subscriptions by (shard, subject).
-async fn subscribe_inboxes(
-    client: &async_nats::Client,
-    node: &str,
-    tx: &ShardTx,
-    stats: &Arc<BusStats>,
-) -> AHashMap<(usize, String), tokio::task::JoinHandle<()>> {
-    let mut subs: AHashMap<(usize, String), tokio::task::JoinHandle<()>> = AHashMap::new();
-    for (shard, data) in tx.data.iter().enumerate() {
-        let inbox = format!("{}*", subject::inbox_prefix(node, shard));
-        if let Some(task) = subscribe_forwarding(
-            client,
-            inbox.clone(),
-            None,
-            data.clone(),
-            Some(tx.ctrl[shard].clone()),
-            stats.clone(),
-        )
-        .await
-        {
-            subs.insert((shard, inbox), task);
-        }
-    }
-    subs
-}
-
-async fn publish(client: &async_nats::Client, msg: BusMessage, stats: &BusStats) {
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(
-        super::ARRIVAL_HEADER,
-        msg.arrived_unix_us.to_string().as_str(),
-    );
-    let result = match msg.reply {
-        Some(reply) => {
-            client
-                .publish_with_reply_and_headers(msg.subject, reply, headers, msg.payload)
-                .await
-        }
-        None => {
-            client
-                .publish_with_headers(msg.subject, headers, msg.payload)
-                .await
-        }
-    };
-    if let Err(err) = result {
-        stats.dropped_outbound_total.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(%err, "NATS publish failed");
-    }
-}
-
-#[expect(
-    clippy::too_many_lines,
-    reason = "one match arm per operation, in protocol order: a dispatcher reads best whole"
-)]
-async fn handle_command(
-    client: &async_nats::Client,
-    js: &JetStream<AsyncNats>,
-    cmd: Command,
-    tx: &ShardTx,
-    subs: &mut AHashMap<(usize, String), tokio::task::JoinHandle<()>>,
-    barriers: &mut Barriers,
-    stats: &Arc<BusStats>,
-) {
-    match cmd {
-        Command::Subscribe {
-            shard,
-            subject,
-            device,
-        } => {
-            let key = (shard, subject);
-            if subs.contains_key(&key) {
-                return;
-            }
-            if let Some(task) = subscribe_forwarding(
-                client,
-                key.1.clone(),
-                device,
-                tx.data[shard].clone(),
-                None,
-                stats.clone(),
-            )
-            .await
-            {
-                subs.insert(key, task);
-            }
-        }
-        Command::Unsubscribe { shard, subject } => {
-            // Aborting the task drops its Subscriber, which sends UNSUB.
-            if let Some(task) = subs.remove(&(shard, subject)) {
-                task.abort();
-            }
-        }
-        Command::Barrier { shard, token } => barriers.add(shard, token, std::time::Instant::now()),
-        Command::MailboxRead {
-            shard,
-            device,
-            from,
-            token,
-        } => {
-            let (js, ctrl) = (js.clone(), tx.ctrl[shard].clone());
-            tokio::spawn(async move {
-                let ev = match js.read(&device, from).await {
-                    Ok(message) => DurableEvent::Read { token, message },
-                    Err(reason) => {
-                        tracing::debug!(%device, %reason, "mailbox read failed");
-                        DurableEvent::ReadFailed { token, reason }
-                    }
-                };
-                let _ = ctrl.send_async(Ctrl::Durable(ev)).await;
-            });
-        }
-        Command::MailboxAck {
-            shard,
-            device,
-            seqs,
-            token,
-        } => {
-            let (js, ctrl) = (js.clone(), tx.ctrl[shard].clone());
-            tokio::spawn(async move {
-                let result = js.remove(&seqs).await;
-                if let Err(why) = &result {
-                    tracing::warn!(%device, ?seqs, %why, "acknowledgement not applied to the mailbox stream; the device will get those messages again");
-                }
-                if let Some(token) = token {
-                    let _ = ctrl
-                        .send_async(Ctrl::Durable(DurableEvent::Acked { token, result }))
-                        .await;
-                }
-            });
-        }
-        Command::PublishUpstream {
-            shard,
-            subject,
-            payload,
-            token,
-        } => {
-            let (js, ctrl) = (js.clone(), tx.ctrl[shard].clone());
-            tokio::spawn(async move {
-                let result = js.publish_upstream(subject, payload).await;
-                let _ = ctrl
-                    .send_async(Ctrl::Durable(DurableEvent::Upstream { token, result }))
-                    .await;
-            });
-        }
-        Command::Request {
-            subject,
-            payload,
-            timeout,
-            reply,
-        } => {
-            let client = client.clone();
-            tokio::spawn(async move {
-                let result = match tokio::time::timeout(timeout, client.request(subject, payload))
-                    .await
-                {
-                    Err(_) => Err(RequestError::Timeout),
-                    Ok(Ok(msg)) => Ok(msg.payload),
-                    Ok(Err(err)) => Err(match err.kind() {
-                        async_nats::RequestErrorKind::TimedOut => RequestError::Timeout,
-                        async_nats::RequestErrorKind::NoResponders => RequestError::NoResponders,
-                        _ => RequestError::Unavailable(err.to_string()),
-                    }),
-                };
-                let _ = reply.send_async(result).await;
-            });
-        }
-    }
-}
-
-/// The JetStream calls' [`Transport`] on the bridge's async-nats client (its request muxer hands
-/// each answer to the request that asked).
-#[derive(Clone)]
-pub(crate) struct AsyncNats(async_nats::Client);
-
-impl Transport for AsyncNats {
-    async fn request(
-        &self,
-        subject: String,
-        payload: Bytes,
-        timeout: Duration,
-    ) -> Result<Reply, CallError> {
-        match tokio::time::timeout(timeout, self.0.request(subject, payload)).await {
-            Err(_) => Err(CallError::Timeout),
-            Ok(Ok(msg)) => Ok(Reply {
-                status: msg.status.map(|s| s.as_u16()),
-                description: msg.description,
-                headers: msg
-                    .headers
-                    .iter()
-                    .flat_map(|h| h.iter())
-                    .flat_map(|(name, values)| {
-                        values
-                            .iter()
-                            .map(move |v| (name.to_string(), v.as_str().to_owned()))
-                    })
-                    .collect(),
-                payload: msg.payload,
-            }),
-            Ok(Err(err)) => Err(match err.kind() {
-                async_nats::RequestErrorKind::TimedOut => CallError::Timeout,
-                async_nats::RequestErrorKind::NoResponders => CallError::NoResponders,
-                _ => CallError::Failed(err.to_string()),
-            }),
-        }
-    }
-
-    async fn publish(&self, subject: String, payload: Bytes) -> Result<(), String> {
-        self.0
-            .publish(subject, payload)
-            .await
-            .map_err(|e| e.to_string())
-    }
-
-    async fn sleep(&self, duration: Duration) {
-        tokio::time::sleep(duration).await;
-    }
-}
-
-/// The barriers waiting for a probe to come back (see the module doc). Probes carry
-/// `<nonce>.<generation>`; a barrier added while generation `g` is the next to be sent is
-/// complete when a probe of generation `g` or later comes back with this bridge's nonce (a
-/// second node misconfigured with the same node id cannot complete our barriers).
-struct Barriers {
-    subject: String,
-    nonce: u64,
-    /// (shard, token, first generation that covers it, when added), in generation order.
-    queue: VecDeque<(usize, u64, u64, std::time::Instant)>,
-    next_generation: u64,
-    last_sent: Option<std::time::Instant>,
-}
-
-impl Barriers {
-    fn new(subject: String) -> Barriers {
-        Barriers {
-            subject,
-            nonce: rand::random(),
-            queue: VecDeque::new(),
-            next_generation: 0,
-            last_sent: None,
-        }
-    }
-
-    fn waiting(&self) -> bool {
-        !self.queue.is_empty()
-    }
-
-    fn add(&mut self, shard: usize, token: u64, now: std::time::Instant) {
-        self.queue
-            .push_back((shard, token, self.next_generation, now));
-    }
-
-    /// The probe to publish now, if one is due: a waiting barrier is not covered by a sent
-    /// probe yet, or the last probe has been out for [`PROBE_RESEND`]. Forgets barriers older
-    /// than [`BARRIER_WAIT_MAX`].
-    fn probe_due(&mut self, now: std::time::Instant) -> Option<Bytes> {
-        while let Some(&(_, _, _, added)) = self.queue.front() {
-            if now.duration_since(added) < BARRIER_WAIT_MAX {
-                break;
-            }
-            self.queue.pop_front();
-        }
-        let &(_, _, newest, _) = self.queue.back()?;
-        let stale = self
-            .last_sent
-            .is_none_or(|sent| now.duration_since(sent) >= PROBE_RESEND);
-        if newest < self.next_generation && !stale {
-            return None;
-        }
-        let generation = self.next_generation;
-        self.next_generation += 1;
-        self.last_sent = Some(now);
-        Some(Bytes::from(format!("{}.{generation}", self.nonce)))
-    }
-
-    /// A probe came back: the barriers it completes.
-    fn on_probe(&mut self, payload: &[u8]) -> Vec<(usize, u64)> {
-        let generation = std::str::from_utf8(payload)
-            .ok()
-            .and_then(|p| p.split_once('.'))
-            .filter(|(nonce, _)| nonce.parse() == Ok(self.nonce))
-            .and_then(|(_, generation)| generation.parse::<u64>().ok());
-        let Some(generation) = generation else {
-            return Vec::new();
-        };
-        let mut done = Vec::new();
-        while let Some(&(shard, token, needs, _)) = self.queue.front() {
-            if needs > generation {
-                break;
-            }
-            self.queue.pop_front();
-            done.push((shard, token));
-        }
-        if self.queue.is_empty() {
-            self.last_sent = None;
-        }
-        done
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Instant;
-
-    #[test]
-    fn a_barrier_completes_only_with_a_probe_sent_after_it() {
-        let mut b = Barriers::new("tether.barrier.n1".into());
-        let t0 = Instant::now();
-        assert!(b.probe_due(t0).is_none(), "nothing waiting, no probe");
-        b.add(0, 10, t0);
-        let p0 = b.probe_due(t0).expect("probe for the first barrier");
-        assert!(b.probe_due(t0).is_none(), "covered, not stale yet");
-        b.add(1, 11, t0);
-        let p1 = b.probe_due(t0).expect("a new barrier needs a new probe");
-        // The first probe completes only the barrier added before it was sent.
-        assert_eq!(b.on_probe(&p0), vec![(0, 10)]);
-        assert!(b.waiting());
-        // A probe of another bridge (same subject, other nonce) completes nothing.
-        let foreign = format!("{}.99", b.nonce.wrapping_add(1));
-        assert!(b.on_probe(foreign.as_bytes()).is_empty());
-        assert!(b.on_probe(b"garbage").is_empty());
-        assert_eq!(b.on_probe(&p1), vec![(1, 11)]);
-        assert!(!b.waiting());
-    }
-
-    #[test]
-    fn a_lost_probe_is_sent_again() {
-        let mut b = Barriers::new("s".into());
-        let t0 = Instant::now();
-        b.add(0, 1, t0);
-        let lost = b.probe_due(t0).unwrap();
-        assert!(b.probe_due(t0 + PROBE_RESEND / 2).is_none());
-        let again = b.probe_due(t0 + PROBE_RESEND).expect("resent");
-        assert_ne!(lost, again);
-        assert_eq!(b.on_probe(&again), vec![(0, 1)]);
-        // During a long outage, barriers nobody waits for any more are forgotten.
-        b.add(0, 2, t0);
-        assert!(b.probe_due(t0 + BARRIER_WAIT_MAX).is_none());
-        assert!(!b.waiting());
-    }
+        .collect())
 }

@@ -292,7 +292,8 @@ settings! {
     /// How long to wait for the auth_subject backend before answering 503.
     /// Well under the handshake timeout, so the device gets an answer it can retry on.
     auth_timeout: Duration = Duration::from_secs(2), env "TETHER_AUTH_TIMEOUT", value "DURATION";
-    /// Length of each bus queue (shard to bridge, bridge to shard, shard to shard), in messages.
+    /// Length of each bus queue (each shard's inbound control and data queues; on the embedded
+    /// bus, each shard to each shard), in messages.
     /// About 1.5 s of traffic at 40k msg/s per shard before anything is dropped.
     bus_queue_len: usize = 65_536, env "TETHER_BUS_QUEUE_LEN", value "N";
     // ---- device protocol limits ----

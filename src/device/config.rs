@@ -41,7 +41,8 @@ pub struct MessagingConfig {
     pub auth_subject: Option<String>,
     /// How long the handshake waits for the `auth_subject` backend before answering 503.
     pub auth_timeout: Duration,
-    /// Length of each bus queue (shard to bridge, bridge to shard, shard to shard), in messages.
+    /// Length of each bus queue (each shard's inbound control and data queues; on the embedded
+    /// bus, each shard to each shard), in messages.
     pub bus_queue_len: usize,
     /// The device-protocol limits every shard's hub applies.
     pub limits: HubLimits,

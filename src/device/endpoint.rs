@@ -1,11 +1,12 @@
 //! The `/ws` endpoint on the server's seam: authentication before the 101, then each session
 //! handed to its shard's [`Hub`], and the shard's bus loop as a per-shard service.
 //!
-//! [`install`] starts the bus (embedded or the NATS bridge) for the server's shards and adds one
-//! per-shard service to the [`Server`] ([`Server::per_shard_with`]): each shard is handed its
-//! own [`ShardBus`], builds its hub, and returns the `/ws` endpoint and the hub's bus loop (with
-//! its 100 ms tick) side by side, sharing the hub. It also registers the bus and device metrics, the
-//! bus's readiness check and the bus's stop at exit, so `main` only parses and runs.
+//! [`install`] starts the bus (embedded, or one NATS connection per shard) for the server's
+//! shards and adds one per-shard service to the [`Server`] ([`Server::per_shard_with`]): each
+//! shard is handed its own [`ShardBus`], starts it, builds its hub, and returns the `/ws`
+//! endpoint and the hub's bus loop (with its 100 ms tick) side by side, sharing the hub, and
+//! the bus's flush and close after the drain. It also registers the bus and device metrics and
+//! the bus's readiness check, so `main` only parses and runs.
 
 use super::config::{AuthMode, MessagingConfig};
 use super::hub::{DeviceStats, Hub, Outlet};
@@ -17,7 +18,7 @@ use crate::server::conn::ConnHandle;
 use crate::server::endpoint::{Accepted, ConnInfo, Endpoint, LocalFuture, Rejected, Session};
 use crate::server::metrics::HandshakeResult;
 use crate::server::shard::ShardCtx;
-use crate::server::{Server, ShardService};
+use crate::server::{Server, ServiceError, ShardService};
 use crate::ws::{MessageKind, UpgradeRequest};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -42,7 +43,7 @@ impl Outlet for ConnHandle {
     }
 }
 
-/// How long the bus gets to flush and close when the node has stopped.
+/// How long a shard's NATS connection gets to flush after the drain before it closes.
 const BUS_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Starts the bus for the server's shards and adds `/ws`, the per-shard hub, the messaging
@@ -94,7 +95,12 @@ pub fn install(mut server: Server, mut config: MessagingConfig) -> Result<Server
     let bus_connected = bus_stats.clone();
     let device_stats = devices.clone();
     let server = server
-        .per_shard_with(links, move |ctx: &Rc<ShardCtx>, bus: ShardBus| {
+        .per_shard_with(links, move |ctx: &Rc<ShardCtx>, mut bus: ShardBus| {
+            // On the shard: its NATS connection runs on its own executor.
+            bus.start().map_err(|reason| ServiceError {
+                shard: ctx.index,
+                reason,
+            })?;
             let mut hub = Hub::new(bus, config.limits.clone(), stats.clone());
             if let AuthMode::Jwt(verifier) = &config.auth {
                 let verifier = verifier.clone();
@@ -108,9 +114,15 @@ pub fn install(mut server: Server, mut config: MessagingConfig) -> Result<Server
                 stats: stats.clone(),
                 sessions: sessions.clone(),
             });
+            let drained = hub.clone();
             Ok(ShardService::new()
                 .endpoint("/ws", endpoint)
-                .task(run_hub(hub, ctx.clone())))
+                .task(run_hub(hub, ctx.clone()))
+                .on_drained(move || {
+                    // The drain's disconnect events go out before the shard stops.
+                    let close = drained.borrow_mut().bus().close(BUS_STOP_TIMEOUT);
+                    close
+                }))
         })
         .metrics_source(move |out| {
             sessions_metrics.render_prometheus(out);
@@ -118,13 +130,12 @@ pub fn install(mut server: Server, mut config: MessagingConfig) -> Result<Server
             device_stats.render_prometheus(out);
         })
         .readiness_check(move || {
-            if bus_connected.connected.load(Ordering::Relaxed) == 1 {
+            if bus_connected.is_connected() {
                 Ok(())
             } else {
                 Err("bus disconnected".to_string())
             }
-        })
-        .on_exit(move || bus_node.stop(BUS_STOP_TIMEOUT));
+        });
     Ok(server)
 }
 

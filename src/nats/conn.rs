@@ -31,6 +31,7 @@ use bytes::Bytes;
 use futures_lite::future::{self, poll_fn};
 use glommio::net::TcpStream;
 use glommio::timer::{sleep, Timer};
+use rand::seq::SliceRandom as _;
 use rand::Rng as _;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -79,6 +80,18 @@ impl ConnectConfig {
             connect_timeout: Duration::from_secs(5),
             requests_max: 65_536,
         }
+    }
+
+    /// Checks the URLs and the credential and TLS files without connecting (what
+    /// [`Connection::spawn`] checks first), so that a node refuses to start on a typo.
+    pub fn check(&self) -> Result<(), ConnectError> {
+        if self.urls.is_empty() {
+            return Err(ConnectError::NoUrl);
+        }
+        for url in &self.urls {
+            ServerUrl::parse(url)?;
+        }
+        load_auth(&self.auth).map(|_| ())
     }
 }
 
@@ -384,11 +397,13 @@ impl Connection {
         if config.urls.is_empty() {
             return Err(ConnectError::NoUrl);
         }
-        let urls = config
+        let mut urls = config
             .urls
             .iter()
             .map(|u| ServerUrl::parse(u))
             .collect::<Result<Vec<_>, _>>()?;
+        // Each connection starts at a random server, so that a cluster's clients spread.
+        urls.shuffle(&mut rand::thread_rng());
         let (login, tls) = load_auth(&config.auth)?;
         let mut client = Client::new(ClientOptions {
             name: config.name.clone(),

@@ -65,12 +65,6 @@ pub fn is_device_subject(subject: &str, device: &str) -> bool {
     }
 }
 
-/// The subject on which a NATS bridge sends itself barrier probes (section 8 of
-/// `docs/protocol.md`): `tether.barrier.<node>`.
-pub fn barrier(node: &str) -> String {
-    format!("tether.barrier.{node}")
-}
-
 /// Prefix of the durable mailbox subjects: a backend publishes (with JetStream) to
 /// `tether.mbox.<device>`, or to `tether.mbox.<device>.<collapse-key>`.
 pub const MAILBOX_PREFIX: &str = "tether.mbox.";
@@ -219,7 +213,6 @@ mod tests {
             topic("tv-1"),
             upstream("tv-1"),
             "tether.event.tv-1".to_string(),
-            barrier("tv-1"),
             device("tv-2"),
         ] {
             assert!(!is_device_subject(&dropped, "tv-1"), "{dropped}");

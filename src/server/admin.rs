@@ -4,7 +4,7 @@
 //! It runs on its own thread, away from the shards, so a scrape never delays connection work
 //! and a stuck shard cannot hide the metrics that would show it. The thread runs a tokio
 //! current-thread runtime and serves HTTP/1.1 with hyper (the maintained HTTP library; tokio
-//! and hyper are already in the tree through async-nats and the bench harness), one task per
+//! and hyper are already in the tree through the JWKS fetcher and the bench harness), one task per
 //! connection, so a slow client holds only its own task: `/healthz` is answered while others
 //! trickle. Limits: at most [`ADMIN_CONNECTIONS_MAX`] connections at once (more are closed at
 //! accept and counted in `tether_admin_refused_total`), one request per connection, a head of

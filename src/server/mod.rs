@@ -20,7 +20,8 @@
 //!   the endpoints it serves and the tasks it runs for the shard's life (e.g. a bus link), built
 //!   side by side so they share state through plain `Rc`s. A value made for each shard before
 //!   the node starts (a bus link) is moved to its shard with [`Server::per_shard_with`].
-//!   Node-level work at the end (stopping a bus) is a [`Server::on_exit`] hook.
+//!   Work a shard does after its drain (flushing its NATS connection) is a
+//!   [`ShardService::on_drained`] hook.
 //! - **Endpoints are pluggable.** [`Server::endpoint`] (a per-shard service with one endpoint)
 //!   maps a request path to a factory that builds one [`endpoint::Endpoint`] per shard, on that
 //!   shard. For each upgrade request on
@@ -94,7 +95,12 @@ pub type ShardTask = Pin<Box<dyn Future<Output = ()>>>;
 pub struct ShardService {
     routes: Vec<(String, Rc<dyn Endpoint>)>,
     tasks: Vec<ShardTask>,
+    drained: Vec<DrainedHook>,
 }
+
+/// Work a shard does once its drain is over, before it stops (see
+/// [`ShardService::on_drained`]).
+pub type DrainedHook = Box<dyn FnOnce() -> ShardTask>;
 
 impl ShardService {
     /// A service with no endpoint and no task yet.
@@ -111,6 +117,18 @@ impl ShardService {
     /// Runs `task` on this shard for the shard's life.
     pub fn task(mut self, task: impl Future<Output = ()> + 'static) -> ShardService {
         self.tasks.push(Box::pin(task));
+        self
+    }
+
+    /// Runs the future `hook` makes on this shard once its drain is over (its connections
+    /// closed), and waits for it before the shard stops: e.g. flushing what the drain queued
+    /// for NATS. The hook bounds its own time. Not run when the node stops without a drain.
+    pub fn on_drained<F: Future<Output = ()> + 'static>(
+        mut self,
+        hook: impl FnOnce() -> F + 'static,
+    ) -> ShardService {
+        self.drained
+            .push(Box::new(move || -> ShardTask { Box::pin(hook()) }));
         self
     }
 }
@@ -175,8 +193,6 @@ pub enum ServeError {
     Tls(#[from] tls::TlsError),
 }
 
-/// Node-level work run once the node has stopped (e.g. stopping the bus).
-type ExitHook = Box<dyn FnOnce() + Send>;
 /// Node-level work run on every SIGHUP (e.g. reading a key file again).
 type HangupHook = Box<dyn Fn() + Send>;
 
@@ -187,7 +203,6 @@ pub struct Server {
     services: Vec<ServiceFactory>,
     metrics_sources: Vec<admin::MetricsSource>,
     readiness: Vec<admin::ReadinessCheck>,
-    on_exit: Vec<ExitHook>,
     on_hangup: Vec<HangupHook>,
 }
 
@@ -202,7 +217,6 @@ impl Server {
             services: Vec::new(),
             metrics_sources: Vec::new(),
             readiness: Vec::new(),
-            on_exit: Vec::new(),
             on_hangup: Vec::new(),
         };
         if s.config.echo {
@@ -259,13 +273,6 @@ impl Server {
     ) -> Server {
         let path = path.to_string();
         self.per_shard(move |ctx| Ok(ShardService::new().endpoint(&path, factory(ctx))))
-    }
-
-    /// Runs `hook` once the node has stopped, before [`Server::run`] returns (e.g. stopping
-    /// the bus that fed the shards).
-    pub fn on_exit(mut self, hook: impl FnOnce() + Send + 'static) -> Server {
-        self.on_exit.push(Box::new(hook));
-        self
     }
 
     /// Runs `hook` on every SIGHUP, on the node's one SIGHUP thread, after the TLS certificate
@@ -333,7 +340,6 @@ impl Server {
         let (controls, pings, payloads) = shard_payloads(listeners, tls_listeners, &metrics);
 
         let services = self.services;
-        let on_exit = self.on_exit;
         let on_hangup = self.on_hangup;
         let mut metrics_sources = self.metrics_sources;
         if let Some(certs) = &tls_certs {
@@ -395,11 +401,7 @@ impl Server {
             (cfg.drain_delay, cfg.drain_time),
         )?;
 
-        let joined = node.join().map_err(ServeError::Shards);
-        for hook in on_exit {
-            hook();
-        }
-        joined?;
+        node.join().map_err(ServeError::Shards)?;
         tracing::info!("tether stopped");
         Ok(())
     }
@@ -582,10 +584,12 @@ fn shard_main(
     ));
     let mut routes: AHashMap<String, Rc<dyn Endpoint>> = AHashMap::new();
     let mut tasks = Vec::new();
+    let mut drained = Vec::new();
     for f in services {
         let service = f(&ctx).map_err(|e| e.to_string())?;
         routes.extend(service.routes);
         tasks.extend(service.tasks);
+        drained.extend(service.drained);
     }
     ctx.set_routes(routes);
     Ok(run_shard(
@@ -594,7 +598,7 @@ fn shard_main(
         tls_listener,
         control,
         pings,
-        tasks,
+        (tasks, drained),
     ))
 }
 
@@ -695,7 +699,7 @@ async fn run_shard(
     tls_listener: Option<(tether_shards::listener::ShardListener, Arc<tls::TlsCerts>)>,
     control: flume::Receiver<ShardControl>,
     pings: flume::Receiver<admin::ShardPing>,
-    services: Vec<ShardTask>,
+    (services, drained): (Vec<ShardTask>, Vec<DrainedHook>),
 ) {
     for s in services {
         glommio::spawn_local(s).detach();
@@ -720,6 +724,9 @@ async fn run_shard(
             let _ = stop_accept.try_send(());
             let _ = stop_accept.try_send(());
             tasks::drain(ctx, deadline).await;
+            for hook in drained {
+                hook().await;
+            }
         }
         Err(_) => {
             // The node's main thread is gone: stop.

@@ -25,7 +25,7 @@
 //!   the HTTP request head, so it is bounded by `handshake_timeout` like the rest of the
 //!   upgrade.
 //!
-//! **Crypto provider: ring.** It is already in the build (async-nats' TLS uses it), needs no
+//! **Crypto provider: ring.** It is already in the build (the NATS client's TLS uses it), needs no
 //! cmake or C toolchain beyond cc, and has the P-256 and RSA signing and AES-GCM/ChaCha20 we
 //! need; aws-lc-rs would add a CMake build of a C library to every build for a handshake rate
 //! we have not shown we need.

@@ -520,11 +520,11 @@ def check_peer_outcomes(sender, receiver):
     return len(delivered), len(sender.answers) - len(delivered), len(sender.refused), reasons
 
 
-def connected_server(servers, node_id):
-    for s in servers:
-        if f"tether node {node_id}" in s.client_names():
-            return s
-    return None
+def node_connections(servers, node_id):
+    """The servers holding node_id's connections, one entry per connection (each shard has
+    its own, named `tether node <node> shard <i>`)."""
+    prefix = f"tether node {node_id} shard "
+    return [s for s in servers for name in s.client_names() if name.startswith(prefix)]
 
 
 def test_cluster_failover_keeps_devices_connected_and_loses_nothing_acknowledged(store):
@@ -541,18 +541,21 @@ def test_cluster_failover_keeps_devices_connected_and_loses_nothing_acknowledged
             s.wait_up("/healthz?js-enabled-only=true")
         a = durable_node(urls, "node1", "--durable-replicas", "3")
         nodes.append(a)
-        wait_for(lambda: connected_server(servers, "node1"), "node1 connected")
-        # Two tether nodes on different servers (each has every URL; the client picks one).
+        wait_for(lambda: len(node_connections(servers, "node1")) == 2, "node1's two shards connected")
+        # The victim holds a connection of node1 and none of node2 (every connection has every
+        # URL and starts at a random one).
         for attempt in range(10):
             b = durable_node(urls, f"node2", "--durable-replicas", "3")
-            wait_for(lambda: connected_server(servers, "node2"), "node2 connected")
-            if connected_server(servers, "node2") is not connected_server(servers, "node1"):
+            wait_for(lambda: len(node_connections(servers, "node2")) == 2, "node2's two shards connected")
+            node2_servers = node_connections(servers, "node2")
+            victims = [s for s in node_connections(servers, "node1") if s not in node2_servers]
+            if victims:
                 break
             b.stop()
         else:
-            pytest.fail("node2 always landed on node1's server")
+            pytest.fail("node2 always held a connection on each of node1's servers")
         nodes.append(b)
-        victim = connected_server(servers, "node1")
+        victim = victims[0]
         survivors = [s for s in servers if s is not victim]
 
         async def body():
@@ -652,9 +655,9 @@ def test_cluster_failover_keeps_devices_connected_and_loses_nothing_acknowledged
             await nc.close()
 
         run(body(), timeout=120)
-        # node1 failed over to a surviving server.
+        # node1's shard(s) on the victim failed over to a surviving server.
         assert a.metric("tether_bus_reconnects_total") >= 1
-        assert connected_server(survivors, "node1") is not None
+        assert len(node_connections(survivors, "node1")) == 2
     finally:
         for n in nodes:
             n.stop()

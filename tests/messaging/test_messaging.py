@@ -179,8 +179,8 @@ def test_interest_is_gone_after_disconnect(cluster):
         deadline = time.time() + 5
         while True:
             held = sum(n.metric("tether_bus_subscriptions") for n in cluster.nodes)
-            # The node's own inbox and barrier-probe subscriptions stay for its lifetime.
-            node_own = ("tether.inbox.", "tether.barrier.")
+            # Each shard connection's own inboxes (receipts, request answers) stay for its lifetime.
+            node_own = ("tether.inbox.", "_INBOX.")
             leaked = [s for s in cluster.nats.subjects() if not s.startswith(node_own)] if cluster.nats else []
             if held == 0 and not leaked:
                 break
