@@ -2,8 +2,9 @@
 //!
 //! [`Connection::spawn`] checks the configuration (URLs, credential and certificate files) and
 //! starts the task; it connects in the background and keeps trying forever: each attempt takes
-//! the next URL of the configured ones and of those the servers announced (`INFO`
-//! `connect_urls`), and failed attempts wait [`super::reconnect_delay`] (100 ms doubling to
+//! the next URL of the configured ones (shuffled once per connection, so that a cluster's
+//! clients spread) and of those the servers announced (`INFO` `connect_urls`), and failed
+//! attempts wait [`super::reconnect_delay`] (100 ms doubling to
 //! 5 s, times a random 0.5–1.0). An attempt is TCP, TLS first when `tls_first`, the server's
 //! `INFO`, TLS when either side wants it, then `CONNECT` and a `PING` whose `PONG` says the
 //! login was accepted (a `-ERR` says why not) within `connect_timeout`.
