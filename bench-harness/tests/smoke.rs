@@ -53,8 +53,6 @@ fn every_scenario_file_parses() {
             "handshake-saturation",
             "idle-memory",
             "idle-memory-19k",
-            "natsbus-memory",
-            "natsbus-routed",
             "natsws-idle-memory",
             "natsws-routed",
             "nodes-17-vs-2",
