@@ -233,7 +233,9 @@ pub struct ServerSpec {
     #[serde(default)]
     pub bus: Option<Bus>,
     /// tether only: how many node processes (default 1); loadgen spreads its clients
-    /// round-robin over them and the `server.*` metrics sum them.
+    /// round-robin over them and the `server.*` metrics sum them. With `bus = "embedded"` the
+    /// nodes are not joined (each routes among its own devices only): for measurements of
+    /// idle sessions beyond one process's open-files limit, not for traffic between devices.
     #[serde(default)]
     pub nodes: Option<u32>,
     /// CPUs of each server process: a `taskset -c` list, or `alternate` (node i on CPU
@@ -452,9 +454,9 @@ impl Scenario {
             }
             match (s.nodes, s.bus) {
                 (Some(0), _) => return Err("nodes must be >= 1".into()),
-                (Some(n), Some(Bus::Embedded) | None) if n > 1 => {
+                (Some(n), None) if n > 1 => {
                     return Err(format!(
-                        "{}: {n} nodes need bus = \"nats\" to be joined",
+                        "{}: {n} nodes need a bus: \"nats\" (joined) or \"embedded\" (not joined)",
                         s.label()
                     ))
                 }

@@ -363,9 +363,9 @@ impl TokenArgs {
         }
         let ttl = crate::auth::parse_ttl_secs(&self.ttl)?;
         let claims = crate::auth::Claims {
-            topics_sub: self.topics_sub.clone(),
-            topics_pub: self.topics_pub.clone(),
-            services: (!self.services.is_empty()).then(|| self.services.clone()),
+            topics_sub: self.topics_sub.clone().into(),
+            topics_pub: self.topics_pub.clone().into(),
+            services: (!self.services.is_empty()).then(|| self.services.clone().into()),
             ..crate::auth::Claims::device(&self.sub, ttl)
         };
         let secret = self.jwt_secret.as_bytes();

@@ -352,18 +352,44 @@ fn bump(c: &AtomicU64) {
 struct Session<O> {
     out: O,
     claims: Rc<Claims>,
+    /// `send` with `ack` (and `up` with `id`) waiting (at most
+    /// `pending_acks_per_connection_max`).
+    pending_acks: u32,
+    ready: bool,
+    /// The `last_seq` the device presented (0: none).
+    last_seq: u64,
+    /// What a session holds only once it uses it: boxed, so that an idle session pays 8 bytes
+    /// for all of it.
+    more: Option<Box<SessionMore>>,
+}
+
+/// The part of a [`Session`] that an idle device does not use.
+#[derive(Default)]
+struct SessionMore {
     topics: Vec<String>,
-    pending_acks: usize,
     /// rid -> (reply subject, deadline ms)
     requests: TokenMap<(String, u64)>,
     /// ack_id -> (receipt subject, deadline ms): delivered, waiting for the device's `ack`.
     unacked: TokenMap<(String, u64)>,
-    ready: bool,
-    /// The `last_seq` the device presented (0: none).
-    last_seq: u64,
-    /// Durable delivery state, from `hello` on (NATS with `--durable`); boxed, so that a
-    /// session without one pays 8 bytes for it.
-    mailbox: Option<Box<Mailbox>>,
+    /// Durable delivery state, from `hello` on (NATS with `--durable`).
+    mailbox: Option<Mailbox>,
+}
+
+impl<O> Session<O> {
+    /// The part used by a busy session, made on first use.
+    fn more(&mut self) -> &mut SessionMore {
+        self.more.get_or_insert_with(Box::default)
+    }
+
+    /// The topics the session holds.
+    fn topics(&self) -> &[String] {
+        self.more.as_ref().map_or(&[], |m| &m.topics)
+    }
+
+    /// The session's durable mailbox, if it has one.
+    fn mailbox(&mut self) -> Option<&mut Mailbox> {
+        self.more.as_mut()?.mailbox.as_mut()
+    }
 }
 
 /// A map keyed by numbers the hub hands out itself (request ids, delivery tokens): nobody can
@@ -577,7 +603,7 @@ impl<O: Outlet> Hub<O> {
         if let Some(at) = self.expiry_of(&claims) {
             self.expiries.insert((at, conn));
         }
-        let device = claims.sub.as_str();
+        let device = &*claims.sub;
         let first = match self.devices.get_mut(device) {
             Some(list) => {
                 list.push(conn);
@@ -594,13 +620,10 @@ impl<O: Outlet> Hub<O> {
             Box::new(Session {
                 out,
                 claims,
-                topics: Vec::new(),
                 pending_acks: 0,
-                requests: TokenMap::default(),
-                unacked: TokenMap::default(),
                 ready: false,
                 last_seq: last_seq.unwrap_or(0),
-                mailbox: None,
+                more: None,
             }),
         );
         if device_interest.is_some_and(|c| self.bus.subscribe_device(&c.sub).is_err()) {
@@ -639,7 +662,7 @@ impl<O: Outlet> Hub<O> {
             self.expiries.remove(&(at, conn));
         }
         let closed = Bytes::from(proto::encode_receipt(Err(NotDelivered::Closed)));
-        for (reply, deadline_ms) in session.unacked.values() {
+        for (reply, deadline_ms) in session.more.iter().flat_map(|m| m.unacked.values()) {
             if *deadline_ms >= now_ms {
                 let _ = self.bus.publish(reply, None, closed.clone());
             }
@@ -648,13 +671,13 @@ impl<O: Outlet> Hub<O> {
         if session.ready {
             self.publish_event(EventKind::Disconnect(code), device, conn);
         }
-        if let Some(list) = self.devices.get_mut(device.as_str()) {
+        if let Some(list) = self.devices.get_mut(&**device) {
             if list.remove(conn) == Removed::Last {
-                self.devices.remove(device.as_str());
+                self.devices.remove(&**device);
                 self.bus.unsubscribe_device(device);
             }
         }
-        for topic in &session.topics {
+        for topic in session.topics() {
             self.leave_topic(conn, topic);
         }
     }
@@ -699,13 +722,14 @@ impl<O: Outlet> Hub<O> {
             }
         };
         let id = frame.id.as_deref();
-        let me = claims.sub.as_str();
+        let me = &*claims.sub;
         match frame.op {
             ClientOp::Send { to, payload, ack } => {
                 let subj = subject::peer(&to);
                 if ack {
                     let Some(id) = id else { return };
-                    if session.pending_acks >= self.limits.pending_acks_per_connection_max {
+                    if session.pending_acks as usize >= self.limits.pending_acks_per_connection_max
+                    {
                         let msg = format!(
                             "{} sends are waiting for a confirmation",
                             session.pending_acks
@@ -768,11 +792,11 @@ impl<O: Outlet> Hub<O> {
                     );
                     return;
                 }
-                if session.topics.iter().any(|t| *t == topic) {
+                if session.topics().iter().any(|t| *t == topic) {
                     self.reply_ack(conn, id);
                     return;
                 }
-                if session.topics.len() >= self.limits.topics_per_connection_max {
+                if session.topics().len() >= self.limits.topics_per_connection_max {
                     let msg = format!(
                         "at most {} topics per connection",
                         self.limits.topics_per_connection_max
@@ -787,7 +811,7 @@ impl<O: Outlet> Hub<O> {
                     list.len() == 1
                 };
                 if let Some(s) = self.sessions.get_mut(&conn) {
-                    s.topics.push(topic.clone());
+                    s.more().topics.push(topic.clone());
                 }
                 if first && self.bus.subscribe(&subject::topic(&topic)).is_err() {
                     self.error(
@@ -812,10 +836,10 @@ impl<O: Outlet> Hub<O> {
                 }
             }
             ClientOp::Unsub { topic } => {
-                if let Some(s) = self.sessions.get_mut(&conn) {
-                    let before = s.topics.len();
-                    s.topics.retain(|t| *t != topic);
-                    if s.topics.len() != before {
+                if let Some(m) = self.sessions.get_mut(&conn).and_then(|s| s.more.as_mut()) {
+                    let before = m.topics.len();
+                    m.topics.retain(|t| *t != topic);
+                    if m.topics.len() != before {
                         self.leave_topic(conn, &topic);
                     }
                 }
@@ -859,7 +883,8 @@ impl<O: Outlet> Hub<O> {
                 let body = Bytes::from(proto::encode_bus_up(me, &self.node, self.shard, &payload));
                 if let Some(id) = id {
                     // Answered once published, or stored when a stream captures the subject.
-                    if session.pending_acks >= self.limits.pending_acks_per_connection_max {
+                    if session.pending_acks as usize >= self.limits.pending_acks_per_connection_max
+                    {
                         let msg = format!("{} operations are waiting", session.pending_acks);
                         self.error(conn, Some(id), ErrorCode::TooManyPending, &msg);
                         return;
@@ -880,7 +905,7 @@ impl<O: Outlet> Hub<O> {
                 let pending = rid.parse::<u64>().ok().and_then(|rid| {
                     self.sessions
                         .get_mut(&conn)
-                        .and_then(|s| s.requests.remove(&rid))
+                        .and_then(|s| s.more.as_mut()?.requests.remove(&rid))
                 });
                 match pending {
                     Some((reply, deadline)) if deadline >= now_ms => {
@@ -902,7 +927,7 @@ impl<O: Outlet> Hub<O> {
                 let waiting = ack_id.parse::<u64>().ok().and_then(|token| {
                     self.sessions
                         .get_mut(&conn)
-                        .and_then(|s| s.unacked.remove(&token))
+                        .and_then(|s| s.more.as_mut()?.unacked.remove(&token))
                 });
                 match waiting {
                     Some((reply, deadline_ms)) if deadline_ms >= now_ms => {
@@ -927,7 +952,7 @@ impl<O: Outlet> Hub<O> {
             }
             ClientOp::Ack(AckRef::Durable(seq)) => {
                 let mut actions = Vec::new();
-                let result = match self.sessions.get_mut(&conn).and_then(|s| s.mailbox.as_mut()) {
+                let result = match self.sessions.get_mut(&conn).and_then(|s| s.mailbox()) {
                     None => Err((
                         ErrorCode::DurableUnavailable,
                         self.durable_missing().to_owned(),
@@ -1109,11 +1134,7 @@ impl<O: Outlet> Hub<O> {
                     return;
                 };
                 let mut actions = Vec::new();
-                if let Some(m) = self
-                    .sessions
-                    .get_mut(&conn)
-                    .and_then(|s| s.mailbox.as_mut())
-                {
+                if let Some(m) = self.sessions.get_mut(&conn).and_then(|s| s.mailbox()) {
                     m.read_done(message, now_ms, &mut actions);
                 }
                 self.mailbox_actions(conn, actions, None);
@@ -1123,11 +1144,7 @@ impl<O: Outlet> Hub<O> {
                     return;
                 };
                 tracing::debug!(conn, %reason, "mailbox read failed; retrying");
-                if let Some(m) = self
-                    .sessions
-                    .get_mut(&conn)
-                    .and_then(|s| s.mailbox.as_mut())
-                {
+                if let Some(m) = self.sessions.get_mut(&conn).and_then(|s| s.mailbox()) {
                     m.read_failed(now_ms);
                 }
             }
@@ -1247,7 +1264,7 @@ impl<O: Outlet> Hub<O> {
         let mut actions = Vec::new();
         let mut m = Mailbox::new(limits, s.last_seq);
         m.start(&mut actions);
-        s.mailbox = Some(Box::new(m));
+        s.more().mailbox = Some(m);
         let _ = now_ms;
         self.mailbox_actions(conn, actions, None);
     }
@@ -1338,7 +1355,7 @@ impl<O: Outlet> Hub<O> {
             let Some(s) = self.sessions.get_mut(&conn) else {
                 continue;
             };
-            if s.requests.len() >= max {
+            if s.more().requests.len() >= max {
                 continue;
             }
             let rid_text = rid.to_string();
@@ -1347,7 +1364,9 @@ impl<O: Outlet> Hub<O> {
                 Err(_) => return bump(&self.stats.bad_bus_payloads_total),
             };
             if s.out.send_text(&text) {
-                s.requests.insert(rid, (reply.clone(), now_ms + lifetime));
+                s.more()
+                    .requests
+                    .insert(rid, (reply.clone(), now_ms + lifetime));
                 delivered += 1;
                 bump(&self.stats.deliveries_total);
                 observe_delivery(&self.stats, self.shard, delay_us);
@@ -1424,11 +1443,7 @@ impl<O: Outlet> Hub<O> {
         };
         for conn in conns {
             let mut actions = Vec::new();
-            if let Some(m) = self
-                .sessions
-                .get_mut(&conn)
-                .and_then(|s| s.mailbox.as_mut())
-            {
+            if let Some(m) = self.sessions.get_mut(&conn).and_then(|s| s.mailbox()) {
                 m.announced(seq, previous, now_ms, &mut actions);
             }
             self.mailbox_actions(conn, actions, None);
@@ -1487,10 +1502,10 @@ impl<O: Outlet> Hub<O> {
             let Some(s) = self.sessions.get_mut(&conn) else {
                 continue;
             };
-            if s.unacked.len() >= max {
+            if s.more().unacked.len() >= max {
                 refused = Some(NotDelivered::Busy);
             } else if s.out.send_text(&encoded.text) {
-                s.unacked.insert(token, (reply.clone(), deadline_ms));
+                s.more().unacked.insert(token, (reply.clone(), deadline_ms));
                 delivered += 1;
                 bump(&self.stats.deliveries_total);
                 observe_delivery(&self.stats, self.shard, delay_us);
@@ -1536,13 +1551,16 @@ impl<O: Outlet> Hub<O> {
         }
         let mut due: Vec<(ConnId, Vec<mailbox::Action>)> = Vec::new();
         for (conn, s) in self.sessions.iter_mut() {
-            if !s.requests.is_empty() {
-                s.requests.retain(|_, (_, deadline)| *deadline >= now_ms);
+            let Some(more) = s.more.as_mut() else {
+                continue;
+            };
+            if !more.requests.is_empty() {
+                more.requests.retain(|_, (_, deadline)| *deadline >= now_ms);
             }
-            if !s.unacked.is_empty() {
-                s.unacked.retain(|_, (_, deadline)| *deadline >= now_ms);
+            if !more.unacked.is_empty() {
+                more.unacked.retain(|_, (_, deadline)| *deadline >= now_ms);
             }
-            if let Some(m) = s.mailbox.as_mut() {
+            if let Some(m) = more.mailbox.as_mut() {
                 let mut actions = Vec::new();
                 if resync {
                     m.resync(now_ms, &mut actions);
@@ -1696,8 +1714,8 @@ mod tests {
         Rc::new(Claims {
             sub: sub.into(),
             exp: u64::MAX,
-            topics_sub: vec!["news.*".into()],
-            topics_pub: vec!["news.sports".into()],
+            topics_sub: Box::new(["news.*".into()]),
+            topics_pub: Box::new(["news.sports".into()]),
             ..Claims::default()
         })
     }
@@ -1725,22 +1743,23 @@ mod tests {
         use std::mem::size_of;
         // sessions: ConnId -> Box<Session>: 16-byte slots, and the session itself.
         assert_eq!(size_of::<(ConnId, Box<Session<ConnHandle>>)>(), 16);
+        // 40 bytes: a 48-byte malloc chunk; topics, requests, receipts and the mailbox are in
+        // `more`, allocated when first used.
         assert!(
-            size_of::<Session<ConnHandle>>() <= 136,
+            size_of::<Session<ConnHandle>>() <= 40,
             "Session is {} bytes",
             size_of::<Session<ConnHandle>>()
         );
-        // The two per-session maps are empty (no allocation) and carry no hasher state.
+        // The two maps of a busy session carry no hasher state.
         assert_eq!(size_of::<TokenMap<(String, u64)>>(), 32);
-        // The mailbox is boxed: 8 bytes unless durable delivery is on.
-        assert_eq!(size_of::<Option<Box<Mailbox>>>(), 8);
         // devices: device id -> its sessions here, one inline.
         assert_eq!(size_of::<(Box<str>, Few<ConnId>)>(), 32);
         // expiries: 16 bytes per session in the B-tree.
         assert_eq!(size_of::<(u64, ConnId)>(), 16);
-        // The claims, shared by the endpoint's session and the hub (one `Rc`).
+        // The claims, shared by the endpoint's session and the hub (one `Rc`: with its two
+        // counts 120 bytes, a 128-byte malloc chunk).
         assert!(
-            size_of::<Claims>() <= 136,
+            size_of::<Claims>() <= 104,
             "Claims is {} bytes",
             size_of::<Claims>()
         );
