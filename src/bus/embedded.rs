@@ -27,10 +27,10 @@ pub(crate) struct EmbeddedLink {
     shard: usize,
     node: Arc<str>,
     /// exact subject -> interested shards (unsorted, no duplicates); never a device subject.
-    table: AHashMap<Box<str>, Few<u16>>,
+    table: AHashMap<Arc<str>, Few<u16>>,
     /// device id -> shards with a session of it (unsorted, no duplicates): where the device's
     /// subjects ([`subject::device_all`]) are routed.
-    devices: AHashMap<Box<str>, Few<u16>>,
+    devices: AHashMap<Arc<str>, Few<u16>>,
     /// One ordered backlog of control messages per destination shard.
     backlog: Vec<Backlog<Ctrl>>,
     /// token -> acknowledgements still expected.
@@ -67,19 +67,21 @@ pub(crate) fn build(config: &BusConfig, stats: Arc<BusStats>) -> Vec<ShardBus> {
 }
 
 /// Adds (`add`) or removes `shard` in the set of `key`; an emptied set leaves the table.
-fn apply(table: &mut AHashMap<Box<str>, Few<u16>>, key: &str, shard: usize, add: bool) {
+/// The key is shared (`Arc`): one allocation of a device id serves every shard's replica and
+/// the hub's tables.
+fn apply(table: &mut AHashMap<Arc<str>, Few<u16>>, key: &Arc<str>, shard: usize, add: bool) {
     let shard = u16::try_from(shard).expect("shard indexes fit u16 (checked by build)");
     if add {
-        match table.get_mut(key) {
+        match table.get_mut(&**key) {
             Some(set) if !set.contains(shard) => set.push(shard),
             Some(_) => {}
             None => {
-                table.insert(key.into(), Few::new(shard));
+                table.insert(key.clone(), Few::new(shard));
             }
         }
-    } else if let Some(set) = table.get_mut(key) {
+    } else if let Some(set) = table.get_mut(&**key) {
         if set.remove(shard) == Removed::Last {
-            table.remove(key);
+            table.remove(&**key);
         }
     }
 }
@@ -96,14 +98,14 @@ impl EmbeddedLink {
             !is_device_routed(subject),
             "device subjects are declared with device_interest: {subject}"
         );
-        self.declare(lanes, subject, false, add, stats)
+        self.declare(lanes, &Arc::from(subject), false, add, stats)
     }
 
     /// Declares (`add`) or withdraws this shard's interest in every subject of `device`.
     pub(crate) fn device_interest(
         &mut self,
         lanes: &Lanes,
-        device: &str,
+        device: &Arc<str>,
         add: bool,
         stats: &BusStats,
     ) -> Result<(), BusError> {
@@ -113,7 +115,7 @@ impl EmbeddedLink {
     fn declare(
         &mut self,
         lanes: &Lanes,
-        key: &str,
+        key: &Arc<str>,
         device: bool,
         add: bool,
         stats: &BusStats,
@@ -127,7 +129,7 @@ impl EmbeddedLink {
         for to in 0..lanes.ctrl.shards() {
             if to != self.shard {
                 let msg = Ctrl::Interest {
-                    key: key.into(),
+                    key: key.clone(),
                     device,
                     shard: self.shard,
                     add,
@@ -382,7 +384,7 @@ mod tests {
     #[test]
     fn interest_table_slots_stay_small() {
         use crate::few::Few;
-        assert_eq!(std::mem::size_of::<(Box<str>, Few<u16>)>(), 32);
+        assert_eq!(std::mem::size_of::<(std::sync::Arc<str>, Few<u16>)>(), 32);
         let (mut buses, _node) = start(&config(2, 64)).unwrap();
         buses[0].subscribe_device("a").unwrap();
         buses[1].subscribe_device("a").unwrap();

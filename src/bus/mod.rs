@@ -334,7 +334,7 @@ pub(crate) enum Ctrl {
     /// Embedded: shard `shard` gained (`add`) or lost interest in `key`: an exact subject, or
     /// with `device` every subject of that device id.
     Interest {
-        key: Box<str>,
+        key: Arc<str>,
         device: bool,
         shard: usize,
         add: bool,
@@ -526,23 +526,29 @@ impl ShardBus {
     /// instead of three per device) whose other matches are filtered out before they reach the
     /// shard; on the embedded bus, one entry for the device id in every shard's device table,
     /// which routes all four subjects. Refcounted by the caller like [`ShardBus::subscribe`].
-    pub fn subscribe_device(&mut self, device: &str) -> Result<(), BusError> {
+    /// Pass the device id as an `Arc<str>` to share it: the embedded bus keys every shard's
+    /// table with that one allocation.
+    pub fn subscribe_device<D: Into<Arc<str>> + AsRef<str>>(
+        &mut self,
+        device: D,
+    ) -> Result<(), BusError> {
         self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
         match &mut self.link {
             Link::Nats(l) => {
+                let device = device.as_ref();
                 l.subscribe(&subject::device_wildcard(device), Some(device), &self.stats)
             }
-            Link::Embedded(l) => l.device_interest(&self.lanes, device, true, &self.stats),
+            Link::Embedded(l) => l.device_interest(&self.lanes, &device.into(), true, &self.stats),
         }
     }
 
     /// Withdraws what [`ShardBus::subscribe_device`] declared.
-    pub fn unsubscribe_device(&mut self, device: &str) {
+    pub fn unsubscribe_device<D: Into<Arc<str>> + AsRef<str>>(&mut self, device: D) {
         match &mut self.link {
-            Link::Nats(_) => self.unsubscribe(&subject::device_wildcard(device)),
+            Link::Nats(_) => self.unsubscribe(&subject::device_wildcard(device.as_ref())),
             Link::Embedded(l) => {
                 self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
-                let _ = l.device_interest(&self.lanes, device, false, &self.stats);
+                let _ = l.device_interest(&self.lanes, &device.into(), false, &self.stats);
             }
         }
     }

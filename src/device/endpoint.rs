@@ -298,14 +298,14 @@ struct DeviceSession {
 impl Session for DeviceSession {
     fn on_open(&mut self, conn: &ConnHandle) {
         let now = self.shard.now_ms();
-        self.hub.borrow_mut().open(
+        let device = self.hub.borrow_mut().open(
             conn.id(),
             conn.clone(),
             self.claims.clone(),
             Some(self.last_seq),
             now,
         );
-        if let Some(oldest) = self.sessions.open(&self.claims.sub, conn.id()) {
+        if let Some(oldest) = self.sessions.open(device, conn.id()) {
             tracing::info!(
                 device = %self.claims.sub,
                 conn = oldest,

@@ -429,7 +429,9 @@ pub struct Hub<O: Outlet> {
     /// a growth) costs slots, not whole sessions.
     sessions: AHashMap<ConnId, Box<Session<O>>>,
     /// device id -> local sessions, oldest first
-    devices: AHashMap<Box<str>, Few<ConnId>>,
+    /// (The key is the node's one copy of the id, shared with the bus tables and the node's
+    /// session count.)
+    devices: AHashMap<Arc<str>, Few<ConnId>>,
     /// topic -> local subscribed sessions
     topics: AHashMap<String, Vec<ConnId>>,
     /// token -> (what waits, deadline ms, when the barrier started)
@@ -591,6 +593,7 @@ impl<O: Outlet> Hub<O> {
 
     /// A device session opened: registers its interest; `hello` follows once it is in effect.
     /// `last_seq` is the durable sequence the device says it processed (`?last_seq=`).
+    /// Returns the device id as the shard keeps it, to share with other per-device tables.
     pub fn open(
         &mut self,
         conn: ConnId,
@@ -598,23 +601,28 @@ impl<O: Outlet> Hub<O> {
         claims: Rc<Claims>,
         last_seq: Option<u64>,
         now_ms: u64,
-    ) {
+    ) -> Arc<str> {
         bump(&self.stats.sessions_opened_total);
         if let Some(at) = self.expiry_of(&claims) {
             self.expiries.insert((at, conn));
         }
-        let device = &*claims.sub;
-        let first = match self.devices.get_mut(device) {
-            Some(list) => {
-                list.push(conn);
-                false
+        let known = self
+            .devices
+            .get_key_value(&*claims.sub)
+            .map(|(d, _)| d.clone());
+        let (device, first) = match known {
+            Some(device) => {
+                if let Some(list) = self.devices.get_mut(&device) {
+                    list.push(conn);
+                }
+                (device, false)
             }
             None => {
-                self.devices.insert(device.into(), Few::new(conn));
-                true
+                let device: Arc<str> = Arc::from(&*claims.sub);
+                self.devices.insert(device.clone(), Few::new(conn));
+                (device, true)
             }
         };
-        let device_interest = first.then(|| claims.clone());
         self.sessions.insert(
             conn,
             Box::new(Session {
@@ -626,9 +634,9 @@ impl<O: Outlet> Hub<O> {
                 more: None,
             }),
         );
-        if device_interest.is_some_and(|c| self.bus.subscribe_device(&c.sub).is_err()) {
+        if first && self.bus.subscribe_device(device.clone()).is_err() {
             self.fail_session(conn, "bus unavailable");
-            return;
+            return device;
         }
         let token = self.seq();
         self.waiting.insert(
@@ -641,6 +649,7 @@ impl<O: Outlet> Hub<O> {
         );
         self.bus.barrier(token);
         self.drain_local(now_ms);
+        device
     }
 
     fn fail_session(&mut self, conn: ConnId, reason: &'static str) {
@@ -673,8 +682,9 @@ impl<O: Outlet> Hub<O> {
         }
         if let Some(list) = self.devices.get_mut(&**device) {
             if list.remove(conn) == Removed::Last {
-                self.devices.remove(&**device);
-                self.bus.unsubscribe_device(device);
+                if let Some((device, _)) = self.devices.remove_entry(&**device) {
+                    self.bus.unsubscribe_device(device);
+                }
             }
         }
         for topic in session.topics() {
@@ -1752,8 +1762,9 @@ mod tests {
         );
         // The two maps of a busy session carry no hasher state.
         assert_eq!(size_of::<TokenMap<(String, u64)>>(), 32);
-        // devices: device id -> its sessions here, one inline.
-        assert_eq!(size_of::<(Box<str>, Few<ConnId>)>(), 32);
+        // devices: device id (shared with the bus tables and the node count) -> its sessions
+        // here, one inline.
+        assert_eq!(size_of::<(Arc<str>, Few<ConnId>)>(), 32);
         // expiries: 16 bytes per session in the B-tree.
         assert_eq!(size_of::<(u64, ConnId)>(), 16);
         // The claims, shared by the endpoint's session and the hub (one `Rc`: with its two

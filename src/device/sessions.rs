@@ -12,7 +12,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::few::{Few, Removed};
 use ahash::AHashMap;
@@ -31,7 +31,8 @@ pub const REPLACED_CLOSE_REASON: &str = "replaced: too many sessions of this dev
 #[derive(Debug)]
 pub struct DeviceSessions {
     max: usize,
-    open: Mutex<AHashMap<Box<str>, Few<ConnId>>>,
+    /// Keyed by the device id the hub shares (one allocation per device on the shard).
+    open: Mutex<AHashMap<Arc<str>, Few<ConnId>>>,
     replaced: AtomicU64,
 }
 
@@ -52,9 +53,9 @@ impl DeviceSessions {
 
     /// Records `conn` as the newest session of `device`; returns the session to close when the
     /// device is over the cap (its oldest).
-    pub fn open(&self, device: &str, conn: ConnId) -> Option<ConnId> {
+    pub fn open<D: Into<Arc<str>> + AsRef<str>>(&self, device: D, conn: ConnId) -> Option<ConnId> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(list) = open.get_mut(device) else {
+        let Some(list) = open.get_mut(device.as_ref()) else {
             open.insert(device.into(), Few::new(conn));
             return None;
         };
