@@ -23,8 +23,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// test).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
-    /// The device id.
-    pub sub: Box<str>,
+    /// The device id: the node's one copy of it, shared (`Arc`) by the tables that key on it
+    /// (the hub's devices, the embedded bus's replicas, the node's session count).
+    #[serde(deserialize_with = "shared_str", serialize_with = "as_str")]
+    pub sub: Arc<str>,
     /// Expiry, seconds since the epoch.
     pub exp: u64,
     /// Not valid before, seconds since the epoch (checked with `--jwt-leeway`).
@@ -42,6 +44,16 @@ pub struct Claims {
     /// Services the device may send upstream to (absent: any).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub services: Option<Box<[String]>>,
+}
+
+/// Reads a string into an `Arc<str>` (serde's own impl needs its `rc` feature).
+fn shared_str<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Arc<str>, D::Error> {
+    Box::<str>::deserialize(d).map(Arc::from)
+}
+
+/// Writes an `Arc<str>` as a plain string.
+fn as_str<S: serde::Serializer>(value: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(value)
 }
 
 /// True for an empty pattern list (not serialized).

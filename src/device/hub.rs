@@ -429,7 +429,7 @@ pub struct Hub<O: Outlet> {
     /// a growth) costs slots, not whole sessions.
     sessions: AHashMap<ConnId, Box<Session<O>>>,
     /// device id -> local sessions, oldest first
-    /// (The key is the node's one copy of the id, shared with the bus tables and the node's
+    /// (The key is the id from the claims, `Arc`-shared with the bus tables and the node's
     /// session count.)
     devices: AHashMap<Arc<str>, Few<ConnId>>,
     /// topic -> local subscribed sessions
@@ -593,7 +593,6 @@ impl<O: Outlet> Hub<O> {
 
     /// A device session opened: registers its interest; `hello` follows once it is in effect.
     /// `last_seq` is the durable sequence the device says it processed (`?last_seq=`).
-    /// Returns the device id as the shard keeps it, to share with other per-device tables.
     pub fn open(
         &mut self,
         conn: ConnId,
@@ -601,26 +600,20 @@ impl<O: Outlet> Hub<O> {
         claims: Rc<Claims>,
         last_seq: Option<u64>,
         now_ms: u64,
-    ) -> Arc<str> {
+    ) {
         bump(&self.stats.sessions_opened_total);
         if let Some(at) = self.expiry_of(&claims) {
             self.expiries.insert((at, conn));
         }
-        let known = self
-            .devices
-            .get_key_value(&*claims.sub)
-            .map(|(d, _)| d.clone());
-        let (device, first) = match known {
-            Some(device) => {
-                if let Some(list) = self.devices.get_mut(&device) {
-                    list.push(conn);
-                }
-                (device, false)
+        let device = claims.sub.clone();
+        let first = match self.devices.get_mut(&*device) {
+            Some(list) => {
+                list.push(conn);
+                false
             }
             None => {
-                let device: Arc<str> = Arc::from(&*claims.sub);
                 self.devices.insert(device.clone(), Few::new(conn));
-                (device, true)
+                true
             }
         };
         self.sessions.insert(
@@ -634,9 +627,9 @@ impl<O: Outlet> Hub<O> {
                 more: None,
             }),
         );
-        if first && self.bus.subscribe_device(device.clone()).is_err() {
+        if first && self.bus.subscribe_device(device).is_err() {
             self.fail_session(conn, "bus unavailable");
-            return device;
+            return;
         }
         let token = self.seq();
         self.waiting.insert(
@@ -649,7 +642,6 @@ impl<O: Outlet> Hub<O> {
         );
         self.bus.barrier(token);
         self.drain_local(now_ms);
-        device
     }
 
     fn fail_session(&mut self, conn: ConnId, reason: &'static str) {
