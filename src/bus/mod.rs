@@ -420,6 +420,17 @@ impl ShardBus {
         }
     }
 
+    /// How often this shard's own NATS connection logged in again after its first login (0 on
+    /// the embedded bus): what was published to this shard while it was away is lost, so the
+    /// shard re-reads its sessions' mailboxes and re-announces its sessions when this changes.
+    /// Other shards' connections do not count here.
+    pub fn reconnects(&self) -> u64 {
+        match &self.link {
+            Link::Nats(l) => l.reconnects(),
+            Link::Embedded(_) => 0,
+        }
+    }
+
     /// Starts this shard's side of the bus; call it on the shard, before anything else (the
     /// device endpoint does when it builds the shard's hub). On NATS it starts the shard's
     /// connection task on the current executor (it connects in the background and keeps trying

@@ -499,6 +499,13 @@ impl NatsLink {
             .is_some_and(|l| l.get().conn.is_connected())
     }
 
+    /// How often this shard's connection logged in again after its first login.
+    pub(crate) fn reconnects(&self) -> u64 {
+        self.live
+            .as_ref()
+            .map_or(0, |l| l.get().conn.stats().reconnects)
+    }
+
     /// Takes the connection out of the link, for [`super::ShardBus::close`] to flush and close.
     pub(crate) fn close(&mut self) -> Option<Connection> {
         self.live.take().map(|live| live.into_inner().conn)

@@ -443,8 +443,9 @@ pub struct Hub<O: Outlet> {
     uploads: AHashMap<u64, (ConnId, String)>,
     /// Durable `ack` with `id` waiting for the stream: token -> (session, id).
     ack_waits: AHashMap<u64, (ConnId, String)>,
-    /// The bus reconnect count last seen by the mailboxes: a reconnect makes every mailbox
-    /// read again (an announcement published while the link was down is lost).
+    /// This shard's NATS reconnect count last seen by the mailboxes: a reconnect makes every
+    /// mailbox of this shard read again (an announcement published while its connection was
+    /// down is lost).
     mailbox_reconnects_seen: u64,
     /// When every mailbox reads again once more after a reconnect.
     resync_at_ms: Option<u64>,
@@ -460,7 +461,7 @@ pub struct Hub<O: Outlet> {
     events: bool,
     /// Shard 0 of a NATS node publishes the node heartbeat.
     heartbeat: Option<HeartbeatClock>,
-    /// The bus reconnections already answered with a resync of this shard's sessions.
+    /// This shard's NATS reconnections already answered with a resync of its sessions.
     reconnects_seen: u64,
 }
 
@@ -1540,7 +1541,7 @@ impl<O: Outlet> Hub<O> {
             bump(&self.stats.acks_timed_out_total);
             self.settle(seq, Err(reason.unwrap_or(NotDelivered::Timeout)));
         }
-        let reconnects = self.bus.stats().reconnects_total.load(Ordering::Relaxed);
+        let reconnects = self.bus.reconnects();
         let mut resync = false;
         if reconnects != self.mailbox_reconnects_seen {
             // Read now, and once more a second later (subscriptions are restored meanwhile).
@@ -1624,7 +1625,7 @@ impl<O: Outlet> Hub<O> {
         if !self.events {
             return;
         }
-        let reconnects = self.bus.stats().reconnects_total.load(Ordering::Relaxed);
+        let reconnects = self.bus.reconnects();
         if reconnects == self.reconnects_seen {
             return;
         }

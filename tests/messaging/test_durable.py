@@ -557,6 +557,11 @@ def test_cluster_failover_keeps_devices_connected_and_loses_nothing_acknowledged
         nodes.append(b)
         victim = victims[0]
         survivors = [s for s in servers if s is not victim]
+        # The shards of node1 whose connection is on the victim: they reconnect, and only their
+        # sessions are announced again (docs/protocol.md, section 8).
+        prefix = "tether node node1 shard "
+        victim_shards = {int(n[len(prefix):]) for n in victim.client_names() if n.startswith(prefix)}
+        assert victim_shards, victim.client_names()
 
         async def body():
             nc = await nats.connect([s.url for s in survivors], max_reconnect_attempts=-1)
@@ -568,6 +573,12 @@ def test_cluster_failover_keeps_devices_connected_and_loses_nothing_acknowledged
             # Device-to-device sends with ack across the two nodes, both ways, all along.
             p1 = await Device.connect(a.url(), mint("ph-c1"))
             p2 = await Device.connect(b.url(), mint("ph-c2"))
+            # Idle sessions on node1 until its every shard holds one (the kernel spreads
+            # connections over the shards' listeners).
+            idle = []
+            while {d.shard for d in (d1, p1, *idle)} != {0, 1}:
+                assert len(idle) < 64, "node1's connections all went to one shard"
+                idle.append(await Device.connect(a.url(), mint(f"idle-c{len(idle)}")))
             peers = [PeerLoop(p1, "ph-c2"), PeerLoop(p2, "ph-c1")]
             stop_sending = asyncio.Event()
             senders = [asyncio.ensure_future(p.send_until(stop_sending)) for p in peers]
@@ -631,7 +642,7 @@ def test_cluster_failover_keeps_devices_connected_and_loses_nothing_acknowledged
                       f"{not_ok} not delivered {reasons}, {refused} refused (bus_unavailable)")
             # Every device stayed connected the whole time (a closed socket ends the loops), and
             # node1 announced its sessions again after its reconnect (docs/protocol.md, section 8).
-            for d in (d1, d2, p1, p2):
+            for d in (d1, d2, p1, p2, *idle):
                 assert d.ws.state.name == "OPEN", d.id
             resynced, disconnects = set(), []
             while True:
@@ -643,9 +654,12 @@ def test_cluster_failover_keeps_devices_connected_and_loses_nothing_acknowledged
                     resynced.add((e["node"], e["device"]))
                 if e["event"] == "disconnect":
                     disconnects.append(e)
-            assert {("node1", "stb-c1"), ("node1", "ph-c1")} <= resynced, resynced
+            node1_sessions = (d1, p1, *idle)
+            expected = {("node1", d.id) for d in node1_sessions if d.shard in victim_shards}
+            assert expected, (victim_shards, [(d.id, d.shard) for d in node1_sessions])
+            assert {r for r in resynced if r[0] == "node1"} == expected, (resynced, victim_shards)
             assert not disconnects, disconnects
-            for d in (d1, d2, p1, p2):
+            for d in (d1, d2, p1, p2, *idle):
                 await d.close()
             # Nothing acknowledged comes back, on either node.
             for node, device in ((b, "stb-c1"), (a, "stb-c2")):

@@ -453,3 +453,140 @@ def test_connection_events_heartbeats_and_a_killed_node():
         run(body())
     finally:
         c.stop()
+
+
+class CuttingProxy:
+    """A TCP proxy in front of a nats-server that can cut one named client connection (the
+    name from the client's `CONNECT`), leaving the others up: each shard of a node has its own
+    connection, named `tether node <node> shard <i>`."""
+
+    def __init__(self, upstream_port):
+        import socket
+        import threading
+
+        self.upstream_port = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.lock = threading.Lock()
+        self.named = []  # (name, client socket, upstream socket), live connections
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self):
+        return f"nats://127.0.0.1:{self.port}"
+
+    def _accept(self):
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(target=self._pump, args=(upstream, client, None), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, upstream, b""), daemon=True).start()
+
+    def _pump(self, src, dst, first_line):
+        """Copies src to dst; on the client side, reads the `CONNECT` line's name first."""
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if first_line is not None and b"\r\n" not in first_line:
+                    first_line += data
+                    if b"\r\n" in first_line:
+                        line = first_line.split(b"\r\n", 1)[0].decode()
+                        if line.startswith("CONNECT "):
+                            name = json.loads(line[len("CONNECT "):]).get("name", "")
+                            with self.lock:
+                                self.named.append((name, src, dst))
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(2)
+            except OSError:
+                pass
+
+    def cut(self, name_suffix):
+        """Cuts the live connection whose name ends with `name_suffix`; returns its name."""
+        with self.lock:
+            found = [c for c in self.named if c[0].endswith(name_suffix)]
+            assert len(found) == 1, [c[0] for c in self.named]
+            self.named.remove(found[0])
+        name, client, upstream = found[0]
+        for s in (client, upstream):
+            s.shutdown(2)
+        return name
+
+    def close(self):
+        self.listener.close()
+
+
+def test_a_shard_whose_connection_is_cut_resyncs_only_its_own_sessions():
+    """docs/protocol.md section 8: after a shard's own NATS connection logs in again, the node
+    re-announces (`connect`, reason `resync`) every session of that shard, and only those: the
+    other shard's connection stayed up and lost nothing."""
+    server = NatsServer()
+    proxy = CuttingProxy(server.port)
+    node = Node("--shards", "2", "--nats", proxy.url)
+
+    async def body():
+        loop = asyncio.get_running_loop()
+        nc = await nats.connect(server.url)
+        events = []
+
+        async def on_event(msg):
+            events.append(json.loads(msg.data))
+
+        await nc.subscribe("tether.event.>", cb=on_event)
+        await nc.flush()
+
+        async def until(what, pred, timeout=TIMEOUT_S):
+            end = loop.time() + timeout
+            while not pred():
+                assert loop.time() < end, f"timed out waiting for {what}: events={events[-5:]}"
+                await asyncio.sleep(0.02)
+
+        # Devices on both shards (the kernel spreads connections over the shards' listeners).
+        devices = []
+        for i in range(64):
+            devices.append(await Device.connect(node.url(), mint(f"cut-{i}")))
+            if len(devices) >= 4 and {d.shard for d in devices} == {0, 1}:
+                break
+        on = {s: {d.id for d in devices if d.shard == s} for s in (0, 1)}
+        assert on[0] and on[1], on
+        await until("every hello's connect event", lambda: {
+            e["device"] for e in events if e["reason"] == "hello"} == {d.id for d in devices})
+
+        name = proxy.cut(" shard 1")
+        cut_at = loop.time()
+        await until("shard 1's reconnect", lambda: node.metric("tether_bus_reconnects_total") >= 1
+                    and node.metric("tether_bus_connected") == 1)
+        resynced = lambda: {e["device"] for e in events if e["reason"] == "resync"}
+        await until("shard 1's sessions re-announced", lambda: resynced() >= on[1])
+        # The hub looks at its shard's connection every 100 ms: shard 0 would have answered by
+        # now; give it 1 s more to be sure.
+        await asyncio.sleep(1.0)
+        assert resynced() == on[1], (name, resynced(), on)
+        again = [e for e in events if e["reason"] == "resync"]
+        assert all(e["node"] == devices[0].node and e["shard"] == 1 for e in again), again
+        assert not any(e["event"] == "disconnect" for e in events), events
+        for d in devices:
+            assert d.ws.state.name == "OPEN", d.id
+        print(f"{name} cut; {len(on[1])} sessions resynced after {loop.time() - cut_at:.2f}s, "
+              f"{len(on[0])} on shard 0 not")
+        for d in devices:
+            await d.close()
+        await nc.close()
+
+    try:
+        run(body())
+    finally:
+        node.stop()
+        proxy.close()
+        server.stop()
