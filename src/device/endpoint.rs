@@ -43,8 +43,9 @@ impl Outlet for ConnHandle {
     }
 }
 
-/// How long a shard's NATS connection gets to flush after the drain before it closes.
-const BUS_STOP_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a shard's NATS connection gets to flush after the drain before it closes (the
+/// shard's only drained hook: all the time hooks get).
+const BUS_STOP_TIMEOUT: Duration = crate::server::DRAINED_HOOKS_TIME_MAX;
 
 /// Starts the bus for the server's shards and adds `/ws`, the per-shard hub, the messaging
 /// metrics, the bus's readiness check and the bus's stop. `Err`: the bus or the JWKS refresh
@@ -116,14 +117,17 @@ pub fn install(mut server: Server, mut config: MessagingConfig) -> Result<Server
                 config: config.clone(),
                 stats: stats.clone(),
             });
-            let drained = hub.clone();
+            let (drained, drained_ctx) = (hub.clone(), ctx.clone());
             Ok(ShardService::new()
                 .endpoint("/ws", endpoint)
                 .task(run_hub(hub, ctx.clone()))
                 .on_drained(move || {
-                    // The drain's disconnect events go out before the shard stops.
-                    let close = drained.borrow_mut().bus().close(BUS_STOP_TIMEOUT);
-                    close
+                    // The drain's disconnect events go out before the shard stops, also those
+                    // of sessions whose client did not answer the close by the deadline (the
+                    // drain closed them with 1001).
+                    let mut hub = drained.borrow_mut();
+                    hub.close_remaining(1001, drained_ctx.now_ms());
+                    hub.bus().close(BUS_STOP_TIMEOUT)
                 }))
         })
         .metrics_source(move |out| {

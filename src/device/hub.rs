@@ -652,6 +652,18 @@ impl<O: Outlet> Hub<O> {
         }
     }
 
+    /// After the drain: ends every session still open (its client did not finish the close
+    /// handshake by the drain deadline) as closed with `code`, so that backends get its
+    /// `disconnect` before the shard's bus connection closes. The connection's own end, if it
+    /// comes, finds the session gone.
+    pub fn close_remaining(&mut self, code: u16, now_ms: u64) {
+        let open: Vec<ConnId> = self.sessions.keys().copied().collect();
+        for conn in open {
+            self.close(conn, code, now_ms);
+        }
+        debug_assert!(self.sessions.is_empty());
+    }
+
     /// A session ended (with this close code): its interest goes with it, every message it
     /// received without acknowledging is reported `closed` to its sender, and backends get a
     /// `disconnect` event if they had a `connect`.

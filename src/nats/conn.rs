@@ -615,6 +615,33 @@ impl Drop for RequestGuard {
     }
 }
 
+/// The end of a connection closed on purpose: everything queued, then our FIN, then whatever
+/// the server still sends, read and dropped until its own FIN. A socket closed with unread bytes
+/// sends a reset, and a server that gets the reset before it has read our last bytes loses them
+/// (a drain's `disconnect` events). The caller bounds the time.
+async fn linger(shared: &Shared, stream: &mut Stream) {
+    poll_fn(|cx| {
+        let mut client = shared.client.borrow_mut();
+        while !client.output().is_empty() {
+            match stream.poll_write(cx, client.output()) {
+                Poll::Ready(Ok(n)) if n > 0 => client.consume_output(n),
+                Poll::Ready(_) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        stream.poll_flush(cx).map(|_| ())
+    })
+    .await;
+    if stream.shutdown_write().await.is_ok() {
+        let mut sink = [0u8; 4096];
+        while let Ok(n) = poll_fn(|cx| stream.poll_read(cx, &mut sink)).await {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+}
+
 /// How a connected session ended.
 enum End {
     Close(Duration),
@@ -748,18 +775,7 @@ impl Driver {
                     let end = self.session(&mut stream, &mut rb, &mut on_event).await;
                     match end {
                         End::Close(flush_timeout) => {
-                            let flush = poll_fn(|cx| {
-                                let mut client = shared.client.borrow_mut();
-                                while !client.output().is_empty() {
-                                    match stream.poll_write(cx, client.output()) {
-                                        Poll::Ready(Ok(n)) if n > 0 => client.consume_output(n),
-                                        Poll::Ready(_) => return Poll::Ready(()),
-                                        Poll::Pending => return Poll::Pending,
-                                    }
-                                }
-                                stream.poll_flush(cx).map(|_| ())
-                            });
-                            future::or(flush, sleep(flush_timeout)).await;
+                            future::or(linger(&shared, &mut stream), sleep(flush_timeout)).await;
                             shared.update_stats(|s| s.connected = false);
                             break;
                         }

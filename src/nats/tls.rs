@@ -135,6 +135,19 @@ impl Stream {
         }
     }
 
+    /// Ends the writing side after everything written so far: TLS sends its `close_notify`
+    /// first, then TCP its FIN. The peer reads all of it before it sees the end.
+    pub(super) async fn shutdown_write(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(tcp) => Ok(tcp.shutdown(std::net::Shutdown::Write).await?),
+            Stream::Tls(tls) => {
+                tls.tls.send_close_notify();
+                futures_lite::future::poll_fn(|cx| tls.poll_flush_tls(cx)).await?;
+                Ok(tls.tcp.shutdown(std::net::Shutdown::Write).await?)
+            }
+        }
+    }
+
     /// The plain TCP stream, for a TLS upgrade (`None` when TLS runs already).
     pub(super) fn into_tcp(self) -> Option<TcpStream> {
         match self {

@@ -45,9 +45,10 @@
 //! for `drain_delay` (so that load balancers probing `/readyz` take the node out first), then
 //! the node stops accepting (each shard closes its listener), upgrade requests still in flight
 //! get 503, and each shard closes its connections
-//! with 1001 in batches spread over `drain_time` (see [`tasks::drain`]). The process exits 0
-//! when every connection is closed or at the deadline, whichever comes first. A second signal
-//! stops at once.
+//! with 1001 in batches spread over `drain_time` (see [`tasks::drain`]). A shard is done when
+//! every connection is closed or at the deadline, whichever comes first, and then runs its
+//! [`ShardService::on_drained`] hooks (at most [`DRAINED_HOOKS_TIME_MAX`]); the process exits 0
+//! when every shard is done. A second signal stops at once.
 
 pub mod admin;
 pub mod config;
@@ -102,6 +103,10 @@ pub struct ShardService {
 /// [`ShardService::on_drained`]).
 pub type DrainedHook = Box<dyn FnOnce() -> ShardTask>;
 
+/// How long a shard's [`ShardService::on_drained`] hooks may take together: the node's
+/// drain watchdog stops the shards this long (plus 200 ms) after the drain deadline.
+pub const DRAINED_HOOKS_TIME_MAX: Duration = Duration::from_secs(1);
+
 impl ShardService {
     /// A service with no endpoint and no task yet.
     pub fn new() -> ShardService {
@@ -122,7 +127,8 @@ impl ShardService {
 
     /// Runs the future `hook` makes on this shard once its drain is over (its connections
     /// closed), and waits for it before the shard stops: e.g. flushing what the drain queued
-    /// for NATS. The hook bounds its own time. Not run when the node stops without a drain.
+    /// for NATS. The hook bounds its own time: a shard's hooks together within
+    /// [`DRAINED_HOOKS_TIME_MAX`]. Not run when the node stops without a drain.
     pub fn on_drained<F: Future<Output = ()> + 'static>(
         mut self,
         hook: impl FnOnce() -> F + 'static,
@@ -637,7 +643,7 @@ fn spawn_reload_thread(
 
 /// The `tether-signals` thread: the first SIGTERM/SIGINT makes the node unready, then (after
 /// `drain_delay`) sends every shard the drain with its deadline, and a watchdog stops the
-/// shards `drain_time` later; a second signal stops at once.
+/// shards `drain_time` + [`DRAINED_HOOKS_TIME_MAX`] later; a second signal stops at once.
 fn spawn_signal_thread(
     signals: Signals,
     node_shared: Arc<NodeShared>,
@@ -676,7 +682,11 @@ fn spawn_signal_thread(
             let _ = std::thread::Builder::new()
                 .name("tether-deadline".to_string())
                 .spawn(move || {
-                    std::thread::sleep(drain_time + Duration::from_millis(200));
+                    // A shard that drained at the deadline still runs its hooks (a NATS
+                    // connection writing the drain's `disconnect` events).
+                    std::thread::sleep(
+                        drain_time + DRAINED_HOOKS_TIME_MAX + Duration::from_millis(200),
+                    );
                     tracing::warn!("drain deadline passed: stopping shards");
                     watchdog.stop();
                 });

@@ -9,11 +9,14 @@ nats-server, Python `websockets` devices and a `nats-py` backend:
 - a NATS outage during a stream of sends with `ack`: nothing answered `delivered: false`
   arrives afterwards;
 - a topic named like the device arrives once;
-- connection events and node heartbeats, and a SIGKILLed node detected within 3 s.
+- connection events and node heartbeats, and a SIGKILLed node detected within 3 s;
+- a shard whose own NATS connection is cut re-announces its sessions, the other shard does not;
+- a drained node publishes every session's `disconnect` (400 sessions, 2 shards) before it exits.
 """
 
 import asyncio
 import base64
+import collections
 import json
 import os
 import signal
@@ -520,7 +523,10 @@ class CuttingProxy:
             self.named.remove(found[0])
         name, client, upstream = found[0]
         for s in (client, upstream):
-            s.shutdown(2)
+            try:
+                s.shutdown(2)
+            except OSError:
+                pass  # the pumps saw the first shutdown and closed the other side already
         return name
 
     def close(self):
@@ -589,4 +595,60 @@ def test_a_shard_whose_connection_is_cut_resyncs_only_its_own_sessions():
     finally:
         node.stop()
         proxy.close()
+        server.stop()
+
+
+def test_a_drained_node_publishes_every_sessions_disconnect_before_it_exits():
+    """docs/protocol.md section 8: a node that stops normally (SIGTERM, drain) closes its
+    sessions first and publishes what it queued before it disconnects, so a backend gets a
+    `disconnect` (1001, `going_away`) for every session, from every shard's connection."""
+    sessions = 400
+    server = NatsServer()
+    node = Node("--shards", "2", "--nats", server.url, "--drain-time", "500ms")
+
+    async def body():
+        loop = asyncio.get_running_loop()
+        nc = await nats.connect(server.url)
+        events = []
+
+        async def on_event(msg):
+            events.append(json.loads(msg.data))
+
+        await nc.subscribe("tether.event.>", cb=on_event)
+        await nc.flush()
+        host, port = node.listen.rsplit(":", 1)
+        held = []
+        for i in range(sessions):
+            r, w = await raw_connect(host, int(port), mint(f"drain-{i}"))
+            assert json.loads(await asyncio.wait_for(read_text(r), TIMEOUT_S))["op"] == "hello"
+            held.append((r, w))
+
+        async def until(what, pred, timeout=TIMEOUT_S):
+            end = loop.time() + timeout
+            while not pred():
+                assert loop.time() < end, \
+                    f"timed out waiting for {what}: {len(events)} events " \
+                    f"{collections.Counter((e['event'], e['shard']) for e in events)}; node log:\n{node.log()[-3000:]}"
+                await asyncio.sleep(0.02)
+
+        connects = lambda: [e for e in events if e["event"] == "connect"]
+        await until("every connect event", lambda: len(connects()) == sessions)
+        assert {e["shard"] for e in connects()} == {0, 1}
+        node.proc.send_signal(signal.SIGTERM)
+        # The node is gone before the backend looks: what it published is all there is.
+        await loop.run_in_executor(None, node.proc.wait, TIMEOUT_S)
+        assert node.proc.returncode == 0, node.log()
+        bye = lambda: [e for e in events if e["event"] == "disconnect"]
+        await until("every session's disconnect", lambda: len(bye()) == sessions)
+        assert {e["device"] for e in bye()} == {f"drain-{i}" for i in range(sessions)}
+        assert all(e["code"] == 1001 and e["reason"] == "going_away" for e in bye()), bye()[:3]
+        assert {e["shard"] for e in bye()} == {0, 1}
+        for _, w in held:
+            w.close()
+        await nc.close()
+
+    try:
+        run(body())
+    finally:
+        node.stop()
         server.stop()
