@@ -813,6 +813,14 @@ fn build_report(r: &ReportInput) -> Value {
             _ => "message_delivery_us",
         };
         v[key] = json!(LatencySummary::of(&r.totals.rtt));
+        // Where the delivery time went: the generator's own lateness in sending, and the path
+        // from the socket write to the receipt.
+        if !r.totals.send_lag.is_empty() {
+            v["message_send_lag_us"] = json!(LatencySummary::of(&r.totals.send_lag));
+        }
+        if !r.totals.transit.is_empty() {
+            v["message_transit_us"] = json!(LatencySummary::of(&r.totals.transit));
+        }
         v["workload"] = json!(r.plan.workload);
         v["protocol"] = json!(r.plan.protocol);
         v["tether_errors"] = json!(c.tether_errors);
@@ -969,6 +977,12 @@ fn print_summary(v: &Value) {
     }
     if v.get("message_delivery_us").is_some() {
         rows.push(("delivery", "message_delivery_us"));
+    }
+    if v.get("message_send_lag_us").is_some() {
+        rows.push(("send lag", "message_send_lag_us"));
+    }
+    if v.get("message_transit_us").is_some() {
+        rows.push(("transit", "message_transit_us"));
     }
     if v.get("complete_us").is_some() {
         rows.push(("complete", "complete_us"));

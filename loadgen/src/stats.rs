@@ -170,10 +170,25 @@ pub struct Hists {
     /// A device's reference instant (its first intended connect with `--preload`, else the
     /// start of the burst) -> it had all its messages (durable: its last ack confirmed).
     pub complete: Histogram<u64>,
+    /// Intended send time of a scheduled message -> handed to the socket (how late the
+    /// generator itself was).
+    pub send_lag: Histogram<u64>,
+    /// A message handed to the socket -> received (echo: its echo; d2d: at the partner), for
+    /// messages that carry their write time; the path's own latency without the generator's
+    /// sending lateness.
+    pub transit: Histogram<u64>,
 }
 
 /// Histogram names, in the order used for files and reports.
-pub const HIST_NAMES: [&str; 5] = ["connect", "upgrade", "handshake", "rtt", "complete"];
+pub const HIST_NAMES: [&str; 7] = [
+    "connect",
+    "upgrade",
+    "handshake",
+    "rtt",
+    "complete",
+    "send_lag",
+    "transit",
+];
 
 impl Default for Hists {
     fn default() -> Self {
@@ -183,28 +198,34 @@ impl Default for Hists {
             handshake: new_histogram(),
             rtt: new_histogram(),
             complete: new_histogram(),
+            send_lag: new_histogram(),
+            transit: new_histogram(),
         }
     }
 }
 
 impl Hists {
-    pub fn all(&self) -> [&Histogram<u64>; 5] {
+    pub fn all(&self) -> [&Histogram<u64>; 7] {
         [
             &self.connect,
             &self.upgrade,
             &self.handshake,
             &self.rtt,
             &self.complete,
+            &self.send_lag,
+            &self.transit,
         ]
     }
 
-    fn all_mut(&mut self) -> [&mut Histogram<u64>; 5] {
+    fn all_mut(&mut self) -> [&mut Histogram<u64>; 7] {
         [
             &mut self.connect,
             &mut self.upgrade,
             &mut self.handshake,
             &mut self.rtt,
             &mut self.complete,
+            &mut self.send_lag,
+            &mut self.transit,
         ]
     }
 
@@ -236,6 +257,8 @@ impl Hists {
             handshake: enc(&self.handshake, &mut ser),
             rtt: enc(&self.rtt, &mut ser),
             complete: enc(&self.complete, &mut ser),
+            send_lag: enc(&self.send_lag, &mut ser),
+            transit: enc(&self.transit, &mut ser),
         }
     }
 
@@ -260,6 +283,8 @@ impl Hists {
             handshake: dec(&b.handshake)?,
             rtt: dec(&b.rtt)?,
             complete: dec(&b.complete)?,
+            send_lag: dec(&b.send_lag)?,
+            transit: dec(&b.transit)?,
         })
     }
 }
@@ -272,6 +297,8 @@ pub struct HistBlobs {
     pub handshake: String,
     pub rtt: String,
     pub complete: String,
+    pub send_lag: String,
+    pub transit: String,
 }
 
 /// Coordinator -> worker, line 1 on stdin.

@@ -45,6 +45,9 @@ const SCRATCH_BYTES: usize = 64 * 1024;
 const RESPONSE_HEAD_BYTES_MAX: usize = 16 * 1024;
 /// How often the connected gauge is sampled for the peak.
 const SAMPLE_PERIOD: Duration = Duration::from_millis(100);
+/// Most scheduled sends one client queues per timer wake-up (in one write); a client further
+/// behind catches up over the following wake-ups.
+const SENDS_PER_WAKE_MAX: usize = 64;
 /// How long a churned client waits for the server's close frame before reconnecting.
 const CHURN_CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// Validity of the tokens minted with --device-jwt-secret: longer than any run.
@@ -1072,7 +1075,7 @@ fn on_message(w: &Worker, data: &[u8], received: &mut u64, expect_seq: &mut u64)
     }
     let seq = u64::from_le_bytes(data[0..8].try_into().expect("8 bytes"));
     let sent_ns = u64::from_le_bytes(data[8..16].try_into().expect("8 bytes"));
-    on_probe(w, seq, Some(sent_ns), received, expect_seq);
+    on_probe(w, seq, Some(sent_ns), written_ns(data), received, expect_seq);
 }
 
 /// A server-to-device envelope of tether's protocol (docs/protocol.md), as far as we use it.
@@ -1099,6 +1102,9 @@ struct Probe {
     s: u64,
     #[serde(default)]
     t: Option<u64>,
+    /// When it was handed to the socket (ns from the worker's start), after `t`.
+    #[serde(default)]
+    w: Option<u64>,
 }
 
 /// The `id` of a durable device's last acknowledgement: its confirmation completes the device.
@@ -1131,7 +1137,7 @@ fn on_tether_frame(w: &Worker, data: &[u8], s: &mut TetherSession<'_>, out: &mut
             None => w.counters.borrow_mut().messages_foreign += 1,
         },
         ("msg", Some(p)) => {
-            on_probe(w, p.s, p.t, s.received, s.expect_seq);
+            on_probe(w, p.s, p.t, p.w, s.received, s.expect_seq);
             let burst = w.plan.burst_per_device;
             if burst > 0 && *s.received == burst && !s.ctl.complete.get() {
                 let from = w.burst_started_us.get().unwrap_or(0);
@@ -1172,7 +1178,7 @@ fn on_durable(w: &Worker, s: &mut TetherSession<'_>, seq: u64, p: Probe, out: &m
     } else {
         ctl.durable_seq.set(seq);
         let (mut got, mut next) = (ctl.durable_got.get(), ctl.durable_next_index.get());
-        on_probe(w, p.s, p.t, &mut got, &mut next);
+        on_probe(w, p.s, p.t, p.w, &mut got, &mut next);
         ctl.durable_got.set(got);
         ctl.durable_next_index.set(next);
         *s.received += 1;
@@ -1206,16 +1212,28 @@ fn completed(w: &Worker, ctl: &Ctl, from_us: u64) {
     c.complete_last_us = c.complete_last_us.max(now_us);
 }
 
-/// A probe arrived: latency from its intended send time (when it has one), sequence check.
-fn on_probe(w: &Worker, seq: u64, sent_ns: Option<u64>, received: &mut u64, expect_seq: &mut u64) {
+/// A probe arrived: latency from its intended send time (when it has one) and from its write
+/// (when it carries that), sequence check.
+fn on_probe(
+    w: &Worker,
+    seq: u64,
+    sent_ns: Option<u64>,
+    written_ns: Option<u64>,
+    received: &mut u64,
+    expect_seq: &mut u64,
+) {
     let mut c = w.counters.borrow_mut();
+    let now_ns = w.since_start(Instant::now()).as_nanos() as u64;
+    let mut h = w.hists.borrow_mut();
     if let Some(sent_ns) = sent_ns {
-        let now_ns = w.since_start(Instant::now()).as_nanos() as u64;
-        w.hists
-            .borrow_mut()
-            .rtt
+        h.rtt
             .saturating_record((now_ns.saturating_sub(sent_ns) / 1000).max(1));
     }
+    if let Some(written_ns) = written_ns {
+        h.transit
+            .saturating_record((now_ns.saturating_sub(written_ns) / 1000).max(1));
+    }
+    drop(h);
     c.messages_received += 1;
     *received += 1;
     if seq == *expect_seq {
@@ -1296,9 +1314,18 @@ async fn run_open(
                 Err(e) => st.error = Some(io_cause(&e)),
             },
             _ = sleep_until(next_send.unwrap_or(far)), if next_send.is_some() => {
-                let (Some(intended), Some(iv)) = (next_send, interval) else { continue };
-                next_send = Some(intended + iv);
-                send_due(w, &mut st, &mut out, intended, global).await;
+                let (Some(mut intended), Some(iv)) = (next_send, interval) else { continue };
+                // Every send due by now goes out in this wake-up's one write (the timer wakes
+                // on millisecond ticks, later on a busy machine): each keeps its intended time.
+                let now = Instant::now();
+                for _ in 0..SENDS_PER_WAKE_MAX {
+                    send_due(w, &mut st, &mut out, intended, global).await;
+                    intended += iv;
+                    if intended > now {
+                        break;
+                    }
+                }
+                next_send = Some(intended);
             }
             _ = sleep_until(quiesce_until.unwrap_or(far)), if quiesce_until.is_some() => {}
         }
@@ -1387,7 +1414,9 @@ fn send_message(
     global: u64,
 ) -> Option<(String, Vec<u8>)> {
     let mut c = w.counters.borrow_mut();
-    if us(Instant::now().saturating_duration_since(intended)) > w.plan.lag_threshold_us {
+    let now = Instant::now();
+    let lag_us = us(now.saturating_duration_since(intended));
+    if lag_us > w.plan.lag_threshold_us {
         c.message_lag_events += 1;
     }
     // Echoes and pushes come back on this connection: bound the unanswered ones.
@@ -1397,6 +1426,9 @@ fn send_message(
     }
     let seq = st.sent;
     let sent_ns = w.since_start(intended).as_nanos() as u64;
+    // Written right after this (the caller's next step is the socket write).
+    let written_ns = w.since_start(now).as_nanos() as u64;
+    w.hists.borrow_mut().send_lag.saturating_record(lag_us.max(1));
     st.sent += 1;
     w.ctl[(global / u64::from(w.plan.workers)) as usize]
         .sent
@@ -1407,17 +1439,18 @@ fn send_message(
             let mut payload = vec![0u8; w.plan.msg_bytes.max(MSG_HEADER_BYTES)];
             payload[0..8].copy_from_slice(&seq.to_le_bytes());
             payload[8..16].copy_from_slice(&sent_ns.to_le_bytes());
+            stamp_written(&mut payload, written_ns);
             encode_frame(out, Role::Client, OpCode::Binary, true, &payload);
             None
         }
         Workload::D2d if w.plan.protocol == Protocol::Nats => {
-            natsws::publish(w, out, partner(w, global), seq, sent_ns);
+            natsws::publish(w, out, partner(w, global), seq, sent_ns, written_ns);
             None
         }
         Workload::D2d => {
             let to = partner(w, global);
             let head = format!(
-                r#"{{"op":"send","to":"{}{to}","data":{{"s":{seq},"t":{sent_ns},"p":""#,
+                r#"{{"op":"send","to":"{}{to}","data":{{"s":{seq},"t":{sent_ns},"w":{written_ns},"p":""#,
                 w.plan.device_prefix
             );
             let text = format!("{head}{}\"}}}}", pad(w.plan.msg_bytes, head.len() + 3));
@@ -1525,6 +1558,24 @@ fn settled(w: &Worker, st: &ConnState, global: u64) -> bool {
 }
 
 /// Padding that brings a message of `used` bytes up to `size`.
+/// Where a binary payload carries its write time (ns from the worker's start, little endian),
+/// after the sequence number and the intended send time, when `--msg-size` leaves room.
+const WRITTEN_STAMP: std::ops::Range<usize> = MSG_HEADER_BYTES..MSG_HEADER_BYTES + 8;
+
+/// Puts the write time into a binary payload that has room for it.
+fn stamp_written(payload: &mut [u8], written_ns: u64) {
+    if let Some(slot) = payload.get_mut(WRITTEN_STAMP) {
+        slot.copy_from_slice(&written_ns.to_le_bytes());
+    }
+}
+
+/// The write time a binary payload carries, if it has room for one.
+fn written_ns(payload: &[u8]) -> Option<u64> {
+    payload
+        .get(WRITTEN_STAMP)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+}
+
 fn pad(size: usize, used: usize) -> String {
     "x".repeat(size.saturating_sub(used))
 }

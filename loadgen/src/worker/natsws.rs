@@ -139,7 +139,8 @@ fn handle(
                 }
                 let seq = u64::from_le_bytes(payload[0..8].try_into().expect("8 bytes"));
                 let sent_ns = u64::from_le_bytes(payload[8..16].try_into().expect("8 bytes"));
-                on_probe(w, seq, Some(sent_ns), s.received, s.expect_seq);
+                let written = super::written_ns(payload);
+                on_probe(w, seq, Some(sent_ns), written, s.received, s.expect_seq);
             }
             ServerOp::Err(message) => {
                 let message = String::from_utf8_lossy(message);
@@ -157,11 +158,20 @@ fn handle(
     Ok(used)
 }
 
-/// Queues message `seq` (intended at `sent_ns`) to device `to`: one `PUB` in one frame.
-pub(super) fn publish(w: &Worker, out: &mut Vec<u8>, to: u64, seq: u64, sent_ns: u64) {
+/// Queues message `seq` (intended at `sent_ns`, written at `written_ns`) to device `to`: one
+/// `PUB` in one frame.
+pub(super) fn publish(
+    w: &Worker,
+    out: &mut Vec<u8>,
+    to: u64,
+    seq: u64,
+    sent_ns: u64,
+    written_ns: u64,
+) {
     let mut payload = vec![0u8; w.plan.msg_bytes.max(MSG_HEADER_BYTES)];
     payload[0..8].copy_from_slice(&seq.to_le_bytes());
     payload[8..16].copy_from_slice(&sent_ns.to_le_bytes());
+    super::stamp_written(&mut payload, written_ns);
     let mut op = Vec::with_capacity(payload.len() + 64);
     nats_proto::encode_pub(&mut op, &subject(w, to), None, &payload);
     encode_frame(out, Role::Client, OpCode::Binary, true, &op);
