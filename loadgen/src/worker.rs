@@ -1075,7 +1075,14 @@ fn on_message(w: &Worker, data: &[u8], received: &mut u64, expect_seq: &mut u64)
     }
     let seq = u64::from_le_bytes(data[0..8].try_into().expect("8 bytes"));
     let sent_ns = u64::from_le_bytes(data[8..16].try_into().expect("8 bytes"));
-    on_probe(w, seq, Some(sent_ns), written_ns(data), received, expect_seq);
+    on_probe(
+        w,
+        seq,
+        Some(sent_ns),
+        written_ns(data),
+        received,
+        expect_seq,
+    );
 }
 
 /// A server-to-device envelope of tether's protocol (docs/protocol.md), as far as we use it.
@@ -1428,7 +1435,10 @@ fn send_message(
     let sent_ns = w.since_start(intended).as_nanos() as u64;
     // Written right after this (the caller's next step is the socket write).
     let written_ns = w.since_start(now).as_nanos() as u64;
-    w.hists.borrow_mut().send_lag.saturating_record(lag_us.max(1));
+    w.hists
+        .borrow_mut()
+        .send_lag
+        .saturating_record(lag_us.max(1));
     st.sent += 1;
     w.ctl[(global / u64::from(w.plan.workers)) as usize]
         .sent

@@ -5,7 +5,10 @@
 
 mod common;
 
-use common::{assert_all_delivered, assert_latency, loadgen, nats_server_with, scratch, u, Server};
+use common::{
+    assert_all_delivered, assert_latency, assert_split, loadgen, nats_server_with, scratch, u,
+    Server,
+};
 
 const TOKEN: &str = "natsws-test-token";
 
@@ -70,6 +73,7 @@ fn devices_publish_to_each_other_over_nats_websocket() {
     assert_eq!(u(v, "handshake_errors_total"), 0, "{v:#}");
     let sent = assert_all_delivered(v, 60, 5);
     assert_latency(v, "message_delivery_us", sent);
+    assert_split(v, "message_delivery_us", sent, sent);
     assert!(v["tether_errors"].as_object().unwrap().is_empty(), "{v:#}");
     assert_eq!(u(v, "closes.clean"), 60, "{v:#}");
 

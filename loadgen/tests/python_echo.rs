@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{assert_accounted, assert_latency, loadgen, python_peer, scratch, u};
+use common::{assert_accounted, assert_latency, assert_split, loadgen, python_peer, scratch, u};
 use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::Histogram;
@@ -56,6 +56,7 @@ fn echo_counts_latencies_and_sequences_over_two_workers() {
     assert_eq!(u(v, "messages.gaps"), 0);
     assert_eq!(u(v, "messages.duplicates"), 0);
     assert_latency(v, "message_rtt_us", received);
+    assert_split(v, "message_rtt_us", sent, received);
     assert_eq!(u(v, "closes.clean"), 300, "{v:#}");
     // Open loop: the achieved rate cannot beat the schedule (300 connects over 299/300 s).
     let achieved = v["connect_rate_achieved_per_s"].as_f64().unwrap();
@@ -76,7 +77,7 @@ fn echo_counts_latencies_and_sequences_over_two_workers() {
         }
     }
     assert_eq!(total, 300);
-    for name in ["connect", "upgrade", "rtt"] {
+    for name in ["connect", "upgrade", "rtt", "send_lag", "transit"] {
         assert!(hdr.join(format!("{name}.hlog")).exists());
     }
 }

@@ -7,8 +7,8 @@
 mod common;
 
 use common::{
-    assert_all_delivered, assert_latency, loadgen, nats_server, nats_server_js, tether_node_with,
-    u, usage_refused, Run, Server,
+    assert_all_delivered, assert_latency, assert_split, loadgen, nats_server, nats_server_js,
+    tether_node_with, u, usage_refused, Run, Server,
 };
 
 /// A nats-server and a node with 2 shards on it, devices admitted without a token (each
@@ -50,6 +50,7 @@ fn device_to_device_through_tether() {
     assert_eq!(u(v, "handshake_errors_total"), 0, "{v:#}");
     let sent = assert_all_delivered(v, 200, 5);
     assert_latency(v, "message_delivery_us", sent);
+    assert_split(v, "message_delivery_us", sent, sent);
     assert!(v["tether_errors"].as_object().unwrap().is_empty(), "{v:#}");
 }
 

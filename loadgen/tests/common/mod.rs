@@ -183,6 +183,23 @@ pub(crate) fn assert_all_delivered(v: &Value, clients: u64, per_client: u64) -> 
 }
 
 /// Asserts a latency summary is populated and ordered.
+/// The split of a message run's delivery time: every sent message has its send lag, every
+/// received one its transit (the messages carry their write time), and a message's transit is
+/// part of its delivery time (write after intended), so no quantile of the transit exceeds the
+/// delivery's (one histogram bucket of slack: 3 significant digits).
+pub(crate) fn assert_split(v: &Value, delivery_key: &str, sent: u64, received: u64) {
+    assert_latency(v, "message_send_lag_us", sent);
+    assert_latency(v, "message_transit_us", received);
+    for q in ["p50", "p99", "max"] {
+        let transit = u(&v["message_transit_us"], q);
+        let delivery = u(&v[delivery_key], q);
+        assert!(
+            transit <= delivery + delivery / 1000 + 1,
+            "transit {q} {transit} > delivery {q} {delivery}: {v:#}"
+        );
+    }
+}
+
 pub(crate) fn assert_latency(v: &Value, key: &str, count: u64) {
     let l = &v[key];
     assert_eq!(u(l, "count"), count, "{key} count in {l}");
