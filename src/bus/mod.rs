@@ -33,7 +33,6 @@ pub mod embedded;
 pub mod jetstream;
 pub mod nats;
 
-use crate::proto::subject;
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -48,7 +47,7 @@ pub const CONTROL_BACKLOG_MAX: usize = 1 << 20;
 /// A message on the bus.
 #[derive(Clone, Debug)]
 pub struct BusMessage {
-    /// The subject it was published on (what [`subject::parse`] classifies).
+    /// The subject it was published on (what [`crate::proto::subject::parse`] classifies).
     pub subject: String,
     /// Where an answer goes (a NATS request's inbox, or a shard inbox for a receipt).
     pub reply: Option<String>,
@@ -193,8 +192,12 @@ pub struct BusStats {
     pub disconnects_total: AtomicU64,
     /// Subscriptions this node holds on the bus (per shard and subject).
     pub subscriptions: AtomicI64,
-    /// Control messages that found their channel full and waited in a backlog.
+    /// Control messages (interest changes and barriers between shards, barrier completions,
+    /// durable answers, "no responders") that found their queue full and waited in a backlog.
     pub control_backlogged_total: AtomicU64,
+    /// Mailbox announcements (NATS) that found the shard's data queue full and waited in
+    /// their own queue.
+    pub announcements_held_total: AtomicU64,
     /// Durable delivery (JetStream) counters and the mailbox stream's limits.
     pub mailbox: jetstream::MailboxStats,
 }
@@ -247,9 +250,12 @@ impl BusStats {
              # HELP tether_bus_subscriptions Subscriptions held on the bus (per shard and subject).\n\
              # TYPE tether_bus_subscriptions gauge\n\
              tether_bus_subscriptions{{bus=\"{kind}\"}} {}\n\
-             # HELP tether_bus_control_backlogged_total Interest changes that waited for a full channel.\n\
+             # HELP tether_bus_control_backlogged_total Control messages (interest changes, barriers, their completions, durable answers, no responders) that waited for a full queue.\n\
              # TYPE tether_bus_control_backlogged_total counter\n\
-             tether_bus_control_backlogged_total{{bus=\"{kind}\"}} {}\n",
+             tether_bus_control_backlogged_total{{bus=\"{kind}\"}} {}\n\
+             # HELP tether_bus_announcements_held_total Mailbox announcements that waited for a full data queue (NATS).\n\
+             # TYPE tether_bus_announcements_held_total counter\n\
+             tether_bus_announcements_held_total{{bus=\"{kind}\"}} {}\n",
             i64::from(self.is_connected()),
             g(&self.connected_shards),
             c(&self.published_total),
@@ -260,6 +266,7 @@ impl BusStats {
             c(&self.disconnects_total),
             g(&self.subscriptions),
             c(&self.control_backlogged_total),
+            c(&self.announcements_held_total),
         );
         self.mailbox.render_prometheus(out);
     }
@@ -469,7 +476,7 @@ impl ShardBus {
     /// answer is a [`DurableEvent::Read`] or [`DurableEvent::ReadFailed`] with `token`.
     pub fn mailbox_read(&mut self, device: &str, from: u64, token: u64) {
         let refused = match &mut self.link {
-            Link::Nats(l) if l.durable() => l.mailbox_read(device, from, token, &self.stats).err(),
+            Link::Nats(l) if l.durable() => l.mailbox_read(device, from, token).err(),
             _ => Some(BusError::NoDurable),
         };
         if let Some(err) = refused {
@@ -492,7 +499,7 @@ impl ShardBus {
         token: Option<u64>,
     ) -> Result<(), BusError> {
         match &mut self.link {
-            Link::Nats(l) if l.durable() => l.mailbox_ack(device, seqs, token, &self.stats),
+            Link::Nats(l) if l.durable() => l.mailbox_ack(device, seqs, token),
             _ => Err(BusError::NoDurable),
         }
     }
@@ -502,7 +509,7 @@ impl ShardBus {
     pub fn publish_upstream(&mut self, subject: &str, payload: Bytes, token: u64) {
         let refused = match &mut self.link {
             Link::Nats(l) => l
-                .publish_upstream(subject, payload, token, &self.stats)
+                .publish_upstream(subject, payload, token)
                 .err(),
             Link::Embedded(_) => Some(BusError::NoBackend),
         };
@@ -527,7 +534,7 @@ impl ShardBus {
         self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
         match &mut self.link {
             Link::Embedded(l) => l.interest(&self.lanes, subject, true, &self.stats),
-            Link::Nats(l) => l.subscribe(subject, None, &self.stats),
+            Link::Nats(l) => l.subscribe(subject),
         }
     }
 
@@ -545,10 +552,7 @@ impl ShardBus {
     ) -> Result<(), BusError> {
         self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
         match &mut self.link {
-            Link::Nats(l) => {
-                let device = device.as_ref();
-                l.subscribe(&subject::device_wildcard(device), Some(device), &self.stats)
-            }
+            Link::Nats(l) => l.subscribe_device(device.into()),
             Link::Embedded(l) => l.device_interest(&self.lanes, &device.into(), true, &self.stats),
         }
     }
@@ -556,7 +560,10 @@ impl ShardBus {
     /// Withdraws what [`ShardBus::subscribe_device`] declared.
     pub fn unsubscribe_device<D: Into<Arc<str>> + AsRef<str>>(&mut self, device: D) {
         match &mut self.link {
-            Link::Nats(_) => self.unsubscribe(&subject::device_wildcard(device.as_ref())),
+            Link::Nats(l) => {
+                self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
+                let _ = l.unsubscribe_device(device.as_ref());
+            }
             Link::Embedded(l) => {
                 self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
                 let _ = l.device_interest(&self.lanes, &device.into(), false, &self.stats);
@@ -569,7 +576,7 @@ impl ShardBus {
         self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
         let _ = match &mut self.link {
             Link::Embedded(l) => l.interest(&self.lanes, subject, false, &self.stats),
-            Link::Nats(l) => l.unsubscribe(subject, &self.stats),
+            Link::Nats(l) => l.unsubscribe(subject),
         };
     }
 
@@ -583,7 +590,7 @@ impl ShardBus {
                 }
             }
             Link::Nats(l) => {
-                if l.barrier(token, &self.stats).is_err() {
+                if l.barrier(token).is_err() {
                     self.local.push_back(BusEvent::Failed(token));
                 }
             }

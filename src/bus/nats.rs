@@ -2,8 +2,9 @@
 //!
 //! Each shard's [`NatsLink`] holds one [`Connection`] (`crate::nats`: a glommio task on the
 //! shard's own executor), started on the shard by [`NatsLink::start`] when the shard builds its
-//! hub. Nothing crosses a thread: a subscription is one entry in the shard's table
-//! (subject -> sid, and sid -> what to forward), the connection hands each message to the
+//! hub. Nothing crosses a thread: a subscription is one entry in the client's table (sid ->
+//! subject; a device's `tether.*.<id>` shares the session's id instead of a copy) and one in the
+//! link's (the device id, or the exact subject, -> sid); the connection hands each message to the
 //! shard's callback as a slice of its read buffer, and the callback copies it once into the
 //! shard's bounded inbound queues (the shard's two lanes, see [`super::Lanes`]), which
 //! [`super::ShardBus::recv`] awaits. NATS's interest graph routes between the shards of one node
@@ -34,7 +35,7 @@ use super::{
 };
 use crate::nats::{ConnectConfig, Connection, Event, Msg, PublishError, Sid};
 use crate::proto::subject;
-use ahash::AHashMap;
+use ahash::{AHashMap, AHashSet};
 use bytes::Bytes;
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -42,18 +43,6 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// What the shard does with a message that arrives on a subscription.
-enum Forward {
-    /// Everything (an exact subject).
-    All,
-    /// The device wildcard `tether.*.<device>`: only that device's own subjects
-    /// ([`subject::is_device_subject`]); the other matches are addressed to a topic, a service
-    /// or a backend, and another subscription (or nobody) takes them.
-    Device(Box<str>),
-    /// The shard's inbox: receipts, and "no responders" as a control event.
-    Inbox,
-}
 
 /// The part of the link the connection's callback reaches (shared with the link on the shard).
 struct Inbound {
@@ -64,8 +53,12 @@ struct Inbound {
     ctrl_backlog: Backlog<Ctrl>,
     /// Mailbox announcements that found the data lane full, in order.
     announcements: VecDeque<BusMessage>,
-    /// sid -> what to forward.
-    forward: AHashMap<u64, Forward>,
+    /// The sids of exact subjects: their messages are forwarded whole. Every other sid but
+    /// `inbox` is a device wildcard `tether.*.<device>`, whose matches are filtered (the
+    /// client hands out messages of live sids only, so no table of those is needed here).
+    exact: AHashSet<u64>,
+    /// The shard's inbox subscription: receipts, and "no responders" as a control event.
+    inbox: Option<Sid>,
     /// Barriers waiting for their ping (marker, token), in ping order.
     barriers: VecDeque<(u64, u64)>,
     connected: bool,
@@ -108,20 +101,19 @@ impl Inbound {
     }
 
     fn on_msg(&mut self, msg: &Msg<'_>) {
-        match self.forward.get(&msg.sid.0) {
-            // Unsubscribed; the message was on its way.
-            None => return,
-            Some(Forward::All) => {}
-            Some(Forward::Device(device)) => {
-                if !subject::is_device_subject(msg.subject, device) {
-                    return;
-                }
+        if Some(msg.sid) == self.inbox {
+            if msg.is_no_responders() {
+                self.control(Ctrl::NoResponders(msg.subject.to_owned()));
+                return;
             }
-            Some(Forward::Inbox) => {
-                if msg.is_no_responders() {
-                    self.control(Ctrl::NoResponders(msg.subject.to_owned()));
-                    return;
-                }
+        } else if !self.exact.contains(&msg.sid.0) {
+            // A device wildcard `tether.*.<device>`: the server matched the subject against
+            // it, and a device id is one token, so the device is the subject's last token.
+            // Keep only that device's own subjects; the other matches are addressed to a
+            // topic, a service or a backend, and another subscription (or nobody) takes them.
+            let device = msg.subject.rsplit('.').next().unwrap_or_default();
+            if !subject::is_device_subject(msg.subject, device) {
+                return;
             }
         }
         self.deliver(bus_message(msg));
@@ -154,7 +146,7 @@ impl Inbound {
             return;
         }
         self.stats
-            .control_backlogged_total
+            .announcements_held_total
             .fetch_add(1, Ordering::Relaxed);
         self.announcements.push_back(msg);
     }
@@ -252,8 +244,10 @@ impl Transport for ShardConn {
 struct Live {
     conn: Connection,
     inbound: Rc<RefCell<Inbound>>,
-    /// subject -> sid of this shard's subscriptions.
-    subjects: AHashMap<String, Sid>,
+    /// device id -> sid of this shard's device wildcards (the key is the session's own id).
+    devices: AHashMap<Arc<str>, Sid>,
+    /// exact subject -> sid of this shard's other subscriptions (topics).
+    subjects: AHashMap<Box<str>, Sid>,
     js: JetStream<ShardConn>,
 }
 
@@ -291,7 +285,8 @@ impl NatsLink {
             data: start.data,
             ctrl_backlog: Backlog::new(),
             announcements: VecDeque::new(),
-            forward: AHashMap::new(),
+            exact: AHashSet::new(),
+            inbox: None,
             barriers: VecDeque::new(),
             connected: false,
             stats: self.stats.clone(),
@@ -303,7 +298,7 @@ impl NatsLink {
         .map_err(|e| e.to_string())?;
         let inbox = format!("{}*", subject::inbox_prefix(&self.node, self.shard));
         let sid = conn.subscribe(&inbox).map_err(|e| e.to_string())?;
-        inbound.borrow_mut().forward.insert(sid.0, Forward::Inbox);
+        inbound.borrow_mut().inbox = Some(sid);
         let keep_stream = self.shard == 0 && start.durable.is_some();
         let js = JetStream::new(ShardConn(conn.clone()), start.durable, self.stats.clone());
         if keep_stream {
@@ -312,6 +307,7 @@ impl NatsLink {
         self.live = Some(OnShard::new(Live {
             conn,
             inbound,
+            devices: AHashMap::new(),
             subjects: AHashMap::new(),
             js,
         }));
@@ -355,7 +351,6 @@ impl NatsLink {
         device: &str,
         from: u64,
         token: u64,
-        _stats: &BusStats,
     ) -> Result<(), BusError> {
         let device = device.to_owned();
         self.durable_task(move |js| {
@@ -376,7 +371,6 @@ impl NatsLink {
         device: &str,
         seqs: Vec<u64>,
         token: Option<u64>,
-        _stats: &BusStats,
     ) -> Result<(), BusError> {
         let device = device.to_owned();
         self.durable_task(move |js| {
@@ -395,7 +389,6 @@ impl NatsLink {
         subject: &str,
         payload: Bytes,
         token: u64,
-        _stats: &BusStats,
     ) -> Result<(), BusError> {
         let subject = subject.to_owned();
         self.durable_task(move |js| {
@@ -406,12 +399,8 @@ impl NatsLink {
         })
     }
 
-    pub(crate) fn subscribe(
-        &mut self,
-        subject: &str,
-        device: Option<&str>,
-        _stats: &BusStats,
-    ) -> Result<(), BusError> {
+    /// Subscribes to an exact subject (idempotent).
+    pub(crate) fn subscribe(&mut self, subject: &str) -> Result<(), BusError> {
         let live = self.live()?;
         if live.subjects.contains_key(subject) {
             return Ok(());
@@ -420,22 +409,48 @@ impl NatsLink {
             tracing::warn!(%err, %subject, "NATS subscribe refused");
             BusError::Full
         })?;
-        let forward = device.map_or(Forward::All, |d| Forward::Device(d.into()));
-        live.inbound.borrow_mut().forward.insert(sid.0, forward);
-        live.subjects.insert(subject.to_owned(), sid);
+        live.inbound.borrow_mut().exact.insert(sid.0);
+        live.subjects.insert(subject.into(), sid);
         Ok(())
     }
 
-    pub(crate) fn unsubscribe(&mut self, subject: &str, _stats: &BusStats) -> Result<(), BusError> {
+    /// Subscribes to the device wildcard `tether.*.<device>` (idempotent); the client's table
+    /// and this link's share `device` instead of copying it.
+    pub(crate) fn subscribe_device(&mut self, device: Arc<str>) -> Result<(), BusError> {
+        let live = self.live()?;
+        if live.devices.contains_key(&*device) {
+            return Ok(());
+        }
+        let sid = live
+            .conn
+            .subscribe_joined(subject::DEVICE_WILDCARD_PREFIX, device.clone())
+            .map_err(|err| {
+                tracing::warn!(%err, %device, "NATS subscribe refused");
+                BusError::Full
+            })?;
+        live.devices.insert(device, sid);
+        Ok(())
+    }
+
+    pub(crate) fn unsubscribe(&mut self, subject: &str) -> Result<(), BusError> {
         let live = self.live()?;
         if let Some(sid) = live.subjects.remove(subject) {
             live.conn.unsubscribe(sid);
-            live.inbound.borrow_mut().forward.remove(&sid.0);
+            live.inbound.borrow_mut().exact.remove(&sid.0);
         }
         Ok(())
     }
 
-    pub(crate) fn barrier(&mut self, token: u64, _stats: &BusStats) -> Result<(), BusError> {
+    pub(crate) fn unsubscribe_device(&mut self, device: &str) -> Result<(), BusError> {
+        let live = self.live()?;
+        if let Some(sid) = live.devices.remove(device) {
+            // From now on the client drops what still arrives on this sid.
+            live.conn.unsubscribe(sid);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn barrier(&mut self, token: u64) -> Result<(), BusError> {
         let live = self.live()?;
         let mut inbound = live.inbound.borrow_mut();
         if inbound.barriers.len() >= CONTROL_BACKLOG_MAX {
@@ -627,4 +642,101 @@ pub(crate) fn start(
             }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inbound(data_len: usize) -> (Inbound, flume::Receiver<BusMessage>) {
+        let (ctrl, _) = flume::bounded(4);
+        let (data, data_rx) = flume::bounded(data_len);
+        let inbound = Inbound {
+            ctrl,
+            data,
+            ctrl_backlog: Backlog::new(),
+            announcements: VecDeque::new(),
+            exact: AHashSet::new(),
+            inbox: Some(Sid(1)),
+            barriers: VecDeque::new(),
+            connected: true,
+            stats: Arc::new(BusStats::new("nats", 1)),
+        };
+        (inbound, data_rx)
+    }
+
+    fn msg<'a>(sid: u64, subject: &'a str) -> Msg<'a> {
+        Msg {
+            sid: Sid(sid),
+            subject,
+            reply: None,
+            headers: None,
+            payload: b"x",
+        }
+    }
+
+    fn subjects(rx: &flume::Receiver<BusMessage>) -> Vec<String> {
+        rx.try_iter().map(|m| m.subject).collect()
+    }
+
+    #[test]
+    fn a_device_wildcard_keeps_only_that_device_s_subjects() {
+        let (mut inbound, rx) = inbound(16);
+        inbound.exact.insert(3);
+        // sid 2: `tether.*.tv` (no entry here: not exact, not the inbox).
+        for s in [
+            "tether.dev.tv",
+            "tether.peer.tv",
+            "tether.req.tv",
+            "tether.presence.tv",
+            "tether.topic.tv",
+            "tether.up.tv",
+            "tether.event.tv",
+        ] {
+            inbound.on_msg(&msg(2, s));
+        }
+        // sid 3: the exact `tether.topic.tv`.
+        inbound.on_msg(&msg(3, "tether.topic.tv"));
+        assert_eq!(
+            subjects(&rx),
+            [
+                "tether.dev.tv",
+                "tether.peer.tv",
+                "tether.req.tv",
+                "tether.presence.tv",
+                "tether.topic.tv"
+            ]
+        );
+    }
+
+    #[test]
+    fn held_announcements_have_their_own_counter() {
+        let (mut inbound, rx) = inbound(1);
+        inbound.on_msg(&msg(2, "tether.dev.a"));
+        // The data lane is full: data is dropped, announcements wait in order.
+        inbound.on_msg(&msg(2, "tether.dev.a"));
+        inbound.on_msg(&msg(2, "tether.mboxn.a"));
+        inbound.on_msg(&msg(2, "tether.mboxn.b"));
+        let stats = inbound.stats.clone();
+        let count = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        assert_eq!(count(&stats.announcements_held_total), 2);
+        assert_eq!(count(&stats.dropped_inbound_total), 1);
+        assert_eq!(count(&stats.control_backlogged_total), 0, "not control");
+        let mut text = String::new();
+        stats.render_prometheus(&mut text);
+        assert!(text.contains("\ntether_bus_announcements_held_total{bus=\"nats\"} 2\n"));
+        assert!(text.contains("\ntether_bus_control_backlogged_total{bus=\"nats\"} 0\n"));
+        assert_eq!(subjects(&rx), ["tether.dev.a"]);
+        inbound.flush();
+        assert_eq!(subjects(&rx), ["tether.mboxn.a"]);
+        inbound.flush();
+        assert_eq!(subjects(&rx), ["tether.mboxn.b"]);
+    }
+
+    #[test]
+    fn a_device_subscription_s_link_entry_stays_small() {
+        // Per device and shard on NATS: this slot (the session's shared id and the sid, no
+        // allocation) and the client's sid -> subject slot (see `nats::client`'s own test).
+        assert_eq!(std::mem::size_of::<(Arc<str>, Sid)>(), 24);
+    }
 }

@@ -5,8 +5,10 @@
 //! ([`Client::on_disconnected`]), feeds it the bytes read ([`Client::next_event`]) and writes
 //! what it queued ([`Client::output`], [`Client::consume_output`]).
 //!
-//! * **Subscriptions** are a table `sid -> subject`; every live one is sent again, in sid order,
-//!   after each `CONNECT`.
+//! * **Subscriptions** are one table `sid -> subject` ([`SubjectText`]: a subject's own text, or
+//!   a static prefix and a shared tail, which costs no allocation); every live one is sent
+//!   again, in sid order, after each `CONNECT`. A message for a sid that is no longer live (it
+//!   was on its way when the `UNSUB` was written) is dropped here and makes no event.
 //! * **Pings are round-trip markers.** [`Client::ping`] returns a number `n`; [`Event::Pong`]`(n)`
 //!   comes back once the server has answered a `PING` written after everything queued before
 //!   the call. The server handles one client's operations in order, so that is also the proof
@@ -22,7 +24,10 @@
 //! * **Server pings** are answered by the client itself.
 
 use super::proto::{self, Connect, Headers, ParseError, ServerOp};
-use std::collections::{BTreeMap, VecDeque};
+use ahash::AHashMap;
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
 
 /// A subscription id, unique for the life of a [`Client`] (never reused).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -202,11 +207,37 @@ pub enum PublishError {
     Invalid(&'static str),
 }
 
+/// A subscription's subject as the client keeps it, to send it again after every reconnect.
+///
+/// With many subscriptions whose subjects differ only by a tail the caller already holds (a
+/// device's `tether.*.<id>` for every session's id), [`SubjectText::Joined`] shares that tail
+/// instead of copying the whole subject into an allocation of its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubjectText {
+    /// The subject's own text.
+    Owned(Box<str>),
+    /// `prefix` followed by `tail`.
+    Joined(&'static str, Arc<str>),
+}
+
+impl fmt::Display for SubjectText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SubjectText::Owned(s) => f.write_str(s),
+            SubjectText::Joined(prefix, tail) => {
+                f.write_str(prefix)?;
+                f.write_str(tail)
+            }
+        }
+    }
+}
+
 /// The protocol state; see the module doc.
 #[derive(Debug)]
 pub struct Client {
     options: ClientOptions,
-    subs: BTreeMap<u64, Box<str>>,
+    /// sid -> subject of every live subscription (looked up for every message).
+    subs: AHashMap<u64, SubjectText>,
     next_sid: u64,
     /// Queued bytes: `out[out_at..]` (what is before was written).
     out: Vec<u8>,
@@ -229,7 +260,7 @@ impl Client {
     pub fn new(options: ClientOptions) -> Client {
         Client {
             options,
-            subs: BTreeMap::new(),
+            subs: AHashMap::new(),
             next_sid: 1,
             out: Vec::new(),
             out_at: 0,
@@ -255,8 +286,8 @@ impl Client {
     }
 
     /// The subject of a live subscription.
-    pub fn subject(&self, sid: Sid) -> Option<&str> {
-        self.subs.get(&sid.0).map(|s| &**s)
+    pub fn subject(&self, sid: Sid) -> Option<&SubjectText> {
+        self.subs.get(&sid.0)
     }
 
     /// Pings not answered yet (the caller's and the keep-alives).
@@ -303,12 +334,28 @@ impl Client {
     /// Subscribes to `subject`; the `SUB` is written now if connected, and after every
     /// reconnect.
     pub fn subscribe(&mut self, subject: &str) -> Result<Sid, ClientError> {
+        self.subscribe_text(subject, SubjectText::Owned(subject.into()))
+    }
+
+    /// Subscribes to `prefix` followed by `tail`, keeping a reference to `tail` instead of a
+    /// copy of the subject (see [`SubjectText::Joined`]).
+    pub fn subscribe_joined(
+        &mut self,
+        prefix: &'static str,
+        tail: Arc<str>,
+    ) -> Result<Sid, ClientError> {
+        let subject = format!("{prefix}{tail}");
+        self.subscribe_text(&subject, SubjectText::Joined(prefix, tail))
+    }
+
+    /// `text` is `subject`, as it is kept.
+    fn subscribe_text(&mut self, subject: &str, text: SubjectText) -> Result<Sid, ClientError> {
         if !proto::is_valid_subject(subject) {
             return Err(ClientError::BadSubject(subject.to_owned()));
         }
         let sid = self.next_sid;
         self.next_sid += 1;
-        self.subs.insert(sid, subject.into());
+        self.subs.insert(sid, text);
         if self.connected {
             proto::encode_sub(&mut self.out, subject, sid);
         }
@@ -452,8 +499,13 @@ impl Client {
         assert!(!self.connected, "on_connected twice");
         self.max_payload = info.max_payload;
         let mut head = Vec::with_capacity(self.subs.len() * 32 + self.pings_to_resend * 6);
-        for (sid, subject) in &self.subs {
-            proto::encode_sub(&mut head, subject, *sid);
+        let mut sids: Vec<u64> = self.subs.keys().copied().collect();
+        sids.sort_unstable();
+        let mut subject = String::new();
+        for sid in sids {
+            subject.clear();
+            let _ = fmt::Write::write_fmt(&mut subject, format_args!("{}", self.subs[&sid]));
+            proto::encode_sub(&mut head, &subject, sid);
         }
         for _ in 0..self.pings_to_resend {
             proto::encode_ping(&mut head);
@@ -501,6 +553,10 @@ impl Client {
                     headers,
                     payload,
                 } => {
+                    if !self.subs.contains_key(&sid) {
+                        // Unsubscribed: the server sent it before it read the `UNSUB`.
+                        continue;
+                    }
                     let subject = std::str::from_utf8(subject).map_err(|_| ClientError::NotUtf8)?;
                     let reply = reply_to
                         .map(std::str::from_utf8)
@@ -608,8 +664,45 @@ mod tests {
         assert!(c.on_connected(&info()), "a reconnect");
         assert_eq!(take(&mut c), "SUB dev.a 1\r\nSUB dev.> 2\r\n");
         assert_eq!((a, b), (Sid(1), Sid(2)));
-        assert_eq!(c.subject(b), Some("dev.>"));
+        assert_eq!(c.subject(b).map(ToString::to_string).as_deref(), Some("dev.>"));
         assert_eq!(c.subscriptions(), 2);
+    }
+
+    #[test]
+    fn a_joined_subject_shares_its_tail_and_is_restored_whole() {
+        let mut c = client(1 << 16);
+        c.on_connected(&info());
+        let tail: Arc<str> = Arc::from("dev-1");
+        let a = c.subscribe_joined("tether.*.", tail.clone()).unwrap();
+        assert_eq!(take(&mut c), "SUB tether.*.dev-1 1\r\n");
+        assert_eq!(Arc::strong_count(&tail), 2, "the table holds the tail, not a copy");
+        assert!(c.subscribe_joined("bad ", tail.clone()).is_err());
+        c.on_disconnected();
+        c.on_connected(&info());
+        assert_eq!(take(&mut c), "SUB tether.*.dev-1 1\r\n");
+        assert!(c.unsubscribe(a));
+        assert_eq!(Arc::strong_count(&tail), 1, "UNSUB lets the tail go");
+    }
+
+    #[test]
+    fn a_message_for_an_ended_subscription_makes_no_event() {
+        let mut c = client(1 << 16);
+        c.on_connected(&info());
+        let a = c.subscribe("a").unwrap();
+        c.subscribe("b").unwrap();
+        assert!(c.unsubscribe(a));
+        let input = b"MSG a 1 1\r\nx\r\nMSG b 2 1\r\ny\r\nMSG c 9 1\r\nz\r\n";
+        let (evs, n) = events(&mut c, input);
+        assert_eq!(n, input.len(), "read and dropped");
+        assert_eq!(evs, ["msg 2 b None None \"y\"".to_string()]);
+    }
+
+    #[test]
+    fn a_subscription_s_entry_stays_small() {
+        // One entry per device on a NATS node: 8-byte sid and the subject in 32 bytes (a shared
+        // tail and its static prefix, or a boxed text), no allocation for a joined subject.
+        assert_eq!(std::mem::size_of::<SubjectText>(), 32);
+        assert_eq!(std::mem::size_of::<(u64, SubjectText)>(), 40);
     }
 
     #[test]

@@ -461,8 +461,20 @@ impl Connection {
         Ok(sid)
     }
 
-    /// Ends a subscription (`false`: it was not live). Messages already on their way may still
-    /// arrive with its sid.
+    /// Subscribes to `prefix` followed by `tail`, sharing `tail` (see [`Client::subscribe_joined`]).
+    pub fn subscribe_joined(
+        &self,
+        prefix: &'static str,
+        tail: std::sync::Arc<str>,
+    ) -> Result<Sid, ClientError> {
+        let shared = self.shared();
+        let sid = shared.client.borrow_mut().subscribe_joined(prefix, tail)?;
+        shared.wake();
+        Ok(sid)
+    }
+
+    /// Ends a subscription (`false`: it was not live). Messages already on their way with its
+    /// sid are dropped when they arrive: no event is handed out for it after this call.
     pub fn unsubscribe(&self, sid: Sid) -> bool {
         let shared = self.shared();
         let live = shared.client.borrow_mut().unsubscribe(sid);

@@ -28,6 +28,7 @@ mod tls;
 
 pub use client::{
     Client, ClientError, ClientOptions, Event, Login, Msg, PublishError, ServerInfo, Sid,
+    SubjectText,
 };
 pub use conn::{ConnStats, ConnectConfig, ConnectError, Connection, OwnedMsg};
 pub use options::{reconnect_delay, NatsAuth, RequestError};

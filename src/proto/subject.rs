@@ -50,8 +50,11 @@ pub fn device_all(device: &str) -> [String; 4] {
 /// receives through it keeps only what [`is_device_subject`] accepts: without that filter a
 /// device subscribed to a topic named like itself would get each publish twice.
 pub fn device_wildcard(device: &str) -> String {
-    format!("tether.*.{device}")
+    format!("{DEVICE_WILDCARD_PREFIX}{device}")
 }
+
+/// What [`device_wildcard`] puts before the device id.
+pub const DEVICE_WILDCARD_PREFIX: &str = "tether.*.";
 
 /// True when `subject` is one of [`device_all`]`(device)` or its mailbox announcement
 /// ([`mailbox_notify`]): what a message received through
