@@ -26,11 +26,11 @@ use tether_shards::MeshSendError;
 pub(crate) struct EmbeddedLink {
     shard: usize,
     node: Arc<str>,
-    /// exact subject -> interested shards (unsorted, no duplicates); never a device subject.
-    table: AHashMap<Arc<str>, Few<u16>>,
-    /// device id -> shards with a session of it (unsorted, no duplicates): where the device's
-    /// subjects ([`subject::device_all`]) are routed.
-    devices: AHashMap<Arc<str>, Few<u16>>,
+    /// exact subject -> interested shards; never a device subject.
+    table: Interest,
+    /// device id -> shards with a session of it: where the device's subjects
+    /// ([`subject::device_all`]) are routed.
+    devices: Interest,
     /// One ordered backlog of control messages per destination shard.
     backlog: Vec<Backlog<Ctrl>>,
     /// token -> acknowledgements still expected.
@@ -54,8 +54,8 @@ pub(crate) fn build(config: &BusConfig, stats: Arc<BusStats>) -> Vec<ShardBus> {
             link: Link::Embedded(EmbeddedLink {
                 shard,
                 node: node.clone(),
-                table: AHashMap::new(),
-                devices: AHashMap::new(),
+                table: Interest::default(),
+                devices: Interest::default(),
                 backlog: (0..n).map(|_| Backlog::new()).collect(),
                 barriers: AHashMap::new(),
             }),
@@ -66,23 +66,85 @@ pub(crate) fn build(config: &BusConfig, stats: Arc<BusStats>) -> Vec<ShardBus> {
         .collect()
 }
 
-/// Adds (`add`) or removes `shard` in the set of `key`; an emptied set leaves the table.
-/// The key is shared (`Arc`): one allocation of a device id serves every shard's replica and
-/// the hub's tables.
-fn apply(table: &mut AHashMap<Arc<str>, Few<u16>>, key: &Arc<str>, shard: usize, add: bool) {
-    let shard = u16::try_from(shard).expect("shard indexes fit u16 (checked by build)");
-    if add {
-        match table.get_mut(&**key) {
-            Some(set) if !set.contains(shard) => set.push(shard),
-            Some(_) => {}
-            None => {
-                table.insert(key.clone(), Few::new(shard));
+/// Shards a table's bitmask holds: 0 to 63.
+const MASK_SHARDS: usize = 64;
+
+/// One replica table: key -> the shards interested in it. A key's shards below
+/// [`MASK_SHARDS`] are a bitmask, the table slot's 8-byte value (one slot per device on every
+/// shard: 24 bytes with the shared key, where a list would take 32); only nodes of more shards
+/// put the others in a side table. A key is in `low` while it has a shard below
+/// [`MASK_SHARDS`] (its mask is never 0), in `high` while it has one above.
+#[derive(Default)]
+struct Interest {
+    low: AHashMap<Arc<str>, u64>,
+    /// key -> its shards from [`MASK_SHARDS`] on (unsorted, no duplicates).
+    high: AHashMap<Arc<str>, Few<u16>>,
+}
+
+impl Interest {
+    /// Adds (`add`) or removes `shard` in the set of `key`; an emptied set leaves the table.
+    /// The key is shared (`Arc`): one allocation of a device id serves every shard's replica
+    /// and the hub's tables.
+    fn apply(&mut self, key: &Arc<str>, shard: usize, add: bool) {
+        if shard < MASK_SHARDS {
+            let bit = 1u64 << shard;
+            if add {
+                match self.low.get_mut(&**key) {
+                    Some(mask) => *mask |= bit,
+                    None => {
+                        self.low.insert(key.clone(), bit);
+                    }
+                }
+            } else if let Some(mask) = self.low.get_mut(&**key) {
+                *mask &= !bit;
+                if *mask == 0 {
+                    self.low.remove(&**key);
+                }
+            }
+            return;
+        }
+        let shard = u16::try_from(shard).expect("shard indexes fit u16 (checked by build)");
+        if add {
+            match self.high.get_mut(&**key) {
+                Some(set) if !set.contains(shard) => set.push(shard),
+                Some(_) => {}
+                None => {
+                    self.high.insert(key.clone(), Few::new(shard));
+                }
+            }
+        } else if let Some(set) = self.high.get_mut(&**key) {
+            if set.remove(shard) == Removed::Last {
+                self.high.remove(&**key);
             }
         }
-    } else if let Some(set) = table.get_mut(&**key) {
-        if set.remove(shard) == Removed::Last {
-            table.remove(&**key);
-        }
+    }
+
+    /// The shards interested in `key`, ascending below [`MASK_SHARDS`], then the others.
+    fn shards(&self, key: &str) -> impl Iterator<Item = usize> + '_ {
+        let mut mask = self.low.get(key).copied().unwrap_or(0);
+        let low = std::iter::from_fn(move || {
+            (mask != 0).then(|| {
+                let shard = mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                shard
+            })
+        });
+        // Only nodes of more than 64 shards pay this lookup.
+        let high = (!self.high.is_empty())
+            .then(|| self.high.get(key))
+            .flatten();
+        low.chain(high.into_iter().flat_map(|set| set.iter().map(usize::from)))
+    }
+
+    /// Keys with any interest.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.low.len()
+            + self
+                .high
+                .keys()
+                .filter(|k| !self.low.contains_key(*k))
+                .count()
     }
 }
 
@@ -125,7 +187,7 @@ impl EmbeddedLink {
         } else {
             &mut self.table
         };
-        apply(table, key, self.shard, add);
+        table.apply(key, self.shard, add);
         for to in 0..lanes.ctrl.shards() {
             if to != self.shard {
                 let msg = Ctrl::Interest {
@@ -187,7 +249,7 @@ impl EmbeddedLink {
                 } else {
                     &mut self.table
                 };
-                apply(table, &key, shard, add);
+                table.apply(&key, shard, add);
                 None
             }
             Ctrl::Barrier { from, token } => {
@@ -239,16 +301,13 @@ impl EmbeddedLink {
         let shards = match subject::parse(&msg.subject) {
             subject::Parsed::Device(device)
             | subject::Parsed::Request(device)
-            | subject::Parsed::Presence(device) => self.devices.get(device),
-            _ => self.table.get(msg.subject.as_str()),
-        };
-        let Some(shards) = shards else {
-            return Ok(0);
+            | subject::Parsed::Presence(device) => self.devices.shards(device),
+            _ => self.table.shards(msg.subject.as_str()),
         };
         let mut sent = 0usize;
         let mut dropped = 0usize;
-        for to in shards.iter() {
-            match lanes.data.try_send_to(usize::from(to), msg.clone()) {
+        for to in shards {
+            match lanes.data.try_send_to(to, msg.clone()) {
                 Ok(()) => sent += 1,
                 Err(MeshSendError::Full(_)) => dropped += 1,
                 Err(MeshSendError::Stopped(_) | MeshSendError::NoSuchShard(_)) => {}
@@ -368,7 +427,7 @@ mod tests {
                 panic!()
             };
             assert_eq!(l.devices.len(), 1);
-            assert!(l.table.is_empty());
+            assert_eq!(l.table.len(), 0);
         }
         // Interest withdrawn: nothing arrives any more.
         buses[1].unsubscribe_device("b");
@@ -379,12 +438,11 @@ mod tests {
         assert!(pump(&mut buses).is_empty());
     }
 
-    /// Each shard's replica holds one entry per device (its id and the shards holding it, one
-    /// inline) and one per topic: 32-byte slots (see `Few`), fixed here so they cannot regrow.
+    /// Each shard's replica holds one entry per device (its id and the shards holding it as a
+    /// bitmask) and one per topic: 24-byte slots, fixed here so they cannot regrow.
     #[test]
     fn interest_table_slots_stay_small() {
-        use crate::few::Few;
-        assert_eq!(std::mem::size_of::<(std::sync::Arc<str>, Few<u16>)>(), 32);
+        assert_eq!(std::mem::size_of::<(std::sync::Arc<str>, u64)>(), 24);
         let (mut buses, _node) = start(&config(2, 64)).unwrap();
         buses[0].subscribe_device("a").unwrap();
         buses[1].subscribe_device("a").unwrap();
@@ -393,8 +451,7 @@ mod tests {
             let super::super::Link::Embedded(l) = &bus.link else {
                 panic!()
             };
-            let shards: Vec<u16> = l.devices["a"].iter().collect();
-            assert!(shards.contains(&0) && shards.contains(&1) && shards.len() == 2);
+            assert_eq!(l.devices.shards("a").collect::<Vec<_>>(), vec![0, 1]);
         }
         buses[0].unsubscribe_device("a");
         pump(&mut buses);
@@ -402,7 +459,7 @@ mod tests {
             let super::super::Link::Embedded(l) = &bus.link else {
                 panic!()
             };
-            assert_eq!(l.devices["a"].iter().collect::<Vec<_>>(), vec![1]);
+            assert_eq!(l.devices.shards("a").collect::<Vec<_>>(), vec![1]);
         }
         buses[1].unsubscribe_device("a");
         pump(&mut buses);
@@ -410,8 +467,33 @@ mod tests {
             let super::super::Link::Embedded(l) = &bus.link else {
                 panic!()
             };
-            assert!(l.devices.is_empty());
+            assert_eq!(l.devices.len(), 0);
         }
+    }
+
+    /// Nodes of more than 64 shards keep the shards from 64 on beside the bitmask.
+    #[test]
+    fn shards_beyond_the_mask_are_kept_beside_it() {
+        use super::Interest;
+        use std::sync::Arc;
+        let mut t = Interest::default();
+        let a: Arc<str> = Arc::from("a");
+        for shard in [70, 3, 64, 0, 63, 70] {
+            t.apply(&a, shard, true);
+        }
+        assert_eq!(t.shards("a").collect::<Vec<_>>(), vec![0, 3, 63, 70, 64]);
+        assert_eq!(t.len(), 1);
+        for shard in [0, 3, 63] {
+            t.apply(&a, shard, false);
+        }
+        assert!(t.low.is_empty(), "an emptied mask leaves the table");
+        assert_eq!(t.shards("a").collect::<Vec<_>>(), vec![70, 64]);
+        assert_eq!(t.len(), 1);
+        t.apply(&a, 70, false);
+        t.apply(&a, 64, false);
+        assert_eq!(t.len(), 0);
+        assert!(t.shards("a").next().is_none());
+        assert_eq!(Arc::strong_count(&a), 1, "no key left behind");
     }
 
     #[test]
@@ -479,7 +561,7 @@ mod tests {
             panic!()
         };
         assert_eq!(l.table.len(), 9);
-        assert!(!l.table.contains_key("s3"));
+        assert!(l.table.shards("s3").next().is_none());
     }
 
     #[test]
@@ -514,7 +596,7 @@ mod tests {
         let super::super::Link::Embedded(l) = &buses[1].link else {
             panic!()
         };
-        assert!(l.table.contains_key("u"));
+        assert!(l.table.shards("u").next().is_some());
         assert_eq!(
             stats
                 .control_backlogged_total

@@ -508,9 +508,7 @@ impl ShardBus {
     /// (answered once stored), else a plain one. The answer is a [`DurableEvent::Upstream`].
     pub fn publish_upstream(&mut self, subject: &str, payload: Bytes, token: u64) {
         let refused = match &mut self.link {
-            Link::Nats(l) => l
-                .publish_upstream(subject, payload, token)
-                .err(),
+            Link::Nats(l) => l.publish_upstream(subject, payload, token).err(),
             Link::Embedded(_) => Some(BusError::NoBackend),
         };
         if let Some(err) = refused {

@@ -423,7 +423,7 @@ impl NatsLink {
         }
         let sid = live
             .conn
-            .subscribe_joined(subject::DEVICE_WILDCARD_PREFIX, device.clone())
+            .subscribe_joined(&subject::DEVICE_WILDCARD_PREFIX, device.clone())
             .map_err(|err| {
                 tracing::warn!(%err, %device, "NATS subscribe refused");
                 BusError::Full

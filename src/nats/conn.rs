@@ -464,7 +464,7 @@ impl Connection {
     /// Subscribes to `prefix` followed by `tail`, sharing `tail` (see [`Client::subscribe_joined`]).
     pub fn subscribe_joined(
         &self,
-        prefix: &'static str,
+        prefix: &'static &'static str,
         tail: std::sync::Arc<str>,
     ) -> Result<Sid, ClientError> {
         let shared = self.shared();
