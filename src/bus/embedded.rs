@@ -275,6 +275,8 @@ impl EmbeddedLink {
             Ctrl::Ready(token) => Some(BusEvent::Ready(token)),
             Ctrl::NoResponders(reply) => Some(BusEvent::NoResponders(reply)),
             Ctrl::Durable(ev) => Some(BusEvent::Durable(ev)),
+            // Only the NATS link sends it.
+            Ctrl::Reconnected => None,
         }
     }
 
@@ -322,6 +324,11 @@ impl EmbeddedLink {
             }
         }
         Ok(sent)
+    }
+
+    /// True while a control message waits for room towards some shard.
+    pub(crate) fn has_backlog(&self) -> bool {
+        self.backlog.iter().any(|b| !b.is_empty())
     }
 
     pub(crate) fn flush_backlog(&mut self, lanes: &Lanes) {

@@ -356,6 +356,9 @@ pub(crate) enum Ctrl {
     NoResponders(String),
     /// NATS: the answer to a durable operation.
     Durable(DurableEvent),
+    /// NATS: this shard's connection logged in again; wakes the hub's loop, which then ticks
+    /// at once to answer the reconnect (resync, mailbox re-reads).
+    Reconnected,
 }
 
 enum Link {
@@ -655,6 +658,15 @@ impl ShardBus {
         }
     }
 
+    /// True while control messages or mailbox announcements wait for room in a full channel
+    /// ([`ShardBus::maintain`] retries them).
+    pub fn has_backlog(&self) -> bool {
+        match &self.link {
+            Link::Embedded(l) => l.has_backlog(),
+            Link::Nats(l) => l.has_backlog(),
+        }
+    }
+
     /// A handle that waits for this shard's next raw bus input without borrowing the
     /// [`ShardBus`] (so a shard can await it while other code on the shard publishes). Hand
     /// what it returns to [`ShardBus::accept`].
@@ -818,6 +830,11 @@ impl<T> Backlog<T> {
             .fetch_add(1, Ordering::Relaxed);
         self.queue.push_back(msg);
         Ok(())
+    }
+
+    /// True when nothing waits.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
     }
 
     /// Moves as much of the backlog as fits into the channel.

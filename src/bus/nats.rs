@@ -86,6 +86,7 @@ impl Inbound {
                 // The connection logs its own connects and losses.
                 if reconnect {
                     self.stats.reconnects_total.fetch_add(1, Ordering::Relaxed);
+                    self.control(Ctrl::Reconnected);
                 }
             }
             Event::Disconnected => {
@@ -159,6 +160,11 @@ impl Inbound {
         {
             tracing::error!("bus control backlog full: a control event was dropped");
         }
+    }
+
+    /// True while a control event or an announcement waits for room.
+    fn has_backlog(&self) -> bool {
+        !self.ctrl_backlog.is_empty() || !self.announcements.is_empty()
     }
 
     /// Moves what waits into the lanes, as far as they have room.
@@ -505,6 +511,13 @@ impl NatsLink {
         if let Some(live) = &self.live {
             live.get().inbound.borrow_mut().flush();
         }
+    }
+
+    /// True while control events or announcements wait for room in this shard's lanes.
+    pub(crate) fn has_backlog(&self) -> bool {
+        self.live
+            .as_ref()
+            .is_some_and(|l| l.get().inbound.borrow().has_backlog())
     }
 
     /// True while this shard's connection is up.

@@ -4,7 +4,8 @@
 //! [`install`] starts the bus (embedded, or one NATS connection per shard) for the server's
 //! shards and adds one per-shard service to the [`Server`] ([`Server::per_shard_with`]): each
 //! shard is handed its own [`ShardBus`], starts it, builds its hub, and returns the `/ws`
-//! endpoint and the hub's bus loop (with its 100 ms tick) side by side, sharing the hub, and
+//! endpoint and the hub's bus loop (with its tick, run when the hub says it is due) side by
+//! side, sharing the hub, and
 //! the bus's flush and close after the drain. It also registers the bus and device metrics and
 //! the bus's readiness check, so `main` only parses and runs.
 
@@ -12,6 +13,7 @@ use super::config::{AuthMode, MessagingConfig};
 use super::hub::{DeviceStats, Hub, Outlet};
 use super::keys;
 use super::sessions::{DeviceSessions, REPLACED_CLOSE_CODE, REPLACED_CLOSE_REASON};
+use super::tick;
 use crate::auth::{self, AuthError, AuthRequest, Claims};
 use crate::bus::{self, BusConfig, ShardBus};
 use crate::server::conn::ConnHandle;
@@ -26,8 +28,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often each shard's hub expires acks and requests and retries bus backlogs.
-const TICK: Duration = Duration::from_millis(100);
 /// Bus inputs handled in one go before the hub loop yields to the shard's other tasks.
 const BATCH_MAX: usize = 256;
 
@@ -145,13 +145,15 @@ pub fn install(mut server: Server, mut config: MessagingConfig) -> Result<Server
     Ok(server)
 }
 
-/// The shard's bus loop: bus inputs to the hub, and a tick every [`TICK`].
+/// The shard's bus loop: bus inputs to the hub, and the hub's tick whenever its alarm is due
+/// (no wake-ups on a shard with nothing due, `super::tick`).
 async fn run_hub(hub: ShardHub, ctx: Rc<ShardCtx>) {
     let ticker = {
         let (hub, ctx) = (hub.clone(), ctx.clone());
+        let alarm = hub.borrow().alarm();
         glommio::spawn_local(async move {
             loop {
-                glommio::timer::sleep(TICK).await;
+                tick::wait_due(&alarm, || ctx.now_ms()).await;
                 hub.borrow_mut().tick(ctx.now_ms());
             }
         })
@@ -171,6 +173,7 @@ async fn run_hub(hub: ShardHub, ctx: Rc<ShardCtx>) {
                     h.on_bus(ev, now);
                 }
             }
+            h.poke(now);
         }
         glommio::yield_if_needed().await;
     }
@@ -307,13 +310,17 @@ struct DeviceSession {
 impl Session for DeviceSession {
     fn on_open(&mut self, conn: &ConnHandle) {
         let now = self.shared.shard.now_ms();
-        self.shared.hub.borrow_mut().open(
-            conn.id(),
-            conn.clone(),
-            self.claims.clone(),
-            Some(self.last_seq),
-            now,
-        );
+        {
+            let mut hub = self.shared.hub.borrow_mut();
+            hub.open(
+                conn.id(),
+                conn.clone(),
+                self.claims.clone(),
+                Some(self.last_seq),
+                now,
+            );
+            hub.poke(now);
+        }
         if let Some(oldest) = self
             .shared
             .sessions
@@ -332,17 +339,21 @@ impl Session for DeviceSession {
 
     fn on_message(&mut self, conn: &ConnHandle, kind: MessageKind, data: &[u8]) {
         let mut hub = self.shared.hub.borrow_mut();
+        let now = self.shared.shard.now_ms();
         match (kind, std::str::from_utf8(data)) {
-            (MessageKind::Text, Ok(text)) => hub.text(conn.id(), text, self.shared.shard.now_ms()),
+            (MessageKind::Text, Ok(text)) => hub.text(conn.id(), text, now),
             _ => hub.binary(conn.id()),
         }
+        hub.poke(now);
     }
 
     fn on_close(&mut self, conn: &ConnHandle, code: u16) {
-        self.shared
-            .hub
-            .borrow_mut()
-            .close(conn.id(), code, self.shared.shard.now_ms());
+        {
+            let mut hub = self.shared.hub.borrow_mut();
+            let now = self.shared.shard.now_ms();
+            hub.close(conn.id(), code, now);
+            hub.poke(now);
+        }
         self.shared.sessions.close(&self.claims.sub, conn.id());
     }
 }

@@ -16,6 +16,7 @@
 //! the `at` of events and heartbeats.
 
 use super::mailbox::{self, Mailbox, MailboxLimits};
+use super::tick::{TickAlarm, IDLE_TICK_MS, TICK_MS};
 use crate::auth::{AuthError, Claims};
 use crate::bus::{BusError, BusEvent, BusMessage, DurableEvent, ShardBus};
 use crate::few::{Few, Removed};
@@ -463,6 +464,14 @@ pub struct Hub<O: Outlet> {
     heartbeat: Option<HeartbeatClock>,
     /// This shard's NATS reconnections already answered with a resync of its sessions.
     reconnects_seen: u64,
+    /// When [`Hub::tick`] is next due; the shard's tick task waits for it.
+    alarm: Rc<TickAlarm>,
+}
+
+/// The shard-clock time (ms) at which a token expiry `at` (unix seconds) is due, given the
+/// shard clock `now_ms` now: when [`Hub::expire_tokens`] with the real clock sees it.
+fn expiry_due_ms(at_secs: u64, now_ms: u64) -> u64 {
+    now_ms + at_secs.saturating_mul(1000).saturating_sub(unix_ms())
 }
 
 /// Verifies a token presented in a `refresh` (the node's `Verifier`).
@@ -508,6 +517,7 @@ impl<O: Outlet> Hub<O> {
             events,
             heartbeat,
             reconnects_seen: 0,
+            alarm: Rc::new(TickAlarm::new()),
         }
     }
 
@@ -525,6 +535,29 @@ impl<O: Outlet> Hub<O> {
     /// that do not expire (insecure mode).
     fn expiry_of(&self, claims: &Claims) -> Option<u64> {
         (claims.exp != u64::MAX).then(|| claims.exp.saturating_add(self.limits.token_leeway_secs))
+    }
+
+    /// When [`Hub::tick`] is next due (shard ms): the task that runs the tick waits for it
+    /// ([`super::tick::wait_due`]).
+    pub fn alarm(&self) -> Rc<TickAlarm> {
+        self.alarm.clone()
+    }
+
+    /// Call after every operation on the hub ([`Hub::open`], [`Hub::text`], [`Hub::close`],
+    /// [`Hub::on_bus`]): brings the next tick forward to what the operation made due (a token
+    /// expiry, a pending ack, a bus backlog, a reconnect to answer). Cheap: no walk over the
+    /// sessions.
+    pub fn poke(&mut self, now_ms: u64) {
+        // The tick notes every reconnect here (and answers it with the resync).
+        if self.bus.reconnects() != self.mailbox_reconnects_seen {
+            self.alarm.at_most(now_ms);
+        }
+        if !self.acks.is_empty() || self.bus.has_backlog() {
+            self.alarm.at_most(now_ms + TICK_MS);
+        }
+        if let Some(&(at, _)) = self.expiries.first() {
+            self.alarm.at_most(expiry_due_ms(at, now_ms));
+        }
     }
 
     /// The shard's bus link (for requests, the inbox, maintenance).
@@ -633,14 +666,10 @@ impl<O: Outlet> Hub<O> {
             return;
         }
         let token = self.seq();
-        self.waiting.insert(
-            token,
-            (
-                Waiting::Hello(conn),
-                now_ms + self.limits.ready_timeout_ms,
-                Instant::now(),
-            ),
-        );
+        let deadline_ms = now_ms + self.limits.ready_timeout_ms;
+        self.waiting
+            .insert(token, (Waiting::Hello(conn), deadline_ms, Instant::now()));
+        self.alarm.at_most(deadline_ms + 1);
         self.bus.barrier(token);
         self.drain_local(now_ms);
     }
@@ -839,14 +868,16 @@ impl<O: Outlet> Hub<O> {
                 }
                 if let Some(id) = id {
                     let token = self.seq();
+                    let deadline_ms = now_ms + self.limits.ready_timeout_ms;
                     self.waiting.insert(
                         token,
                         (
                             Waiting::SubAck(conn, id.to_owned()),
-                            now_ms + self.limits.ready_timeout_ms,
+                            deadline_ms,
                             Instant::now(),
                         ),
                     );
+                    self.alarm.at_most(deadline_ms + 1);
                     self.bus.barrier(token);
                 }
             }
@@ -1280,7 +1311,7 @@ impl<O: Outlet> Hub<O> {
         let mut m = Mailbox::new(limits, s.last_seq);
         m.start(&mut actions);
         s.more().mailbox = Some(m);
-        let _ = now_ms;
+        self.alarm.at_most(now_ms + TICK_MS);
         self.mailbox_actions(conn, actions, None);
     }
 
@@ -1382,6 +1413,7 @@ impl<O: Outlet> Hub<O> {
                 s.more()
                     .requests
                     .insert(rid, (reply.clone(), now_ms + lifetime));
+                self.alarm.at_most(now_ms + TICK_MS);
                 delivered += 1;
                 bump(&self.stats.deliveries_total);
                 observe_delivery(&self.stats, self.shard, delay_us);
@@ -1521,6 +1553,7 @@ impl<O: Outlet> Hub<O> {
                 refused = Some(NotDelivered::Busy);
             } else if s.out.send_text(&encoded.text) {
                 s.more().unacked.insert(token, (reply.clone(), deadline_ms));
+                self.alarm.at_most(now_ms + TICK_MS);
                 delivered += 1;
                 bump(&self.stats.deliveries_total);
                 observe_delivery(&self.stats, self.shard, delay_us);
@@ -1537,9 +1570,12 @@ impl<O: Outlet> Hub<O> {
         }
     }
 
-    /// Periodic work (call every ~100 ms): ack, receipt and request expiry, readiness
-    /// timeouts, bus backlog retries, the node heartbeat, and a resync of this shard's
-    /// sessions after a NATS reconnect.
+    /// Periodic work, when [`Hub::alarm`] says it is due: ack, receipt and request expiry,
+    /// readiness timeouts, token expiry, bus backlog retries, the node heartbeat, and a resync
+    /// of this shard's sessions after a NATS reconnect. Sets the alarm to the next tick:
+    /// [`TICK_MS`] ahead while acks, requests, receipts, mailboxes, a bus backlog or a resync
+    /// wait; else the earliest readiness deadline, token expiry or heartbeat, at most
+    /// [`IDLE_TICK_MS`] ahead.
     pub fn tick(&mut self, now_ms: u64) {
         self.bus.maintain();
         self.expire_tokens(crate::auth::now_secs());
@@ -1565,6 +1601,8 @@ impl<O: Outlet> Hub<O> {
             resync = true;
         }
         let mut due: Vec<(ConnId, Vec<mailbox::Action>)> = Vec::new();
+        // Some session holds requests, receipts or a mailbox: the next tick is a fast one.
+        let mut timed = false;
         for (conn, s) in self.sessions.iter_mut() {
             let Some(more) = s.more.as_mut() else {
                 continue;
@@ -1575,7 +1613,9 @@ impl<O: Outlet> Hub<O> {
             if !more.unacked.is_empty() {
                 more.unacked.retain(|_, (_, deadline)| *deadline >= now_ms);
             }
+            timed |= !more.requests.is_empty() || !more.unacked.is_empty();
             if let Some(m) = more.mailbox.as_mut() {
+                timed = true;
                 let mut actions = Vec::new();
                 if resync {
                     m.resync(now_ms, &mut actions);
@@ -1600,6 +1640,26 @@ impl<O: Outlet> Hub<O> {
         for token in late {
             self.on_bus(BusEvent::Failed(token), now_ms);
         }
+        self.alarm.set(self.next_tick_ms(now_ms, timed));
+    }
+
+    /// When the tick after the one at `now_ms` is due; `timed`: some session holds requests,
+    /// receipts or a mailbox.
+    fn next_tick_ms(&self, now_ms: u64, timed: bool) -> u64 {
+        let fast =
+            timed || !self.acks.is_empty() || self.resync_at_ms.is_some() || self.bus.has_backlog();
+        let mut next = now_ms + if fast { TICK_MS } else { IDLE_TICK_MS };
+        // A readiness deadline passes when the clock is beyond it (see above).
+        if let Some(d) = self.waiting.values().map(|(_, d, _)| d + 1).min() {
+            next = next.min(d);
+        }
+        if let Some(clock) = &self.heartbeat {
+            next = next.min(clock.next_due_ms);
+        }
+        if let Some(&(at, _)) = self.expiries.first() {
+            next = next.min(expiry_due_ms(at, now_ms));
+        }
+        next.max(now_ms + 1)
     }
 
     /// Shard 0 of a NATS node: the node heartbeat on `tether.node.<node>`, every

@@ -13,3 +13,4 @@ pub mod hub;
 pub mod keys;
 pub mod mailbox;
 pub mod sessions;
+pub mod tick;
