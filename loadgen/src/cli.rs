@@ -127,6 +127,10 @@ pub struct Args {
     /// Unanswered messages per connection before sends are skipped (and counted).
     #[arg(long, default_value_t = 1000)]
     pub msg_in_flight_max: u64,
+    /// With `--msg-rate`: the hold does not end before every connected client has its `hello`
+    /// (tether workloads) and has sent this many messages (bounded; docs/loadgen.md).
+    #[arg(long, default_value_t = 0)]
+    pub msg_min: u64,
     /// A scheduled connect or send starting later than this counts as lag.
     #[arg(long, default_value = "5ms", value_parser = parse_duration_us)]
     pub lag_threshold: u64,
@@ -294,6 +298,9 @@ impl Args {
         if self.preload > 0 && workload != Workload::Durable {
             return Err("--preload stores durable messages: use --workload durable".into());
         }
+        if self.msg_min > 0 && self.msg_rate == 0.0 {
+            return Err("--msg-min waits for scheduled sends: give --msg-rate".into());
+        }
         if self.burst > 0 && !matches!(workload, Workload::Push | Workload::Durable) {
             return Err("--burst publishes pushes: use --workload push or durable".into());
         }
@@ -414,6 +421,7 @@ impl Args {
             protocol,
             device_token: self.device_token.clone(),
             msg_in_flight_max: self.msg_in_flight_max.max(1),
+            msg_min_per_client: self.msg_min,
             lag_threshold_us: self.lag_threshold,
             preload_per_device: self.preload,
             burst_per_device: self.burst,

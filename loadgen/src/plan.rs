@@ -263,6 +263,9 @@ pub struct Plan {
     pub device_token: Option<String>,
     /// Unanswered messages a connection may have before it skips sends (counted).
     pub msg_in_flight_max: u64,
+    /// The hold waits (bounded) until every connected client sent this many (`--msg-min`).
+    #[serde(default)]
+    pub msg_min_per_client: u64,
     /// A scheduled event started later than this counts as lag.
     pub lag_threshold_us: u64,
     /// Durable messages the coordinator stores per device before the start (`--preload`).
@@ -502,6 +505,7 @@ pub(crate) mod tests {
             protocol: Protocol::Tether,
             device_token: None,
             msg_in_flight_max: 1000,
+            msg_min_per_client: 0,
             lag_threshold_us: 5000,
             preload_per_device: 0,
             burst_per_device: 0,

@@ -384,6 +384,7 @@ async fn run(
                 _ = sleep_until(initial_deadline) => break,
             }
         }
+        wait_msg_min(&w, initial_deadline).await;
         if w.plan.churn_per_s > 0.0 {
             churn(&w, &phases).await;
         }
@@ -1549,6 +1550,30 @@ async fn burst(w: Rc<Worker>) {
     }
     if let Err(e) = nats.flush().await {
         fail("nats_flush", &e);
+    }
+}
+
+/// `--msg-min`: holds the end of the hold until every connected client has its `hello` (tether
+/// workloads) and has sent `msg_min_per_client` messages, so that the run sends at least that
+/// many per client however late a loaded machine completed its handshakes. Bounded: at most
+/// the time those sends take at `--msg-rate`, plus the drain timeout, after the deadline of
+/// the first attempts (`initial_deadline`); a client still short then is left short (the report
+/// shows `messages.sent`). Without `--msg-min`, returns at once.
+async fn wait_msg_min(w: &Worker, initial_deadline: Instant) {
+    if w.plan.msg_min_per_client == 0 {
+        return;
+    }
+    let sends = Duration::from_secs_f64(
+        w.plan.msg_min_per_client as f64 / w.plan.msg_rate_per_client.max(f64::MIN_POSITIVE),
+    );
+    let deadline = initial_deadline + sends + Duration::from_millis(w.plan.drain_timeout_ms);
+    let short = |c: &Ctl| {
+        c.connected.get()
+            && ((w.plan.workload != Workload::Echo && !c.hello.get())
+                || c.sent.get() < w.plan.msg_min_per_client)
+    };
+    while Instant::now() < deadline && w.ctl.iter().any(short) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -20,7 +20,9 @@ fn nats_and_node() -> (Server, Server) {
 }
 
 /// A device-to-device run against `url`: `clients` devices connecting at 400/s, held 2 s after
-/// the last connect, each sending 5 messages/s to its partner.
+/// the last connect and until every device has its `hello` and has sent 5 messages
+/// (`--msg-min`: on a loaded machine the handshakes can end well after the scheduled connects),
+/// each sending 5 messages/s to its partner.
 fn d2d(url: &str, clients: &str, extra: &[&str]) -> Run {
     let mut args = vec![
         "--url",
@@ -34,6 +36,8 @@ fn d2d(url: &str, clients: &str, extra: &[&str]) -> Run {
         "--workload",
         "d2d",
         "--msg-rate",
+        "5",
+        "--msg-min",
         "5",
         "--quiet",
     ];
@@ -90,6 +94,8 @@ fn nats_pushes_reach_every_device() {
         "--nats",
         &nats_url,
         "--msg-rate",
+        "5",
+        "--msg-min",
         "5",
         "--quiet",
     ]);
@@ -273,6 +279,7 @@ fn durable_needs_its_messages() {
             &["--workload", "d2d", "--burst", "3"][..],
             "--workload push or durable",
         ),
+        (&["--workload", "d2d", "--msg-min", "3"][..], "--msg-rate"),
     ] {
         let mut all = vec!["--url", "ws://127.0.0.1:9/ws", "--clients", "1"];
         all.extend_from_slice(args);

@@ -362,19 +362,24 @@ pub(crate) fn nats_server_with(extra: &[&str]) -> Server {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
-    let child = Command::new(bin)
+    let mut child = Command::new(bin)
         .args(["-a", "127.0.0.1", "-p", &port.to_string()])
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("nats-server starts");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // 30 s, as for tether's `tether serving`: a loaded 2-core machine (the whole test suite,
+    // parallel builds) has taken more than 10 s to start it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "nats-server did not listen"
-        );
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("nats-server exited before listening on {port}: {status}");
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("nats-server did not listen on {port} within 30 s");
+        }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     Server {
