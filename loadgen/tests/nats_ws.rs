@@ -58,6 +58,10 @@ fn d2d(url: &str, token: &str) -> common::Run {
         token,
         "--msg-rate",
         "5",
+        // The hold lasts until every device has its `hello` and sent 5 (a loaded machine can end
+        // the handshakes late), so that `assert_all_delivered`'s floor of 5 each holds.
+        "--msg-min",
+        "5",
         "--msg-size",
         "100",
         "--quiet",
