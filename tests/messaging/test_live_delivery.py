@@ -458,6 +458,20 @@ def test_connection_events_heartbeats_and_a_killed_node():
         c.stop()
 
 
+async def event_listener(url):
+    """A backend subscribed to every connection event: its NATS connection and the list the
+    events are appended to as they arrive."""
+    nc = await nats.connect(url)
+    events = []
+
+    async def on_event(msg):
+        events.append(json.loads(msg.data))
+
+    await nc.subscribe("tether.event.>", cb=on_event)
+    await nc.flush()
+    return nc, events
+
+
 class CuttingProxy:
     """A TCP proxy in front of a nats-server that can cut one named client connection (the
     name from the client's `CONNECT`), leaving the others up: each shard of a node has its own
@@ -543,14 +557,7 @@ def test_a_shard_whose_connection_is_cut_resyncs_only_its_own_sessions():
 
     async def body():
         loop = asyncio.get_running_loop()
-        nc = await nats.connect(server.url)
-        events = []
-
-        async def on_event(msg):
-            events.append(json.loads(msg.data))
-
-        await nc.subscribe("tether.event.>", cb=on_event)
-        await nc.flush()
+        nc, events = await event_listener(server.url)
 
         async def until(what, pred, timeout=TIMEOUT_S):
             end = loop.time() + timeout
@@ -608,14 +615,7 @@ def test_a_drained_node_publishes_every_sessions_disconnect_before_it_exits():
 
     async def body():
         loop = asyncio.get_running_loop()
-        nc = await nats.connect(server.url)
-        events = []
-
-        async def on_event(msg):
-            events.append(json.loads(msg.data))
-
-        await nc.subscribe("tether.event.>", cb=on_event)
-        await nc.flush()
+        nc, events = await event_listener(server.url)
         host, port = node.listen.rsplit(":", 1)
         held = []
         for i in range(sessions):
